@@ -1,0 +1,4 @@
+"""Inbound HaloPSA webhooks: one URL per connection (the key routes; Basic auth authenticates)."""
+from django.urls import path
+
+urlpatterns: list = []

@@ -1,0 +1,1 @@
+"""Business logic. Views, tasks, webhooks and commands parse input and call these modules."""
