@@ -548,6 +548,7 @@ class WebhookEvent(models.Model):
 
     class State(models.TextChoices):
         RECEIVED = "received", "Received"
+        PROCESSING = "processing", "Processing"
         PROCESSED = "processed", "Processed"
         IGNORED = "ignored", "Ignored"
         FAILED = "failed", "Failed"
@@ -559,8 +560,12 @@ class WebhookEvent(models.Model):
     entity = models.CharField(max_length=20, blank=True)
     object_id = models.BigIntegerField(null=True, blank=True)
     payload = models.JSONField(null=True, blank=True)
+    # Request headers as received, without Authorization or the HMAC header.
+    headers = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.RECEIVED)
     attempts = models.PositiveIntegerField(default=0)
+    # When a worker claimed it (state PROCESSING); a claim older than the task timeout is stale.
+    claimed_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
