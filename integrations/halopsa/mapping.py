@@ -1,0 +1,449 @@
+"""HaloPSA payloads -> the field values we store. The one place that reads HaloPSA field names.
+
+Pure functions: no ORM, no HTTP. Everything returned is plain data (Decimal, date, datetime,
+str, int, bool, lists and dicts of those), so the sync service can compare and bulk-write it and
+tests can call it with literal payload dicts.
+
+A record we cannot map raises `MappingError`; the sync stores it as a SyncError with the payload
+and goes on with the rest of the batch.
+
+Rules that live here (documented in docs/sync-rules.md):
+- the billing-contact rule (`billing_contacts_for_client`, `billing_user_contact`,
+  `accounts_contact`);
+- invoice status from HaloPSA's paymentstatus/voided/amounts (`invoice_status`);
+- what counts as a credit note (skipped as an invoice; its application shows up as a credit
+  payment on the invoice it pays) and which embedded payments are kept (deposits are not).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import date, datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, Iterable, Mapping
+
+CENT = Decimal("0.01")
+ZERO = Decimal("0.00")
+# HaloPSA returns "empty" dates as sentinels such as 1900-01-01; anything up to this is "no date".
+DATE_SENTINEL_LIMIT = datetime(1980, 1, 1, tzinfo=timezone.utc)
+
+# Connection.BillingContactRule values (kept as strings so this module stays ORM-free).
+RULE_ACCOUNTS_AND_INVOICE_USERS = "accounts_and_invoice_users"
+RULE_ACCOUNTS_ONLY = "accounts_only"
+RULE_INVOICE_USERS_ONLY = "invoice_users_only"
+BILLING_CONTACT_RULES = (RULE_ACCOUNTS_AND_INVOICE_USERS, RULE_ACCOUNTS_ONLY, RULE_INVOICE_USERS_ONLY)
+
+# Invoice.Status values.
+STATUS_OPEN = "open"
+STATUS_PARTIALLY_PAID = "partially_paid"
+STATUS_PAID = "paid"
+STATUS_VOID = "void"
+
+# InvoicePayment.type (SW25; values unverified, see integrations/sandbox/shapes.py).
+PAYMENT_TYPE_PAYMENT = 0
+PAYMENT_TYPE_CREDIT = 1
+PAYMENT_TYPE_DEPOSIT = 2
+# InvoiceHeader.invoicetype: 1 = credit note (unverified guess shared with the sandbox).
+INVOICE_TYPE_CREDIT_NOTE = 1
+
+INVOICE_NUMBER_FIELDS = ("invoicenumber", "thirdpartyinvoicenumber")
+_ISO_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+class MappingError(ValueError):
+    """A HaloPSA record we cannot store as it is; the message says which field and why."""
+
+    def __init__(self, message: str, *, halopsa_id: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.halopsa_id = halopsa_id
+
+
+# --- scalars -------------------------------------------------------------------------------
+
+
+def _to_decimal(value: Any, field: str) -> Decimal:
+    if isinstance(value, bool) or value is None:
+        raise MappingError(f"{field} is not a number: {value!r}")
+    if isinstance(value, float):
+        # Only reached when a payload was parsed without parse_float=Decimal; repr() is the
+        # shortest round-trip form, so 0.1 stays 0.1 rather than 0.1000000000000000055...
+        value = repr(value)
+    try:
+        amount = Decimal(str(value).strip()) if not isinstance(value, Decimal) else value
+    except (InvalidOperation, ValueError):
+        raise MappingError(f"{field} is not a number: {value!r}") from None
+    if not amount.is_finite():
+        raise MappingError(f"{field} is not a number: {value!r}")
+    return amount
+
+
+def parse_money(value: Any, field: str = "amount", *, default: Decimal | None = None) -> Decimal:
+    """A money amount as Decimal with exactly two places (half-up, once, at the boundary).
+
+    `default` is returned for a missing value (None or ""); without it a missing value is an error.
+    """
+    if (value is None or value == "") and default is not None:
+        return default
+    amount = _to_decimal(value, field)
+    if abs(amount) >= Decimal("1e12"):
+        raise MappingError(f"{field} is out of range: {value!r}")
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def parse_decimal(value: Any, field: str, *, places: int = 4, default: Decimal | None = None) -> Decimal:
+    """A quantity/price/rate with `places` decimals (our columns keep 4)."""
+    if (value is None or value == "") and default is not None:
+        return default
+    amount = _to_decimal(value, field)
+    if abs(amount) >= Decimal("1e10"):
+        raise MappingError(f"{field} is out of range: {value!r}")
+    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+_DATETIME_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,7}))?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$",
+    re.IGNORECASE,
+)
+
+
+def parse_halo_datetime(value: Any, field: str = "date") -> datetime | None:
+    """HaloPSA timestamp -> aware UTC datetime; None for missing values and the <=1980 sentinels.
+
+    HaloPSA sends local-style timestamps without an offset ("2026-10-10T10:00:00", with up to 7
+    fraction digits); hosted instances run in UTC, so a naive value is taken as UTC. An explicit
+    "Z"/offset is honoured.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        parsed = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        parsed = parsed.astimezone(timezone.utc)
+    else:
+        match = _DATETIME_RE.match(str(value).strip())
+        if not match:
+            raise MappingError(f"{field} is not a date: {value!r}")
+        year, month, day, hour, minute, second, fraction, offset = match.groups()
+        try:
+            parsed = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
+                              int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), tzinfo=timezone.utc)
+        except ValueError:
+            raise MappingError(f"{field} is not a date: {value!r}") from None
+        if offset and offset.upper() != "Z":
+            sign = -1 if offset[0] == "-" else 1
+            digits = offset[1:].replace(":", "")
+            parsed -= sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+    if parsed <= DATE_SENTINEL_LIMIT:
+        return None
+    return parsed
+
+
+def parse_halo_date(value: Any, field: str = "date") -> date | None:
+    """The calendar date of a HaloPSA timestamp (invoice_date, duedate, payment date)."""
+    parsed = parse_halo_datetime(value, field)
+    return parsed.date() if parsed is not None else None
+
+
+def parse_id(value: Any, field: str = "id", *, required: bool = True) -> int | None:
+    """A HaloPSA integer id; 0/None/"" mean "none" when not required."""
+    if value is None or value == "" or isinstance(value, bool):
+        if required:
+            raise MappingError(f"{field} is missing")
+        return None
+    try:
+        number = Decimal(str(value).strip())
+        if number != number.to_integral_value():
+            raise InvalidOperation
+        result = int(number)
+    except (InvalidOperation, ValueError):
+        raise MappingError(f"{field} is not an id: {value!r}") from None
+    if result <= 0:
+        if required:
+            raise MappingError(f"{field} is not a valid id: {value!r}")
+        return None
+    return result
+
+
+def _text(value: Any, limit: int | None = None) -> str:
+    if value is None:
+        return ""
+    text = str(value).strip()
+    return text[:limit] if limit else text
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+def _record(payload: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(payload, Mapping):
+        raise MappingError(f"{what} is not an object: {type(payload).__name__}")
+    return payload
+
+
+# --- fingerprints --------------------------------------------------------------------------
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def fingerprint(content: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of mapped content: equal content, equal fingerprint."""
+    text = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --- customers and billing contacts ----------------------------------------------------------
+
+
+def map_client(payload: Any) -> dict[str, Any]:
+    """A HaloPSA client (`Area`) -> Customer fields + fingerprint.
+
+    The accounts-contact fields are part of the fingerprint, so a change of the accounts contact
+    rewrites the customer's contacts too.
+    """
+    record = _record(payload, "client")
+    halopsa_id = parse_id(record.get("id"), "client id")
+    name = _text(record.get("name"), 300)
+    if not name:
+        raise MappingError(f"client {halopsa_id} has no name", halopsa_id=halopsa_id)
+    try:
+        mapped = {
+            "halopsa_id": halopsa_id,
+            "name": name,
+            "inactive": _flag(record.get("inactive")),
+            "remote_updated_at": parse_halo_datetime(record.get("alastupdate"), "alastupdate"),
+        }
+        accounts = accounts_contact(record, RULE_ACCOUNTS_AND_INVOICE_USERS)
+    except MappingError as exc:
+        raise MappingError(f"client {halopsa_id}: {exc.message}", halopsa_id=halopsa_id) from None
+    mapped["fingerprint"] = fingerprint({**mapped, "accounts": accounts})
+    return mapped
+
+
+def _contact(key: str, user_id: int | None, source: str, name: str, email: str) -> dict[str, Any]:
+    content = {"halopsa_key": key, "halopsa_user_id": user_id, "source": source, "name": name[:300], "email": email[:300]}
+    return {**content, "fingerprint": fingerprint(content)}
+
+
+def accounts_contact(client: Mapping[str, Any], rule: str) -> dict[str, Any] | None:
+    """The client's accounts contact as a billing contact, or None (no e-mail, or the rule
+    excludes it). Key "accounts"."""
+    if rule not in BILLING_CONTACT_RULES:
+        raise MappingError(f"unknown billing contact rule {rule!r}")
+    if rule == RULE_INVOICE_USERS_ONLY:
+        return None
+    email = _text(client.get("accountsemailaddress"))
+    if not email:
+        return None
+    name = f"{_text(client.get('accountsfirstname'))} {_text(client.get('accountslastname'))}".strip()
+    return _contact("accounts", None, "accounts_contact", name, email)
+
+
+def billing_user_contact(user: Mapping[str, Any], rule: str) -> dict[str, Any] | None:
+    """A HaloPSA user as a billing contact, or None when the rule says it is not one.
+
+    Default rule: an active user with `canaccessinvoices` and an e-mail address. Key "user:<id>".
+    """
+    if rule not in BILLING_CONTACT_RULES:
+        raise MappingError(f"unknown billing contact rule {rule!r}")
+    if rule == RULE_ACCOUNTS_ONLY:
+        return None
+    user = _record(user, "user")
+    user_id = parse_id(user.get("id"), "user id")
+    if _flag(user.get("inactive")) or not _flag(user.get("canaccessinvoices")):
+        return None
+    email = _text(user.get("emailaddress"))
+    if not email:
+        return None
+    name = _text(user.get("name")) or f"{_text(user.get('firstname'))} {_text(user.get('surname'))}".strip()
+    return _contact(f"user:{user_id}", user_id, "invoice_user", name, email)
+
+
+def billing_contacts_for_client(client: Mapping[str, Any], users: Iterable[Mapping[str, Any]], rule: str) -> list[dict[str, Any]]:
+    """THE billing-contact rule: who at this client receives invoices.
+
+    - `accounts_and_invoice_users` (default): the client's accounts contact
+      (`accountsemailaddress` with `accountsfirstname`/`accountslastname`) plus every active user
+      of the client whose `canaccessinvoices` is true;
+    - `accounts_only`: the accounts contact only;
+    - `invoice_users_only`: the users only.
+    Contacts without an e-mail address are skipped (we could not send them anything), and one
+    address appears once (case-insensitive; the accounts contact wins). Sorted by e-mail.
+    Users of other clients in `users` are ignored.
+    """
+    client = _record(client, "client")
+    client_id = parse_id(client.get("id"), "client id")
+    found: dict[str, dict[str, Any]] = {}
+    accounts = accounts_contact(client, rule)
+    if accounts is not None:
+        found[accounts["email"].lower()] = accounts
+    for user in users:
+        if parse_id(user.get("client_id"), "user client_id", required=False) != client_id:
+            continue
+        contact = billing_user_contact(user, rule)
+        if contact is not None:
+            found.setdefault(contact["email"].lower(), contact)
+    return [found[key] for key in sorted(found)]
+
+
+# --- invoices ----------------------------------------------------------------------------------
+
+
+def is_credit_note(payload: Mapping[str, Any]) -> bool:
+    """Credit notes are invoice records in HaloPSA; we do not store them as invoices."""
+    try:
+        invoice_type = int(payload.get("invoicetype") or 0)
+    except (TypeError, ValueError):
+        invoice_type = 0
+    linked = payload.get("creditlinkedtoinvoiceid")
+    return invoice_type == INVOICE_TYPE_CREDIT_NOTE or (isinstance(linked, (int, Decimal)) and linked > 0)
+
+
+def invoice_status(*, total: Decimal, amount_paid: Decimal, balance: Decimal, voided: bool,
+                   paymentstatus: int | None = None) -> str:
+    """open | partially_paid | paid | void, from HaloPSA's voided flag, paymentstatus (0 unpaid,
+    1 partially paid, 2 paid) and amounts: nothing (or less than nothing) left to collect is
+    paid, something paid but not all is partially paid."""
+    if voided:
+        return STATUS_VOID
+    if paymentstatus == 2 or balance == 0 or (balance < 0) != (total < 0):
+        return STATUS_PAID
+    if paymentstatus == 1 or amount_paid != 0:
+        return STATUS_PARTIALLY_PAID
+    return STATUS_OPEN
+
+
+def map_line(payload: Any, sequence: int) -> dict[str, Any]:
+    line = _record(payload, "invoice line")
+    quantity = parse_decimal(line.get("qty_order"), "line qty_order", default=Decimal("0.0000"))
+    unit_price = parse_decimal(line.get("unit_price"), "line unit_price", default=Decimal("0.0000"))
+    net = line.get("net_amount", line.get("net_total"))
+    description = _text(line.get("item_shortdescription")) or _text(line.get("item_longdescription"))
+    return {
+        "halopsa_id": parse_id(line.get("id"), "line id", required=False),
+        "sequence": int(line["sequenceid"]) if str(line.get("sequenceid") or "").isdigit() else sequence,
+        "description": description,
+        "quantity": quantity,
+        "unit_price": unit_price,
+        "net_amount": parse_money(net, "line net_amount") if net not in (None, "") else parse_money(quantity * unit_price, "line net_amount"),
+        "tax_amount": parse_money(line.get("tax_amount", line.get("total_tax")), "line tax_amount", default=ZERO),
+        "tax_rate": parse_decimal(line.get("tax_rate"), "line tax_rate", default=Decimal("0.0000")),
+    }
+
+
+def map_payment(payload: Any) -> dict[str, Any] | None:
+    """An embedded InvoicePayment -> Payment fields; None for rows we do not mirror (deposits,
+    zero amounts). A credit application (credit_note_id set, or type 1) is kind "credit"."""
+    row = _record(payload, "payment")
+    halopsa_id = parse_id(row.get("id"), "payment id")
+    try:
+        payment_type = int(row.get("type") or 0)
+    except (TypeError, ValueError):
+        raise MappingError(f"payment {halopsa_id} type is not a number: {row.get('type')!r}") from None
+    if payment_type == PAYMENT_TYPE_DEPOSIT:
+        return None
+    amount = parse_money(row.get("amount"), f"payment {halopsa_id} amount")
+    if amount == 0:
+        return None
+    if amount < 0:
+        # Refunds would need their own type; the Payment model holds money applied to an invoice.
+        raise MappingError(f"payment {halopsa_id} has a negative amount ({amount}); refunds are not supported")
+    credit_note_id = parse_id(row.get("credit_note_id"), "payment credit_note_id", required=False)
+    paid_on = parse_halo_date(row.get("date"), f"payment {halopsa_id} date")
+    if paid_on is None:
+        raise MappingError(f"payment {halopsa_id} has no date")
+    content = {
+        "halopsa_id": halopsa_id,
+        "kind": "credit" if (credit_note_id or payment_type == PAYMENT_TYPE_CREDIT) else "payment",
+        "amount": amount,
+        "paid_on": paid_on,
+        "method": _text(row.get("payment_method_name"), 60),
+        "reference": _text(row.get("reference"), 100),
+        "thirdpartyid": _text(row.get("thirdpartyid"), 100),
+    }
+    return {**content, "fingerprint": fingerprint(content)}
+
+
+def map_invoice(payload: Any, *, number_field: str = "invoicenumber", default_currency: str = "USD") -> dict[str, Any]:
+    """A HaloPSA invoice (`InvoiceHeader` with lines and payments) -> Invoice fields.
+
+    Returns a dict with the Invoice columns plus "lines" (InvoiceLine fields), "payments"
+    (Payment fields, deposits left out), "is_credit_note" and "fingerprint" (over all of it).
+    Amounts come from HaloPSA as they are (total, tax_total, amountpaid, amountdue), so applied
+    credits and partial payments are in the balance exactly as HaloPSA computed them.
+    """
+    record = _record(payload, "invoice")
+    halopsa_id = parse_id(record.get("id"), "invoice id")
+    try:
+        return _map_invoice(record, halopsa_id, number_field, default_currency)
+    except MappingError as exc:
+        raise MappingError(f"invoice {halopsa_id}: {exc.message}", halopsa_id=halopsa_id) from None
+
+
+def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, default_currency: str) -> dict[str, Any]:
+    if number_field not in INVOICE_NUMBER_FIELDS:
+        raise MappingError(f"unknown invoice number field {number_field!r}")
+    number = _text(record.get(number_field), 100)
+    if not number and number_field != "invoicenumber":
+        number = _text(record.get("invoicenumber"), 100)  # fall back rather than store no number
+    total = parse_money(record.get("total"), "total")
+    tax = parse_money(record.get("tax_total"), "tax_total", default=ZERO)
+    amount_paid = parse_money(record.get("amountpaid"), "amountpaid", default=ZERO)
+    due = record.get("amountdue", record.get("amount_remaining"))
+    balance = parse_money(due, "amountdue") if due not in (None, "") else total - amount_paid
+    voided = _flag(record.get("voided"))
+    try:
+        paymentstatus = int(record.get("paymentstatus")) if record.get("paymentstatus") not in (None, "") else None
+    except (TypeError, ValueError):
+        raise MappingError(f"paymentstatus is not a number: {record.get('paymentstatus')!r}") from None
+    currency = _text(record.get("currency_code_name")).upper()
+    if not _ISO_CURRENCY.match(currency):
+        currency = _text(record.get("currency")).upper()
+    if not _ISO_CURRENCY.match(currency):
+        currency = default_currency  # HaloPSA gave none (or a symbol such as "$")
+    raw_lines = record.get("lines")
+    if raw_lines is None:
+        raw_lines = []
+    if not isinstance(raw_lines, list):
+        raise MappingError(f"lines is not a list: {type(raw_lines).__name__}")
+    lines = [map_line(line, index) for index, line in enumerate(raw_lines, start=1)]
+    raw_payments = record.get("payments") or []
+    if not isinstance(raw_payments, list):
+        raise MappingError(f"payments is not a list: {type(raw_payments).__name__}")
+    payments = [p for p in (map_payment(row) for row in raw_payments) if p is not None]
+    status = invoice_status(total=total, amount_paid=amount_paid, balance=balance, voided=voided, paymentstatus=paymentstatus)
+    mapped: dict[str, Any] = {
+        "halopsa_id": halopsa_id,
+        "number": number,
+        "invoice_date": parse_halo_date(record.get("invoice_date"), "invoice_date"),
+        "due_date": parse_halo_date(record.get("duedate"), "duedate"),
+        "currency": currency,
+        "subtotal": total - tax,
+        "tax": tax,
+        "total": total,
+        "amount_paid": amount_paid,
+        "balance": balance,
+        "status": status,
+        "remote_status": status,
+        "is_credit_note": is_credit_note(record),
+        "halopsa_client_id": parse_id(record.get("client_id"), "client_id", required=False),
+        "pdf_attachment_id": parse_id(record.get("pdf_attachment_id"), "pdf_attachment_id", required=False),
+        "remote_updated_at": parse_halo_datetime(record.get("last_modified"), "last_modified"),
+        "lines": lines,
+        "payments": payments,
+    }
+    mapped["fingerprint"] = fingerprint(mapped)
+    return mapped
