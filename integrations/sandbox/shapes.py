@@ -1,0 +1,425 @@
+"""Every HaloPSA wire-shape decision the sandbox makes, in one place.
+
+The reference (`../shared/reference/halopsa-api.md`) confirms paths, parameter names and most field
+names, but several details are marked "unverified" there. Each guess below says so and cites the
+section, so that correcting the simulator after meeting a real tenant means editing this file only.
+
+This module is pure standard library (no Django) and holds:
+- enums (payment status, payment type, webhook auth type),
+- envelope keys of list endpoints,
+- date and money formatting,
+- the functions that turn internal records into API JSON (clients, users, invoices, lines, payments),
+- webhook event names and the small entity objects they carry,
+- error bodies.
+"""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .records import Client, Invoice, Line, Payment, User
+
+# ---------------------------------------------------------------------------------------------
+# Credentials and versions
+
+#: Client credentials the sandbox accepts. Shapes follow [PAN]: the id is a GUID, the secret is
+#: two GUIDs joined by "-" (73 characters).
+SANDBOX_CLIENT_ID = "5c0a7e6e-2f4b-4d0b-9a55-3d9a1f6c2b10"
+SANDBOX_CLIENT_SECRET = "8b0f3c2e-91a4-4c7e-b5d2-6e1f0a9c3d47-2d6e9f10-7a3b-4e58-8c21-b94f05d7e6a3"
+DEFAULT_VERSION = "2.130.1"
+#: Real-time (webhook) sync exists only from this version on, per [ALT] (§6 "Version gating").
+#: No Halo release note confirms it; the sandbox gates every webhook on it.
+WEBHOOK_MIN_VERSION = "2.122.1"
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """Numeric version tuple: "v2.99" -> (2, 99); compares 2.99 < 2.122.1 correctly."""
+    parts = re.findall(r"\d+", str(version or ""))
+    return tuple(int(p) for p in parts) or (0,)
+
+
+def version_supports_webhooks(version: str) -> bool:
+    return parse_version(version) >= parse_version(WEBHOOK_MIN_VERSION)
+
+
+# ---------------------------------------------------------------------------------------------
+# Enums (reference §11 item 3: none of these integers is confirmed by Halo)
+
+#: `InvoiceHeader.paymentstatus`. Only "0 (and -1) = unpaid" is hinted by Halo's UI filter
+#: `paymentstatuses=0,-1` [HAPI #33]; 1 and 2 are our guess. No record is ever given -1.
+PAYMENTSTATUS_UNPAID = 0
+PAYMENTSTATUS_PARTIALLY_PAID = 1
+PAYMENTSTATUS_PAID = 2
+
+#: `InvoicePayment.type` (SW25 field, values unverified). 0 = money received, 1 = credit note
+#: applied (row carries `credit_note_id`, inferred from field names, §5). 2 would be a deposit:
+#: deposits are out of scope ([ALT] does not sync them) and the sandbox never generates any.
+PAYMENT_TYPE_PAYMENT = 0
+PAYMENT_TYPE_CREDIT = 1
+PAYMENT_TYPE_DEPOSIT = 2  # documented only; never produced
+
+#: `Webhook.authentication_type`: 0 none and 1 Basic per the guide; 3 = HMAC-SHA256 of the raw body,
+#: base64, in the header named by `authentication_header`, keyed by `basic_password` [DJPSA].
+#: With type 3 the sandbox *also* sends Basic auth when a username is set (the portal checks both).
+WEBHOOK_AUTH_NONE = 0
+WEBHOOK_AUTH_BASIC = 1
+WEBHOOK_AUTH_HMAC = 3
+
+#: Invoices with no customer: Halo stores client id 0 and an empty name (unverified; §3.3 gives no
+#: example). Clients that treat 0/"" as "no customer" work against either guess.
+NO_CLIENT_ID = 0
+NO_CLIENT_NAME = ""
+
+# ---------------------------------------------------------------------------------------------
+# Lists and paging (§2)
+
+#: Array keys inside list envelopes. `invoicepayments` is a guess: GET /InvoicePayment has no
+#: declared response schema (§2, §11 item 7). `webhooks` is a guess too (GET /Webhook is a bare
+#: array in some clients) - the sandbox returns a bare array for /Webhook, see server.py.
+ENVELOPE_KEYS = {
+    "clients": "clients",
+    "users": "users",
+    "invoices": "invoices",
+    "payments": "invoicepayments",
+}
+#: Observed server-side page cap (HAPI #90, seen on /tickets; assumed for every list, §11 item 10).
+PAGE_CAP = 100
+#: Page size used when `pageinate=true` comes without `page_size` (unverified).
+DEFAULT_PAGE_SIZE = 50
+
+#: Halo's hosted throttle text [WR51]. The number follows the configured limit.
+RATE_LIMIT_MESSAGE = "Rate Limit Reached - {limit} Requests per rolling {minutes} minute window"
+
+
+def rate_limit_message(limit: int, window_seconds: float) -> str:
+    minutes = window_seconds / 60
+    minutes_text = str(int(minutes)) if float(minutes).is_integer() else f"{minutes:g}"
+    return RATE_LIMIT_MESSAGE.format(limit=limit, minutes=minutes_text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates. Halo sends local-style timestamps without an offset (§2); the sandbox's clock is UTC, so
+# every timestamp it serves is UTC without a suffix. `invoice_date`/`duedate`/`date` come without
+# fractions, `last_modified`/`alastupdate`/`ulastupdate`/`datecreated` with milliseconds ([PYH]
+# parses the former with `%Y-%m-%dT%H:%M:%S` and `last_modified` with `.%f`).
+
+EPOCH = datetime(1970, 1, 1)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def datetime_to_ms(value: datetime) -> int:
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def format_date(ms: int) -> str:
+    """`2026-10-10T10:00:00` (no fraction, no offset)."""
+    return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def format_timestamp(ms: int) -> str:
+    """`2026-10-10T10:00:00.123` (milliseconds, no offset)."""
+    value = ms_to_datetime(ms)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+
+
+def format_webhook_timestamp(ms: int) -> str:
+    """`2026-09-25T06:41:08.7895915Z`: 7 fractional digits and Z, as in the live body [DOTMARC]."""
+    value = ms_to_datetime(ms)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}0000Z"
+
+
+_DATE_RE = re.compile(
+    r"^\s*(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,7}))?)?)?\s*(Z|[+-]\d{2}:?\d{2})?\s*$",
+    re.IGNORECASE,
+)
+
+
+def parse_query_date(text: str) -> int | None:
+    """Parse a query-string or body date into epoch ms (UTC). Accepts `2026-10-10`,
+    `2026-10-10T10:00:00`, fractions (1-7 digits), `Z` or `+hh:mm`. Returns None when unparseable
+    (Halo ignores what it cannot bind, so callers treat None as "no filter")."""
+    match = _DATE_RE.match(str(text or ""))
+    if not match:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        value = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0))
+    except ValueError:
+        return None
+    ms = datetime_to_ms(value)
+    if fraction:
+        ms += int((fraction + "000")[:3])
+    if offset and offset.upper() != "Z":
+        sign = -1 if offset[0] == "-" else 1
+        digits = offset[1:].replace(":", "")
+        ms -= sign * (int(digits[:2]) * 60 + int(digits[2:])) * 60_000
+    return ms
+
+
+# ---------------------------------------------------------------------------------------------
+# Money: Decimal inside, JSON numbers with two decimals on the wire (`1234.50`, not a string).
+
+CENT = Decimal("0.01")
+ZERO = Decimal("0.00")
+
+
+def money(value: Any) -> Decimal:
+    """Decimal rounded half-up to cents. Raises ValueError on junk."""
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError, TypeError) as exc:
+        raise ValueError(f"not an amount: {value!r}") from exc
+    if not amount.is_finite():
+        raise ValueError(f"not an amount: {value!r}")
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+_MONEY_MARK = "\u0000money:"
+_MONEY_MARK_RE = re.compile(r'"\\u0000money:(-?\d+(?:\.\d+)?)"')
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return _MONEY_MARK + format(value, "f")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(payload: Any) -> bytes:
+    """JSON with Decimals as bare numbers keeping their digits (2 decimals for money)."""
+    text = json.dumps(payload, default=_json_default, separators=(",", ":"))
+    if _MONEY_MARK_RE.pattern and "money:" in text:
+        text = _MONEY_MARK_RE.sub(r"\1", text)
+    return text.encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records -> API JSON
+
+
+def client_to_api(client: Client) -> dict[str, Any]:
+    """`Area` fields the portal needs (§4.1)."""
+    return {
+        "id": client.id,
+        "name": client.name,
+        "inactive": client.inactive,
+        "toplevel_id": client.toplevel_id,
+        "toplevel_name": client.toplevel_name,
+        "accountsid": client.accountsid,
+        "accountsemailaddress": client.accountsemailaddress,
+        "accountsccemailaddress": "",
+        "accountsbccemailaddress": "",
+        "accountsfirstname": client.accountsfirstname,
+        "accountslastname": client.accountslastname,
+        "main_site_id": client.main_site_id,
+        "main_site_name": "Main",
+        "main_contact_name": client.main_contact_name,
+        "datecreated": format_timestamp(client.datecreated_ms),
+        "alastupdate": format_timestamp(client.lastupdate_ms),
+        "currencyisocode": client.currency,
+        "paymentterms": client.paymentterms,
+        "website": client.website,
+        "customfields": [],
+    }
+
+
+def user_to_api(user: User, client_name: str, site_name: str = "Main") -> dict[str, Any]:
+    """`Users_List` + the `Users` fields the billing-contact rule reads (§4.2). `site_id` is a
+    double in the spec, hence `12.0`, with `site_id_int` beside it."""
+    return {
+        "id": user.id,
+        "name": f"{user.firstname} {user.surname}".strip(),
+        "firstname": user.firstname,
+        "surname": user.surname,
+        "initials": (user.firstname[:1] + user.surname[:1]).upper(),
+        "emailaddress": user.emailaddress,
+        "phonenumber": user.phonenumber,
+        "client_id": user.client_id,
+        "client_name": client_name,
+        "site_id": float(user.site_id),
+        "site_id_int": user.site_id,
+        "site_name": site_name,
+        "inactive": user.inactive,
+        "isimportantcontact": False,
+        "ismaincontact": user.ismaincontact,
+        "iscontractcontact": False,
+        "canaccessinvoices": user.canaccessinvoices,
+        "neversendemails": False,
+        "isserviceaccount": False,
+        "datecreated": format_timestamp(user.datecreated_ms),
+        "ulastupdate": format_timestamp(user.lastupdate_ms),
+        "customfields": [],
+    }
+
+
+def line_to_api(line: Line, invoice_id: int) -> dict[str, Any]:
+    """`InvoiceDetail` (§3.4)."""
+    return {
+        "id": line.id,
+        "ihid": invoice_id,
+        "item_code": line.item_code,
+        "item_shortdescription": line.description,
+        "item_longdescription": line.longdescription,
+        "qty_order": line.qty,
+        "unit_price": line.unit_price,
+        "net_amount": line.net_amount,
+        "tax_rate": line.tax_rate,
+        "tax_amount": line.tax_amount,
+        "total_price": line.total_price,
+        "net_total": line.net_amount,
+        "total_tax": line.tax_amount,
+        "sequenceid": line.sequenceid,
+    }
+
+
+PAYMENT_METHOD_NAMES = {0: "Bank Transfer", 1: "Credit Card", 2: "Cheque", 3: "Credit Note"}
+
+
+def payment_to_api(payment: Payment, invoice: Invoice, client_name: str) -> dict[str, Any]:
+    """`InvoicePayment_List` (SW25, §5). Credit applications are rows with `type` 1 and
+    `credit_note_id` set (inferred, §5 last bullet)."""
+    return {
+        "id": payment.id,
+        "invoice_id": payment.invoice_id,
+        "invoice_invoicenumber": invoice.invoicenumber,
+        "client_id": invoice.client_id,
+        "client_name": client_name,
+        "date": format_date(payment.date_ms),
+        "amount": payment.amount,
+        "type": payment.type,
+        "credit_note_id": payment.credit_note_id,
+        "method": payment.method,
+        "payment_method": payment.method,
+        "payment_method_name": payment.method_name,
+        "status": 0,
+        "reference": payment.reference,
+        "thirdpartyid": payment.thirdpartyid,
+        "posted": False,
+    }
+
+
+def invoice_to_api(invoice: Invoice, client_name: str, *, include_lines: bool) -> dict[str, Any]:
+    """`InvoiceHeader` fields the portal needs (§3.3). `payments` is always embedded; `lines`
+    only when asked for (`includelines` on the list, `includedetails` on GET by id)."""
+    total = invoice.total
+    amountpaid = invoice.amountpaid
+    amountdue = total - amountpaid
+    body: dict[str, Any] = {
+        "id": invoice.id,
+        "invoicenumber": invoice.invoicenumber,
+        "thirdpartyinvoicenumber": invoice.thirdpartyinvoicenumber,
+        "client_id": invoice.client_id,
+        "client_name": client_name,
+        "invoice_date": format_date(invoice.invoice_date_ms),
+        "duedate": format_date(invoice.duedate_ms),
+        "date_created": format_timestamp(invoice.date_created_ms),
+        "last_modified": format_timestamp(invoice.last_modified_ms),
+        "currency_code_name": invoice.currency,
+        "total": total,
+        "tax_total": invoice.tax_total,
+        "amountpaid": amountpaid,
+        "amountdue": amountdue,
+        "amount_remaining": amountdue,
+        "paymentstatus": invoice.paymentstatus,
+        "voided": invoice.voided,
+        "posted": invoice.posted,
+        "disabled": False,
+        # Credit notes are invoice records with a negative total; `invoicetype` values are
+        # unverified (§11 item 3) - 0 invoice, 1 credit note is our guess.
+        "invoicetype": 1 if invoice.is_credit_note else 0,
+        "creditlinkedtoinvoiceid": invoice.creditlinkedtoinvoiceid,
+        "pdf_attachment_id": invoice.pdf_attachment_id,
+        "pdf_attachment_date_created": format_timestamp(invoice.pdf_created_ms),
+        "payments": [payment_to_api(p, invoice, client_name) for p in invoice.payments],
+    }
+    if include_lines:
+        body["lines"] = [line_to_api(line, invoice.id) for line in invoice.lines]
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhooks (§6). Event names are lower-case words like the live "ticket status changed"
+# [DOTMARC]; invoice/client/payment names and the entity keys are unverified (§11 item 4).
+
+WEBHOOK_EVENTS = (
+    "invoice created",
+    "invoice updated",
+    "invoice deleted",
+    "client created",
+    "client updated",
+    "client deleted",
+    "user created",
+    "user updated",
+    "user deleted",
+    "payment created",
+    "payment deleted",
+)
+#: The key under which the small entity object travels, per event entity.
+WEBHOOK_ENTITY_KEYS = {"invoice": "invoice", "client": "client", "user": "user", "payment": "payment"}
+
+
+def invoice_webhook_object(invoice: Invoice, client_name: str) -> dict[str, Any]:
+    """"Small object with key fields only" payload option [WHG]."""
+    return {
+        "id": invoice.id,
+        "invoicenumber": invoice.invoicenumber,
+        "client_id": invoice.client_id,
+        "client_name": client_name,
+        "total": invoice.total,
+        "amountdue": invoice.amountdue,
+        "paymentstatus": invoice.paymentstatus,
+        "voided": invoice.voided,
+        "last_modified": format_timestamp(invoice.last_modified_ms),
+    }
+
+
+def client_webhook_object(client: Client) -> dict[str, Any]:
+    return {"id": client.id, "name": client.name, "inactive": client.inactive}
+
+
+def user_webhook_object(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "name": f"{user.firstname} {user.surname}".strip(),
+        "client_id": user.client_id,
+        "emailaddress": user.emailaddress,
+        "canaccessinvoices": user.canaccessinvoices,
+        "inactive": user.inactive,
+    }
+
+
+def payment_webhook_object(payment: Payment) -> dict[str, Any]:
+    return {
+        "id": payment.id,
+        "invoice_id": payment.invoice_id,
+        "amount": payment.amount,
+        "type": payment.type,
+        "credit_note_id": payment.credit_note_id,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Error bodies (§8: Halo's bodies are not uniform; these are the common forms)
+
+
+def error_message(message: str) -> dict[str, str]:
+    """`{"Message": ...}` as ASP.NET Web API answers 400/401/404."""
+    return {"Message": message}
+
+
+def oauth_error(error: str, description: str) -> dict[str, str]:
+    """OAuth-style body of the token endpoint (`invalid_client` per [HAPI #19])."""
+    return {"error": error, "error_description": description}
+
+
+UNAUTHORIZED_MESSAGE = "Authorization has been denied for this request."
+NOT_FOUND_ROUTE_MESSAGE = "No HTTP resource was found that matches the request URI."
