@@ -1,0 +1,77 @@
+"""pytest fixtures for the HaloPSA sandbox (loaded by tests/conftest.py via `pytest_plugins`).
+
+- `halo_sandbox`: a started `SandboxServer(dataset="tiny", seed=1, port=0)`, stopped afterwards.
+  Override arguments with `@pytest.mark.sandbox(dataset="demo", version="2.99", rate_limit=0)` or
+  with indirect parametrisation (`request.param` = dict of arguments).
+- `halo_sandbox_factory`: `make(**kwargs)` starts a sandbox with any constructor arguments;
+  every sandbox it made is stopped at teardown.
+- `halo_session`: a `requests.Session` already holding a bearer token for `halo_sandbox`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SandboxServer
+
+DEFAULT_SANDBOX_ARGS: dict[str, Any] = {"dataset": "tiny", "seed": 1, "port": 0}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sandbox(**kwargs): arguments for the halo_sandbox fixture")
+
+
+@pytest.fixture
+def halo_sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
+    started: list[SandboxServer] = []
+
+    def make(**kwargs: Any) -> SandboxServer:
+        server = SandboxServer(**{**DEFAULT_SANDBOX_ARGS, **kwargs})
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def halo_sandbox(request: pytest.FixtureRequest, halo_sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
+    kwargs: dict[str, Any] = {}
+    marker = request.node.get_closest_marker("sandbox")
+    if marker is not None:
+        kwargs.update(marker.kwargs)
+    param = getattr(request, "param", None)
+    if isinstance(param, dict):
+        kwargs.update(param)
+    return halo_sandbox_factory(**kwargs)
+
+
+def halo_token(server: SandboxServer, scope: str = "all") -> str:
+    """Fetch a bearer token from `server` (tenant handled)."""
+    import requests
+
+    params = {"tenant": server.tenant} if server.tenant else None
+    response = requests.post(
+        f"{server.url}/auth/token", params=params, timeout=10,
+        data={"grant_type": "client_credentials", "client_id": server.client_id,
+              "client_secret": server.client_secret, "scope": scope},
+    )
+    response.raise_for_status()
+    return response.json()["access_token"]
+
+
+@pytest.fixture
+def halo_session(halo_sandbox: SandboxServer) -> Iterator[Any]:
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False  # never route 127.0.0.1 through a proxy
+    session.headers["Authorization"] = f"Bearer {halo_token(halo_sandbox)}"
+    yield session
+    session.close()
+
+
+__all__ = ["SANDBOX_CLIENT_ID", "SANDBOX_CLIENT_SECRET", "halo_token"]
