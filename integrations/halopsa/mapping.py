@@ -447,3 +447,27 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     }
     mapped["fingerprint"] = fingerprint(mapped)
     return mapped
+
+
+# --- status mapping for pushes (owned by the push engineer; used by integrations/services/push.py)
+
+HALO_ACTION_VOID = "void"  # POST /api/Invoice/{id}/void
+HALO_ACTION_UPDATE = "update"  # POST /api/Invoice [{"id": id, **fields}]
+
+
+def invoice_status_to_halo(status: str) -> tuple[str, dict[str, Any]]:
+    """How HaloPSA is told that an invoice has our `status` (open | paid | void).
+
+    - void: the SW25 void route;
+    - paid: `markaspaid` on the invoice (reference §3.6: semantics unverified; the sandbox records
+      a payment of the amount due, which the next pull mirrors);
+    - open (also partially paid): un-void with `voided: false` (unverified; a paid invoice is
+      re-opened in HaloPSA only by deleting its payments, which the push service refuses to guess).
+    """
+    if status == STATUS_VOID:
+        return HALO_ACTION_VOID, {}
+    if status == STATUS_PAID:
+        return HALO_ACTION_UPDATE, {"markaspaid": True}
+    if status in (STATUS_OPEN, STATUS_PARTIALLY_PAID):
+        return HALO_ACTION_UPDATE, {"voided": False}
+    raise MappingError(f"no HaloPSA status for {status!r}")
