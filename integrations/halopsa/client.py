@@ -1,0 +1,973 @@
+"""The HaloPSA API client: the one module that talks HTTP to HaloPSA.
+
+What it owns:
+- client-credentials auth with a token cached per client and per process (shared by every client
+  of the same HaloPSA application), re-authenticating once on a 401 (or on the 400 some instances
+  send for an expired token);
+- paging: streams list endpoints page by page at the server's cap of 100 rows, stops exactly at
+  the last page and exposes `record_count` for progress;
+- resilience: timeouts on every call, retries with exponential backoff and full jitter on 429,
+  500 (at most twice), 502/503/504, connection errors and timeouts of idempotent requests;
+  Retry-After honoured (a long one raises HaloRateLimited so the caller reschedules);
+- exactly-once payments: `create_payment` looks the payment up by our reference before posting
+  and after any ambiguous outcome, so it is safe to call again;
+- a client-side request budget (budget.py) and SSRF-safe outbound connections (outbound.py);
+- typed errors with messages a partner can act on (exceptions.py); one log line per request
+  with method, path, status, duration and attempt, never a secret or a token;
+- request statistics (`RequestStats`) a sync run can share.
+
+Records are returned as parsed JSON dicts (numbers as Decimal); mapping them is mapping.py's job.
+"""
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from urllib3 import exceptions as urllib3_exceptions
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
+
+from .budget import RequestBudget
+from .exceptions import (
+    HaloAmbiguousWrite,
+    HaloAuthError,
+    HaloBadResponse,
+    HaloConnectionError,
+    HaloError,
+    HaloNotFound,
+    HaloPermissionError,
+    HaloRateLimited,
+    HaloRequestRejected,
+    HaloServerError,
+    HaloTimeout,
+    UnsafeURLError,
+)
+from .outbound import safe_session, validate_url
+
+if TYPE_CHECKING:  # pragma: no cover
+    from integrations.models import Connection
+
+logger = logging.getLogger("integrations.halopsa.client")
+
+PAGE_SIZE = 100  # HaloPSA returns at most 100 rows per page whatever page_size asks for (reference §2)
+TOKEN_EARLY_REFRESH = 60.0  # seconds before expiry at which a cached token is replaced
+RETRY_AFTER_CAP = 120.0  # longer Retry-After values are handed to the caller (HaloRateLimited)
+BACKOFF_CAP = 60.0
+MAX_500_RETRIES = 2  # a 500 is usually a bug in HaloPSA for this request; retry it a little only
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+EXCERPT_CHARS = 160
+
+ENVELOPE_CLIENTS = "clients"
+ENVELOPE_USERS = "users"
+ENVELOPE_INVOICES = "invoices"
+ENVELOPE_PAYMENTS = "invoicepayments"
+
+
+# ---------------------------------------------------------------------------------------------
+# Small value types
+
+
+@dataclass
+class RequestStats:
+    """Counts every HTTP attempt (token calls included). Pass one instance to several clients to
+    total a sync run."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes: int = 0
+    errors: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, requests: int = 0, retries: int = 0, bytes: int = 0, errors: int = 0) -> None:
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            self.bytes += bytes
+            self.errors += errors
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {"requests": self.requests, "retries": self.retries, "bytes": self.bytes, "errors": self.errors}
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[dict[str, Any]]
+    record_count: int  # total rows matching the query, for progress
+    page_no: int
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float  # time.monotonic() after which we stop using it
+
+
+# Process-wide token cache: several clients (a sync run, a webhook, a push) share one token per
+# HaloPSA application instead of each asking for their own.
+_TOKEN_CACHE: dict[tuple[str, str, str], _Token] = {}
+_TOKEN_LOCK = threading.Lock()
+
+
+def clear_token_cache() -> None:
+    with _TOKEN_LOCK:
+        _TOKEN_CACHE.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def format_query_datetime(value: datetime | date) -> str:
+    """`YYYY-MM-DDTHH:MM:SS` in UTC, the form HaloPSA's date filters take. Naive means UTC."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{value.isoformat()}T00:00:00"
+
+
+def parse_json(content: bytes | str) -> Any:
+    """HaloPSA JSON with every non-integer number as Decimal (money never touches float)."""
+    if isinstance(content, bytes):
+        content = content.decode("utf-8-sig")
+    return json.loads(content, parse_float=Decimal)
+
+
+_DECIMAL_MARK = "\u0000decimal:"
+_DECIMAL_MARK_RE = re.compile(r'"\\u0000decimal:(-?\d+(?:\.\d+)?)"')
+
+
+def dumps_json(payload: Any) -> bytes:
+    """JSON with Decimals written as plain numbers with all their digits (never via float)."""
+
+    def default(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                raise ValueError(f"not a finite amount: {value}")
+            return _DECIMAL_MARK + format(value, "f")
+        if isinstance(value, datetime):
+            return format_query_datetime(value)
+        if isinstance(value, date):
+            return format_query_datetime(value)
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+    text = json.dumps(payload, default=default, separators=(",", ":"))
+    return _DECIMAL_MARK_RE.sub(r"\1", text).encode("utf-8")
+
+
+def _first_text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def extract_error_message(body: Any) -> str:
+    """HaloPSA's message from any of its error body shapes (reference §8), or "".
+
+    Shapes: {"error", "error_description"} (OAuth), {"ClassName", "Message"} (.NET exception),
+    {"Message"}, {"resultCode", "errorMessage"}, a bare JSON string, {"<field>": "<message>"},
+    or a list of any of these.
+    """
+    if isinstance(body, (bytes, str)):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        try:
+            parsed = parse_json(text)
+        except ValueError:
+            return _plain_text(text)
+        return extract_error_message(parsed)
+    if isinstance(body, list):
+        for item in body:
+            message = extract_error_message(item)
+            if message:
+                return message
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    lowered = {str(k).lower(): v for k, v in body.items()}
+    for key in ("error_description", "errormessage", "exceptionmessage", "message", "detail", "title"):
+        message = _first_text(lowered.get(key))
+        if message:
+            if key == "message" and _first_text(lowered.get("messagedetail")):
+                message = f"{message} {lowered['messagedetail'].strip()}"
+            return message
+    error = lowered.get("error")
+    if isinstance(error, dict):
+        return extract_error_message(error)
+    if _first_text(error):
+        return _first_text(error)
+    errors = lowered.get("errors")
+    if isinstance(errors, (dict, list)):
+        return extract_error_message(errors) if isinstance(errors, list) else _field_messages(errors)
+    return _field_messages(body)
+
+
+def _field_messages(body: dict[Any, Any]) -> str:
+    # {"id": "must be set"} or {"[0].amount": ["bad"]}: the field path is part of the message.
+    parts = []
+    for key, value in body.items():
+        if isinstance(value, list):
+            value = "; ".join(v for v in value if isinstance(v, str))
+        if isinstance(value, str) and value.strip():
+            parts.append(f"{key}: {value.strip()}")
+    return "; ".join(parts[:3])
+
+
+def _plain_text(text: str) -> str:
+    text = re.sub(r"<[^>]+>", " ", text)  # an HTML error page from a proxy
+    return " ".join(text.split())[:EXCERPT_CHARS]
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way the retry loop may repeat."""
+
+    def __init__(self, error: HaloError, *, retry_after: float | None = None, kind: str = "status"):
+        self.error = error
+        self.retry_after = retry_after
+        self.kind = kind  # "status" | "connect" | "ambiguous" | "timeout" | "body"
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+
+
+class HaloClient:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        auth_url: str = "",
+        tenant: str = "",
+        stats: RequestStats | None = None,
+        budget_key: str | None = None,
+        rate_limit: int | None = None,
+        rate_window: float | None = None,
+        budget_max_wait: float | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_base_delay: float | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ):
+        self.base_url = (base_url or "").strip().rstrip("/")
+        self.auth_url = (auth_url or "").strip().rstrip("/")
+        self.client_id = (client_id or "").strip()
+        self._client_secret = client_secret or ""
+        self.tenant = (tenant or "").strip()
+        self.stats = stats if stats is not None else RequestStats()
+        self.connect_timeout = float(
+            connect_timeout if connect_timeout is not None else getattr(settings, "HALOPSA_CONNECT_TIMEOUT", 5.0)
+        )
+        self.read_timeout = float(
+            read_timeout if read_timeout is not None else getattr(settings, "HALOPSA_READ_TIMEOUT", 60.0)
+        )
+        self.max_retries = int(max_retries if max_retries is not None else getattr(settings, "HALOPSA_MAX_RETRIES", 5))
+        self.retry_base_delay = float(
+            retry_base_delay if retry_base_delay is not None else getattr(settings, "HALOPSA_RETRY_BASE_DELAY", 1.0)
+        )
+        self._sleep = sleep or time.sleep
+        self.budget = RequestBudget(
+            budget_key or f"url:{self.base_url}:{self.client_id}",
+            limit=rate_limit,
+            window=rate_window,
+            max_wait=budget_max_wait,
+            sleep=self._sleep,
+        )
+        self._token: _Token | None = None
+        self._session: requests.Session | None = None
+        # Checked up front so a bad URL fails with a clear message before anything else happens.
+        validate_url(self.base_url or "")
+        if self.auth_url:
+            validate_url(self.auth_url)
+
+    @classmethod
+    def for_connection(cls, connection: Connection, stats: RequestStats | None = None, **overrides: Any) -> HaloClient:
+        kwargs: dict[str, Any] = {
+            "base_url": connection.base_url,
+            "auth_url": connection.auth_url,
+            "client_id": connection.client_id,
+            "client_secret": connection.client_secret,
+            "tenant": connection.tenant,
+            "stats": stats,
+            "budget_key": f"conn:{connection.pk}",
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"<HaloClient {self.base_url} client_id={self.client_id}>"
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            self._session = safe_session()
+        return self._session
+
+    # -----------------------------------------------------------------------------------------
+    # Auth
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.auth_url}/token" if self.auth_url else f"{self.base_url}/auth/token"
+
+    def _token_cache_key(self) -> tuple[str, str, str]:
+        # The secret's hash is part of the key so an edited secret is checked at once, not after an hour.
+        return (self.token_url, self.client_id, hashlib.sha256(self._client_secret.encode()).hexdigest())
+
+    def _access_token(self) -> str:
+        now = time.monotonic()
+        if self._token is not None and self._token.expires_at > now:
+            return self._token.value
+        key = self._token_cache_key()
+        with _TOKEN_LOCK:
+            shared = _TOKEN_CACHE.get(key)
+        if shared is not None and shared.expires_at > now:
+            self._token = shared
+            return shared.value
+        self._token = self._authenticate()
+        with _TOKEN_LOCK:
+            _TOKEN_CACHE[key] = self._token
+        return self._token.value
+
+    def _forget_token(self, value: str) -> None:
+        if self._token is not None and self._token.value == value:
+            self._token = None
+        key = self._token_cache_key()
+        with _TOKEN_LOCK:
+            shared = _TOKEN_CACHE.get(key)
+            if shared is not None and shared.value == value:
+                del _TOKEN_CACHE[key]
+
+    def _authenticate(self) -> _Token:
+        if not self.client_id or not self._client_secret:
+            raise HaloAuthError("The connection has no HaloPSA client ID or secret; enter both in its settings.")
+        params = {"tenant": self.tenant} if self.tenant else None
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self._client_secret,
+            "scope": "all",
+        }
+        response = self._call(
+            "POST", self.token_url, params=params, data=form, authenticated=False, idempotent=True, kind="token"
+        )
+        try:
+            body = parse_json(response.content)
+        except ValueError:
+            raise HaloBadResponse(
+                "HaloPSA's token endpoint did not answer with JSON. Check the HaloPSA URL "
+                "and the Authorisation server URL.", status=response.status_code, permanent=True,
+            ) from None
+        # Never quote the token response: it holds the token.
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise HaloBadResponse(
+                "HaloPSA's token endpoint answered without an access token. Check the Authorisation server URL.",
+                status=response.status_code, permanent=True,
+            )
+        try:
+            lifetime = float(body.get("expires_in", 3600))
+        except (TypeError, ValueError):
+            lifetime = 3600.0
+        early = min(TOKEN_EARLY_REFRESH, lifetime / 10)
+        return _Token(value=token, expires_at=time.monotonic() + max(lifetime - early, 0.0))
+
+    def _token_error(self, response: requests.Response) -> HaloError:
+        status = response.status_code
+        message = self._scrub(extract_error_message(response.content))
+        lowered = message.lower()
+        if status in (400, 401) and ("invalid_client" in response.text or "client" in lowered or status == 401):
+            return HaloAuthError(status=status)
+        if status == 400 and "scope" in lowered:
+            return HaloPermissionError(
+                f"HaloPSA refused the requested permissions ({message}). Give the API application the "
+                "'all' scope under Configuration > Integrations > HaloPSA API.", status=status,
+            )
+        if status == 400 and "tenant" in lowered:
+            return HaloAuthError(f"HaloPSA did not accept the tenant name ({message}). Check the tenant.", status=status)
+        if status == 404:
+            return HaloNotFound(
+                f"No HaloPSA sign-in endpoint at {self._display_url(self.token_url)}. Check the HaloPSA URL and "
+                "the Authorisation server URL (shown in HaloPSA under Configuration > Integrations > HaloPSA API).",
+                status=status,
+            )
+        if status == 400:
+            return HaloAuthError(
+                f"HaloPSA refused to sign in{': ' + message if message else ''}. Check the client ID, secret and tenant.",
+                status=status,
+            )
+        return self._status_error(response, path="/auth/token")
+
+    # -----------------------------------------------------------------------------------------
+    # The request loop
+
+    def _api_url(self, path: str) -> str:
+        return f"{self.base_url}/api/{path.lstrip('/')}"
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        idempotent: bool | None = None,
+        expect: str = "json",
+    ) -> Any:
+        """Call /api/<path> with auth, budget, retries; return parsed JSON (or bytes/None)."""
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT_METHODS
+        reauthenticated = False
+        while True:
+            token = self._access_token()
+            try:
+                return self._call(
+                    method, self._api_url(path), params=params, json_body=json_body, token=token,
+                    authenticated=True, idempotent=idempotent, expect=expect,
+                )
+            except _ExpiredToken:
+                if reauthenticated:
+                    raise HaloAuthError(
+                        "HaloPSA refused a freshly issued token. Check that the API application is active and "
+                        "its 'log in as' agent is enabled, under Configuration > Integrations > HaloPSA API.",
+                        status=401,
+                    ) from None
+                reauthenticated = True
+                self._forget_token(token)
+                self.stats.add(retries=1)
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+        json_body: Any = None,
+        token: str | None = None,
+        authenticated: bool,
+        idempotent: bool,
+        expect: str = "json",
+        kind: str = "api",
+    ) -> Any:
+        attempt = 0
+        retries_500 = 0
+        while True:
+            attempt += 1
+            try:
+                return self._attempt(
+                    method, url, params=params, data=data, json_body=json_body, token=token,
+                    authenticated=authenticated, expect=expect, kind=kind, attempt=attempt,
+                )
+            except _Retry as failure:
+                error = failure.error
+                retryable = attempt <= self.max_retries and not error.permanent
+                if not idempotent and failure.kind != "connect" and error.status != 429:
+                    # The request may have been carried out (only a refused connection or a 429
+                    # proves it was not); repeating it is the caller's decision.
+                    retryable = False
+                if error.status == 500:
+                    retries_500 += 1
+                    retryable = retryable and retries_500 <= MAX_500_RETRIES
+                if not retryable:
+                    raise error from None
+                delay = self._backoff(attempt)
+                if failure.retry_after is not None:
+                    if failure.retry_after > RETRY_AFTER_CAP:
+                        raise HaloRateLimited(
+                            f"HaloPSA asked the portal to wait {math.ceil(failure.retry_after)} seconds; "
+                            "the work continues automatically after that.",
+                            retry_after=failure.retry_after, status=error.status,
+                        ) from None
+                    # At least what HaloPSA asked for, plus a little jitter so workers do not stampede.
+                    delay = failure.retry_after + random.uniform(0, self.retry_base_delay)
+                self.stats.add(retries=1)
+                logger.info("halopsa retrying %s %s in %.2f s after: %s", method, self._log_path(url), delay, error.message)
+                self._sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential backoff with full jitter (AWS Builders' Library).
+        return random.uniform(0, min(BACKOFF_CAP, self.retry_base_delay * (2 ** (attempt - 1))))
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None,
+        data: dict[str, str] | None,
+        json_body: Any,
+        token: str | None,
+        authenticated: bool,
+        expect: str,
+        kind: str,
+        attempt: int,
+    ) -> Any:
+        self.budget.acquire()
+        headers = {"Accept": "application/json" if expect == "json" else "*/*"}
+        body: bytes | None = None
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            body = dumps_json(json_body)
+        started = time.monotonic()
+        path = self._log_path(url)
+        status: int | str = "-"
+        try:
+            response = self.session.request(
+                method, url, params=params, data=data if data is not None else body, headers=headers,
+                timeout=(self.connect_timeout, self.read_timeout), allow_redirects=False,
+            )
+            status = response.status_code
+            content = response.content  # read here so a cut-off body counts as this attempt's failure
+            self.stats.add(bytes=len(content))
+        except UnsafeURLError:
+            status = "refused"  # nothing was sent
+            raise
+        except requests.exceptions.ConnectTimeout:
+            status = "connect-timeout"
+            self.stats.add(errors=1)
+            raise _Retry(HaloTimeout(
+                f"HaloPSA at {self._display_url(url)} did not accept a connection within "
+                f"{self.connect_timeout:g} seconds. Check the HaloPSA URL and that the instance is online."
+            ), kind="connect") from None
+        except requests.exceptions.Timeout:
+            status = "timeout"
+            self.stats.add(errors=1)
+            raise _Retry(HaloTimeout(
+                f"HaloPSA did not answer within {self.read_timeout:g} seconds; the request will be retried later."
+            ), kind="timeout") from None
+        except requests.exceptions.ConnectionError as exc:
+            status = "connection-error"
+            self.stats.add(errors=1)
+            error, failure_kind = self._connection_error(exc)
+            raise _Retry(error, kind=failure_kind) from None
+        except requests.exceptions.RequestException as exc:
+            status = "error"
+            self.stats.add(errors=1)
+            raise _Retry(HaloConnectionError(
+                f"The connection to HaloPSA failed ({type(exc).__name__}); the request will be retried later."
+            ), kind="ambiguous") from None
+        finally:
+            if status != "refused":
+                self.stats.add(requests=1)
+            logger.info(
+                "halopsa %s %s status=%s duration_ms=%d attempt=%d",
+                method, path, status, (time.monotonic() - started) * 1000, attempt,
+            )
+
+        if response.status_code >= 400 or 300 <= response.status_code < 400:
+            self.stats.add(errors=1)
+        if 300 <= response.status_code < 400:
+            location = response.headers.get("Location", "")
+            raise HaloBadResponse(
+                f"HaloPSA answered with a redirect{' to ' + self._display_url(location) if location else ''}; "
+                "the portal does not follow redirects. Enter the instance's final https address as the HaloPSA URL.",
+                status=response.status_code, permanent=True,
+            )
+        if kind == "token":
+            if response.status_code in RETRY_STATUSES:
+                raise _Retry(self._status_error(response, path="/auth/token"),
+                             retry_after=parse_retry_after(response.headers.get("Retry-After")))
+            if response.status_code >= 400:
+                raise self._token_error(response)
+            return response
+        if authenticated and self._looks_like_expired_token(response):
+            raise _ExpiredToken()
+        if response.status_code in RETRY_STATUSES:
+            raise _Retry(self._status_error(response, path=path),
+                         retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        if response.status_code >= 400:
+            raise self._status_error(response, path=path)
+        if expect == "none":
+            return None
+        if expect == "bytes":
+            return content
+        if not content.strip():
+            return None
+        try:
+            return parse_json(content)
+        except ValueError:
+            raise _Retry(HaloBadResponse(
+                f"HaloPSA sent malformed JSON for {path} (starts: {self._excerpt(content)!r}).",
+                status=response.status_code,
+            ), kind="body") from None
+
+    @staticmethod
+    def _looks_like_expired_token(response: requests.Response) -> bool:
+        if response.status_code == 401:
+            return True
+        if response.status_code != 400:
+            return False
+        text = response.text[:2000].lower()
+        return "token" in text and any(w in text for w in ("expired", "invalid_token", "invalid token"))
+
+    def _connection_error(self, exc: requests.exceptions.ConnectionError) -> tuple[HaloError, str]:
+        """The partner-facing error and whether the request never left ("connect") or may have ("ambiguous")."""
+        reason = exc.args[0] if exc.args else None
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        host = urlsplit(self.base_url).hostname or self.base_url
+        if isinstance(reason, NameResolutionError):
+            return HaloConnectionError(f"The HaloPSA host {host} could not be found (DNS). Check the HaloPSA URL."), "connect"
+        if isinstance(reason, NewConnectionError):
+            return HaloConnectionError(
+                f"HaloPSA at {host} refused the connection. Check the HaloPSA URL and that the instance is online."
+            ), "connect"
+        if isinstance(exc, requests.exceptions.SSLError) or isinstance(reason, urllib3_exceptions.SSLError):
+            return HaloConnectionError(
+                f"The secure (TLS) connection to {host} failed; its certificate may be invalid. Check the HaloPSA URL.",
+                permanent=True,
+            ), "connect"
+        return HaloConnectionError(
+            f"The connection to HaloPSA at {host} broke before it answered; the request will be retried."
+        ), "ambiguous"
+
+    def _status_error(self, response: requests.Response, *, path: str) -> HaloError:
+        status = response.status_code
+        message = self._scrub(extract_error_message(response.content))
+        said = f" HaloPSA said: {message}" if message else ""
+        if status == 400:
+            return HaloRequestRejected(f"HaloPSA rejected the request to {path}.{said}", status=status)
+        if status == 401:
+            return HaloAuthError(status=status)
+        if status == 403:
+            return HaloPermissionError(
+                f"The HaloPSA API application lacks permission for {path}. Grant it under Configuration > "
+                f"Integrations > HaloPSA API > Applications > Permissions (the portal needs read/edit customers, "
+                f"read/edit invoices and admin webhooks).{said}",
+                status=status,
+            )
+        if status == 404:
+            return HaloNotFound(f"HaloPSA has no record at {path} (it may have been deleted).{said}", status=status)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return HaloRateLimited(
+                f"HaloPSA's rate limit was reached; the work continues automatically later.{said}",
+                retry_after=retry_after, status=status,
+            )
+        if status >= 500:
+            return HaloServerError(f"HaloPSA had an error ({status}) on {path}; it will be retried later.{said}", status=status)
+        return HaloError(f"HaloPSA answered {status} for {path}.{said}", status=status, permanent=True)
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self._client_secret, self._token.value if self._token else ""):
+            if secret and secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text[:300]
+
+    def _excerpt(self, content: bytes) -> str:
+        return self._scrub(content[:EXCERPT_CHARS].decode("utf-8", "replace"))
+
+    @staticmethod
+    def _log_path(url: str) -> str:
+        return urlsplit(url).path or "/"
+
+    @staticmethod
+    def _display_url(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+    # -----------------------------------------------------------------------------------------
+    # Paging
+
+    def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[Page]:
+        page_no = 1
+        seen = 0
+        while True:
+            query = {**params, "pageinate": "true", "page_size": PAGE_SIZE, "page_no": page_no}
+            body = self._request("GET", path, params=query)
+            records, record_count = self._envelope(body, key, path)
+            seen += len(records)
+            if records:
+                yield Page(records=records, record_count=record_count, page_no=page_no)
+            if not records or len(records) < PAGE_SIZE or seen >= record_count:
+                return
+            page_no += 1
+
+    def _envelope(self, body: Any, key: str, path: str) -> tuple[list[Any], int]:
+        if not isinstance(body, dict):
+            raise HaloBadResponse(
+                f"HaloPSA's list of {key} ({path}) was not the expected object (got {type(body).__name__}).",
+            )
+        records = body.get(key)
+        if not isinstance(records, list):
+            raise HaloBadResponse(f"HaloPSA's list of {key} ({path}) has no '{key}' array; keys: {sorted(body)[:8]}.")
+        record_count = body.get("record_count", len(records))
+        if isinstance(record_count, bool) or not isinstance(record_count, int) or record_count < 0:
+            raise HaloBadResponse(f"HaloPSA's list of {key} ({path}) has an invalid record_count {record_count!r}.")
+        return records, record_count
+
+    def client_pages(self, *, changed_since: datetime | None = None, include_inactive: bool = True) -> Iterator[Page]:
+        params: dict[str, Any] = {"includeactive": "true", "includeinactive": "true" if include_inactive else "false"}
+        if changed_since is not None:
+            params["lastupdatefromdate"] = format_query_datetime(changed_since)
+        return self._pages("Client", ENVELOPE_CLIENTS, params)
+
+    def user_pages(self, *, changed_since: datetime | None = None, client_id: int | None = None) -> Iterator[Page]:
+        # Inactive users are included on purpose: an incremental sync must see a billing contact
+        # turn inactive; mapping.py decides who is a billing contact.
+        params: dict[str, Any] = {"includeactive": "true", "includeinactive": "true"}
+        if changed_since is not None:
+            params["lastupdatefromdate"] = format_query_datetime(changed_since)
+        if client_id is not None:
+            params["client_id"] = int(client_id)
+        return self._pages("Users", ENVELOPE_USERS, params)
+
+    def invoice_pages(
+        self,
+        *,
+        changed_since: datetime | None = None,
+        include_lines: bool = True,
+        payment_statuses: list[int] | tuple[int, ...] | None = None,
+        client_id: int | None = None,
+        include_credits: bool = False,
+    ) -> Iterator[Page]:
+        params: dict[str, Any] = {}
+        if include_lines:
+            params["includelines"] = "true"
+        if changed_since is not None:
+            params["datesearch"] = "last_modified"
+            params["start_date"] = format_query_datetime(changed_since)
+        if payment_statuses:
+            params["paymentstatuses"] = ",".join(str(int(s)) for s in payment_statuses)
+        if client_id is not None:
+            params["client_id"] = int(client_id)
+        if include_credits:
+            params["includecredits"] = "true"
+        return self._pages("Invoice", ENVELOPE_INVOICES, params)
+
+    def iter_clients(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        for page in self.client_pages(**kwargs):
+            yield from page.records
+
+    def iter_users(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        for page in self.user_pages(**kwargs):
+            yield from page.records
+
+    def iter_invoices(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        for page in self.invoice_pages(**kwargs):
+            yield from page.records
+
+    # -----------------------------------------------------------------------------------------
+    # Single records
+
+    def _record(self, body: Any, what: str) -> dict[str, Any]:
+        if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+            body = body[0]
+        if not isinstance(body, dict):
+            raise HaloBadResponse(f"HaloPSA's {what} was not a JSON object (got {type(body).__name__}).")
+        return body
+
+    def instance_info(self) -> dict[str, Any]:
+        return self._record(self._request("GET", "InstanceInfo"), "instance information")
+
+    def version(self) -> str:
+        info = self.instance_info()
+        version = info.get("app_version") or info.get("version")
+        if not isinstance(version, str) or not version.strip():
+            raise HaloBadResponse("HaloPSA's instance information has no app_version.")
+        return version.strip()
+
+    def get_client(self, client_id: int) -> dict[str, Any]:
+        return self._record(self._request("GET", f"Client/{int(client_id)}"), f"client {client_id}")
+
+    def get_invoice(self, invoice_id: int, include_lines: bool = True) -> dict[str, Any]:
+        params = {"includedetails": "true"} if include_lines else None
+        return self._record(self._request("GET", f"Invoice/{int(invoice_id)}", params=params), f"invoice {invoice_id}")
+
+    def get_invoice_pdf(self, invoice_id: int, attachment_id: int | None = None) -> bytes:
+        if not attachment_id:
+            created = self._record(
+                self._request("POST", f"Invoice/PDF/{int(invoice_id)}", json_body={}, idempotent=True),
+                f"PDF of invoice {invoice_id}",
+            )
+            attachment_id = created.get("id") or created.get("pdf_attachment_id") or created.get("attachment_id")
+            if isinstance(attachment_id, bool) or not isinstance(attachment_id, int) or attachment_id <= 0:
+                raise HaloBadResponse(f"HaloPSA did not return an attachment id for the PDF of invoice {invoice_id}.")
+        content = self._request("GET", f"Attachment/{int(attachment_id)}", expect="bytes")
+        if not content or not content.lstrip()[:5].startswith(b"%PDF"):
+            raise HaloBadResponse(
+                f"HaloPSA's attachment {attachment_id} for invoice {invoice_id} is not a PDF "
+                f"(starts: {self._excerpt(content or b'')[:20]!r})."
+            )
+        return content
+
+    # -----------------------------------------------------------------------------------------
+    # Payments (exactly once)
+
+    def find_payment_by_reference(self, *, invoice_id: int, reference: str) -> dict[str, Any] | None:
+        """The invoice's payment whose reference or thirdpartyid is exactly `reference`, or None."""
+        if not reference:
+            raise ValueError("reference is required")
+        params: dict[str, Any] = {"invoice_id": int(invoice_id), "search": reference, "pageinate": "true",
+                                  "page_size": PAGE_SIZE, "page_no": 1}
+        page_no = 1
+        while True:
+            params["page_no"] = page_no
+            body = self._request("GET", "InvoicePayment", params=params)
+            if isinstance(body, list):  # some Halo versions answer a bare array (reference §2)
+                rows, record_count = body, len(body)
+            else:
+                rows, record_count = self._envelope(body, ENVELOPE_PAYMENTS, "/api/InvoicePayment")
+            for row in rows:
+                if not isinstance(row, dict):
+                    continue
+                if row.get("invoice_id") not in (None, int(invoice_id)):
+                    continue
+                if reference in (str(row.get("reference") or ""), str(row.get("thirdpartyid") or "")):
+                    return row
+            if isinstance(body, list) or len(rows) < PAGE_SIZE or page_no * PAGE_SIZE >= record_count:
+                return None
+            page_no += 1
+
+    def create_payment(
+        self, *, invoice_id: int, amount: Decimal, paid_on: date, reference: str, method_name: str = ""
+    ) -> dict[str, Any]:
+        """Record a payment in HaloPSA exactly once, keyed by our `reference`.
+
+        Looks for the reference first (a previous attempt may have landed, e.g. before a task was
+        killed), then POSTs. After an ambiguous outcome (connection dropped, 5xx, unreadable
+        answer) it looks again: found means done, not found means the POST is repeated. After a
+        timeout HaloPSA may still be working on the request, so it is not re-posted here: the
+        caller retries later and the first lookup settles it.
+        """
+        if not isinstance(amount, Decimal):
+            raise TypeError("amount must be a Decimal")
+        if not reference:
+            raise ValueError("reference is required for an idempotent payment")
+        existing = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference)
+        if existing is not None:
+            return existing
+        row: dict[str, Any] = {
+            "invoice_id": int(invoice_id),
+            "amount": amount,
+            "date": format_query_datetime(paid_on),
+            "reference": reference,
+            "thirdpartyid": reference,
+        }
+        if method_name:
+            row["payment_method_name"] = method_name
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                body = self._request("POST", "InvoicePayment", json_body=[row], idempotent=False)
+            except (HaloServerError, HaloConnectionError, HaloTimeout, HaloBadResponse) as exc:
+                if exc.permanent:
+                    raise
+                self._sleep(self._backoff(attempts))
+                try:
+                    found = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference)
+                except HaloError as lookup_error:
+                    raise HaloAmbiguousWrite(
+                        f"HaloPSA did not confirm payment {reference} on invoice {invoice_id} ({exc.message}), and "
+                        f"looking for it failed ({lookup_error.message}). It is checked again before any new attempt.",
+                        status=exc.status,
+                    ) from lookup_error
+                if found is not None:
+                    logger.info("halopsa payment %s found after an unconfirmed POST", reference)
+                    return found
+                if isinstance(exc, HaloTimeout) or attempts > self.max_retries:
+                    raise
+                self.stats.add(retries=1)
+                continue
+            if body is None:
+                # No body: read it back rather than guess the id.
+                found = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference)
+                if found is None:
+                    raise HaloBadResponse(f"HaloPSA accepted payment {reference} but it cannot be found on invoice {invoice_id}.")
+                return found
+            return self._record(body, f"payment {reference}")
+
+    def delete_payment(self, payment_id: int) -> bool:
+        """Delete a payment; False when it was already gone."""
+        try:
+            self._request("DELETE", f"InvoicePayment/{int(payment_id)}", expect="none")
+        except HaloNotFound:
+            return False
+        return True
+
+    # -----------------------------------------------------------------------------------------
+    # Invoices (writes are "set to X", so repeating them is harmless)
+
+    def update_invoice(self, invoice_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        body = self._request("POST", "Invoice", json_body=[{**fields, "id": int(invoice_id)}], idempotent=True)
+        return self._record(body, f"invoice {invoice_id}")
+
+    def void_invoice(self, invoice_id: int) -> dict[str, Any]:
+        body = self._request("POST", f"Invoice/{int(invoice_id)}/void", json_body={}, idempotent=True)
+        return self._record(body, f"invoice {invoice_id}") if body is not None else {"id": int(invoice_id)}
+
+    # -----------------------------------------------------------------------------------------
+    # Webhooks
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        body = self._request("GET", "Webhook")
+        if isinstance(body, dict):
+            for key in ("webhooks", "records", "items"):
+                if isinstance(body.get(key), list):
+                    body = body[key]
+                    break
+        if not isinstance(body, list):
+            raise HaloBadResponse("HaloPSA's list of webhooks was not a list.")
+        return [w for w in body if isinstance(w, dict)]
+
+    def create_webhook(self, spec: dict[str, Any]) -> dict[str, Any]:
+        # Not blindly retried: a repeat could create a second subscription.
+        body = self._request("POST", "Webhook", json_body=[spec], idempotent=False)
+        return self._record(body, "webhook")
+
+    def delete_webhook(self, webhook_id: str | int) -> bool:
+        try:
+            self._request("DELETE", f"Webhook/{webhook_id}", expect="none")
+        except HaloNotFound:
+            return False
+        return True
+
+
+class _ExpiredToken(Exception):
+    """Internal: the API refused the token (401, or a 400 that says the token expired)."""
