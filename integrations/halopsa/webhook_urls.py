@@ -1,4 +1,8 @@
 """Inbound HaloPSA webhooks: one URL per connection (the key routes; Basic auth authenticates)."""
 from django.urls import path
 
-urlpatterns: list = []
+from integrations.halopsa.webhooks import halopsa_webhook
+
+urlpatterns: list = [
+    path("halo/<uuid:key>/", halopsa_webhook, name="halopsa-webhook"),
+]
