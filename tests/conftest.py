@@ -12,6 +12,19 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 pytest_plugins = ["tests.plugins.sandbox"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_caches():
+    """The locmem cache (HaloPSA request budgets keyed by connection pk) and the HaloPSA token
+    cache live as long as the test process; each test starts without another test's counts/tokens."""
+    from django.core.cache import cache
+
+    from integrations.halopsa.client import clear_token_cache
+
+    cache.clear()
+    clear_token_cache()
+    yield
+
+
 @pytest.fixture
 def partner(db):
     from integrations.models import Partner
