@@ -54,24 +54,32 @@ def halo_token(server: SandboxServer, scope: str = "all") -> str:
     import requests
 
     params = {"tenant": server.tenant} if server.tenant else None
-    response = requests.post(
-        f"{server.url}/auth/token", params=params, timeout=10,
-        data={"grant_type": "client_credentials", "client_id": server.client_id,
-              "client_secret": server.client_secret, "scope": scope},
-    )
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.post(
+            f"{server.url}/auth/token", params=params, timeout=10,
+            data={"grant_type": "client_credentials", "client_id": server.client_id,
+                  "client_secret": server.client_secret, "scope": scope},
+        )
     response.raise_for_status()
     return response.json()["access_token"]
 
 
-@pytest.fixture
-def halo_session(halo_sandbox: SandboxServer) -> Iterator[Any]:
+def halo_session_for(server: SandboxServer) -> Any:
+    """A `requests.Session` with a bearer token for `server` (no proxies)."""
     import requests
 
     session = requests.Session()
     session.trust_env = False  # never route 127.0.0.1 through a proxy
-    session.headers["Authorization"] = f"Bearer {halo_token(halo_sandbox)}"
+    session.headers["Authorization"] = f"Bearer {halo_token(server)}"
+    return session
+
+
+@pytest.fixture
+def halo_session(halo_sandbox: SandboxServer) -> Iterator[Any]:
+    session = halo_session_for(halo_sandbox)
     yield session
     session.close()
 
 
-__all__ = ["SANDBOX_CLIENT_ID", "SANDBOX_CLIENT_SECRET", "halo_token"]
+__all__ = ["SANDBOX_CLIENT_ID", "SANDBOX_CLIENT_SECRET", "halo_session_for", "halo_token"]
