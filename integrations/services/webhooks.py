@@ -436,7 +436,7 @@ def webhook_subscription_spec(connection: Connection) -> dict[str, Any]:
         "name": "syncportal",
         "type": 0,  # standard webhook
         "url": webhook_endpoint_url(connection),
-        "method": "POST",
+        "method": 0,  # POST: what DJPSA registers against real HaloPSA (the field is an enum)
         "content_type": "application/json",
         "authentication_type": 1,  # Basic
         "basic_username": connection.webhook_username,
