@@ -903,8 +903,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             else:
                 response = Response(fault.status, {"ClassName": "System.Exception",
                                                    "Message": "An error has occurred."}, headers=headers)
-            self._send(response)
             sandbox._log(method, path, query, response.status, started, mode)
+            self._send(response)
             return
         if mode == "slow":
             time.sleep(fault.delay)
@@ -930,5 +930,6 @@ class SandboxHandler(BaseHTTPRequestHandler):
             response = Response(200, raw=full[: max(1, len(full) // 2)], content_type=JSON_TYPE)
         elif mode == "malformed_record" and response.payload is not None:
             response.payload = _corrupt_one_record(response.payload, sandbox.faults._random.randrange(1 << 30))
-        self._send(response)
+        # Logged before sending, so a client that got its answer always finds the entry.
         sandbox._log(method, path, query, response.status, started, mode)
+        self._send(response)
