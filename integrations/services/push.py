@@ -1,0 +1,403 @@
+"""Carrying PushJobs (the outbox) to HaloPSA with exactly-once effect.
+
+HaloPSA has no idempotency key, so exactly-once is built here (reliability.md §2):
+- a job is claimed with a conditional UPDATE (pending/retrying and due -> running); a duplicated
+  task finds nothing to claim and returns;
+- jobs touching one invoice are serialised by a lease, so a delete never overtakes its post;
+- a payment post first looks HaloPSA up by the payment's stable reference, and
+  `HaloClient.create_payment` resolves an ambiguous POST (timeout, dropped connection, 5xx) by
+  the same lookup before it retries. Found = done; anything still ambiguous = NEEDS_REVIEW and a
+  person decides (a manual retry looks up again before posting);
+- before posting, HaloPSA's live amount due is re-read: a payment bigger than it (paid elsewhere
+  meanwhile) goes to NEEDS_REVIEW instead of overpaying the invoice in HaloPSA;
+- transient failures retry with capped exponential backoff and jitter; permanent ones need review;
+- a worker killed mid-push leaves the job "running"; `push_due_dispatch` (every minute) hands it
+  back after LEASE_TIMEOUT, and the reference lookup makes the repeat safe.
+Status is two-way; `status_conflict_winner` is the rule the pull sync applies when both sides
+changed (docs/push-rules.md).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Callable, Iterable, Literal
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from integrations.halopsa.exceptions import HaloAmbiguousWrite, HaloError, HaloNotFound, HaloRateLimited
+from integrations.halopsa.mapping import (
+    HALO_ACTION_VOID,
+    MappingError,
+    invoice_status_to_halo,
+    map_invoice,
+    map_payment,
+)
+from integrations.models import Incident, Invoice, Origin, Payment, PushJob
+from integrations.services.audit import audit_record
+from integrations.services.incidents import incident_open, incident_resolve
+from integrations.services.leases import lease_acquire, lease_release
+
+logger = logging.getLogger(__name__)
+
+# A job "running" for longer than this was abandoned by a killed worker (the client's own
+# retries stay well inside it). Also the TTL of the per-invoice lease.
+LEASE_TIMEOUT = timedelta(minutes=10)
+BACKOFF_BASE_SECONDS = 30
+BACKOFF_CAP_SECONDS = 3600
+# Failed attempts before the partner is told (banner + one email).
+INCIDENT_AFTER_FAILURES = 5
+# Transient failures retry for roughly a day (backoff capped at an hour), then need review.
+MAX_ATTEMPTS = 30
+# How long a job waits when another push holds its invoice.
+BUSY_DELAY = timedelta(seconds=10)
+# Fresh pending jobs were enqueued on commit; the sweeper leaves them this long before re-sending.
+PENDING_GRACE = timedelta(seconds=30)
+SWEEP_BATCH = 200
+SCHEDULE_NAME = "push-sweep"
+UNFINISHED = (PushJob.State.PENDING, PushJob.State.RUNNING, PushJob.State.RETRYING, PushJob.State.NEEDS_REVIEW)
+
+
+class PushJobRefused(ValueError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    message: str = ""
+    delay: timedelta | None = None  # only for "try again later without counting a failure"
+
+
+def _done(message: str = "") -> Outcome:
+    return Outcome(PushJob.State.DONE, message)
+
+
+def _review(message: str) -> Outcome:
+    return Outcome(PushJob.State.NEEDS_REVIEW, message)
+
+
+# --- processing -------------------------------------------------------------------------------
+
+
+def push_job_process(*, job_id: int) -> PushJob | None:
+    """Run one push job if it is due and nobody else has it. Safe to call twice or concurrently."""
+    job = PushJob.objects.select_related("connection").filter(pk=job_id).first()
+    if job is None:
+        return None
+    if not job.connection.enabled:
+        return job  # stays queued; the sweeper sends it once the connection is enabled again
+    now = timezone.now()
+    claimed = PushJob.objects.filter(
+        pk=job_id, state__in=[PushJob.State.PENDING, PushJob.State.RETRYING], next_attempt_at__lte=now
+    ).update(state=PushJob.State.RUNNING, attempts=F("attempts") + 1, updated_at=now)
+    if not claimed:
+        return job  # running elsewhere, finished, or not due yet
+    job.refresh_from_db()
+    lease_name = f"push:invoice:{job.invoice_id}"
+    owner = lease_acquire(lease_name, LEASE_TIMEOUT.total_seconds())
+    if owner is None:
+        outcome = Outcome(PushJob.State.RETRYING, "Waiting for another push to the same invoice to finish.", BUSY_DELAY)
+    else:
+        try:
+            outcome = _run(job)
+        finally:
+            lease_release(lease_name, owner)
+    return _finish(job, outcome)
+
+
+def _run(job: PushJob) -> Outcome:
+    from integrations.halopsa.client import HaloClient
+
+    handler = HANDLERS[job.kind]
+    client = None
+    try:
+        client = HaloClient.for_connection(job.connection)
+        return handler(job, client)
+    except HaloAmbiguousWrite as exc:
+        # Never re-post on our own: the lookup that should settle it failed too.
+        return _review(f"{exc.message} Retry it by hand once HaloPSA answers again; the retry looks the payment up first.")
+    except HaloRateLimited as exc:
+        delay = timedelta(seconds=max(exc.retry_after or 0, BACKOFF_BASE_SECONDS))
+        return Outcome(PushJob.State.RETRYING, exc.message, delay)
+    except HaloError as exc:
+        if exc.permanent:
+            return _review(exc.message)
+        return Outcome(PushJob.State.RETRYING, exc.message)
+    except MappingError as exc:
+        return _review(f"HaloPSA sent data the portal cannot read: {exc.message}")
+    except Exception:  # a bug or a database hiccup: keep the job, retry with backoff, log the trace
+        logger.exception("push job %s failed unexpectedly", job.pk)
+        return Outcome(PushJob.State.RETRYING, "Unexpected error while pushing; it will be retried. The details are in the server log.")
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _finish(job: PushJob, outcome: Outcome) -> PushJob:
+    now = timezone.now()
+    fields: dict = {"state": outcome.state, "last_error": outcome.message[:2000], "updated_at": now}
+    if outcome.state == PushJob.State.DONE:
+        fields["done_at"] = now
+    elif outcome.state == PushJob.State.RETRYING:
+        if outcome.delay is not None:
+            # Not a failure of ours (busy invoice, rate limit): give the attempt back.
+            fields["attempts"] = F("attempts") - 1
+            fields["next_attempt_at"] = now + outcome.delay
+        elif job.attempts >= MAX_ATTEMPTS:
+            fields["state"] = PushJob.State.NEEDS_REVIEW
+            fields["last_error"] = f"Gave up after {job.attempts} attempts. Last error: {outcome.message}"[:2000]
+        else:
+            fields["next_attempt_at"] = now + push_backoff(job.attempts)
+    # Only the claimant finishes the job (a manual retry or the sweeper may have moved it).
+    PushJob.objects.filter(pk=job.pk, state=PushJob.State.RUNNING).update(**fields)
+    job.refresh_from_db()
+    _incident_update(job)
+    return job
+
+
+def push_backoff(attempts: int) -> timedelta:
+    """30 s, 60 s, 120 s ... capped at an hour, with ±20% jitter so a fleet does not retry in step."""
+    seconds = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0))
+    return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
+
+
+def _incident_update(job: PushJob) -> None:
+    connection = job.connection
+    if job.state == PushJob.State.NEEDS_REVIEW or (
+        job.state == PushJob.State.RETRYING and job.attempts >= INCIDENT_AFTER_FAILURES and not _was_deferred(job)
+    ):
+        incident_open(
+            connection, Incident.Kind.PUSH_FAILING,
+            f"{job.get_kind_display()} for invoice {job.invoice or job.invoice_id} failed: {job.last_error} "
+            "See Push jobs on the dashboard.",
+        )
+    elif job.state == PushJob.State.DONE:
+        still_failing = PushJob.objects.filter(connection=connection).filter(
+            Q(state=PushJob.State.NEEDS_REVIEW) | Q(state=PushJob.State.RETRYING, attempts__gte=INCIDENT_AFTER_FAILURES)
+        )
+        if not still_failing.exists():
+            incident_resolve(connection, Incident.Kind.PUSH_FAILING)
+
+
+def _was_deferred(job: PushJob) -> bool:
+    return job.last_error.startswith("Waiting for another push")
+
+
+# --- handlers ------------------------------------------------------------------------------------
+
+
+def _payment_create(job: PushJob, client) -> Outcome:
+    payment = Payment.objects.select_related("invoice").get(pk=job.payment_id)
+    invoice = payment.invoice
+    if payment.voided_at is not None:
+        # Deleted meanwhile; its delete job removes anything an earlier attempt may have posted.
+        return Outcome(PushJob.State.CANCELLED, "The payment was deleted before it was posted.")
+    if payment.halopsa_id is not None:
+        return _done(f"Already in HaloPSA as payment {payment.halopsa_id}.")
+    found = client.find_payment_by_reference(invoice_id=invoice.halopsa_id, reference=payment.reference)
+    if found is not None:
+        return _adopt(payment, found, "Found in HaloPSA by its reference (an earlier attempt had posted it).")
+    remote = map_invoice(client.get_invoice(invoice.halopsa_id, include_lines=False))
+    if remote["status"] == Invoice.Status.VOID:
+        return _review(f"Invoice {invoice} is void in HaloPSA, so the payment of {payment.amount} was not posted. "
+                       "Delete the payment here, or un-void the invoice in HaloPSA and retry.")
+    if remote["balance"] < payment.amount:
+        return _review(
+            f"HaloPSA shows only {remote['balance']} {invoice.currency} due on invoice {invoice} (paid there meanwhile?); "
+            f"posting {payment.amount} would overpay it, so nothing was posted. Check the invoice in HaloPSA, "
+            "then delete this payment here or retry."
+        )
+    created = client.create_payment(
+        invoice_id=invoice.halopsa_id, amount=payment.amount, paid_on=payment.paid_on,
+        reference=payment.reference, method_name=payment.method,
+    )
+    return _adopt(payment, created, "")
+
+
+def _adopt(payment: Payment, remote: dict, note: str) -> Outcome:
+    """Record HaloPSA's id for our payment (it is ours: same reference on the same invoice)."""
+    mapped = map_payment(remote)
+    if mapped is None or mapped["amount"] != payment.amount:
+        amount = mapped["amount"] if mapped else remote.get("amount")
+        return _review(
+            f"HaloPSA has a payment with reference {payment.reference!r} on invoice {payment.invoice} for {amount}, "
+            f"not {payment.amount}. Check it in HaloPSA; nothing was posted."
+        )
+    with transaction.atomic():
+        # A pull that ran between the post and now may have mirrored it as a HaloPSA payment.
+        Payment.objects.filter(connection_id=payment.connection_id, halopsa_id=mapped["halopsa_id"], source=Origin.HALOPSA).delete()
+        try:
+            Payment.objects.filter(pk=payment.pk).update(halopsa_id=mapped["halopsa_id"])
+        except IntegrityError:
+            return _review(f"HaloPSA payment {mapped['halopsa_id']} is already linked to another payment here.")
+    payment.halopsa_id = mapped["halopsa_id"]
+    return _done(note or f"Posted to HaloPSA as payment {mapped['halopsa_id']}.")
+
+
+def _payment_delete(job: PushJob, client) -> Outcome:
+    payment = Payment.objects.select_related("invoice").get(pk=job.payment_id)
+    invoice = payment.invoice
+    halopsa_id = payment.halopsa_id
+    if halopsa_id is None:
+        # Its post may have landed without us hearing back: whatever carries the reference goes.
+        try:
+            found = client.find_payment_by_reference(invoice_id=invoice.halopsa_id, reference=payment.reference)
+        except HaloNotFound:
+            return _done("The invoice no longer exists in HaloPSA; nothing to delete.")
+        if found is None:
+            return _done("The payment never reached HaloPSA; nothing to delete.")
+        mapped = map_payment(found)
+        if mapped is None:
+            return _review(f"HaloPSA holds an unreadable payment under reference {payment.reference!r}; delete it there by hand.")
+        halopsa_id = mapped["halopsa_id"]
+    existed = client.delete_payment(halopsa_id)
+    return _done(f"Deleted payment {halopsa_id} in HaloPSA." if existed else f"Payment {halopsa_id} was already gone from HaloPSA.")
+
+
+def _invoice_status(job: PushJob, client) -> Outcome:
+    invoice = Invoice.objects.get(pk=job.invoice_id)
+    target = job.payload.get("status", "")
+    if _comparable(invoice.status) != _comparable(target):
+        # A later change here, or HaloPSA winning a conflict, replaced the status we were to send.
+        return Outcome(PushJob.State.CANCELLED, f"Superseded: the invoice is now {invoice.status}.")
+    remote = map_invoice(client.get_invoice(invoice.halopsa_id, include_lines=False))
+    remote_status = _comparable(remote["status"])
+    if remote_status == _comparable(target):
+        return _done(f"HaloPSA already shows the invoice as {target}.")  # "set to X if not already X"
+    if target == Invoice.Status.OPEN and remote_status == Invoice.Status.PAID:
+        return _review(
+            f"HaloPSA shows invoice {invoice} as paid by payments recorded there; re-opening it means deleting "
+            "those payments in HaloPSA. Nothing was changed."
+        )
+    action, fields = invoice_status_to_halo(target)
+    if action == HALO_ACTION_VOID:
+        client.void_invoice(invoice.halopsa_id)
+    else:
+        client.update_invoice(invoice.halopsa_id, fields)
+    return _done(f"Set to {target} in HaloPSA.")
+
+
+def _comparable(status: str) -> str:
+    # "Open" pushed to HaloPSA means "not void, not marked paid"; partly paid is still open there.
+    return Invoice.Status.OPEN if status == Invoice.Status.PARTIALLY_PAID else status
+
+
+HANDLERS: dict[str, Callable[[PushJob, object], Outcome]] = {
+    PushJob.Kind.PAYMENT_CREATE: _payment_create,
+    PushJob.Kind.PAYMENT_DELETE: _payment_delete,
+    PushJob.Kind.INVOICE_STATUS: _invoice_status,
+}
+
+
+# --- dispatching and manual retry -------------------------------------------------------------------
+
+
+def _enqueue(job_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("integrations.tasks.push.push_job_task", job_id)
+
+
+def push_due_dispatch(*, now: datetime | None = None) -> int:
+    """Every minute: hand back jobs abandoned mid-push, then enqueue every due job. Returns how many.
+
+    Duplicates (a job also enqueued on commit) are harmless: only one claim succeeds.
+    """
+    now = now or timezone.now()
+    PushJob.objects.filter(state=PushJob.State.RUNNING, updated_at__lt=now - LEASE_TIMEOUT).update(
+        state=PushJob.State.RETRYING, next_attempt_at=now, updated_at=now,
+        last_error="The worker stopped in the middle of this push; retrying (HaloPSA is checked for the reference first).",
+    )
+    due = (
+        PushJob.objects.filter(connection__enabled=True, next_attempt_at__lte=now)
+        .filter(Q(state=PushJob.State.RETRYING) | Q(state=PushJob.State.PENDING, created_at__lte=now - PENDING_GRACE))
+        .order_by("next_attempt_at", "id")
+        .values_list("id", flat=True)[:SWEEP_BATCH]
+    )
+    ids = list(due)
+    for job_id in ids:
+        _enqueue(job_id)
+    return len(ids)
+
+
+def push_job_retry(*, job: PushJob, user) -> PushJob:
+    """A person asks for another attempt now (from the dashboard): needs review/retrying -> pending."""
+    now = timezone.now()
+    with transaction.atomic():
+        moved = PushJob.objects.filter(
+            pk=job.pk, state__in=[PushJob.State.NEEDS_REVIEW, PushJob.State.RETRYING, PushJob.State.PENDING]
+        ).update(state=PushJob.State.PENDING, next_attempt_at=now, updated_at=now)
+        if not moved:
+            job.refresh_from_db()
+            raise PushJobRefused(f"This push is {job.get_state_display().lower()}; only failed or waiting pushes can be retried.")
+        job.refresh_from_db()
+        audit_record(
+            user=user, action="push.retry", obj=job, summary=f"Retried push: {job.get_kind_display()} (job {job.pk})",
+            kind=job.kind, attempts=job.attempts, last_error=job.last_error,
+        )
+        transaction.on_commit(lambda: _enqueue(job.pk))
+    return job
+
+
+def push_schedule_ensure() -> None:
+    """Create or update the every-minute sweep (idempotent; called by `ensure_schedules`)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name=SCHEDULE_NAME,
+        defaults={"func": "integrations.tasks.push.push_sweep_task", "schedule_type": Schedule.MINUTES,
+                  "minutes": 1, "repeats": -1},
+    )
+
+
+# --- rules the pull sync applies --------------------------------------------------------------------
+
+
+def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modified_at: datetime | None) -> Literal["local", "remote"]:
+    """Which status an invoice keeps when a pull brings HaloPSA's (docs/push-rules.md, "Status").
+
+    - no status set here by a person (`status_changed_locally_at` empty): HaloPSA's;
+    - HaloPSA's status has not moved since we last read it (`invoice.remote_status`): ours
+      (a local change not pushed yet, or pushed but not visible in HaloPSA's status, is never
+      overwritten by a pull that predates it);
+    - both moved: the later change wins, comparing HaloPSA's `last_modified` of the invoice with
+      `status_changed_locally_at`; a tie, or no HaloPSA time, keeps ours.
+    When HaloPSA wins the pull should also clear `status_changed_locally_at`; an unsent status
+    push is then cancelled by its own check (the invoice no longer has the status it carries).
+    """
+    if invoice.status_changed_locally_at is None:
+        return "remote"
+    if remote_status == invoice.remote_status or remote_status == invoice.status:
+        return "local"
+    if remote_modified_at is not None and remote_modified_at > invoice.status_changed_locally_at:
+        return "remote"
+    return "local"
+
+
+def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterable[int]) -> Decimal:
+    """How much more our copy has paid than HaloPSA reports, because of pushes still on the way.
+
+    Platform payments not yet in HaloPSA count as paid; platform payments deleted here whose
+    delete has not reached HaloPSA yet do not. The pull adds this to HaloPSA's amountpaid and
+    takes it off HaloPSA's amountdue, so a pull between a payment and its push does not undo it.
+    """
+    remote_ids = set(remote_payment_ids)
+    adjustment = Decimal("0.00")
+    for payment in Payment.objects.filter(invoice=invoice, source=Origin.PLATFORM):
+        in_halopsa = payment.halopsa_id is not None and payment.halopsa_id in remote_ids
+        if payment.voided_at is None and not in_halopsa and _push_pending(payment, PushJob.Kind.PAYMENT_CREATE):
+            adjustment += payment.amount
+        elif payment.voided_at is not None and in_halopsa:
+            adjustment -= payment.amount
+    return adjustment
+
+
+def _push_pending(payment: Payment, kind: str) -> bool:
+    return PushJob.objects.filter(payment=payment, kind=kind, state__in=UNFINISHED).exists()
