@@ -4,10 +4,10 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
-from integrations.models import Connection
+from integrations import selectors
 
 
 @login_required
 def home(request):
-    connections = Connection.objects.visible_to(request.user).select_related("partner")
+    connections = selectors.connection_list(user=request.user)
     return render(request, "integrations/home.html", {"connections": connections})

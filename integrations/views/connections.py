@@ -1,0 +1,210 @@
+"""Connections: add, edit, test, pause/resume, enable/disable, delete, and the connection page."""
+from __future__ import annotations
+
+import logging
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from integrations import selectors
+from integrations.forms import ConnectionForm, ConnectionStateForm, SyncRequestForm
+from integrations.models import Connection
+from integrations.tenancy import get_visible_or_404
+from integrations.views.charts import runs_chart
+
+logger = logging.getLogger(__name__)
+
+FAILURE_LABELS = {
+    "bad_url": "Bad URL",
+    "refused_address": "Address refused",
+    "bad_credentials": "Bad credentials",
+    "permission": "Missing API permission",
+    "timeout": "Timed out",
+    "unreachable": "Unreachable",
+    "bad_response": "Unexpected response",
+}
+
+
+def _apply_service_errors(form, exc: ValidationError) -> None:
+    if hasattr(exc, "error_dict"):
+        for name, errors in exc.error_dict.items():
+            form.add_error(name if name in form.fields else None, errors)
+    else:
+        form.add_error(None, exc)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connection_create(request):
+    if not request.user.is_staff and request.user.partner_id is None:
+        raise PermissionDenied("Your account is not linked to a partner.")
+    form = ConnectionForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        from integrations.services.connections import connection_create as create
+
+        try:
+            connection = create(partner=form.partner_for_create(), user=request.user, **form.service_fields())
+        except ValidationError as exc:
+            _apply_service_errors(form, exc)
+        else:
+            messages.success(request, f"Connection “{connection.name}” added. Test it, then run the first sync.")
+            return redirect("connection_detail", pk=connection.pk)
+    return render(request, "integrations/connection_form.html", {"form": form, "connection": None})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connection_edit(request, pk: int):
+    connection = get_visible_or_404(Connection, request.user, pk=pk)
+    form = ConnectionForm(request.POST or None, instance=connection, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        from integrations.services.connections import connection_update
+
+        try:
+            connection_update(connection=connection, user=request.user, **form.service_fields())
+        except ValidationError as exc:
+            _apply_service_errors(form, exc)
+        else:
+            messages.success(request, "Connection saved.")
+            return redirect("connection_detail", pk=connection.pk)
+    return render(request, "integrations/connection_form.html", {"form": form, "connection": connection})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connection_delete(request, pk: int):
+    connection = get_visible_or_404(Connection.objects.select_related("partner"), request.user, pk=pk)
+    if request.method == "POST":
+        from integrations.services.connections import connection_delete as delete
+
+        name = connection.name
+        delete(connection=connection, user=request.user)
+        messages.success(request, f"Connection “{name}” deleted with everything synced through it.")
+        return redirect("home")
+    return render(request, "integrations/connection_confirm_delete.html", {"connection": connection})
+
+
+@login_required
+@require_POST
+def connection_test(request, pk: int):
+    connection = get_visible_or_404(Connection, request.user, pk=pk)
+    from integrations.services.audit import audit_record
+    from integrations.services.connections import connection_test as run_test
+
+    result = run_test(connection=connection)
+    # connection_test takes no user (contract), so the person's action is recorded here.
+    audit_record(user=request.user, action="connection.test", summary=f"Tested connection {connection.name}: "
+                 f"{'ok' if result.ok else result.failure}", obj=connection, ok=result.ok, failure=result.failure)
+    if result.ok:
+        connection.refresh_from_db()
+        mode = "real time (webhooks)" if connection.is_realtime else "hourly (HaloPSA older than 2.122.1)"
+        messages.success(request, f"Connected. HaloPSA version {result.version}; sync mode: {mode}.")
+    else:
+        label = FAILURE_LABELS.get(result.failure, result.failure or "Failed")
+        messages.error(request, f"Test failed — {label}: {result.message}")
+    return redirect("connection_detail", pk=connection.pk)
+
+
+@login_required
+@require_POST
+def connection_state(request, pk: int):
+    connection = get_visible_or_404(Connection, request.user, pk=pk)
+    form = ConnectionStateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Unknown action.")
+        return redirect("connection_detail", pk=connection.pk)
+    from integrations.services.connections import connection_set_state
+
+    connection_set_state(connection=connection, user=request.user, **form.state_kwargs())
+    messages.success(request, {"pause": "Paused: scheduled syncs are skipped until you resume.",
+                               "resume": "Resumed.", "enable": "Enabled.",
+                               "disable": "Disabled: nothing syncs or pushes."}[form.cleaned_data["action"]])
+    return redirect("connection_detail", pk=connection.pk)
+
+
+@login_required
+@require_POST
+def connection_sync(request, pk: int):
+    """Manual resync (full, one entity, last hour, unpaid); a second click reuses the active run."""
+    connection = get_visible_or_404(Connection, request.user, pk=pk)
+    form = SyncRequestForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose what to sync: " + "; ".join(e for errs in form.errors.values() for e in errs))
+        return redirect("connection_detail", pk=connection.pk)
+    if not connection.enabled:
+        messages.error(request, "This connection is disabled; enable it before syncing.")
+        return redirect("connection_detail", pk=connection.pk)
+    from integrations.models import SyncRun
+    from integrations.services.sync import sync_queue
+
+    run, started = sync_queue(connection=connection, scope=form.cleaned_data["scope"], trigger=SyncRun.Trigger.MANUAL,
+                              entity=form.cleaned_data["entity"], user=request.user)
+    _report_queue(request, run, started)
+    return redirect("connection_detail", pk=connection.pk)
+
+
+def _report_queue(request, run, started: bool) -> None:
+    run.refresh_from_db()
+    if not started:
+        messages.info(request, f"A sync is already {run.get_state_display().lower()} ({run.get_scope_display()}); "
+                               "no second one was started.")
+    elif run.is_active:
+        messages.success(request, f"Sync queued: {run.get_scope_display()}.")
+    else:
+        messages.success(request, f"Sync {run.get_state_display().lower()}: {run.get_scope_display()}.")
+
+
+@login_required
+def connection_detail(request, pk: int):
+    connection = get_visible_or_404(Connection.objects.select_related("partner"), request.user, pk=pk)
+    health = selectors.connection_health(connection=connection)
+    runs = selectors.connection_runs(connection=connection)
+    progress_run = health.current_run or health.last_run
+    context = {
+        "connection": connection,
+        "health": health,
+        "runs": runs,
+        "chart": runs_chart(runs[:20]),
+        "progress": selectors.run_progress(progress_run) if progress_run else None,
+        "errors": selectors.connection_open_errors(connection=connection),
+        "webhook_events": selectors.connection_webhook_events(connection=connection),
+        "push_jobs": selectors.connection_push_jobs(connection=connection),
+        "webhook_setup": _webhook_setup(connection),
+        "sync_form": SyncRequestForm(),
+        "failure_labels": FAILURE_LABELS,
+    }
+    return render(request, "integrations/connection_detail.html", context)
+
+
+@login_required
+@require_POST
+def connection_webhook_subscribe(request, pk: int):
+    """Register the connection's webhook in HaloPSA through its API (needs Admin:webhooks)."""
+    connection = get_visible_or_404(Connection, request.user, pk=pk)
+    from integrations.halopsa.exceptions import HaloError
+    from integrations.services.webhooks import WebhookError, webhook_subscription_create
+
+    try:
+        webhook_subscription_create(connection=connection, user=request.user)
+    except (WebhookError, HaloError) as exc:
+        messages.error(request, f"Webhook not registered: {exc.message}")
+    else:
+        messages.success(request, "Webhook registered in HaloPSA: changes now arrive in real time.")
+    return redirect(reverse("connection_detail", args=[connection.pk]) + "#webhooks")
+
+
+def _webhook_setup(connection: Connection):
+    """Set-up instructions from the webhook service; None until that service provides them."""
+    try:
+        from integrations.services.webhooks import webhook_setup_instructions
+    except ImportError:
+        return None
+    try:
+        return webhook_setup_instructions(connection)
+    except Exception:  # instructions are a convenience: never break the connection page over them
+        logger.exception("webhook set-up instructions failed for connection %s", connection.pk)
+        return None

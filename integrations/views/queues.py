@@ -1,0 +1,112 @@
+"""Work queues: invoices HaloPSA sent without a customer, and records deleted in HaloPSA."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from integrations import selectors
+from integrations.forms import ArchiveForm, AssignCustomerForm
+from integrations.models import Connection, Customer, Invoice
+from integrations.tenancy import get_visible_or_404
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def unknown_customers(request):
+    """One connection at a time: customers offered are that connection's, searchable by name."""
+    connections = list(Connection.objects.visible_to(request.user).select_related("partner"))
+    counts = selectors.unknown_counts_by_connection(user=request.user)
+    connection_param = request.POST.get("connection") or request.GET.get("connection")
+    if connection_param:
+        connection = get_visible_or_404(Connection, request.user, pk=_int(connection_param))
+    else:
+        # Default to the first connection with work waiting.
+        connection = next((c for c in connections if counts.get(c.pk)), connections[0] if connections else None)
+    q = request.GET.get("q", "").strip()
+    invoices = selectors.unknown_invoices(user=request.user, connection_id=connection.pk if connection else -1)
+    customers_qs = Customer.objects.visible_to(request.user).filter(
+        connection=connection, is_unknown=False, archived_at__isnull=True
+    )
+    form = AssignCustomerForm(request.POST or None, customers=customers_qs, invoices=invoices)
+    if request.method == "POST":
+        if form.is_valid():
+            from integrations.services.resolution import invoices_assign_customer
+
+            customer = form.cleaned_data["customer"]
+            try:
+                changed = invoices_assign_customer(invoices=form.cleaned_data["invoices"], customer=customer, user=request.user)
+            except ValidationError as exc:
+                messages.error(request, " ".join(exc.messages))
+            else:
+                messages.success(request, f"{changed} invoice{'s' if changed != 1 else ''} assigned to {customer.name}.")
+                return redirect(f"{reverse('unknown_customers')}?connection={connection.pk}")
+        else:
+            messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
+    page = selectors.paginate(invoices, request.GET.get("page"))
+    choices = selectors.customer_choices(user=request.user, connection_id=connection.pk, q=q) if connection else []
+    return render(request, "integrations/unknown_customers.html", {
+        "tabs": [(c, counts.get(c.pk, 0)) for c in connections], "connection": connection, "page": page,
+        "customers": choices, "q": q, "form": form,
+        "query": f"connection={connection.pk}&q={q}" if connection else "",
+    })
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def archive_queue(request):
+    show_archived = request.GET.get("show") == "archived" or request.POST.get("show") == "archived"
+    customers, invoices = selectors.archive_queue(user=request.user, archived=show_archived)
+    if request.method == "POST":
+        # Scope the choices to what this view lists, so foreign or unflagged ids are rejected.
+        data = request.POST.copy()
+        one = data.get("one", "")
+        if one:  # a row's own button acts on that row only
+            data.setlist("customers", [one[1:]] if one.startswith("c") else [])
+            data.setlist("invoices", [one[1:]] if one.startswith("i") else [])
+        data.setdefault("action", "unarchive" if show_archived else "archive")
+        form = ArchiveForm(data, customers=customers, invoices=invoices)
+        if form.is_valid():
+            from integrations.services.archive import record_archive, record_unarchive
+
+            action = record_unarchive if form.cleaned_data["action"] == "unarchive" else record_archive
+            done = sum(
+                action(obj=obj, user=request.user)
+                for obj in [*form.cleaned_data["customers"], *form.cleaned_data["invoices"]]
+            )
+            verb = "un-archived" if action is record_unarchive else "archived"
+            messages.success(request, f"{done} record{'s' if done != 1 else ''} {verb}.")
+        else:
+            messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
+        return redirect(reverse("archive_queue") + ("?show=archived" if show_archived else ""))
+    return render(request, "integrations/archive_queue.html", {
+        "customers": customers[:200], "invoices": selectors.paginate(invoices, request.GET.get("page")),
+        "show_archived": show_archived,
+    })
+
+
+@login_required
+@require_http_methods(["POST"])
+def record_archive_toggle(request, kind: str, pk: int):
+    """Archive or un-archive one customer/invoice from its own page."""
+    model = {"customers": Customer, "invoices": Invoice}[kind]
+    obj = get_visible_or_404(model, request.user, pk=pk)
+    from integrations.services.archive import record_archive, record_unarchive
+
+    if request.POST.get("action") == "unarchive":
+        record_unarchive(obj=obj, user=request.user)
+        messages.success(request, f"{obj} un-archived.")
+    else:
+        record_archive(obj=obj, user=request.user)
+        messages.success(request, f"{obj} archived.")
+    return redirect("customer_detail" if model is Customer else "invoice_detail", pk=obj.pk)
