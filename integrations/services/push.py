@@ -305,12 +305,12 @@ def _enqueue(job_id: int) -> None:
     async_task("integrations.tasks.push.push_job_task", job_id)
 
 
-def push_due_dispatch(*, now: datetime | None = None) -> int:
+def push_due_dispatch() -> int:
     """Every minute: hand back jobs abandoned mid-push, then enqueue every due job. Returns how many.
 
     Duplicates (a job also enqueued on commit) are harmless: only one claim succeeds.
     """
-    now = now or timezone.now()
+    now = timezone.now()
     PushJob.objects.filter(state=PushJob.State.RUNNING, updated_at__lt=now - LEASE_TIMEOUT).update(
         state=PushJob.State.RETRYING, next_attempt_at=now, updated_at=now,
         last_error="The worker stopped in the middle of this push; retrying (HaloPSA is checked for the reference first).",
