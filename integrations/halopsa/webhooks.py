@@ -11,9 +11,9 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from integrations.models import Connection
 from integrations.services.webhooks import (
     WebhookError,
+    webhook_connection_for_key,
     webhook_event_accept,
     webhook_hmac_header,
     webhook_payload_parse,
@@ -45,7 +45,7 @@ def halopsa_webhook(request: HttpRequest, key) -> JsonResponse:
 def _receive(request: HttpRequest, key) -> JsonResponse:
     if request.method != "POST":
         return _error(405, "method not allowed: HaloPSA webhooks are POST", Allow="POST")
-    connection = Connection.objects.filter(webhook_key=key).first()
+    connection = webhook_connection_for_key(key)
     if connection is None:
         return _error(404, "unknown webhook endpoint")
 

@@ -14,12 +14,13 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.urls import reverse
 from django.utils import timezone
@@ -30,6 +31,7 @@ from integrations.models import REALTIME_MIN_VERSION, Connection, Contact, Payme
 from integrations.services.audit import audit_record
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WEBHOOK_TASK = "integrations.tasks.webhooks.webhook_event_task"
 URL_NAME = "halopsa-webhook"
@@ -130,6 +132,27 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
+def db_retry(operation: Callable[[], T], *, attempts: int = 6, delay: float = 0.05) -> T:
+    """Run a short database operation, retrying transient lock errors.
+
+    A burst of deliveries writes concurrently; SQLite answers some writes with "database is
+    locked" instead of waiting. Storing the event must not fail for that, so the write is
+    retried with a short backoff (never inside an outer transaction, which would be broken).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except OperationalError:
+            if attempt == attempts or transaction.get_connection().in_atomic_block:
+                raise
+            time.sleep(delay * attempt)
+    raise AssertionError("unreachable")
+
+
+def webhook_connection_for_key(key) -> Connection | None:
+    return db_retry(lambda: Connection.objects.filter(webhook_key=key).first())
+
+
 def webhook_event_accept(*, connection: Connection, payload: dict[str, Any], body: bytes,
                          headers: dict[str, str] | None = None) -> tuple[WebhookEvent, bool]:
     """Store an authenticated delivery and queue its processing; (event, created).
@@ -139,6 +162,11 @@ def webhook_event_accept(*, connection: Connection, payload: dict[str, Any], bod
     old for real time, paused connection, event we do not handle) are stored as IGNORED with the
     reason, so the partner sees them.
     """
+    return db_retry(lambda: _accept(connection=connection, payload=payload, body=body, headers=headers))
+
+
+def _accept(*, connection: Connection, payload: dict[str, Any], body: bytes,
+            headers: dict[str, str] | None) -> tuple[WebhookEvent, bool]:
     event_name = str(payload.get("event") or "").strip()[:200]
     entity = webhook_event_entity(event_name, payload)
     object_id = _object_id(payload, entity)
@@ -496,6 +524,34 @@ def _find_subscription(client, url: str) -> str:
         if isinstance(webhook, dict) and webhook.get("url") == url and webhook.get("id"):
             return str(webhook["id"])
     return ""
+
+
+def webhook_test_delivery(connection: Connection, *, event: str = "invoice updated", object_id: int = 1,
+                          password: str | None = None) -> tuple[str, dict[str, str], bytes]:
+    """(url, headers, body) of a HaloPSA-shaped delivery signed with the connection's credentials.
+
+    For `manage.py send_test_webhook`: checks the endpoint end to end, like `stripe trigger`.
+    `password` overrides the real one (to see a 401).
+    """
+    import uuid
+
+    entity = webhook_event_entity(event, {}) or "invoice"
+    payload = {
+        "id": str(uuid.uuid4()), "webhook_id": connection.webhook_subscription_id or str(uuid.uuid4()),
+        "notification_id": 0, "escmsg_id": str(uuid.uuid4()), "event": event,
+        "message": f"Test delivery from manage.py send_test_webhook ({event} {object_id})",
+        "object_id": object_id, "agent_id": 0,
+        "timestamp": timezone.now().strftime("%Y-%m-%dT%H:%M:%S.%f0Z"),
+        entity: {"id": object_id},
+    }
+    body = json.dumps(payload).encode()
+    secret = connection.webhook_password if password is None else password
+    token = base64.b64encode(f"{connection.webhook_username}:{secret}".encode()).decode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
+    if connection.webhook_hmac_secret:
+        key = connection.webhook_hmac_secret if password is None else password
+        headers[webhook_hmac_header()] = base64.b64encode(hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
+    return webhook_endpoint_url(connection), headers, body
 
 
 def webhook_setup_instructions(connection: Connection) -> dict[str, Any]:

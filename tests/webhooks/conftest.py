@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import uuid
 
 import pytest
@@ -64,3 +65,45 @@ def post_webhook(client):
 @pytest.fixture
 def realtime_connection(make_connection, partner):
     return make_connection(partner, halopsa_version="2.130.1")
+
+
+@pytest.fixture
+def webhook_live_server(live_server, settings):
+    """pytest-django's live_server, with SITE_URL pointing at it (webhook URLs are built from it).
+
+    On in-memory SQLite, Django hands every live-server request thread the test's ONE shared
+    connection, so concurrent requests would interleave their transactions on it ("database table
+    is locked", broken atomic blocks) - a limit of the test database, not of the receiver. There,
+    requests are run one at a time; clients still send concurrently. On PostgreSQL (the second
+    `make test` pass) each request thread has its own connection and runs truly in parallel.
+    """
+    from django.db import connections
+
+    settings.SITE_URL = live_server.url
+    httpd = live_server.thread.httpd
+    application = httpd.get_app()
+    if any(conn.vendor == "sqlite" and conn.is_in_memory_db() for conn in connections.all()):
+        lock = threading.Lock()
+
+        def serialised(environ, start_response):
+            with lock:
+                response = application(environ, start_response)
+                try:
+                    return list(response)
+                finally:
+                    close = getattr(response, "close", None)
+                    if close is not None:
+                        close()
+
+        httpd.set_app(serialised)
+    yield live_server
+    httpd.set_app(application)
+
+
+def http_session():
+    """requests.Session that never goes through a proxy (the servers are on 127.0.0.1)."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    return session
