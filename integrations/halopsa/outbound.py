@@ -213,7 +213,6 @@ def safe_session() -> requests.Session:
     """A requests Session that can only reach what the SSRF rules allow."""
     session = requests.Session()
     session.trust_env = False  # no environment proxies, no .netrc credentials
-    session.max_redirects = 0
     adapter = SafeHTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=4)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
