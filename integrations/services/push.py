@@ -264,18 +264,12 @@ def _payment_delete(job: PushJob, client) -> Outcome:
 def _invoice_status(job: PushJob, client) -> Outcome:
     invoice = Invoice.objects.get(pk=job.invoice_id)
     target = job.payload.get("status", "")
-    if _comparable(invoice.status) != _comparable(target):
+    if not _status_reached(target, invoice.status):
         # A later change here, or HaloPSA winning a conflict, replaced the status we were to send.
-        return Outcome(PushJob.State.CANCELLED, f"Superseded: the invoice is now {invoice.status}.")
+        return Outcome(PushJob.State.CANCELLED, f"Superseded: the invoice is now {invoice.status} here.")
     remote = map_invoice(client.get_invoice(invoice.halopsa_id, include_lines=False))
-    remote_status = _comparable(remote["status"])
-    if remote_status == _comparable(target):
-        return _done(f"HaloPSA already shows the invoice as {target}.")  # "set to X if not already X"
-    if target == Invoice.Status.OPEN and remote_status == Invoice.Status.PAID:
-        return _review(
-            f"HaloPSA shows invoice {invoice} as paid by payments recorded there; re-opening it means deleting "
-            "those payments in HaloPSA. Nothing was changed."
-        )
+    if _status_reached(target, remote["status"]):
+        return _done(f"HaloPSA already shows the invoice as {remote['status']}.")  # "set to X if not already X"
     action, fields = invoice_status_to_halo(target)
     if action == HALO_ACTION_VOID:
         client.void_invoice(invoice.halopsa_id)
@@ -284,9 +278,11 @@ def _invoice_status(job: PushJob, client) -> Outcome:
     return _done(f"Set to {target} in HaloPSA.")
 
 
-def _comparable(status: str) -> str:
-    # "Open" pushed to HaloPSA means "not void, not marked paid"; partly paid is still open there.
-    return Invoice.Status.OPEN if status == Invoice.Status.PARTIALLY_PAID else status
+def _status_reached(target: str, status: str) -> bool:
+    # "Open" means "not void": whether it is unpaid, partly or fully paid is the payments' business.
+    if target == Invoice.Status.OPEN:
+        return status != Invoice.Status.VOID
+    return status == target
 
 
 HANDLERS: dict[str, Callable[[PushJob, object], Outcome]] = {

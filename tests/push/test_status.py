@@ -1,0 +1,213 @@
+"""Two-way invoice status: pushed when changed here, and the conflict rule the pull applies."""
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from integrations.halopsa.mapping import invoice_status_to_halo
+from integrations.models import AuditEvent, Invoice, PushJob
+from integrations.services.payments import StatusChangeRefused, invoice_status_change, payment_record
+from integrations.services.push import push_job_process, status_conflict_winner
+from tests.push.conftest import halo_invoice
+
+pytestmark = pytest.mark.django_db
+
+
+def test_void_is_pushed(halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks):
+    invoice = mirror(1)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = invoice_status_change(invoice=invoice, status="void", user=partner_user)
+    job.refresh_from_db()
+    assert job.state == PushJob.State.DONE and job.payload == {"status": "void"}
+    assert halo_invoice(halo_sandbox, 1)["voided"] is True
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.VOID and invoice.status_changed_locally_at is not None
+    assert AuditEvent.objects.filter(action="invoice.status", user=partner_user, object_id=str(invoice.pk)).exists()
+    assert halo_sandbox.count_requests("/api/Invoice/1/void", method="POST") == 1
+
+
+def test_paid_is_pushed_as_mark_as_paid(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(2)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = invoice_status_change(invoice=invoice, status="paid")
+    job.refresh_from_db()
+    assert job.state == PushJob.State.DONE
+    remote = halo_invoice(halo_sandbox, 2)
+    assert remote["paymentstatus"] == 2 and remote["amountdue"] == Decimal("0.00")
+    assert invoice.status == Invoice.Status.PAID
+
+
+def test_reopen_after_void_is_pushed_as_unvoid(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(7)  # void in HaloPSA
+    assert invoice.status == Invoice.Status.VOID
+    with django_capture_on_commit_callbacks(execute=True):
+        job = invoice_status_change(invoice=invoice, status="open")
+    job.refresh_from_db()
+    assert job.state == PushJob.State.DONE, job.last_error
+    assert halo_invoice(halo_sandbox, 7)["voided"] is False
+    assert invoice.status == Invoice.Status.OPEN
+
+
+def test_reopen_of_a_partly_paid_invoice_follows_the_amounts(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(2)
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice_status_change(invoice=invoice, status="void")
+    assert halo_invoice(halo_sandbox, 2)["voided"] is True
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice_status_change(invoice=invoice, status="open")
+    assert invoice.status == Invoice.Status.PARTIALLY_PAID
+    assert halo_invoice(halo_sandbox, 2)["voided"] is False
+    assert list(PushJob.objects.filter(invoice=invoice).values_list("state", flat=True).order_by("id")) == [
+        PushJob.State.DONE, PushJob.State.DONE,
+    ]
+
+
+def test_reopening_a_void_invoice_that_is_paid_unvoids_it_and_stays_paid(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(3)  # fully paid by a payment in HaloPSA
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice_status_change(invoice=invoice, status="void")
+    assert halo_invoice(halo_sandbox, 3)["voided"] is True
+    with django_capture_on_commit_callbacks(execute=True):
+        job = invoice_status_change(invoice=invoice, status="open")
+    job.refresh_from_db()
+    assert invoice.status == Invoice.Status.PAID  # re-opened: the amounts say paid
+    assert job.state == PushJob.State.DONE, job.last_error
+    remote = halo_invoice(halo_sandbox, 3)
+    assert remote["voided"] is False and remote["paymentstatus"] == 2
+
+
+def test_status_push_is_set_if_not_already(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(1)
+    halo_sandbox.store.void_invoice(1)  # HaloPSA already there
+    halo_sandbox.clear_request_log()
+    with django_capture_on_commit_callbacks(execute=True):
+        job = invoice_status_change(invoice=invoice, status="void")
+    job.refresh_from_db()
+    assert job.state == PushJob.State.DONE and "already" in job.last_error
+    assert halo_sandbox.count_requests("/api/Invoice", method="POST") == 0
+
+
+def test_same_status_twice_is_a_no_op(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(1)
+    halo_sandbox.clear_request_log()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert invoice_status_change(invoice=invoice, status="open") is None
+    assert PushJob.objects.count() == 0 and halo_sandbox.count_requests() == 0
+
+
+def test_later_local_change_supersedes_an_unsent_one(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(1)
+    with django_capture_on_commit_callbacks(execute=False):
+        first = invoice_status_change(invoice=invoice, status="void")
+    with django_capture_on_commit_callbacks(execute=True):
+        second = invoice_status_change(invoice=invoice, status="paid")
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.state == PushJob.State.CANCELLED
+    assert second.state == PushJob.State.DONE
+    remote = halo_invoice(halo_sandbox, 1)
+    assert remote["voided"] is False and remote["paymentstatus"] == 2
+
+
+def test_a_status_push_whose_status_was_replaced_by_a_pull_is_cancelled(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(1)
+    with django_capture_on_commit_callbacks(execute=False):
+        job = invoice_status_change(invoice=invoice, status="void")
+    # A pull in which HaloPSA won the conflict put HaloPSA's status back.
+    Invoice.objects.filter(pk=invoice.pk).update(status=Invoice.Status.OPEN, status_changed_locally_at=None)
+    halo_sandbox.clear_request_log()
+    push_job_process(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.state == PushJob.State.CANCELLED and "Superseded" in job.last_error
+    assert halo_invoice(halo_sandbox, 1)["voided"] is False
+    assert halo_sandbox.count_requests("/api/Invoice", method="POST") == 0
+
+
+@pytest.mark.parametrize("status", ["partially_paid", "refunded", ""])
+def test_statuses_a_person_cannot_set_are_refused(mirror, status):
+    invoice = mirror(1)
+    with pytest.raises(StatusChangeRefused, match="cannot be set by hand"):
+        invoice_status_change(invoice=invoice, status=status)
+
+
+def test_portal_invoice_status_change_stays_local(halo_sandbox, portal_invoice, django_capture_on_commit_callbacks):
+    halo_sandbox.clear_request_log()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert invoice_status_change(invoice=portal_invoice, status="void") is None
+    portal_invoice.refresh_from_db()
+    assert portal_invoice.status == Invoice.Status.VOID
+    assert PushJob.objects.count() == 0 and halo_sandbox.count_requests() == 0
+
+
+def test_marked_paid_by_a_person_stays_paid_after_a_partial_payment(mirror, django_capture_on_commit_callbacks):
+    invoice = mirror(1)
+    with django_capture_on_commit_callbacks(execute=False):
+        invoice_status_change(invoice=invoice, status="paid")
+        payment_record(invoice=invoice, amount="1.00")
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.PAID
+
+
+def test_status_mapping_for_pushes():
+    assert invoice_status_to_halo("void") == ("void", {})
+    assert invoice_status_to_halo("paid") == ("update", {"markaspaid": True})
+    assert invoice_status_to_halo("open") == ("update", {"voided": False})
+
+
+# --- the conflict rule ------------------------------------------------------------------------------
+
+
+def _invoice(status: str, remote_status: str, changed_at) -> Invoice:
+    return Invoice(status=status, remote_status=remote_status, status_changed_locally_at=changed_at)
+
+
+def test_conflict_rule_nothing_changed_here_halopsa_wins():
+    invoice = _invoice("open", "open", None)
+    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=timezone.now()) == "remote"
+
+
+def test_conflict_rule_local_change_not_overwritten_when_halopsa_status_did_not_move():
+    changed = timezone.now()
+    invoice = _invoice("void", "open", changed)
+    # Even a HaloPSA edit after ours (another field) keeps our status: HaloPSA's status is unchanged.
+    assert status_conflict_winner(invoice=invoice, remote_status="open", remote_modified_at=changed + timedelta(hours=1)) == "local"
+    assert status_conflict_winner(invoice=invoice, remote_status="open", remote_modified_at=changed - timedelta(hours=1)) == "local"
+
+
+def test_conflict_rule_both_changed_later_wins():
+    changed = timezone.now()
+    invoice = _invoice("void", "open", changed)
+    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=changed + timedelta(seconds=1)) == "remote"
+    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=changed - timedelta(seconds=1)) == "local"
+    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=changed) == "local"  # tie
+    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=None) == "local"
+
+
+def test_conflict_rule_both_agree():
+    changed = timezone.now()
+    invoice = _invoice("void", "open", changed)
+    assert status_conflict_winner(invoice=invoice, remote_status="void", remote_modified_at=changed + timedelta(hours=1)) == "local"
+
+
+def test_conflict_rule_against_the_sandbox(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+    """Voided here while unsent; HaloPSA then gets a payment (its status moves later): HaloPSA wins."""
+    from integrations.halopsa.mapping import map_invoice
+
+    invoice = mirror(1)
+    with django_capture_on_commit_callbacks(execute=False):
+        invoice_status_change(invoice=invoice, status="void")
+    invoice.refresh_from_db()
+    # Without a later HaloPSA status change, a pull keeps ours.
+    remote = map_invoice(halo_invoice(halo_sandbox, 1))
+    assert status_conflict_winner(invoice=invoice, remote_status=remote["remote_status"], remote_modified_at=remote["remote_updated_at"]) == "local"
+    # HaloPSA changes its status after ours: the later change wins.
+    halo_sandbox.store.add_payment(1, "10.00", reference="desk")
+    remote = map_invoice(halo_invoice(halo_sandbox, 1))
+    assert remote["remote_status"] == "partially_paid"
+    assert remote["remote_updated_at"] >= invoice.status_changed_locally_at - timedelta(seconds=1)
+    Invoice.objects.filter(pk=invoice.pk).update(status_changed_locally_at=remote["remote_updated_at"] - timedelta(seconds=1))
+    invoice.refresh_from_db()
+    assert status_conflict_winner(invoice=invoice, remote_status=remote["remote_status"], remote_modified_at=remote["remote_updated_at"]) == "remote"
