@@ -651,6 +651,10 @@ class HaloClient:
         if isinstance(reason, MaxRetryError):
             reason = reason.reason
         host = urlsplit(self.base_url).hostname or self.base_url
+        if isinstance(reason, urllib3_exceptions.ReadTimeoutError):  # raised while reading the body
+            return HaloTimeout(
+                f"HaloPSA did not answer within {self.read_timeout:g} seconds; the request will be retried later."
+            ), "timeout"
         if isinstance(reason, NameResolutionError):
             return HaloConnectionError(f"The HaloPSA host {host} could not be found (DNS). Check the HaloPSA URL."), "connect"
         if isinstance(reason, NewConnectionError):
@@ -724,11 +728,16 @@ class HaloClient:
             seen += len(records)
             if records:
                 yield Page(records=records, record_count=record_count, page_no=page_no)
-            if not records or len(records) < PAGE_SIZE or seen >= record_count:
+            # A page shorter than the size the server says it used is the last one. Trusting the
+            # envelope's page_size (not ours) keeps a server with a smaller cap from ending early.
+            served_size = body.get("page_size")
+            if isinstance(served_size, bool) or not isinstance(served_size, int) or not 0 < served_size <= PAGE_SIZE:
+                served_size = PAGE_SIZE
+            if not records or len(records) < served_size or seen >= record_count:
                 return
             page_no += 1
 
-    def _envelope(self, body: Any, key: str, path: str) -> tuple[list[Any], int]:
+    def _envelope(self, body: Any, key: str, path: str, *, require_count: bool = True) -> tuple[list[Any], int]:
         if not isinstance(body, dict):
             raise HaloBadResponse(
                 f"HaloPSA's list of {key} ({path}) was not the expected object (got {type(body).__name__}).",
@@ -736,7 +745,7 @@ class HaloClient:
         records = body.get(key)
         if not isinstance(records, list):
             raise HaloBadResponse(f"HaloPSA's list of {key} ({path}) has no '{key}' array; keys: {sorted(body)[:8]}.")
-        record_count = body.get("record_count", len(records))
+        record_count = body.get("record_count") if require_count else body.get("record_count", len(records))
         if isinstance(record_count, bool) or not isinstance(record_count, int) or record_count < 0:
             raise HaloBadResponse(f"HaloPSA's list of {key} ({path}) has an invalid record_count {record_count!r}.")
         return records, record_count
@@ -852,7 +861,8 @@ class HaloClient:
             if isinstance(body, list):  # some Halo versions answer a bare array (reference §2)
                 rows, record_count = body, len(body)
             else:
-                rows, record_count = self._envelope(body, ENVELOPE_PAYMENTS, "/api/InvoicePayment")
+                # Its envelope is unverified (reference §5): record_count may be missing.
+                rows, record_count = self._envelope(body, ENVELOPE_PAYMENTS, "/api/InvoicePayment", require_count=False)
             for row in rows:
                 if not isinstance(row, dict):
                     continue

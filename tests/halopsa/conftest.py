@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -79,11 +80,14 @@ class StubHalo:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 stub.requests.append((self.command, path))
-                status, headers, body = stub.routes.get(
+                answer = stub.routes.get(
                     (self.command, path), (404, {"Content-Type": "application/json"}, b'{"Message": "no route"}')
                 )
+                if callable(answer):  # a function of the query string
+                    answer = answer(dict(parse_qsl(query)))
+                status, headers, body = answer
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)

@@ -2,6 +2,7 @@
 the request budget keeps the client under the server's limit."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 from datetime import date
@@ -283,12 +284,27 @@ def test_permission_error_names_where_to_fix_it(stub_halo, make_client):
     {"page_no": 1, "record_count": 3},  # no list key
     {"invoices": "nope", "record_count": 3},
     {"invoices": [], "record_count": "3"},
+    {"invoices": [{"id": 1}]},  # no record_count
     [{"id": 1}],  # a bare array where an envelope is expected
 ])
 def test_wrong_envelope_is_a_bad_response(stub_halo, make_client, body):
     stub_halo.route("GET", "/api/Invoice", 200, body)
     with pytest.raises(HaloBadResponse):
         list(make_client(base_url=stub_halo.url).iter_invoices())
+
+
+def test_a_server_with_a_smaller_page_cap_is_paged_to_the_end(stub_halo, make_client):
+    # Halo documents no cap; one report says 100. If an instance serves 50, no record may be lost.
+    def page(query):
+        number = int(query["page_no"])
+        rows = [{"id": i} for i in range((number - 1) * 50 + 1, min(number * 50, 120) + 1)]
+        body = {"page_no": number, "page_size": 50, "record_count": 120, "invoices": rows}
+        return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+    stub_halo.routes[("GET", "/api/Invoice")] = page
+    ids = [r["id"] for r in make_client(base_url=stub_halo.url).iter_invoices()]
+    assert ids == list(range(1, 121))
+    assert stub_halo.requests.count(("GET", "/api/Invoice")) == 3
 
 
 def test_attachment_that_is_not_a_pdf(stub_halo, make_client):
