@@ -1,0 +1,1096 @@
+"""The pull sync: HaloPSA -> our copy of customers, billing contacts, invoices, payments and PDFs.
+
+Shape of a run (`sync_execute`):
+1. take the connection's lease (two syncs of one connection never run together);
+2. phases in order: customers, billing contacts, invoices, PDFs (last, with its own cap, so PDF
+   downloads never starve invoice data of API budget). Which phases run and how much they read
+   depends on the scope (full, incremental, recent, unpaid, one entity, one record);
+3. each phase goes page by page (HaloPSA pages hold 100 rows): one query loads the page's existing
+   rows, new rows are bulk-created, changed rows bulk-updated, an unchanged row (same fingerprint)
+   costs no write; a page commits on its own, so an interrupted run keeps what it did and a rerun
+   (upserts keyed on (connection, halopsa_id)) creates no duplicates;
+4. a record that cannot be mapped becomes a SyncError with its payload; the rest commit ("partial");
+5. cursors advance only when the run completes; a full read that paged everything flags rows
+   HaloPSA no longer has (never deletes or archives them).
+
+The rules (billing contacts, unknown customer, deletions, conflicts, PDFs, overlap) are written
+up in docs/sync-rules.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, IntegerField, Q, Value, When
+from django.utils import timezone
+
+from integrations.halopsa import mapping
+from integrations.halopsa.client import HaloClient, Page, RequestStats
+from integrations.halopsa.exceptions import HaloAuthError, HaloError, HaloNotFound, HaloRateLimited
+from integrations.halopsa.mapping import MappingError
+from integrations.models import (
+    Connection,
+    Contact,
+    Customer,
+    Incident,
+    Invoice,
+    InvoiceLine,
+    InvoicePdf,
+    Origin,
+    Payment,
+    PushJob,
+    SyncCursor,
+    SyncError,
+    SyncRun,
+)
+from integrations.services.audit import audit_record
+from integrations.services.incidents import incident_open, incident_resolve
+from integrations.services.leases import lease_acquire, lease_is_held, lease_release, lease_renew
+
+logger = logging.getLogger(__name__)
+
+ENTITY_CUSTOMERS = "customers"
+ENTITY_CONTACTS = "contacts"
+ENTITY_INVOICES = "invoices"
+ENTITY_PDFS = "pdfs"
+ENTITIES = (ENTITY_CUSTOMERS, ENTITY_INVOICES, ENTITY_PDFS)
+
+# Incremental reads start this much before the cursor: clock skew between us and HaloPSA, and
+# records modified while the previous run was reading, are never skipped (re-reading costs no
+# writes thanks to fingerprints).
+CURSOR_OVERLAP = timedelta(minutes=10)
+RECENT_WINDOW = timedelta(hours=1)
+# The scheduled sync reads everything (and so detects deletions) when the last full read is older.
+FULL_SYNC_INTERVAL = timedelta(hours=24)
+# Renewed after every page; a killed worker's lease lapses after this long.
+LEASE_TTL_SECONDS = 600
+CONSECUTIVE_FAILURES_FOR_INCIDENT = 3
+LEASE_CONFLICT_MESSAGE = "another sync of this connection is running"
+INTERRUPTED_MESSAGE = "The sync was interrupted (the worker stopped); a new sync will pick up where it left off."
+# Batch size of flag/unflag UPDATEs (keeps IN lists well under database parameter limits).
+CHUNK = 500
+
+INVOICE_UPDATE_FIELDS = [
+    "customer", "number", "invoice_date", "due_date", "currency", "subtotal", "tax", "total", "amount_paid",
+    "balance", "status", "remote_status", "status_changed_locally_at", "is_credit_note", "halopsa_client_id",
+    "customer_assigned_at", "customer_assigned_by", "pdf_attachment_id", "remote_updated_at", "fingerprint",
+    "raw", "last_seen_at", "deleted_in_halopsa_at", "updated_at",
+]
+CUSTOMER_UPDATE_FIELDS = ["name", "inactive", "remote_updated_at", "fingerprint", "raw", "last_seen_at", "deleted_in_halopsa_at", "updated_at"]
+LINE_FIELDS = ("halopsa_id", "sequence", "description", "quantity", "unit_price", "net_amount", "tax_amount", "tax_rate")
+
+
+class SyncAborted(Exception):
+    """The run cannot go on (e.g. it lost its lease); `message` goes on the run."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PdfUnavailable(Exception):
+    """The invoice has no PDF in HaloPSA we could fetch; `message` says why, for a person."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def lease_name(connection_id: int) -> str:
+    return f"sync:connection:{connection_id}"
+
+
+def pdf_batch_size() -> int:
+    return int(getattr(settings, "HALOPSA_PDF_BATCH", 50))
+
+
+# ---------------------------------------------------------------------------------------------
+# Public services
+
+
+def sync_queue(*, connection: Connection, scope: str, trigger: str, entity: str = "", halopsa_id: int | None = None,
+               user=None) -> tuple[SyncRun, bool]:
+    """Queue a sync of the connection, or return the one already queued/running (and False).
+
+    The task is enqueued after the commit, so a rolled-back request queues nothing.
+    """
+    if scope not in SyncRun.Scope.values:
+        raise ValueError(f"unknown sync scope {scope!r}")
+    if entity and entity not in ENTITIES:
+        raise ValueError(f"unknown entity {entity!r}; use one of {', '.join(ENTITIES)}")
+    if scope == SyncRun.Scope.ENTITY and not entity:
+        raise ValueError("an entity sync needs the entity (customers, invoices or pdfs)")
+    if scope == SyncRun.Scope.INVOICE and not halopsa_id:
+        raise ValueError("a one-invoice sync needs the invoice's HaloPSA id")
+    with transaction.atomic():
+        active = _active_run(connection)
+        if active is not None:
+            return active, False
+        run = SyncRun.objects.create(
+            connection=connection, scope=scope, trigger=trigger,
+            entity=ENTITY_INVOICES if scope == SyncRun.Scope.INVOICE else entity,
+            target_halopsa_id=halopsa_id, requested_by=user if getattr(user, "is_authenticated", False) else None,
+        )
+        if user is not None:
+            audit_record(user=user, action="sync.queue", obj=run, partner=connection.partner_id,
+                         summary=f"Queued a {run.get_scope_display().lower()} of {connection.name}",
+                         scope=scope, entity=entity, halopsa_id=halopsa_id)
+        run_id = run.pk
+        transaction.on_commit(lambda: _enqueue_run(run_id))
+    return run, True
+
+
+def _enqueue_run(run_id: int) -> None:
+    from django_q.tasks import async_task
+
+    task_id = async_task("integrations.tasks.sync.sync_run_task", run_id)
+    if isinstance(task_id, str):
+        SyncRun.objects.filter(pk=run_id, task_id="").update(task_id=task_id[:64])
+
+
+def _active_run(connection: Connection) -> SyncRun | None:
+    """The queued or running run of this connection; runs left behind by a dead worker are closed."""
+    now = timezone.now()
+    stale_queued_after = timedelta(seconds=2 * int(settings.Q_CLUSTER.get("retry", 2100)))
+    for run in SyncRun.objects.filter(connection=connection, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).order_by("queued_at", "id"):
+        stale = (
+            (run.state == SyncRun.State.RUNNING and not lease_is_held(lease_name(connection.pk)))
+            or (run.state == SyncRun.State.QUEUED and run.queued_at < now - stale_queued_after)
+        )
+        if stale:
+            SyncRun.objects.filter(pk=run.pk, state=run.state).update(
+                state=SyncRun.State.FAILED, finished_at=now, message=INTERRUPTED_MESSAGE)
+            continue
+        return run
+    return None
+
+
+def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = None) -> SyncRun:
+    """Run a queued sync in the foreground (tasks and the CLI call this). Safe to call twice.
+
+    A second run of a connection whose lease is held fails at once with "another sync of this
+    connection is running" (the dashboard shows it; nothing is re-queued behind the running one).
+    A run left "running" by a killed worker is taken over when the lease has lapsed.
+    """
+    run.refresh_from_db()
+    if run.state not in (SyncRun.State.QUEUED, SyncRun.State.RUNNING):
+        return run  # already finished: a duplicated task delivery
+    connection = run.connection
+    name = lease_name(connection.pk)
+    owner = lease_acquire(name, LEASE_TTL_SECONDS)
+    if owner is None:
+        if run.state == SyncRun.State.QUEUED:
+            _finish(run, SyncRun.State.FAILED, LEASE_CONFLICT_MESSAGE)
+        return run  # "running": the holder is this very run in another worker
+    try:
+        now = timezone.now()
+        claimed = SyncRun.objects.filter(pk=run.pk, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).update(
+            state=SyncRun.State.RUNNING, started_at=now, finished_at=None, message="", created=0, updated=0,
+            unchanged=0, failed=0, progress_done=0, progress_total=0, fixed_by_poll=0,
+        )
+        if not claimed:
+            run.refresh_from_db()
+            return run
+        run.refresh_from_db()
+        if not connection.enabled:
+            return _finish(run, SyncRun.State.FAILED, "The connection is disabled.")
+        _Runner(run, lease_owner=owner, progress=progress).execute()
+    finally:
+        lease_release(name, owner)
+    run.refresh_from_db()
+    return run
+
+
+def sync_record(*, connection: Connection, entity: str, halopsa_id: int, trigger: str) -> SyncRun:
+    """Sync one invoice or customer now (webhooks, per-record retry). Returns the finished run.
+
+    A record HaloPSA no longer has (404) is flagged "deleted in HaloPSA". If a sync of the
+    connection is running, this run fails with LEASE_CONFLICT_MESSAGE and the caller retries later.
+    """
+    if entity not in (ENTITY_INVOICES, ENTITY_CUSTOMERS):
+        raise ValueError(f"sync_record syncs invoices or customers, not {entity!r}")
+    scope = SyncRun.Scope.INVOICE if entity == ENTITY_INVOICES else SyncRun.Scope.ENTITY
+    run = SyncRun.objects.create(connection=connection, scope=scope, trigger=trigger, entity=entity,
+                                 target_halopsa_id=int(halopsa_id))
+    return sync_execute(run=run)
+
+
+def sync_error_retry(*, error: SyncError, user) -> SyncRun:
+    """A person asks to sync a failed record again: queues a sync of just that record (or of its
+    entity when the record has no usable id). The error is resolved when the record syncs."""
+    connection = error.connection
+    if error.entity == ENTITY_INVOICES and error.halopsa_id:
+        run, _ = sync_queue(connection=connection, scope=SyncRun.Scope.INVOICE, trigger=SyncRun.Trigger.MANUAL,
+                            halopsa_id=error.halopsa_id, user=user)
+    elif error.entity == ENTITY_CUSTOMERS and error.halopsa_id:
+        run, _ = sync_queue(connection=connection, scope=SyncRun.Scope.ENTITY, trigger=SyncRun.Trigger.MANUAL,
+                            entity=ENTITY_CUSTOMERS, halopsa_id=error.halopsa_id, user=user)
+    else:
+        entity = error.entity if error.entity in ENTITIES else ENTITY_CUSTOMERS
+        run, _ = sync_queue(connection=connection, scope=SyncRun.Scope.ENTITY, trigger=SyncRun.Trigger.MANUAL,
+                            entity=entity, user=user)
+    audit_record(user=user, action="sync_error.retry", obj=error, partner=connection.partner_id,
+                 summary=f"Retried sync of {error.entity} {error.halopsa_id or ''}".strip(), run_id=run.pk)
+    return run
+
+
+def sync_scope_for_schedule(connection: Connection) -> str:
+    """Incremental, except full once a day (a full read is what detects deletions)."""
+    last_full = (
+        SyncCursor.objects.filter(connection=connection, entity__in=[ENTITY_CUSTOMERS, ENTITY_INVOICES])
+        .values_list("last_full_sync_at", flat=True)
+    )
+    values = list(last_full)
+    if len(values) < 2 or any(v is None or v < timezone.now() - FULL_SYNC_INTERVAL for v in values):
+        return SyncRun.Scope.FULL
+    return SyncRun.Scope.INCREMENTAL
+
+
+def invoice_pdf_ensure(*, invoice: Invoice, client: HaloClient | None = None) -> InvoicePdf:
+    """The invoice's current PDF, downloading it (one API call) when missing or stale.
+
+    For the dashboard's first view of an invoice whose PDF the batch has not fetched yet.
+    Raises PdfUnavailable with a readable message when HaloPSA has none or cannot be reached.
+    """
+    current = InvoicePdf.objects.filter(invoice=invoice).first()
+    if current is not None and (invoice.pdf_attachment_id is None or current.attachment_id == invoice.pdf_attachment_id):
+        return current
+    if invoice.halopsa_id is None or invoice.pdf_attachment_id is None:
+        if current is not None:
+            return current
+        raise PdfUnavailable("HaloPSA has no PDF for this invoice.")
+    client = client or HaloClient.for_connection(invoice.connection)
+    try:
+        content = client.get_invoice_pdf(invoice.halopsa_id, attachment_id=invoice.pdf_attachment_id)
+    except HaloNotFound:
+        if current is not None:
+            return current
+        raise PdfUnavailable("HaloPSA no longer has this PDF (the invoice changed); it is fetched again after the next sync.") from None
+    except HaloError as exc:
+        if current is not None:
+            return current
+        raise PdfUnavailable(exc.message) from None
+    return pdf_store(invoice=invoice, content=content, attachment_id=invoice.pdf_attachment_id)
+
+
+def pdf_store(*, invoice: Invoice, content: bytes, attachment_id: int | None) -> InvoicePdf:
+    """Save PDF bytes for the invoice with their sha256 (same bytes: the file is not rewritten)."""
+    digest = hashlib.sha256(content).hexdigest()
+    now = timezone.now()
+    current = InvoicePdf.objects.filter(invoice=invoice).first()
+    if current is not None and current.sha256 == digest and current.file and current.file.storage.exists(current.file.name):
+        InvoicePdf.objects.filter(pk=current.pk).update(attachment_id=attachment_id, fetched_at=now)
+        current.attachment_id, current.fetched_at = attachment_id, now
+        return current
+    name = f"invoice-{invoice.pk}-{attachment_id or 'x'}-{digest[:12]}.pdf"
+    old_name = current.file.name if current is not None and current.file else None
+    pdf = current or InvoicePdf(invoice=invoice)
+    pdf.file.save(name, ContentFile(content), save=False)
+    pdf.sha256, pdf.size, pdf.attachment_id, pdf.fetched_at = digest, len(content), attachment_id, now
+    try:
+        pdf.save()
+    except IntegrityError:  # fetched concurrently (e.g. a dashboard view during a sync): keep theirs
+        pdf.file.delete(save=False)
+        return InvoicePdf.objects.get(invoice=invoice)
+    if old_name and old_name != pdf.file.name:
+        storage = pdf.file.storage
+        transaction.on_commit(lambda: storage.delete(old_name))
+    return pdf
+
+
+# ---------------------------------------------------------------------------------------------
+# Run bookkeeping
+
+
+def _finish(run: SyncRun, state: str, message: str = "", stats: RequestStats | None = None) -> SyncRun:
+    values: dict[str, Any] = {"state": state, "finished_at": timezone.now(), "message": message[:4000]}
+    if stats is not None:
+        numbers = stats.as_dict()
+        values.update(api_requests=numbers["requests"], api_retries=numbers["retries"], api_bytes=numbers["bytes"])
+    SyncRun.objects.filter(pk=run.pk).update(**values)
+    run.refresh_from_db()
+    return run
+
+
+def _incidents_after(run: SyncRun, error: BaseException | None) -> None:
+    connection = run.connection
+    if run.state in (SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL):
+        incident_resolve(connection, Incident.Kind.CREDENTIALS_REJECTED)
+        incident_resolve(connection, Incident.Kind.SYNC_FAILING)
+        return
+    if isinstance(error, HaloAuthError):
+        incident_open(connection, Incident.Kind.CREDENTIALS_REJECTED, error.message)
+    recent = list(
+        SyncRun.objects.filter(connection=connection, finished_at__isnull=False)
+        .exclude(message=LEASE_CONFLICT_MESSAGE)
+        .order_by("-finished_at", "-id")
+        .values_list("state", flat=True)[:CONSECUTIVE_FAILURES_FOR_INCIDENT]
+    )
+    if len(recent) == CONSECUTIVE_FAILURES_FOR_INCIDENT and all(s == SyncRun.State.FAILED for s in recent):
+        incident_open(connection, Incident.Kind.SYNC_FAILING,
+                      f"The last {CONSECUTIVE_FAILURES_FOR_INCIDENT} syncs of {connection.name} failed. Latest: {run.message}")
+
+
+def _jsonable(value: Any) -> Any:
+    """HaloPSA payload -> JSON-safe (Decimals as strings, keeping every digit)."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _payload_id(payload: Any) -> int | None:
+    if isinstance(payload, Mapping):
+        try:
+            return mapping.parse_id(payload.get("id"), required=False)
+        except MappingError:
+            return None
+    return None
+
+
+@dataclass
+class _Counts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged, "failed": self.failed}
+
+
+@dataclass
+class _Plan:
+    customers: str | None = None  # "full" | "since" | "one" | None
+    invoices: str | None = None  # "full" | "since" | "unpaid" | "one" | None
+    pdfs: bool = False
+    since: dict[str, datetime | None] = field(default_factory=dict)
+    advance_cursors: bool = False
+
+
+class _Runner:
+    """One execution of one SyncRun (holds the lease while it runs)."""
+
+    def __init__(self, run: SyncRun, *, lease_owner: str, progress: Callable[[SyncRun], None] | None = None) -> None:
+        self.run = run
+        self.connection = run.connection
+        self.lease_owner = lease_owner
+        self.progress = progress
+        self.stats = RequestStats()
+        self.counts = _Counts()
+        self.started_at = run.started_at or timezone.now()
+        self.now = self.started_at
+        self._client: HaloClient | None = None
+        self._unknown: Customer | None = None
+        self.has_open_errors = SyncError.objects.filter(connection=self.connection, resolved_at__isnull=True).exists()
+        self.progress_done = 0
+        self.progress_total = 0
+        self.realtime_poll = (
+            run.trigger == SyncRun.Trigger.SCHEDULE and run.scope == SyncRun.Scope.INCREMENTAL and self.connection.is_realtime
+        )
+
+    @property
+    def client(self) -> HaloClient:
+        if self._client is None:
+            self._client = HaloClient.for_connection(self.connection, stats=self.stats)
+        return self._client
+
+    # -- orchestration ----------------------------------------------------------------------
+
+    def execute(self) -> None:
+        error: BaseException | None = None
+        try:
+            plan = self._plan()
+            self._run_plan(plan)
+        except HaloError as exc:
+            error = exc
+            _finish(self.run, SyncRun.State.FAILED, exc.message, self.stats)
+        except SyncAborted as exc:
+            error = exc
+            _finish(self.run, SyncRun.State.FAILED, exc.message, self.stats)
+        except Exception as exc:  # a bug must still close the run, with a message a person can use
+            logger.exception("sync run %s failed", self.run.pk)
+            error = exc
+            _finish(self.run, SyncRun.State.FAILED, f"Internal error during the sync ({type(exc).__name__}); the team has been notified.", self.stats)
+        else:
+            state = SyncRun.State.PARTIAL if self.counts.failed else SyncRun.State.SUCCEEDED
+            message = f"{self.counts.failed} record(s) could not be synced; see the sync errors." if self.counts.failed else ""
+            self._save_counts()
+            _finish(self.run, state, message, self.stats)
+            self._cursors_after(plan)
+        _incidents_after(self.run, error)
+
+    def _plan(self) -> _Plan:
+        run, scope = self.run, self.run.scope
+        plan = _Plan()
+        if scope in (SyncRun.Scope.FULL, SyncRun.Scope.INCREMENTAL):
+            plan.customers = plan.invoices = "full"
+            plan.pdfs = True
+            plan.advance_cursors = True
+            if scope == SyncRun.Scope.INCREMENTAL:
+                cursors = {c.entity: c for c in SyncCursor.objects.filter(connection=self.connection)}
+                for entity, attr in ((ENTITY_CUSTOMERS, "customers"), (ENTITY_CONTACTS, "contacts"), (ENTITY_INVOICES, "invoices")):
+                    cursor = cursors.get(entity)
+                    if cursor is not None and cursor.changed_since is not None:
+                        plan.since[entity] = cursor.changed_since - CURSOR_OVERLAP
+                # Without a cursor the entity is read in full (first sync), which is also correct.
+                plan.customers = "since" if ENTITY_CUSTOMERS in plan.since else "full"
+                plan.invoices = "since" if ENTITY_INVOICES in plan.since else "full"
+        elif scope == SyncRun.Scope.RECENT:
+            since = self.started_at - RECENT_WINDOW
+            plan.customers = plan.invoices = "since"
+            plan.since = {ENTITY_CUSTOMERS: since, ENTITY_CONTACTS: since, ENTITY_INVOICES: since}
+            plan.pdfs = True
+        elif scope == SyncRun.Scope.UNPAID:
+            plan.invoices = "unpaid"
+            plan.pdfs = True
+        elif scope == SyncRun.Scope.INVOICE:
+            plan.invoices = "one"
+            plan.pdfs = run.trigger != SyncRun.Trigger.WEBHOOK  # webhooks: the hourly batch fetches it
+        elif scope == SyncRun.Scope.ENTITY:
+            if run.entity == ENTITY_CUSTOMERS:
+                plan.customers = "one" if run.target_halopsa_id else "full"
+            elif run.entity == ENTITY_INVOICES:
+                plan.invoices = "one" if run.target_halopsa_id else "full"
+            elif run.entity == ENTITY_PDFS:
+                plan.pdfs = True
+            else:
+                raise SyncAborted(f"Unknown entity {run.entity!r}.")
+        return plan
+
+    def _run_plan(self, plan: _Plan) -> None:
+        if plan.customers == "one":
+            self._one_customer(self.run.target_halopsa_id)
+        elif plan.customers:
+            full = plan.customers == "full"
+            self._customers_phase(since=None if full else plan.since.get(ENTITY_CUSTOMERS), detect_deletions=full)
+            self._contacts_phase(since=None if full else plan.since.get(ENTITY_CONTACTS, plan.since.get(ENTITY_CUSTOMERS)),
+                                 prune=full)
+        if plan.invoices == "one":
+            self._one_invoice(self.run.target_halopsa_id, with_pdf=plan.pdfs)
+            return
+        if plan.invoices:
+            full = plan.invoices == "full"
+            self._invoices_phase(
+                since=plan.since.get(ENTITY_INVOICES) if plan.invoices == "since" else None,
+                payment_statuses=[0, 1] if plan.invoices == "unpaid" else None,
+                detect_deletions=full,
+            )
+        if plan.pdfs and self.run.target_halopsa_id and self.run.entity == ENTITY_PDFS:
+            self._one_pdf(self.run.target_halopsa_id)
+        elif plan.pdfs:
+            self._pdfs_phase(limit=pdf_batch_size())
+
+    def _cursors_after(self, plan: _Plan) -> None:
+        """Advance cursors and record successes, only now that the run has completed."""
+        now = timezone.now()
+        touched: dict[str, dict[str, Any]] = {}
+        full_customers = plan.customers == "full"
+        full_invoices = plan.invoices == "full"
+        if plan.customers in ("full", "since"):
+            for entity in (ENTITY_CUSTOMERS, ENTITY_CONTACTS):
+                values: dict[str, Any] = {"last_success_at": now}
+                if plan.advance_cursors or full_customers:
+                    values["changed_since"] = self.started_at
+                if full_customers:
+                    values["last_full_sync_at"] = now
+                touched[entity] = values
+        if plan.invoices in ("full", "since", "unpaid"):
+            values = {"last_success_at": now}
+            if plan.advance_cursors or full_invoices:
+                values["changed_since"] = self.started_at
+            if full_invoices:
+                values["last_full_sync_at"] = now
+            touched[ENTITY_INVOICES] = values
+        if plan.pdfs and self.run.scope != SyncRun.Scope.INVOICE:
+            touched[ENTITY_PDFS] = {"last_success_at": now}
+        for entity, values in touched.items():
+            SyncCursor.objects.update_or_create(connection=self.connection, entity=entity, defaults=values)
+
+    # -- page plumbing -----------------------------------------------------------------------
+
+    def _pages(self, pages: Iterator[Page]) -> Iterator[Page]:
+        """Yield pages, growing the progress total by each query's record_count and renewing the lease."""
+        first = True
+        for page in pages:
+            if first:
+                self.progress_total += page.record_count
+                first = False
+            yield page
+            if not lease_renew(lease_name(self.connection.pk), self.lease_owner, LEASE_TTL_SECONDS):
+                raise SyncAborted("The sync lost its lock on the connection (it ran too long without progress); it will be retried.")
+
+    def _page_done(self, records: int) -> None:
+        """Called inside the page's transaction: counts and progress commit with the data."""
+        self.progress_done += records
+        self._save_counts()
+        if self.progress is not None:
+            self.progress(self.run)
+
+    def _save_counts(self) -> None:
+        numbers = self.stats.as_dict()
+        self.run.created, self.run.updated = self.counts.created, self.counts.updated
+        self.run.unchanged, self.run.failed = self.counts.unchanged, self.counts.failed
+        self.run.progress_done, self.run.progress_total = self.progress_done, max(self.progress_total, self.progress_done)
+        self.run.api_requests, self.run.api_retries, self.run.api_bytes = numbers["requests"], numbers["retries"], numbers["bytes"]
+        if self.realtime_poll:
+            self.run.fixed_by_poll = self.counts.created + self.counts.updated
+        SyncRun.objects.filter(pk=self.run.pk).update(
+            created=self.run.created, updated=self.run.updated, unchanged=self.run.unchanged, failed=self.run.failed,
+            progress_done=self.run.progress_done, progress_total=self.run.progress_total,
+            api_requests=self.run.api_requests, api_retries=self.run.api_retries, api_bytes=self.run.api_bytes,
+            fixed_by_poll=self.run.fixed_by_poll,
+        )
+
+    def _record_error(self, entity: str, halopsa_id: int | None, message: str, payload: Any) -> None:
+        SyncError.objects.create(run=self.run, connection=self.connection, entity=entity, halopsa_id=halopsa_id,
+                                 message=message[:4000], payload=_jsonable(payload))
+        self.counts.failed += 1
+
+    def _resolve_errors(self, entity: str, halopsa_ids: Iterable[int]) -> None:
+        if not self.has_open_errors:
+            return
+        ids = list(halopsa_ids)
+        for start in range(0, len(ids), CHUNK):
+            SyncError.objects.filter(connection=self.connection, entity=entity, resolved_at__isnull=True,
+                                     halopsa_id__in=ids[start:start + CHUNK]).update(resolved_at=self.now)
+
+    def _flag_missing(self, model: type[Customer] | type[Invoice], seen: set[int]) -> int:
+        """After a complete read: rows HaloPSA no longer lists get "deleted in HaloPSA"."""
+        missing = [
+            pk for pk, halopsa_id in model.objects.filter(
+                connection=self.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, deleted_in_halopsa_at__isnull=True,
+            ).values_list("pk", "halopsa_id").iterator(chunk_size=2000)
+            if halopsa_id not in seen
+        ]
+        for start in range(0, len(missing), CHUNK):
+            with transaction.atomic():
+                model.objects.filter(pk__in=missing[start:start + CHUNK]).update(deleted_in_halopsa_at=self.now, updated_at=self.now)
+        self.counts.updated += len(missing)
+        return len(missing)
+
+    # -- customers -----------------------------------------------------------------------------
+
+    def _customers_phase(self, *, since: datetime | None, detect_deletions: bool) -> None:
+        seen: set[int] = set()
+        for page in self._pages(self.client.client_pages(changed_since=since, include_inactive=True)):
+            seen.update(self._customers_page(page.records))
+        if detect_deletions:
+            self._flag_missing(Customer, seen)
+
+    def _one_customer(self, halopsa_id: int) -> None:
+        try:
+            payload = self.client.get_client(halopsa_id)
+        except HaloNotFound:
+            with transaction.atomic():
+                self.counts.updated += Customer.objects.filter(
+                    connection=self.connection, origin=Origin.HALOPSA, halopsa_id=halopsa_id, deleted_in_halopsa_at__isnull=True,
+                ).update(deleted_in_halopsa_at=self.now, updated_at=self.now)
+                self._page_done(1)
+            return
+        self.progress_total += 1
+        self._customers_page([payload])
+        # Its billing users, read in full so that ones that stopped qualifying are removed.
+        kept: set[str] = set()
+        for page in self._pages(self.client.user_pages(client_id=halopsa_id)):
+            kept.update(self._contacts_page(page.records))
+        customer = Customer.objects.filter(connection=self.connection, halopsa_id=halopsa_id).first()
+        if customer is not None:
+            with transaction.atomic():
+                removed = Contact.objects.filter(customer=customer, halopsa_key__startswith="user:").exclude(halopsa_key__in=kept).delete()[0]
+                self.counts.updated += removed
+
+    def _customers_page(self, records: list[Any]) -> set[int]:
+        """Upsert one page of HaloPSA clients (and their accounts contacts). Returns ids seen."""
+        seen: set[int] = set()
+        mapped: list[tuple[dict[str, Any], Any]] = []
+        for payload in records:
+            try:
+                row = mapping.map_client(payload)
+            except MappingError as exc:
+                halopsa_id = exc.halopsa_id or _payload_id(payload)
+                if halopsa_id:
+                    seen.add(halopsa_id)
+                self._record_error(ENTITY_CUSTOMERS, halopsa_id, exc.message, payload)
+                continue
+            seen.add(row["halopsa_id"])
+            mapped.append((row, payload))
+        with transaction.atomic():
+            existing = {
+                c.halopsa_id: c for c in Customer.objects.filter(connection=self.connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped])
+            }
+            to_create, to_update, changed = [], [], []
+            for row, payload in mapped:
+                customer = existing.get(row["halopsa_id"])
+                if customer is not None and customer.origin != Origin.HALOPSA:
+                    self.counts.unchanged += 1  # created in the portal: never touched by a sync
+                    continue
+                if customer is not None and customer.fingerprint == row["fingerprint"] and customer.deleted_in_halopsa_at is None:
+                    self.counts.unchanged += 1
+                    continue
+                if customer is None:
+                    customer = Customer(connection=self.connection, halopsa_id=row["halopsa_id"], origin=Origin.HALOPSA)
+                    to_create.append(customer)
+                else:
+                    to_update.append(customer)
+                customer.name, customer.inactive = row["name"], row["inactive"]
+                customer.remote_updated_at, customer.fingerprint = row["remote_updated_at"], row["fingerprint"]
+                customer.raw, customer.last_seen_at, customer.deleted_in_halopsa_at = _jsonable(payload), self.now, None
+                customer.updated_at = self.now
+                changed.append((customer, payload))
+            Customer.objects.bulk_create(to_create)
+            Customer.objects.bulk_update(to_update, CUSTOMER_UPDATE_FIELDS)
+            self.counts.created += len(to_create)
+            self.counts.updated += len(to_update)
+            self._accounts_contacts(changed)
+            self._resolve_errors(ENTITY_CUSTOMERS, [r["halopsa_id"] for r, _ in mapped])
+            self._page_done(len(records))
+        return seen
+
+    def _accounts_contacts(self, changed: list[tuple[Customer, Any]]) -> None:
+        """Write the "accounts" billing contact of customers whose HaloPSA record changed."""
+        if not changed:
+            return
+        rule = self.connection.billing_contact_rule
+        contacts_by_customer: dict[int, list[Contact]] = defaultdict(list)
+        for contact in Contact.objects.filter(customer_id__in=[c.pk for c, _ in changed]):
+            contacts_by_customer[contact.customer_id].append(contact)
+        to_create, to_update, to_delete = [], [], []
+        for customer, payload in changed:
+            desired = mapping.accounts_contact(payload, rule)
+            contacts = contacts_by_customer.get(customer.pk, [])
+            current = next((c for c in contacts if c.halopsa_key == "accounts"), None)
+            if desired is None:
+                if current is not None:
+                    to_delete.append(current.pk)
+                continue
+            # One address appears once: the accounts contact wins over a user with the same e-mail.
+            to_delete.extend(c.pk for c in contacts if c.halopsa_key != "accounts" and c.email.lower() == desired["email"].lower())
+            if current is None:
+                to_create.append(Contact(customer=customer, **{k: desired[k] for k in ("halopsa_key", "halopsa_user_id", "source", "name", "email", "fingerprint")}))
+            elif current.fingerprint != desired["fingerprint"]:
+                current.name, current.email, current.fingerprint = desired["name"], desired["email"], desired["fingerprint"]
+                current.updated_at = self.now
+                to_update.append(current)
+        if to_delete:
+            Contact.objects.filter(pk__in=to_delete).delete()
+        Contact.objects.bulk_create(to_create)
+        Contact.objects.bulk_update(to_update, ["name", "email", "fingerprint", "updated_at"])
+
+    # -- billing contacts ------------------------------------------------------------------------
+
+    def _contacts_phase(self, *, since: datetime | None, prune: bool) -> None:
+        kept: set[str] = set()
+        for page in self._pages(self.client.user_pages(changed_since=since)):
+            kept.update(f"{customer_id}:{key}" for customer_id, key in self._contacts_page(page.records, with_customer=True))
+        if prune:
+            # A complete read of the users: user contacts that no longer qualify (or whose user is
+            # gone) are removed; accounts contacts belong to the customers phase.
+            stale = [
+                pk for pk, customer_id, key in Contact.objects.filter(
+                    customer__connection=self.connection, customer__origin=Origin.HALOPSA, halopsa_key__startswith="user:",
+                ).values_list("pk", "customer_id", "halopsa_key").iterator(chunk_size=2000)
+                if f"{customer_id}:{key}" not in kept
+            ]
+            for start in range(0, len(stale), CHUNK):
+                with transaction.atomic():
+                    Contact.objects.filter(pk__in=stale[start:start + CHUNK]).delete()
+            self.counts.updated += len(stale)
+
+    def _contacts_page(self, records: list[Any], *, with_customer: bool = False) -> set:
+        """Apply one page of HaloPSA users to billing contacts. Returns the contact keys kept
+        (as (customer pk, key) pairs when `with_customer`, else keys)."""
+        rule = self.connection.billing_contact_rule
+        desired: dict[int, tuple[int | None, dict[str, Any] | None]] = {}  # user id -> (client id, contact)
+        for payload in records:
+            try:
+                user_id = mapping.parse_id(payload.get("id") if isinstance(payload, Mapping) else None, "user id")
+                client_id = mapping.parse_id(payload.get("client_id"), "user client_id", required=False)
+                desired[user_id] = (client_id, mapping.billing_user_contact(payload, rule))
+            except MappingError as exc:
+                self._record_error(ENTITY_CONTACTS, _payload_id(payload), exc.message, payload)
+        kept: set = set()
+        with transaction.atomic():
+            client_ids = {client_id for client_id, contact in desired.values() if client_id and contact}
+            customers = {
+                c.halopsa_id: c for c in Customer.objects.filter(connection=self.connection, halopsa_id__in=client_ids, origin=Origin.HALOPSA)
+            }
+            existing = list(Contact.objects.filter(
+                Q(customer__connection=self.connection)
+                & (Q(halopsa_user_id__in=list(desired)) | Q(customer_id__in=[c.pk for c in customers.values()]))
+            ))
+            by_user: dict[int, list[Contact]] = defaultdict(list)
+            by_customer: dict[int, list[Contact]] = defaultdict(list)
+            for contact in existing:
+                if contact.halopsa_user_id is not None:
+                    by_user[contact.halopsa_user_id].append(contact)
+                by_customer[contact.customer_id].append(contact)
+            to_create, to_update, to_delete = [], [], set()
+            for user_id, (client_id, contact) in desired.items():
+                customer = customers.get(client_id) if contact is not None else None
+                current = None
+                for row in by_user.get(user_id, []):
+                    if customer is not None and row.customer_id == customer.pk and current is None:
+                        current = row
+                    else:
+                        to_delete.add(row.pk)  # moved to another client, or no longer a billing contact
+                if customer is None or contact is None:
+                    if current is not None:
+                        to_delete.add(current.pk)
+                    if by_user.get(user_id):
+                        self.counts.updated += 1
+                    continue
+                duplicate = any(
+                    row is not current and row.pk not in to_delete and row.email.lower() == contact["email"].lower()
+                    for row in by_customer.get(customer.pk, [])
+                )
+                if duplicate:  # the address is already a billing contact of this customer
+                    if current is not None:
+                        to_delete.add(current.pk)
+                        self.counts.updated += 1
+                    continue
+                kept.add((customer.pk, contact["halopsa_key"]) if with_customer else contact["halopsa_key"])
+                if current is None:
+                    row = Contact(customer=customer, **{k: contact[k] for k in ("halopsa_key", "halopsa_user_id", "source", "name", "email", "fingerprint")})
+                    to_create.append(row)
+                    by_customer[customer.pk].append(row)
+                    self.counts.created += 1
+                elif current.fingerprint != contact["fingerprint"]:
+                    current.name, current.email, current.fingerprint = contact["name"], contact["email"], contact["fingerprint"]
+                    current.updated_at = self.now
+                    to_update.append(current)
+                    self.counts.updated += 1
+                else:
+                    self.counts.unchanged += 1
+            if to_delete:
+                Contact.objects.filter(pk__in=to_delete).delete()
+            Contact.objects.bulk_create(to_create)
+            Contact.objects.bulk_update(to_update, ["name", "email", "fingerprint", "updated_at"])
+            self._resolve_errors(ENTITY_CONTACTS, list(desired))
+            self._page_done(len(records))
+        return kept
+
+    # -- invoices ------------------------------------------------------------------------------
+
+    def _invoices_phase(self, *, since: datetime | None, payment_statuses: list[int] | None, detect_deletions: bool) -> None:
+        seen: set[int] = set()
+        pages = self.client.invoice_pages(changed_since=since, include_lines=True, payment_statuses=payment_statuses)
+        for page in self._pages(pages):
+            seen.update(self._invoices_page(page.records))
+        if detect_deletions:
+            self._flag_missing(Invoice, seen)
+
+    def _one_invoice(self, halopsa_id: int, *, with_pdf: bool) -> None:
+        try:
+            payload = self.client.get_invoice(halopsa_id, include_lines=True)
+        except HaloNotFound:
+            with transaction.atomic():
+                self.counts.updated += Invoice.objects.filter(
+                    connection=self.connection, origin=Origin.HALOPSA, halopsa_id=halopsa_id, deleted_in_halopsa_at__isnull=True,
+                ).update(deleted_in_halopsa_at=self.now, updated_at=self.now)
+                self._page_done(1)
+            return
+        self.progress_total += 1
+        self._invoices_page([payload])
+        if with_pdf:
+            self._one_pdf(halopsa_id)
+
+    def _customers_for(self, client_ids: set[int], names: dict[int, str]) -> dict[int, Customer]:
+        """Customers for the HaloPSA client ids of an invoice page; clients we have not seen yet
+        are fetched (one call each) - one HaloPSA deleted is kept as a flagged customer."""
+        customers = {c.halopsa_id: c for c in Customer.objects.filter(connection=self.connection, halopsa_id__in=client_ids)}
+        for client_id in sorted(client_ids - set(customers)):
+            try:
+                payload = self.client.get_client(client_id)
+            except HaloNotFound:
+                customer, created = Customer.objects.get_or_create(
+                    connection=self.connection, halopsa_id=client_id,
+                    defaults={"name": names.get(client_id) or f"HaloPSA client {client_id}", "deleted_in_halopsa_at": self.now,
+                              "last_seen_at": self.now},
+                )
+                self.counts.created += int(created)
+            else:
+                self._customers_page([payload])
+                customer = Customer.objects.filter(connection=self.connection, halopsa_id=client_id).first()
+            if customer is not None:
+                customers[client_id] = customer
+        return customers
+
+    def unknown_customer(self) -> Customer:
+        if self._unknown is None:
+            self._unknown = customer_unknown(self.connection)
+        return self._unknown
+
+    def _invoices_page(self, records: list[Any]) -> set[int]:
+        """Upsert one page of HaloPSA invoices with their lines and payments. Returns ids seen."""
+        connection = self.connection
+        seen: set[int] = set()
+        mapped: list[tuple[dict[str, Any], Any]] = []
+        for payload in records:
+            try:
+                row = mapping.map_invoice(payload, number_field=connection.invoice_number_field,
+                                          default_currency=connection.default_currency)
+            except MappingError as exc:
+                halopsa_id = exc.halopsa_id or _payload_id(payload)
+                if halopsa_id:
+                    seen.add(halopsa_id)
+                self._record_error(ENTITY_INVOICES, halopsa_id, exc.message, payload)
+                continue
+            seen.add(row["halopsa_id"])
+            if row["is_credit_note"]:
+                continue  # credit notes are not invoices here; applied credit shows as a credit payment
+            if (connection.invoices_created_since and row["invoice_date"] is not None
+                    and row["invoice_date"] < connection.invoices_created_since):
+                continue  # older than the connection's "invoices created since": never imported
+            mapped.append((row, payload))
+        if not mapped:
+            with transaction.atomic():
+                self._page_done(len(records))
+            return seen
+        client_ids = {r["halopsa_client_id"] for r, _ in mapped if r["halopsa_client_id"]}
+        names = {r["halopsa_client_id"]: str(p.get("client_name") or "") for r, p in mapped if r["halopsa_client_id"]}
+        customers = self._customers_for(client_ids, names)  # may call HaloPSA: outside the page transaction
+        with transaction.atomic():
+            existing = {
+                i.halopsa_id: i for i in Invoice.objects.filter(connection=connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped])
+            }
+            payments_by_invoice: dict[int, list[Payment]] = defaultdict(list)
+            if existing:
+                for payment in Payment.objects.filter(invoice_id__in=[i.pk for i in existing.values()]):
+                    payments_by_invoice[payment.invoice_id].append(payment)
+            to_create: list[Invoice] = []
+            to_update: list[Invoice] = []
+            work: list[tuple[Invoice, dict[str, Any], Any]] = []
+            for row, payload in mapped:
+                invoice = existing.get(row["halopsa_id"])
+                if invoice is not None and invoice.origin != Origin.HALOPSA:
+                    self.counts.unchanged += 1
+                    continue
+                local_payments = payments_by_invoice.get(invoice.pk, []) if invoice is not None else []
+                links = _link_platform_payments(row["payments"], local_payments)
+                for halopsa_id, payment in links.items():
+                    # Recorded now so the in-flight rule below already sees it as in HaloPSA.
+                    Payment.objects.filter(pk=payment.pk, halopsa_id__isnull=True).update(halopsa_id=halopsa_id)
+                    payment.halopsa_id = halopsa_id
+                adjustment = _unpushed_adjustment(invoice, row["payments"], local_payments, links) if invoice is not None else Decimal("0.00")
+                effective = row["fingerprint"] if adjustment == 0 else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment})
+                if invoice is not None and invoice.fingerprint == effective and invoice.deleted_in_halopsa_at is None and not links:
+                    self.counts.unchanged += 1
+                    continue
+                if invoice is None:
+                    invoice = Invoice(connection=connection, halopsa_id=row["halopsa_id"], origin=Origin.HALOPSA)
+                    to_create.append(invoice)
+                else:
+                    to_update.append(invoice)
+                self._apply_invoice(invoice, row, payload, customers, adjustment, effective)
+                work.append((invoice, row, links))
+            Invoice.objects.bulk_create(to_create)
+            Invoice.objects.bulk_update(to_update, INVOICE_UPDATE_FIELDS)
+            self.counts.created += len(to_create)
+            self.counts.updated += len(to_update)
+            self._write_lines(work, replace=[i.pk for i in to_update])
+            self._write_payments(work, payments_by_invoice)
+            self._resolve_errors(ENTITY_INVOICES, [r["halopsa_id"] for r, _ in mapped])
+            self._page_done(len(records))
+        return seen
+
+    def _apply_invoice(self, invoice: Invoice, row: dict[str, Any], payload: Any, customers: dict[int, Customer],
+                       adjustment: Decimal, effective_fingerprint: str) -> None:
+        is_new = invoice.pk is None
+        client_id = row["halopsa_client_id"]
+        # Customer: HaloPSA's client; none -> "unknown". A person's assignment out of the unknown
+        # queue stands until HaloPSA itself gives the invoice a (different) real client.
+        halo_customer = customers.get(client_id) if client_id else None
+        if invoice.customer_assigned_at is not None and not is_new:
+            if client_id and client_id != invoice.halopsa_client_id and halo_customer is not None:
+                invoice.customer = halo_customer
+                invoice.customer_assigned_at, invoice.customer_assigned_by = None, None
+        else:
+            invoice.customer = halo_customer or self.unknown_customer()
+        amount_paid = row["amount_paid"] + adjustment
+        balance = row["balance"] - adjustment
+        remote_status = row["status"]
+        status = remote_status if adjustment == 0 else mapping.invoice_status(
+            total=row["total"], amount_paid=amount_paid, balance=balance, voided=row["status"] == mapping.STATUS_VOID)
+        if not is_new and invoice.status_changed_locally_at is not None:
+            from integrations.services.push import status_conflict_winner
+
+            winner = status_conflict_winner(invoice=invoice, remote_status=remote_status, remote_modified_at=row["remote_updated_at"])
+            if winner == "local":
+                status = invoice.status
+            else:
+                invoice.status_changed_locally_at = None
+        for name in ("number", "invoice_date", "due_date", "currency", "subtotal", "tax", "total", "is_credit_note",
+                     "pdf_attachment_id", "remote_updated_at"):
+            setattr(invoice, name, row[name])
+        invoice.halopsa_client_id = client_id
+        invoice.amount_paid, invoice.balance = amount_paid, balance
+        invoice.status, invoice.remote_status = status, remote_status
+        invoice.fingerprint = effective_fingerprint
+        invoice.raw = _jsonable(payload)
+        invoice.last_seen_at = invoice.updated_at = self.now
+        invoice.deleted_in_halopsa_at = None
+
+    def _write_lines(self, work: list[tuple[Invoice, dict[str, Any], Any]], *, replace: list[int]) -> None:
+        """Lines of every written invoice are replaced as a whole (two statements per page)."""
+        for start in range(0, len(replace), CHUNK):
+            InvoiceLine.objects.filter(invoice_id__in=replace[start:start + CHUNK]).delete()
+        lines = [
+            InvoiceLine(invoice=invoice, **{name: line[name] for name in LINE_FIELDS})
+            for invoice, row, _ in work for line in row["lines"]
+        ]
+        InvoiceLine.objects.bulk_create(lines, batch_size=CHUNK)
+
+    def _write_payments(self, work: list[tuple[Invoice, dict[str, Any], Any]], payments_by_invoice: dict[int, list[Payment]]) -> None:
+        """Mirror HaloPSA's embedded payments: create new, update changed, remove vanished ones.
+
+        Platform payments are matched by halopsa_id or, before their push recorded the id, by
+        reference; they keep source "platform" and are never removed here.
+        """
+        to_create, to_update, to_delete = [], [], []
+        for invoice, row, links in work:
+            local = payments_by_invoice.get(invoice.pk, []) if invoice.pk else []
+            by_halopsa_id = {p.halopsa_id: p for p in local if p.halopsa_id is not None}
+            remote_ids = set()
+            for remote in row["payments"]:
+                remote_ids.add(remote["halopsa_id"])
+                current = by_halopsa_id.get(remote["halopsa_id"]) or links.get(remote["halopsa_id"])
+                if current is not None and current.source == Origin.PLATFORM:
+                    continue  # ours: amount and reference are what we pushed
+                if current is None:
+                    to_create.append(Payment(
+                        invoice=invoice, connection=self.connection, halopsa_id=remote["halopsa_id"], source=Origin.HALOPSA,
+                        kind=remote["kind"], amount=remote["amount"], paid_on=remote["paid_on"], method=remote["method"],
+                        reference=remote["reference"], fingerprint=remote["fingerprint"], raw=_jsonable(remote),
+                    ))
+                elif current.fingerprint != remote["fingerprint"]:
+                    current.kind, current.amount, current.paid_on = remote["kind"], remote["amount"], remote["paid_on"]
+                    current.method, current.reference, current.fingerprint = remote["method"], remote["reference"], remote["fingerprint"]
+                    current.raw = _jsonable(remote)
+                    to_update.append(current)
+            to_delete.extend(p.pk for p in local if p.source == Origin.HALOPSA and p.halopsa_id not in remote_ids)
+        if to_delete:
+            Payment.objects.filter(pk__in=to_delete).delete()
+        Payment.objects.bulk_update(to_update, ["kind", "amount", "paid_on", "method", "reference", "fingerprint", "raw"])
+        Payment.objects.bulk_create(to_create)
+
+    # -- PDFs ----------------------------------------------------------------------------------
+
+    def _pdfs_phase(self, *, limit: int) -> None:
+        """Fetch PDFs that are missing or stale: unpaid invoices first, then paid ones newest
+        first, at most `limit` per run (each is one API call). Older paid PDFs arrive over later
+        runs or on first view (`invoice_pdf_ensure`)."""
+        if limit <= 0:
+            return
+        candidates = list(
+            Invoice.objects.filter(
+                connection=self.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, pdf_attachment_id__isnull=False,
+                deleted_in_halopsa_at__isnull=True, archived_at__isnull=True,
+            )
+            .filter(Q(pdf__isnull=True) | ~Q(pdf__attachment_id=F("pdf_attachment_id")))
+            .annotate(unpaid_first=Case(
+                When(status__in=[Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID], then=Value(0)),
+                default=Value(1), output_field=IntegerField(),
+            ))
+            .order_by("unpaid_first", "-invoice_date", "-id")[:limit]
+        )
+        if not candidates:
+            return
+        self.progress_total += len(candidates)
+        for invoice in candidates:
+            try:
+                content = self.client.get_invoice_pdf(invoice.halopsa_id, attachment_id=invoice.pdf_attachment_id)
+            except HaloNotFound:
+                continue  # the attachment changed since we read the invoice; the next invoice sync brings the new id
+            except HaloRateLimited:
+                break  # out of budget: the rest waits for the next run, invoice data is already in
+            except HaloAuthError:
+                raise
+            except HaloError as exc:
+                self._record_error(ENTITY_PDFS, invoice.halopsa_id, f"PDF of invoice {invoice.number}: {exc.message}", None)
+                break
+            with transaction.atomic():
+                pdf_store(invoice=invoice, content=content, attachment_id=invoice.pdf_attachment_id)
+                self.counts.updated += 1
+                self._page_done(1)
+            if not lease_renew(lease_name(self.connection.pk), self.lease_owner, LEASE_TTL_SECONDS):
+                raise SyncAborted("The sync lost its lock on the connection; it will be retried.")
+
+    def _one_pdf(self, halopsa_id: int) -> None:
+        invoice = Invoice.objects.filter(connection=self.connection, halopsa_id=halopsa_id, origin=Origin.HALOPSA).first()
+        if invoice is None or invoice.pdf_attachment_id is None:
+            return
+        current = InvoicePdf.objects.filter(invoice=invoice).values_list("attachment_id", flat=True).first()
+        if current == invoice.pdf_attachment_id:
+            return
+        try:
+            invoice_pdf_ensure(invoice=invoice, client=self.client)
+        except PdfUnavailable as exc:
+            self._record_error(ENTITY_PDFS, halopsa_id, exc.message, None)
+        else:
+            self.counts.updated += 1
+
+
+def customer_unknown(connection: Connection) -> Customer:
+    """The connection's "unknown" customer (invoices HaloPSA has no customer for)."""
+    try:
+        with transaction.atomic():
+            customer, _ = Customer.objects.get_or_create(
+                connection=connection, is_unknown=True,
+                defaults={"name": Customer.UNKNOWN_NAME, "halopsa_id": None, "origin": Origin.HALOPSA},
+            )
+    except IntegrityError:  # created concurrently
+        customer = Customer.objects.get(connection=connection, is_unknown=True)
+    return customer
+
+
+def _link_platform_payments(remote_payments: list[dict[str, Any]], local: list[Payment]) -> dict[int, Payment]:
+    """HaloPSA payments that are our platform payments posted before their push recorded the
+    HaloPSA id: matched by the reference we sent (reference or thirdpartyid). {halopsa_id: Payment}."""
+    linked_ids = {p.halopsa_id for p in local if p.halopsa_id is not None}
+    unlinked = {p.reference: p for p in local if p.source == Origin.PLATFORM and p.halopsa_id is None and p.reference}
+    links: dict[int, Payment] = {}
+    if not unlinked:
+        return links
+    for remote in remote_payments:
+        if remote["halopsa_id"] in linked_ids:
+            continue
+        for candidate in (remote["reference"], remote.get("thirdpartyid", "")):
+            payment = unlinked.get(candidate) if candidate else None
+            if payment is not None:
+                links[remote["halopsa_id"]] = payment
+                unlinked.pop(candidate)
+                break
+    return links
+
+
+def _unpushed_adjustment(invoice: Invoice, remote_payments: list[dict[str, Any]], local: list[Payment],
+                         links: dict[int, Payment]) -> Decimal:
+    """How much more is paid here than HaloPSA reports because pushes are still on their way
+    (the rule is push.payment_unpushed_adjustment; the page's payments are already loaded, so it
+    is only asked about invoices that have platform payments in flight)."""
+    remote_ids = {p["halopsa_id"] for p in remote_payments}
+    in_flight = [
+        p for p in local if p.source == Origin.PLATFORM and (
+            (p.voided_at is None and (p.halopsa_id is None or p.halopsa_id not in remote_ids))
+            or (p.voided_at is not None and p.halopsa_id in remote_ids)
+        )
+    ]
+    if not in_flight:
+        return Decimal("0.00")
+    from integrations.services.push import payment_unpushed_adjustment
+
+    return payment_unpushed_adjustment(invoice=invoice, remote_payment_ids=remote_ids)
