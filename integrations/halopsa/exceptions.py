@@ -86,6 +86,11 @@ class UnsafeURLError(HaloError):
     default_message = "This HaloPSA URL is not allowed."
     default_permanent = True
 
+    def __init__(self, message: str | None = None, *, refused_address: bool = False):
+        super().__init__(message)
+        # True: the URL is well formed but points at (or resolves to) an address we never call.
+        self.refused_address = refused_address
+
 
 class HaloAmbiguousWrite(HaloError):
     """A write may or may not have happened in HaloPSA, and looking for it failed too.

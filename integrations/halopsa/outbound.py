@@ -120,7 +120,9 @@ def validate_url(url: str, *, allow_private: bool | None = None) -> None:
         return  # a name: resolved and checked when connecting
     reason = address_refusal(hostname, allow_private=allow_private)
     if reason:
-        raise UnsafeURLError(f"The HaloPSA URL points to an address the portal does not call: {reason}.")
+        raise UnsafeURLError(
+            f"The HaloPSA URL points to an address the portal does not call: {reason}.", refused_address=True
+        )
 
 
 def safe_create_connection(
@@ -139,7 +141,10 @@ def safe_create_connection(
         reason = address_refusal(str(info[4][0]), allow_private=allow_private)
         if reason:
             # One refused answer refuses the host: a rebinding resolver could otherwise mix answers.
-            raise UnsafeURLError(f"The HaloPSA host {host} resolves to an address the portal does not call: {reason}.")
+            raise UnsafeURLError(
+                f"The HaloPSA host {host} resolves to an address the portal does not call: {reason}.",
+                refused_address=True,
+            )
     err: OSError | None = None
     for family, socktype, proto, _canonname, sockaddr in infos:
         sock = None

@@ -74,6 +74,7 @@ def test_hostnames_are_checked_at_connect_time(private_networks_off, monkeypatch
     with pytest.raises(UnsafeURLError) as caught:
         client.version()
     assert "acme.halopsa.com resolves to an address the portal does not call" in caught.value.message
+    assert caught.value.refused_address
     assert connects == []
     assert client.stats.requests == 0
 

@@ -122,6 +122,7 @@ def test_validate_url_refuses_unsafe_urls(url, fragment):
         validate_url(url, allow_private=False)
     assert fragment in caught.value.message
     assert caught.value.permanent
+    assert caught.value.refused_address == (fragment == "does not call")
 
 
 def test_validate_url_allows_http_loopback_only_with_the_setting():
