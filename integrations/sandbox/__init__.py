@@ -4,15 +4,45 @@ Pure standard library (no Django import), so it runs in-process in tests and sta
 benchmarks::
 
     from integrations.sandbox import SandboxServer, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
-    srv = SandboxServer(dataset="tiny", seed=1, port=0).start()
+    srv = SandboxServer(dataset="tiny", seed=1, host="127.0.0.1", port=0, version="2.130.1",
+                        token_lifetime=3600, rate_limit=300, rate_window=300, tenant=None,
+                        retry_after=None,                      # Retry-After on 429s (None: none)
+                        webhook_attempts=4, webhook_backoff=(0.5, 1.0, 2.0), webhook_timeout=5.0)
+    srv.start()        # background ThreadingHTTPServer; also usable as a context manager
     srv.url            # HaloPSA base URL: API under /api, token at /auth/token
-    srv.store          # in-memory state (same operations as the /_sandbox control API)
-    srv.request_log    # every HaloPSA request served (control API excluded)
-    srv.stop()
+    srv.store          # in-memory state; its methods = the control API's record operations
+    srv.request_log    # [{method, path, query, status, duration_ms, fault}] (control API excluded)
+    srv.count_requests(path_prefix=None, method=None); srv.clear_request_log()
+    srv.webhook_deliveries; srv.wait_for_webhooks(timeout)
+    srv.set_version(v); srv.expire_tokens(); srv.set_token_lifetime(s)
+    srv.set_rate_limit(limit, window, retry_after); srv.add_fault(mode, **options); srv.clear_faults()
+    srv.add_webhook(url, **fields); srv.reset(dataset, seed); srv.stop()
 
-Modules: shapes (every guessed wire shape, in one place), dataset (seeded lazy generator),
-records (record types and money rules), store (mutable state), server (HTTP + control API),
-webhooks (sender with retries), faults (fault injection), pdf (minimal PDF writer).
+Datasets: "tiny" (every case, 3 customers / 8 contacts / 8 invoice records), "demo" (25 / 90 /
+120), "bench" (2,000 / 10,000 / 100,000, ~430k lines) or a dict of sizes (`customers`,
+`contacts`, `billing_contacts`, `invoices`, `max_lines`). Invoices are derived on demand from
+(seed, id), so bench size costs ~50 MB and ~0.6 s to start.
+
+HaloPSA API served: POST /auth/token; GET /api/authinfo; GET /api/InstanceInfo;
+GET/POST /api/Client[/{id}]; GET /api/Users[/{id}]; GET/POST /api/Invoice, GET/DELETE
+/api/Invoice/{id}, POST /api/Invoice/{id}/void, POST /api/Invoice/PDF/{id}; GET/POST
+/api/InvoicePayment, GET/DELETE /api/InvoicePayment/{id}; GET /api/Attachment/{id};
+GET/POST /api/Webhook, GET/DELETE /api/Webhook/{id}.
+
+Control API (JSON, no auth, not logged, not rate limited), under /_sandbox/:
+GET / (describe); POST reset {dataset, seed}; GET ground_truth; GET|DELETE requests;
+PUT version {version}; PUT ratelimit {limit, window, retry_after}; POST tokens/expire;
+PUT token_lifetime {seconds}; POST clients, PATCH|DELETE clients/{id}; POST users,
+PATCH|DELETE users/{id}; POST invoices, PATCH|DELETE invoices/{id}, POST invoices/{id}/payments
+{amount, date, reference, thirdpartyid}, POST invoices/{id}/credits {amount}, POST
+invoices/{id}/void; DELETE payments/{id}; GET|POST|DELETE faults (see faults.py);
+GET|POST webhooks, DELETE webhooks/{id}, GET webhooks/deliveries, POST webhooks/wait {timeout}.
+Bad requests get 400 {"error": ...}; unknown ids 404.
+
+Modules: shapes (every guessed wire shape and enum, in one place), dataset (seeded lazy
+generator), records (record types and money rules), store (mutable state, ground truth),
+server (HTTP + control API), webhooks (sender with retries), faults (fault injection),
+pdf (minimal PDF writer).
 """
 from __future__ import annotations
 

@@ -227,6 +227,8 @@ class SandboxServer:
         handler = type("BoundSandboxHandler", (SandboxHandler,), {"sandbox": self})
         httpd = ThreadingHTTPServer((self.host, self.port), handler)
         httpd.daemon_threads = True
+        # Do not join handler threads on close: idle keep-alive connections would hold stop().
+        httpd.block_on_close = False
         self._httpd = httpd
         self.port = httpd.server_address[1]
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
@@ -238,7 +240,6 @@ class SandboxServer:
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
             httpd.shutdown()
-            httpd.server_close()
             # Close idle keep-alive connections so clients see the server go away.
             with self._connections_lock:
                 for conn in list(self._connections):
@@ -247,6 +248,7 @@ class SandboxServer:
                     except OSError:
                         pass
                 self._connections.clear()
+            httpd.server_close()
         self.webhooks.stop()
 
     def __enter__(self) -> SandboxServer:

@@ -197,7 +197,7 @@ def _json_default(value: Any) -> Any:
 def dumps(payload: Any) -> bytes:
     """JSON with Decimals as bare numbers keeping their digits (2 decimals for money)."""
     text = json.dumps(payload, default=_json_default, separators=(",", ":"))
-    if _MONEY_MARK_RE.pattern and "money:" in text:
+    if "\\u0000money:" in text:
         text = _MONEY_MARK_RE.sub(r"\1", text)
     return text.encode("utf-8")
 
