@@ -377,17 +377,21 @@ def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modif
     return "local"
 
 
-def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterable[int]) -> Decimal:
+def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterable[int],
+                                remote_references: Iterable[str] = ()) -> Decimal:
     """How much more our copy has paid than HaloPSA reports, because of pushes still on the way.
 
     Platform payments not yet in HaloPSA count as paid; platform payments deleted here whose
-    delete has not reached HaloPSA yet do not. The pull adds this to HaloPSA's amountpaid and
-    takes it off HaloPSA's amountdue, so a pull between a payment and its push does not undo it.
+    delete has not reached HaloPSA yet do not. A payment is "in HaloPSA" when HaloPSA lists its
+    id or, before its push recorded the id (lost response), its reference (pass the references
+    HaloPSA shows in `remote_references`). The pull adds this to HaloPSA's amountpaid and takes it
+    off HaloPSA's amountdue, so a pull between a payment and its push does not undo it.
     """
     remote_ids = set(remote_payment_ids)
+    references = {r for r in remote_references if r}
     adjustment = Decimal("0.00")
     for payment in Payment.objects.filter(invoice=invoice, source=Origin.PLATFORM):
-        in_halopsa = payment.halopsa_id is not None and payment.halopsa_id in remote_ids
+        in_halopsa = (payment.halopsa_id is not None and payment.halopsa_id in remote_ids) or payment.reference in references
         if payment.voided_at is None and not in_halopsa and _push_pending(payment, PushJob.Kind.PAYMENT_CREATE):
             adjustment += payment.amount
         elif payment.voided_at is not None and in_halopsa:
