@@ -27,7 +27,7 @@ class ConnectionForm(forms.ModelForm):
     )
     auth_url = forms.URLField(
         label="Authorisation server URL", assume_scheme="https", required=False,
-        help_text="Leave blank to use <HaloPSA URL>/auth. Hosted instances show it under Configuration > Integrations > HaloPSA API.",
+        help_text="Leave blank to use the HaloPSA URL followed by /auth. Hosted instances show it under Configuration > Integrations > HaloPSA API.",
     )
     client_secret = forms.CharField(
         label="Client secret",

@@ -86,19 +86,17 @@ def _has_pdf(invoice: Invoice) -> bool:
 def invoice_pdf(request, pk: int):
     """Serve the stored PDF after the tenancy check; fetch it from HaloPSA on first view."""
     invoice = get_visible_or_404(Invoice.objects.select_related("connection"), request.user, pk=pk)
-    pdf = invoice.pdf if _has_pdf(invoice) else None
-    if pdf is None or not pdf.file or not pdf.file.storage.exists(pdf.file.name):
-        from integrations.halopsa.exceptions import HaloError
-        from integrations.services.sync import invoice_pdf_ensure
+    from integrations.services.sync import PdfUnavailable, invoice_pdf_ensure
 
-        try:
-            pdf = invoice_pdf_ensure(invoice=invoice)
-        except HaloError as exc:
-            messages.error(request, f"Could not fetch the PDF from HaloPSA: {exc.message}")
-            return redirect("invoice_detail", pk=invoice.pk)
-        if pdf is None:
-            messages.error(request, "HaloPSA has no PDF for this invoice.")
-            return redirect("invoice_detail", pk=invoice.pk)
+    try:
+        # Returns the stored PDF when it is current; downloads it once when missing or stale.
+        pdf = invoice_pdf_ensure(invoice=invoice)
+    except PdfUnavailable as exc:
+        messages.error(request, f"No PDF: {exc.message}")
+        return redirect("invoice_detail", pk=invoice.pk)
+    if not pdf.file or not pdf.file.storage.exists(pdf.file.name):
+        messages.error(request, "The stored PDF file is missing; it is downloaded again by the next sync.")
+        return redirect("invoice_detail", pk=invoice.pk)
     filename = f"invoice-{slugify(invoice.number) or invoice.pk}.pdf"
     return FileResponse(pdf.file.open("rb"), content_type="application/pdf", as_attachment=True, filename=filename)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -46,16 +45,14 @@ def sync_error_retry(request, pk: int):
     error = get_visible_or_404(SyncError.objects.select_related("connection"), request.user, pk=pk)
     from integrations.services.sync import sync_error_retry as retry
 
-    try:
-        retry(error=error, user=request.user)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
+    run = retry(error=error, user=request.user)
+    error.refresh_from_db()
+    if error.resolved_at:
+        messages.success(request, f"{error.entity} #{error.halopsa_id} synced again.")
+    elif run.is_active:
+        messages.info(request, f"Retry of {error.entity} #{error.halopsa_id} queued ({run.get_scope_display()}).")
     else:
-        error.refresh_from_db()
-        if error.resolved_at:
-            messages.success(request, f"Record {error.entity} #{error.halopsa_id} synced again.")
-        else:
-            messages.warning(request, f"Retried {error.entity} #{error.halopsa_id}; it still fails: see the newest error.")
+        messages.warning(request, f"Retried {error.entity} #{error.halopsa_id}: {run.get_state_display().lower()}. {run.message}".strip())
     return redirect("connection_detail", pk=error.connection_id)
 
 
