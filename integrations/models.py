@@ -107,7 +107,7 @@ class Connection(models.Model):
 
     halopsa_version = models.CharField(max_length=40, blank=True)
     version_checked_at = models.DateTimeField(null=True, blank=True)
-    last_test_ok = models.BooleanField(null=True)
+    last_test_ok = models.BooleanField(null=True, blank=True)
     last_test_at = models.DateTimeField(null=True, blank=True)
     last_test_message = models.TextField(blank=True)
 
