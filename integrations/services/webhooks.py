@@ -34,6 +34,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WEBHOOK_TASK = "integrations.tasks.webhooks.webhook_event_task"
+SWEEP_TASK = "integrations.tasks.webhooks.webhook_sweep_task"
+SWEEP_SCHEDULE_NAME = "webhook-sweep"
+SWEEP_AFTER = timedelta(minutes=5)
+# An event still waiting after this many attempts is FAILED (a person can replay it).
+MAX_ATTEMPTS = 10
+# Seconds to wait for another sync's lease before giving the event back to the sweep.
+LEASE_WAIT_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.5, 2.0)
 URL_NAME = "halopsa-webhook"
 REALTIME_MIN_VERSION_TEXT = ".".join(str(part) for part in REALTIME_MIN_VERSION)
 
@@ -327,8 +334,12 @@ def webhook_event_process(*, event_id: int) -> WebhookEvent | None:
         return _finish(event, claimed_at=now, state=WebhookEvent.State.FAILED,
                        error=f"Unexpected error while processing ({type(exc).__name__}).")
     state, error = outcome
+    if state == WebhookEvent.State.RECEIVED and event.attempts >= MAX_ATTEMPTS:
+        state, error = WebhookEvent.State.FAILED, f"Gave up after {event.attempts} attempts: {error}"
     if state == WebhookEvent.State.PROCESSED:
         _coalesce(event, fetched_after=now)
+    if state == WebhookEvent.State.RECEIVED:
+        webhook_sweep_schedule_ensure()  # whoever waits must be picked up again
     return _finish(event, claimed_at=now, state=state, error=error)
 
 
@@ -344,22 +355,47 @@ def _process_refusal(connection: Connection) -> str:
 
 
 def _resync(event: WebhookEvent) -> tuple[str, str]:
-    """Sync the current state of what the event is about; (state, error)."""
-    from integrations.services.sync import sync_record  # the sync service imports the mirror models
+    """Sync the current state of what the event is about; (state, error).
 
+    RECEIVED means "try again later" (another sync of the connection held its lease throughout).
+    """
     connection = event.connection
     targets = _sync_targets(event)
     if not targets:
         return WebhookEvent.State.IGNORED, _no_target_reason(event)
     errors = []
     for entity, halopsa_id in targets:
-        run = sync_record(connection=connection, entity=entity, halopsa_id=halopsa_id,
-                          trigger=SyncRun.Trigger.WEBHOOK)
-        if run is not None and run.state == SyncRun.State.FAILED:
+        run = _sync_when_free(connection, entity, halopsa_id)
+        if run is None:
+            return WebhookEvent.State.RECEIVED, "Waiting: another sync of this connection is running; retried automatically."
+        if run.state == SyncRun.State.FAILED:
             errors.append(run.message or f"Sync of {entity} {halopsa_id} failed (run {run.pk}).")
     if errors:
         return WebhookEvent.State.FAILED, " ".join(errors)[:2000]
     return WebhookEvent.State.PROCESSED, ""
+
+
+def _sync_when_free(connection: Connection, entity: str, halopsa_id: int) -> SyncRun | None:
+    """sync_record, waiting a few seconds for another sync's lease; None if it stayed busy.
+
+    Single-record syncs (other webhooks) hold the lease for well under a second; a long hourly
+    sync is not waited for - the event goes back to RECEIVED and the sweep retries it.
+    """
+    from integrations.services.leases import lease_is_held
+    from integrations.services.sync import LEASE_CONFLICT_MESSAGE, lease_name, sync_record
+
+    name = lease_name(connection.pk)
+    for delay in (*LEASE_WAIT_DELAYS, None):
+        if not lease_is_held(name):
+            run = sync_record(connection=connection, entity=entity, halopsa_id=halopsa_id,
+                              trigger=SyncRun.Trigger.WEBHOOK)
+            if not (run.state == SyncRun.State.FAILED and run.message == LEASE_CONFLICT_MESSAGE):
+                return run
+            run.delete()  # a lost race for the lease is not a sync the partner needs to see
+        if delay is None:
+            return None
+        time.sleep(delay)
+    return None
 
 
 def _sync_targets(event: WebhookEvent) -> list[tuple[str, int]]:
@@ -417,7 +453,7 @@ def _finish(event: WebhookEvent, *, claimed_at: datetime, state: str, error: str
     now = timezone.now()
     # Only the claim we hold may finish the event (a stale worker must not overwrite a newer one).
     WebhookEvent.objects.filter(pk=event.pk, state=WebhookEvent.State.PROCESSING, claimed_at=claimed_at).update(
-        state=state, error=error, processed_at=now,
+        state=state, error=error, processed_at=None if state == WebhookEvent.State.RECEIVED else now,
     )
     event.refresh_from_db()
     return event
@@ -441,14 +477,28 @@ def webhook_event_replay(*, event: WebhookEvent, user) -> WebhookEvent:
     return event
 
 
-def webhook_events_requeue_stale(*, older_than: timedelta = timedelta(minutes=10)) -> int:
-    """Queue again events left RECEIVED (queue unreachable when accepted); returns how many."""
+def webhook_events_requeue_stale(*, older_than: timedelta = SWEEP_AFTER) -> int:
+    """Queue again events still RECEIVED a while after they arrived or last waited (queue was
+    unreachable, or a long sync held the lease). A duplicate task is harmless: the claim decides."""
     cutoff = timezone.now() - older_than
-    ids = list(WebhookEvent.objects.filter(state=WebhookEvent.State.RECEIVED, received_at__lt=cutoff)
-               .values_list("pk", flat=True)[:1000])
+    ids = list(
+        WebhookEvent.objects.filter(state=WebhookEvent.State.RECEIVED)
+        .filter(Q(claimed_at__isnull=True, received_at__lt=cutoff) | Q(claimed_at__lt=cutoff))
+        .order_by("received_at").values_list("pk", flat=True)[:1000]
+    )
     for event_id in ids:
         async_task(WEBHOOK_TASK, event_id)
     return len(ids)
+
+
+def webhook_sweep_schedule_ensure() -> None:
+    """The django-q2 schedule that runs webhook_sweep_task every few minutes (idempotent)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.get_or_create(
+        name=SWEEP_SCHEDULE_NAME,
+        defaults={"func": SWEEP_TASK, "schedule_type": Schedule.MINUTES, "minutes": 5, "repeats": -1},
+    )
 
 
 # --- Set-up ------------------------------------------------------------------------------------

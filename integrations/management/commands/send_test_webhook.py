@@ -38,7 +38,9 @@ class Command(BaseCommand):
         if options["url"]:
             url = options["url"].rstrip("/") + urlsplit(url).path
         try:
-            response = requests.post(url, data=body, headers=headers, timeout=30)
+            with requests.Session() as session:
+                session.trust_env = False  # our own portal: never through an outbound proxy
+                response = session.post(url, data=body, headers=headers, timeout=30)
         except requests.RequestException as exc:
             raise CommandError(f"Could not reach {url}: {exc.__class__.__name__}: {exc}") from None
         self.stdout.write(f"POST {url}\n{response.status_code} {response.text}")
