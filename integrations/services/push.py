@@ -144,7 +144,8 @@ def _finish(job: PushJob, outcome: Outcome) -> PushJob:
     now = timezone.now()
     fields: dict = {"state": outcome.state, "last_error": outcome.message[:2000], "updated_at": now}
     if outcome.state == PushJob.State.DONE:
-        fields["done_at"] = now
+        # What happened goes with the job's data; last_error stays for errors (the dashboard shows it).
+        fields.update(done_at=now, last_error="", payload={**job.payload, "result": outcome.message})
     elif outcome.state == PushJob.State.RETRYING:
         if outcome.delay is not None:
             # Not a failure of ours (busy invoice, rate limit): give the attempt back.

@@ -23,6 +23,7 @@ def test_full_payment_posts_exactly_one_payment_and_reconciles(halo_sandbox, mir
     assert invoice.balance == Decimal("0.00") and invoice.status == Invoice.Status.PAID
     job = PushJob.objects.get(payment=payment)
     assert job.kind == PushJob.Kind.PAYMENT_CREATE and job.state == PushJob.State.DONE
+    assert job.last_error == "" and job.payload["result"].startswith("Posted to HaloPSA as payment")
     remote = halo_invoice(halo_sandbox, 1)
     assert remote["amountdue"] == Decimal("0.00") and remote["paymentstatus"] == 2
     mine = halo_payments(halo_sandbox, 1, payment.reference)

@@ -21,7 +21,7 @@ def test_void_is_pushed(halo_sandbox, mirror, partner_user, django_capture_on_co
     with django_capture_on_commit_callbacks(execute=True):
         job = invoice_status_change(invoice=invoice, status="void", user=partner_user)
     job.refresh_from_db()
-    assert job.state == PushJob.State.DONE and job.payload == {"status": "void"}
+    assert job.state == PushJob.State.DONE and job.payload == {"status": "void", "result": "Set to void in HaloPSA."}
     assert halo_invoice(halo_sandbox, 1)["voided"] is True
     invoice.refresh_from_db()
     assert invoice.status == Invoice.Status.VOID and invoice.status_changed_locally_at is not None
@@ -86,7 +86,7 @@ def test_status_push_is_set_if_not_already(halo_sandbox, mirror, django_capture_
     with django_capture_on_commit_callbacks(execute=True):
         job = invoice_status_change(invoice=invoice, status="void")
     job.refresh_from_db()
-    assert job.state == PushJob.State.DONE and "already" in job.last_error
+    assert job.state == PushJob.State.DONE and "already" in job.payload["result"] and job.last_error == ""
     assert halo_sandbox.count_requests("/api/Invoice", method="POST") == 0
 
 

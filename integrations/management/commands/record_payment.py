@@ -49,6 +49,7 @@ class Command(BaseCommand):
             self.stdout.write("Invoice was created in the portal: nothing is sent to HaloPSA.")
         else:
             job.refresh_from_db()
-            detail = f" ({job.last_error})" if job.last_error else ""
+            note = job.payload.get("result", "") if job.state == PushJob.State.DONE else job.last_error
+            detail = f" ({note})" if note else ""
             self.stdout.write(f"Push to HaloPSA: {job.get_state_display()}{detail}")
         self.stdout.write(str(payment.pk))
