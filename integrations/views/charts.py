@@ -8,6 +8,7 @@ from integrations.models import SyncRun
 WIDTH = 560
 HEIGHT = 120
 GAP = 4
+SLOTS = 20
 
 
 def runs_chart(runs: Sequence[SyncRun]) -> dict | None:
@@ -15,7 +16,8 @@ def runs_chart(runs: Sequence[SyncRun]) -> dict | None:
     finished = [r for r in reversed(list(runs)) if not r.is_active]
     if not finished:
         return None
-    slot = WIDTH / max(len(finished), 1)
+    # Fixed slots, so one run is one narrow bar rather than the whole width.
+    slot = WIDTH / max(len(finished), SLOTS)
     bar = max(slot - GAP, 2)
     max_changed = max((r.created + r.updated for r in finished), default=0) or 1
     max_duration = max((r.duration_seconds or 0 for r in finished), default=0) or 1

@@ -66,7 +66,11 @@ def test_run_a_sync_and_see_the_progress_bar_finish(page, sign_in, shot, partner
     expect(page.locator("table.data").first).to_be_visible()
     shot(page, "02-connection-page")
     page.get_by_role("link", name="Invoices", exact=True).click()
-    expect(page.locator("table.data tbody tr")).to_have_count(7)  # tiny dataset: 8 invoices, one a credit note? at least some
+    from integrations.models import Invoice
+
+    synced_count = Invoice.objects.filter(connection=connection).count()
+    assert synced_count > 0
+    expect(page.locator("table.data tbody tr")).to_have_count(synced_count)
     shot(page, "03-invoices")
 
 
@@ -143,19 +147,19 @@ def test_record_a_payment_and_see_the_balance_change(page, sign_in, shot, partne
     sign_in(partner_user)
     page.goto(f"/invoices/{invoice.pk}/")
     balance = page.get_by_test_id("invoice-balance")
-    expect(balance).to_have_text(str(before))
+    expect(balance).to_have_text(f"{before:,.2f}")
     page.get_by_label("Amount").fill("10.00")
     page.get_by_label("Method").fill("card")
     page.get_by_role("button", name="Record payment").click()
     expect(page.locator(".messages")).to_contain_text("Payment of 10.00")
-    expect(balance).to_have_text(str(before - Decimal("10.00")))
+    expect(balance).to_have_text(f"{before - Decimal('10.00'):,.2f}")
     expect(page.get_by_test_id("invoice-status")).to_have_text("Partially paid")
     shot(page, "06-invoice-detail")
     # An overpayment is refused with the service's message, and nothing changes.
     page.get_by_label("Amount").fill("999999.00")
     page.get_by_role("button", name="Record payment").click()
     expect(page.locator(".messages .msg-error")).to_contain_text("Payment refused")
-    expect(balance).to_have_text(str(before - Decimal("10.00")))
+    expect(balance).to_have_text(f"{before - Decimal('10.00'):,.2f}")
 
 
 def test_main_pages_screenshots(page, sign_in, shot, partner_user, synced):
