@@ -307,6 +307,22 @@ def test_a_server_with_a_smaller_page_cap_is_paged_to_the_end(stub_halo, make_cl
     assert stub_halo.requests.count(("GET", "/api/Invoice")) == 3
 
 
+def test_a_400_saying_the_token_expired_reauthenticates_once(stub_halo, make_client):
+    # Some instances answer an expired token with 400 instead of 401 (reference peers).
+    answers = iter([
+        (400, {"error": "invalid_token", "error_description": "The access token has expired"}),
+        (200, {"app_version": "2.140.2"}),
+    ])
+
+    def instance_info(query):
+        status, body = next(answers)
+        return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+    stub_halo.routes[("GET", "/api/InstanceInfo")] = instance_info
+    assert make_client(base_url=stub_halo.url).version() == "2.140.2"
+    assert stub_halo.requests.count(("POST", "/auth/token")) == 2
+
+
 def test_attachment_that_is_not_a_pdf(stub_halo, make_client):
     stub_halo.route("GET", "/api/Attachment/5", 200, b"<html>login page</html>", {"Content-Type": "text/html"})
     with pytest.raises(HaloBadResponse) as caught:
