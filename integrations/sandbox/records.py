@@ -12,6 +12,7 @@ Amounts are Decimal rounded to cents. The invariants the rest of the sandbox rel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from decimal import ROUND_HALF_UP, Decimal
 
 from .shapes import (
@@ -76,15 +77,17 @@ class Line:
     longdescription: str = ""
     item_code: str = ""
 
-    @property
+    # Lines are never edited in place (edits replace the list), so amounts are computed once:
+    # serving a 100-invoice page reads each of them several times.
+    @cached_property
     def net_amount(self) -> Decimal:
         return (self.qty * self.unit_price).quantize(CENT, rounding=ROUND_HALF_UP)
 
-    @property
+    @cached_property
     def tax_amount(self) -> Decimal:
         return (self.net_amount * self.tax_rate / HUNDRED).quantize(CENT, rounding=ROUND_HALF_UP)
 
-    @property
+    @cached_property
     def total_price(self) -> Decimal:
         return self.net_amount + self.tax_amount
 

@@ -194,11 +194,15 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _unmark(match: re.Match) -> str:
+    return match.group(1)
+
+
 def dumps(payload: Any) -> bytes:
     """JSON with Decimals as bare numbers keeping their digits (2 decimals for money)."""
     text = json.dumps(payload, default=_json_default, separators=(",", ":"))
     if "\\u0000money:" in text:
-        text = _MONEY_MARK_RE.sub(r"\1", text)
+        text = _MONEY_MARK_RE.sub(_unmark, text)
     return text.encode("utf-8")
 
 
