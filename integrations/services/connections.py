@@ -86,14 +86,7 @@ def connection_update(*, connection: Connection, user=None, **fields: Any) -> Co
     with transaction.atomic():
         connection.save()
         schedule_ensure(connection)
-        if "billing_contact_rule" in changed:
-            from integrations.models import Customer
-
-            Customer.objects.filter(connection=connection).update(fingerprint="")
-        if {"invoice_number_field", "default_currency"} & set(changed):
-            from integrations.models import Invoice
-
-            Invoice.objects.filter(connection=connection).update(fingerprint="")
+        _reread_after_change(connection, changed)
         if user is not None and changed:
             audit_record(user=user, action="connection.update", obj=connection,
                          summary=f"Changed HaloPSA connection {connection.name}: {', '.join(changed)}",
@@ -101,6 +94,19 @@ def connection_update(*, connection: Connection, user=None, **fields: Any) -> Co
     if set(ENDPOINT_FIELDS) & set(changed):
         connection_detect_version(connection=connection)
     return connection
+
+
+def _reread_after_change(connection: Connection, changed: list[str]) -> None:
+    """Settings that change how records map: clear fingerprints and cursors, so the next sync
+    (even an incremental one) re-reads those entities in full and rewrites every record."""
+    from integrations.models import Customer, Invoice, SyncCursor
+
+    if "billing_contact_rule" in changed:
+        Customer.objects.filter(connection=connection).update(fingerprint="")
+        SyncCursor.objects.filter(connection=connection, entity__in=["customers", "contacts"]).update(changed_since=None)
+    if {"invoice_number_field", "default_currency", "invoices_created_since"} & set(changed):
+        Invoice.objects.filter(connection=connection).update(fingerprint="")
+        SyncCursor.objects.filter(connection=connection, entity="invoices").update(changed_since=None)
 
 
 def connection_delete(*, connection: Connection, user=None) -> None:

@@ -398,6 +398,9 @@ class _Runner:
         self.has_open_errors = SyncError.objects.filter(connection=self.connection, resolved_at__isnull=True).exists()
         self.progress_done = 0
         self.progress_total = 0
+        # Entities with a record that failed without a readable id: a full read then cannot tell
+        # which row it was, so it flags nothing as deleted this time.
+        self.unidentified: set[str] = set()
         self.realtime_poll = (
             run.trigger == SyncRun.Trigger.SCHEDULE and run.scope == SyncRun.Scope.INCREMENTAL and self.connection.is_realtime
         )
@@ -556,6 +559,8 @@ class _Runner:
         )
 
     def _record_error(self, entity: str, halopsa_id: int | None, message: str, payload: Any) -> None:
+        if halopsa_id is None:
+            self.unidentified.add(entity)
         SyncError.objects.create(run=self.run, connection=self.connection, entity=entity, halopsa_id=halopsa_id,
                                  message=message[:4000], payload=_jsonable(payload))
         self.counts.failed += 1
@@ -570,6 +575,10 @@ class _Runner:
 
     def _flag_missing(self, model: type[Customer] | type[Invoice], seen: set[int]) -> int:
         """After a complete read: rows HaloPSA no longer lists get "deleted in HaloPSA"."""
+        entity = ENTITY_CUSTOMERS if model is Customer else ENTITY_INVOICES
+        if entity in self.unidentified:
+            logger.warning("connection %s: not flagging deleted %s (a record without id failed)", self.connection.pk, entity)
+            return 0
         missing = [
             pk for pk, halopsa_id in model.objects.filter(
                 connection=self.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, deleted_in_halopsa_at__isnull=True,

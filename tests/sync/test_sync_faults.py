@@ -1,0 +1,183 @@
+"""Bad records, HaloPSA failing mid-run, interrupted runs, leases and incidents."""
+from __future__ import annotations
+
+import pytest
+
+from integrations.halopsa.client import HaloClient
+from integrations.halopsa.exceptions import HaloConnectionError
+from integrations.models import Customer, Incident, Invoice, InvoiceLine, Payment, SyncError, SyncRun
+from integrations.services.leases import lease_acquire, lease_release, lease_renew
+from integrations.services.sync import LEASE_CONFLICT_MESSAGE, lease_name, sync_execute, sync_queue
+from tests.sync.helpers import assert_matches_truth
+
+pytestmark = pytest.mark.django_db
+
+
+def _counts(connection):
+    return (Customer.objects.filter(connection=connection).count(), Invoice.objects.filter(connection=connection).count(),
+            InvoiceLine.objects.filter(invoice__connection=connection).count(), Payment.objects.filter(connection=connection).count())
+
+
+def test_malformed_record_becomes_a_sync_error_and_the_rest_commits(connection, halo_sandbox, run_sync):
+    halo_sandbox.add_fault("malformed_record", path="/api/Invoice", method="GET", count=1)
+    run = run_sync(connection, "full")
+    assert run.state == "partial"
+    assert run.failed == 1
+    error = SyncError.objects.get(run=run)
+    assert error.entity == "invoices" and error.payload is not None
+    assert error.message  # e.g. "invoice 3: total is not a number: 'abc'" or "invoice id is missing"
+    # The other 6 invoices are in.
+    assert Invoice.objects.filter(connection=connection).count() == 6
+    # The next sync reads it fine and resolves the error.
+    again = run_sync(connection, "full")
+    assert again.state == "succeeded"
+    error.refresh_from_db()
+    if error.halopsa_id is not None:
+        assert error.resolved_at is not None
+    assert_matches_truth(connection, halo_sandbox)
+
+
+def test_halopsa_failing_beyond_retries_fails_the_run_and_a_rerun_completes(connection, halo_sandbox, run_sync):
+    halo_sandbox.add_fault("status", status=503, path="/api/Invoice", count=50)
+    run = run_sync(connection, "full")
+    assert run.state == "failed"
+    assert "HaloPSA" in run.message
+    assert run.api_retries > 0 and run.api_requests > 3
+    # Customers committed before the failure; cursors did not advance.
+    assert Customer.objects.filter(connection=connection, halopsa_id__isnull=False).count() == 3
+    assert not connection.cursors.filter(entity="invoices").exists()
+    halo_sandbox.clear_faults()
+    again = run_sync(connection, "full")
+    assert again.state == "succeeded"
+    assert_matches_truth(connection, halo_sandbox)
+
+
+@pytest.mark.sandbox(dataset="demo")
+def test_run_interrupted_mid_paging_loses_nothing_and_rerun_creates_no_duplicates(connection, halo_sandbox, run_sync, monkeypatch):
+    original = HaloClient.invoice_pages
+
+    def first_page_then_die(self, **kwargs):
+        pages = original(self, **kwargs)
+        yield next(pages)
+        raise HaloConnectionError("Could not connect to HaloPSA (simulated worker/network loss).")
+
+    monkeypatch.setattr(HaloClient, "invoice_pages", first_page_then_die)
+    run = run_sync(connection, "full")
+    assert run.state == "failed"
+    first_page = Invoice.objects.filter(connection=connection).count()
+    assert 0 < first_page <= 100
+    monkeypatch.setattr(HaloClient, "invoice_pages", original)
+    again = run_sync(connection, "full")
+    assert again.state == "succeeded"
+    assert_matches_truth(connection, halo_sandbox)
+    counts = _counts(connection)
+    run_sync(connection, "full")
+    assert _counts(connection) == counts
+
+
+def test_dropped_connections_are_retried_by_the_client(connection, halo_sandbox, run_sync):
+    halo_sandbox.add_fault("drop", path="/api/Invoice", count=2)
+    run = run_sync(connection, "full")
+    assert run.state == "succeeded"
+    assert run.api_retries >= 2
+    assert_matches_truth(connection, halo_sandbox)
+
+
+def test_a_second_sync_while_one_runs_is_refused(connection, run_sync):
+    owner = lease_acquire(lease_name(connection.pk), 60)
+    assert owner
+    run = run_sync(connection, "full")
+    assert run.state == "failed" and run.message == LEASE_CONFLICT_MESSAGE
+    assert not Invoice.objects.filter(connection=connection).exists()
+    lease_release(lease_name(connection.pk), owner)
+    assert run_sync(connection, "full").state == "succeeded"
+
+
+def test_sync_queue_returns_the_active_run(connection, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        first, created = sync_queue(connection=connection, scope="full", trigger="manual")
+        second, created_again = sync_queue(connection=connection, scope="incremental", trigger="manual")
+    assert created and not created_again
+    assert second.pk == first.pk
+    assert len(callbacks) == 1
+    # Executed (as the task would), the run finishes; the next request queues a new one.
+    assert sync_execute(run=first).state == "succeeded"
+    third, created = sync_queue(connection=connection, scope="incremental", trigger="manual")
+    assert created and third.pk != first.pk
+
+
+def test_sync_queue_enqueues_the_task_on_commit(connection, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        run, created = sync_queue(connection=connection, scope="full", trigger="manual")
+    run.refresh_from_db()
+    assert created and run.state == "succeeded"  # Q_CLUSTER sync=True runs the task inline
+
+
+def test_run_left_running_by_a_dead_worker_is_replaced(connection):
+    stale = SyncRun.objects.create(connection=connection, scope="full", trigger="schedule", state="running")
+    run, created = sync_queue(connection=connection, scope="full", trigger="manual")
+    stale.refresh_from_db()
+    assert created and stale.state == "failed" and "interrupted" in stale.message
+
+
+def test_duplicate_task_delivery_of_a_finished_run_does_nothing(connection, halo_sandbox, run_sync):
+    run = run_sync(connection, "full")
+    requests_before = halo_sandbox.count_requests()
+    assert sync_execute(run=run).state == "succeeded"
+    assert halo_sandbox.count_requests() == requests_before
+
+
+def test_leases(db):
+    owner = lease_acquire("x", 60)
+    assert owner and lease_acquire("x", 60) is None
+    assert lease_renew("x", owner, 60) and not lease_renew("x", "someone-else", 60)
+    lease_release("x", "someone-else")
+    assert lease_acquire("x", 60) is None
+    lease_release("x", owner)
+    assert lease_acquire("x", 60) is not None
+    expired = lease_acquire("y", -1)  # already expired: a crashed holder
+    assert expired and lease_acquire("y", 60) not in (None, expired)
+
+
+def test_rejected_credentials_open_an_incident_resolved_by_success(partner, make_connection, halo_sandbox, run_sync):
+    connection = make_connection(partner, halo_sandbox, client_secret="wrong")
+    run = run_sync(connection, "incremental")
+    assert run.state == "failed" and "rejected" in run.message.lower()
+    assert Incident.objects.filter(connection=connection, kind="credentials_rejected", resolved_at__isnull=True).exists()
+    from integrations.sandbox import SANDBOX_CLIENT_SECRET
+
+    connection.client_secret = SANDBOX_CLIENT_SECRET
+    connection.save()
+    assert run_sync(connection, "incremental").state == "succeeded"
+    assert not Incident.objects.filter(connection=connection, resolved_at__isnull=True).exists()
+
+
+def test_three_failed_runs_open_sync_failing(connection, halo_sandbox, run_sync):
+    halo_sandbox.add_fault("status", status=500, path="/api/Client", count=1000)
+    for _ in range(2):
+        assert run_sync(connection, "full").state == "failed"
+    assert not Incident.objects.filter(connection=connection, kind="sync_failing").exists()
+    run_sync(connection, "full")
+    incident = Incident.objects.get(connection=connection, kind="sync_failing", resolved_at__isnull=True)
+    assert "failed" in incident.message
+    halo_sandbox.clear_faults()
+    assert run_sync(connection, "full").state == "succeeded"
+    incident.refresh_from_db()
+    assert incident.resolved_at is not None
+
+
+def test_a_record_without_id_prevents_flagging_deletions(connection, halo_sandbox, run_sync, monkeypatch):
+    run_sync(connection, "full")
+    original = HaloClient.invoice_pages
+
+    def pages_with_one_record_missing_its_id(self, **kwargs):
+        for page in original(self, **kwargs):
+            records = [dict(r) for r in page.records]
+            records[0].pop("id")
+            yield type(page)(records=records, record_count=page.record_count, page_no=page.page_no)
+
+    monkeypatch.setattr(HaloClient, "invoice_pages", pages_with_one_record_missing_its_id)
+    run = run_sync(connection, "full")
+    assert run.state == "partial"
+    assert SyncError.objects.get(run=run).halopsa_id is None
+    assert not Invoice.objects.filter(connection=connection, deleted_in_halopsa_at__isnull=False).exists()
