@@ -5,7 +5,9 @@ What it owns:
   of the same HaloPSA application), re-authenticating once on a 401 (or on the 400 some instances
   send for an expired token);
 - paging: streams list endpoints page by page at the server's cap of 100 rows, stops exactly at
-  the last page and exposes `record_count` for progress;
+  the last page and exposes `record_count` for progress. Client and user lists include inactive
+  rows on purpose: an incremental sync must see a customer or billing contact turn inactive, and
+  mapping.py decides what that means;
 - resilience: timeouts on every call, retries with exponential backoff and full jitter on 429,
   500 (at most twice), 502/503/504, connection errors and timeouts of idempotent requests;
   Retry-After honoured (a long one raises HaloRateLimited so the caller reschedules);
@@ -338,6 +340,12 @@ class HaloClient:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+    def __enter__(self) -> HaloClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def session(self) -> requests.Session:
