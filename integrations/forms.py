@@ -144,6 +144,7 @@ class InvoiceFilterForm(forms.Form):
     """GET filters of the invoice list; invalid values are ignored, never an error page."""
 
     q = forms.CharField(required=False, label="Number")
+    customer_name = forms.CharField(required=False, label="Customer")
     status = forms.ChoiceField(choices=[("", "Any status"), *Invoice.Status.choices], required=False)
     customer = forms.IntegerField(required=False, widget=forms.HiddenInput)
     connection = forms.IntegerField(required=False, widget=forms.HiddenInput)
@@ -165,6 +166,7 @@ class InvoiceFilterForm(forms.Form):
             archived=bool(data.get("archived")),
             overdue=bool(data.get("overdue")),
             q=(data.get("q") or "").strip(),
+            customer_name=(data.get("customer_name") or "").strip(),
             sort=sort if sort in INVOICE_SORTS else "-date",
         )
 

@@ -217,6 +217,7 @@ class InvoiceFilters:
     archived: bool = False
     overdue: bool = False
     q: str = ""
+    customer_name: str = ""
     sort: str = "-date"
 
 
@@ -233,6 +234,8 @@ def invoice_list(*, user, filters: InvoiceFilters) -> QuerySet[Invoice]:
         qs = qs.filter(status__in=OPEN_STATES, due_date__lt=timezone.now().date())
     if filters.q:
         qs = qs.filter(number__icontains=filters.q)
+    if filters.customer_name:
+        qs = qs.filter(customer__name__icontains=filters.customer_name)
     return qs.order_by(*INVOICE_SORTS.get(filters.sort, INVOICE_SORTS["-date"]))
 
 

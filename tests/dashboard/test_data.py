@@ -66,6 +66,8 @@ def test_invoice_filters_and_sorts(alice_client, mine, many_invoices):
     assert dues == sorted(dues)
     page = alice_client.get(reverse("invoice_list"), {"q": "B-0042"}).context["page"]
     assert [inv.number for inv in page] == ["B-0042"]
+    page = alice_client.get(reverse("invoice_list"), {"customer_name": "bulk 3"}).context["page"]
+    assert page.paginator.count == 52 and {inv.customer.name for inv in page} == {"Bulk 3"}
     page = alice_client.get(reverse("invoice_list"), {"customer": many_invoices[0].pk}).context["page"]
     assert {inv.customer_id for inv in page} == {many_invoices[0].pk}
     today = timezone.now().date()
