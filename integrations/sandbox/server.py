@@ -799,17 +799,23 @@ def pdf_filename(invoice: Invoice) -> str:
 
 
 def _corrupt_one_record(payload: Any, rng_value: int) -> Any:
-    """Break one row of a list envelope: a non-numeric amount or a missing id."""
-    if not isinstance(payload, dict):
+    """Break one record while the body stays valid JSON: a non-numeric amount ("abc") or a
+    missing id. Works on list envelopes, bare arrays and single objects."""
+    rows: list[Any] | None = None
+    if isinstance(payload, list):
+        rows = payload
+    elif isinstance(payload, dict):
+        rows = next((v for v in payload.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
+        if rows is None and "id" in payload:
+            rows = [payload]
+    if not rows or not isinstance(rows[0], dict):
         return payload
-    for key, rows in payload.items():
-        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            row = rows[rng_value % len(rows)]
-            if rng_value % 2 == 0 and any(k in row for k in ("total", "amount")):
-                row["total" if "total" in row else "amount"] = "abc"
-            else:
-                row.pop("id", None)
-            break
+    row = rows[rng_value % len(rows)]
+    amount_key = next((k for k in ("total", "amount") if k in row), None)
+    if rng_value % 2 == 0 and amount_key:
+        row[amount_key] = "abc"
+    else:
+        row.pop("id", None)
     return payload
 
 

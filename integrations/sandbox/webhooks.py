@@ -5,6 +5,9 @@ one delivery per matching active subscription - only when the instance version i
 queued; worker threads send them so the change that caused them never waits. Failures (non-2xx,
 connection errors, timeouts) are retried with a short backoff, reusing the delivery `id`, as a
 real sender's retry would.
+
+Always sent as POST with a JSON body (the subscription's `method`/`content_type` values are not
+interpreted: their integer meanings are unverified, reference §11 item 3).
 """
 from __future__ import annotations
 

@@ -94,6 +94,12 @@ def test_malformed_record_keeps_page_valid(halo_sandbox, halo_session):
     assert halo_session.get(f"{halo_sandbox.url}/api/Invoice").json()["invoices"] == clean
 
 
+def test_malformed_record_on_single_object(halo_sandbox, halo_session):
+    _fault(halo_sandbox, mode="malformed_record", path="/api/Invoice/1")
+    body = halo_session.get(f"{halo_sandbox.url}/api/Invoice/1").json()
+    assert "id" not in body or body["total"] == "abc"
+
+
 def test_expire_token_fault(halo_sandbox, halo_session):
     _fault(halo_sandbox, mode="expire_token", path="/api/")
     assert halo_session.get(f"{halo_sandbox.url}/api/Client").status_code == 401
