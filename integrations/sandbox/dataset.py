@@ -14,7 +14,7 @@ from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from .records import Client, Invoice, Line, Payment, User
 from .shapes import CENT, PAYMENT_METHOD_NAMES, PAYMENT_TYPE_CREDIT, PAYMENT_TYPE_PAYMENT, datetime_to_ms
@@ -544,7 +544,3 @@ class InvoiceFactory:
         )]
         note.credit_applied = amount
         return note
-
-
-def iter_ids(count: int) -> Iterable[int]:
-    return range(1, count + 1)
