@@ -174,7 +174,7 @@ def webhook_event_accept(*, connection: Connection, payload: dict[str, Any], bod
 
 def _accept(*, connection: Connection, payload: dict[str, Any], body: bytes,
             headers: dict[str, str] | None) -> tuple[WebhookEvent, bool]:
-    event_name = str(payload.get("event") or "").strip()[:200]
+    event_name = _storable(str(payload.get("event") or "").strip()[:200])
     entity = webhook_event_entity(event_name, payload)
     object_id = _object_id(payload, entity)
     dedupe_key = _dedupe_key(payload, body)
@@ -250,7 +250,7 @@ def _dedupe_key(payload: dict[str, Any], body: bytes) -> str:
     """HaloPSA's delivery id (kept across its retries), else the body's sha256."""
     delivery_id = payload.get("id")
     if isinstance(delivery_id, (str, int)) and not isinstance(delivery_id, bool):
-        text = str(delivery_id).strip()
+        text = _storable(str(delivery_id).strip())
         if text and len(text) <= 90:
             return f"id:{text}"
     return "sha256:" + hashlib.sha256(body).hexdigest()
@@ -275,21 +275,30 @@ def _ignored_reason(connection: Connection, entity: str, object_id: int | None, 
 def _safe_headers(headers: dict[str, str]) -> dict[str, str]:
     secret = {*_SECRET_HEADERS, webhook_hmac_header().lower()}
     return {
-        str(name)[:100]: str(value)[:_MAX_HEADER_VALUE]
+        _storable(str(name)[:100]): _storable(str(value)[:_MAX_HEADER_VALUE])
         for name, value in headers.items()
         if str(name).lower() not in secret
     }
 
 
 def _jsonable(value: Any) -> Any:
-    """The payload for the JSON column: Decimals as exact strings (never floats)."""
+    """The payload for the JSON column: Decimals as exact strings (never floats), text storable."""
     if isinstance(value, Decimal):
         return str(value)
+    if isinstance(value, str):
+        return _storable(value)
     if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {_storable(str(key)): _jsonable(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_jsonable(item) for item in value]
     return value
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL refuses NUL characters and lone surrogates (both valid in JSON escapes)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _enqueue(event_id: int) -> None:

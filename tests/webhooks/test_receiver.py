@@ -252,6 +252,20 @@ def test_object_id_falls_back_to_the_entity_object(post_webhook, realtime_connec
     assert WebhookEvent.objects.get().object_id == 77
 
 
+@pytest.mark.parametrize("raw", [
+    rb'{"id": "a\u0000b", "event": "invoice\u0000 updated", "object_id": 5, "invoice": {"k\u0000": "v\u0000"}}',
+    rb'{"id": "\ud800", "event": "invoice updated \udfff", "object_id": 5, "invoice": {"name": "\ud83d"}}',
+])
+def test_text_a_database_cannot_store_is_made_storable(post_webhook, realtime_connection, raw):
+    # PostgreSQL refuses NUL and lone surrogates; JSON allows both as escapes.
+    response = post_webhook(realtime_connection, raw=raw)
+    assert response.status_code == 202
+    event = WebhookEvent.objects.get()
+    assert event.object_id == 5 and event.entity == "invoice"
+    assert "\\u0000" not in json.dumps(event.payload) and "\\ud8" not in json.dumps(event.payload)
+    assert "\x00" not in event.event + event.dedupe_key
+
+
 def test_responses_never_echo_secrets(post_webhook, make_connection, partner):
     conn = make_connection(partner, halopsa_version="2.130.1", webhook_hmac_secret="hmac-secret-value")
     for response in (post_webhook(conn), post_webhook(conn, raw=b"{bad"), post_webhook(conn, auth="Basic x")):
