@@ -91,6 +91,20 @@ PAGE_CAP = 100
 #: Page size used when `pageinate=true` comes without `page_size` (unverified).
 DEFAULT_PAGE_SIZE = 50
 
+# Filter semantics (implemented in server.py/store.py; documented here with the other guesses):
+# - `lastupdatefromdate`/`lastupdatetodate` on /Client and /Users filter `alastupdate`/`ulastupdate`,
+#   inclusive. The specs type them oddly as bool; their use as date filters is unverified (§11 item 6).
+# - /Invoice `datesearch` in {invoice_date, last_modified, duedate} with `start_date`/`end_date`
+#   (inclusive, compared to the millisecond; a bare date means midnight UTC). Unknown datesearch
+#   values are ignored; dates without datesearch filter invoice_date (unverified).
+# - `paymentstatuses` is a comma list matched literally (-1 matches nothing; 0,-1 = unpaid view).
+# - Default order is by id ascending; `order` accepts id, invoice_date, duedate, last_modified,
+#   client_id, client_name, date_created (invoices) / name, alastupdate, ulastupdate (others);
+#   anything else falls back to id. Deleted records simply disappear (no `includedeleted`, §3.6).
+# - POST creates answer 201, updates 200; POST /Invoice and /Webhook answer a single object for a
+#   one-item array, POST /InvoicePayment always an array (unverified, §11 item 7). DELETEs answer
+#   200 with an empty body.
+
 #: Halo's hosted throttle text [WR51]. The number follows the configured limit.
 RATE_LIMIT_MESSAGE = "Rate Limit Reached - {limit} Requests per rolling {minutes} minute window"
 
