@@ -438,12 +438,15 @@ class SandboxServer:
                 items = [store.client_json(c) for c in rows[window]]
             return Response(200, {**envelope, shapes.ENVELOPE_KEYS["clients"]: items})
         if method == "POST":
-            saved = []
+            saved, created = [], False
             for row in self._body_rows(body):
                 fields = {k: v for k, v in row.items() if k in Store._CLIENT_FIELDS}
-                saved.append(store.update_client(int(row["id"]), **fields) if row.get("id")
-                             else store.create_client(**fields))
-            return Response(201, self._single_or_list(saved))
+                if row.get("id"):
+                    saved.append(store.update_client(int(row["id"]), **fields))
+                else:
+                    saved.append(store.create_client(**fields))
+                    created = True
+            return Response(201 if created else 200, self._single_or_list(saved))
         return _json_error(405, f"The requested resource does not support http method '{method}'.")
 
     def _users(self, method: str, rest: list[str], query: dict[str, str], body: bytes) -> Response:

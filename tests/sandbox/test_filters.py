@@ -138,3 +138,11 @@ def test_get_by_id_and_404(halo_sandbox, halo_session):
         assert "Message" in response.json()
     halo_sandbox.store.delete_client(2)
     assert halo_session.get(f"{url}/api/Client/2").status_code == 404
+
+
+def test_client_create_and_update_through_api(halo_sandbox, halo_session):
+    url = halo_sandbox.url
+    created = halo_session.post(f"{url}/api/Client", json=[{"name": "Echo Vets", "accountsemailaddress": "ap@echo.example"}])
+    assert created.status_code == 201 and created.json()["name"] == "Echo Vets"
+    updated = halo_session.post(f"{url}/api/Client", json=[{"id": created.json()["id"], "inactive": True}])
+    assert updated.status_code == 200 and updated.json()["inactive"] is True
