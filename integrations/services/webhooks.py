@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -302,9 +302,20 @@ def _storable(text: str) -> str:
 
 
 def _enqueue(event_id: int) -> None:
-    # robust: the event is already committed; if the queue is unreachable it stays RECEIVED and
-    # webhook_events_requeue_stale (or a replay) picks it up - the delivery itself succeeded.
-    transaction.on_commit(lambda: async_task(WEBHOOK_TASK, event_id), robust=True)
+    transaction.on_commit(lambda: _queue_task(event_id))
+
+
+def _queue_task(event_id: int) -> None:
+    # The event is already committed: if the queue is unreachable it stays RECEIVED and the sweep
+    # picks it up later. The delivery itself succeeded, so this never fails the response.
+    try:
+        async_task(WEBHOOK_TASK, event_id)
+    except Exception:
+        logger.exception("could not queue webhook event %s; the sweep will", event_id)
+        try:
+            webhook_sweep_schedule_ensure()
+        except Exception:
+            logger.exception("could not ensure the webhook sweep schedule")
 
 
 # --- Processing --------------------------------------------------------------------------------
@@ -567,6 +578,7 @@ def webhook_subscription_create(*, connection: Connection, user) -> dict[str, An
     if existing_id:
         spec["id"] = existing_id
     result = client.create_webhook(spec)
+    webhook_sweep_schedule_ensure()
     if isinstance(result, list):  # POST /api/Webhook takes and may answer an array
         result = result[0] if result else {}
     subscription_id = str((result or {}).get("id") or existing_id or "")[:64]
@@ -650,15 +662,7 @@ def webhook_setup_instructions(connection: Connection) -> dict[str, Any]:
     }
 
 
-# --- Reading (dashboard) -----------------------------------------------------------------------
-
-
-def webhook_events_recent(connection: Connection, *, state: str | None = None, limit: int = 100) -> QuerySet[WebhookEvent]:
-    """The connection's latest events (time, event, record, outcome), newest first."""
-    events = WebhookEvent.objects.filter(connection=connection)
-    if state:
-        events = events.filter(state=state)
-    return events.order_by("-received_at", "-id")[:limit]
+# --- Health (dashboard) ------------------------------------------------------------------------
 
 
 def webhook_health(connection: Connection, *, now: datetime | None = None, polls: int = 5) -> dict[str, Any]:

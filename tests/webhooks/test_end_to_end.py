@@ -127,6 +127,21 @@ class TestHaloPsaChangesReachThePortal:
         assert invoice.archived_at is None  # only a person archives
         assert WebhookEvent.objects.get(connection=conn, event="invoice deleted").state == WebhookEvent.State.PROCESSED
 
+    def test_customer_deleted(self, conn, halo_sandbox):
+        customer = Customer.objects.filter(connection=conn, is_unknown=False).order_by("halopsa_id").first()
+        halo_sandbox.store.delete_client(customer.halopsa_id)
+        assert halo_sandbox.wait_for_webhooks(20)
+        assert delivered_ok(halo_sandbox)
+        customer.refresh_from_db()
+        assert customer.deleted_in_halopsa_at is not None and customer.archived_at is None
+
+    def test_billing_user_deleted(self, conn, halo_sandbox):
+        contact = Contact.objects.filter(customer__connection=conn, halopsa_user_id__isnull=False).first()
+        halo_sandbox.store.delete_user(contact.halopsa_user_id)
+        assert halo_sandbox.wait_for_webhooks(20)
+        assert delivered_ok(halo_sandbox)
+        assert not Contact.objects.filter(pk=contact.pk).exists()
+
     def test_payment_deleted_in_halopsa(self, conn, halo_sandbox):
         invoice = open_invoice(conn)
         payment = halo_sandbox.store.add_payment(invoice.halopsa_id, Decimal("5.00"))
@@ -323,6 +338,7 @@ class TestReplay:
 
 
 class TestBurst:
+    @pytest.mark.slow
     @pytest.mark.sandbox(rate_limit=0)
     def test_500_deliveries_lose_nothing(self, conn, halo_sandbox, webhook_live_server, settings):
         settings.HALOPSA_RATE_LIMIT = 100_000  # the client's own budget: this test is about the receiver

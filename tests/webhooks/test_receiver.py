@@ -266,6 +266,35 @@ def test_text_a_database_cannot_store_is_made_storable(post_webhook, realtime_co
     assert "\x00" not in event.event + event.dedupe_key
 
 
+def test_the_receiver_itself_never_calls_halopsa(post_webhook, halo_sandbox, make_connection, partner,
+                                                django_capture_on_commit_callbacks):
+    # The answer never waits on HaloPSA: all API work happens in the queued task.
+    halo_sandbox.add_fault("slow", delay=30)
+    conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = post_webhook(conn)
+    assert response.status_code == 202
+    assert len(callbacks) == 1
+    assert halo_sandbox.count_requests() == 0
+
+
+def test_unreachable_queue_still_accepts_and_leaves_the_event_for_the_sweep(
+        post_webhook, realtime_connection, monkeypatch, django_capture_on_commit_callbacks):
+    from django_q.models import Schedule
+
+    from integrations.services import webhooks as service
+
+    def broken_broker(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(service, "async_task", broken_broker)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_webhook(realtime_connection)
+    assert response.status_code == 202
+    assert WebhookEvent.objects.get().state == WebhookEvent.State.RECEIVED
+    assert Schedule.objects.filter(name=service.SWEEP_SCHEDULE_NAME, func=service.SWEEP_TASK).exists()
+
+
 def test_responses_never_echo_secrets(post_webhook, make_connection, partner):
     conn = make_connection(partner, halopsa_version="2.130.1", webhook_hmac_secret="hmac-secret-value")
     for response in (post_webhook(conn), post_webhook(conn, raw=b"{bad"), post_webhook(conn, auth="Basic x")):
