@@ -11,8 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, prefetch_related_objects
 from django.utils import timezone
+from django_q.models import Schedule
 
 from integrations.models import (
     AuditEvent,
@@ -26,6 +27,8 @@ from integrations.models import (
     SyncRun,
     WebhookEvent,
 )
+from integrations.schedules import schedule_name
+from integrations.tenancy import get_visible_or_404
 
 PAGE_SIZE = 50
 OPEN_STATES = (Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID)
@@ -47,16 +50,6 @@ INVOICE_SORTS = {
 def paginate(queryset: QuerySet, page_number: Any, per_page: int = PAGE_SIZE) -> Page:
     """One page (bad or out-of-range page numbers fall back to the nearest page, never a 404/500)."""
     return Paginator(queryset, per_page).get_page(page_number)
-
-
-def schedule_name(connection_id: int) -> str:
-    """Name of the connection's hourly django-q Schedule (kept in step with integrations/schedules.py)."""
-    try:
-        from integrations.schedules import schedule_name as _name  # type: ignore[attr-defined]
-
-        return _name(connection_id)
-    except (ImportError, AttributeError):
-        return f"sync-connection-{connection_id}"
 
 
 # --- Connections ---------------------------------------------------------------------------
@@ -123,8 +116,6 @@ def connection_health(*, connection: Connection) -> ConnectionHealth:
 def _next_scheduled_run(connection: Connection) -> datetime | None:
     if not connection.is_active:
         return None
-    from django_q.models import Schedule
-
     schedule = Schedule.objects.filter(name=schedule_name(connection.pk)).only("next_run").first()
     return schedule.next_run if schedule is not None else None
 
@@ -193,8 +184,6 @@ def customer_list(*, user, q: str = "", connection_id: int | None = None, archiv
 
 def customer_page_with_contacts(page: Page) -> Page:
     """Attach billing contacts to one page of customers in one extra query."""
-    from django.db.models import prefetch_related_objects
-
     prefetch_related_objects(page.object_list, "billing_contacts")
     return page
 
@@ -240,8 +229,6 @@ def invoice_list(*, user, filters: InvoiceFilters) -> QuerySet[Invoice]:
 
 
 def invoice_detail(*, user, pk: int) -> Invoice:
-    from integrations.tenancy import get_visible_or_404
-
     return get_visible_or_404(
         Invoice.objects.select_related("customer", "connection", "connection__partner", "customer_assigned_by", "archived_by"),
         user,

@@ -12,7 +12,12 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from integrations import selectors
 from integrations.forms import ConnectionForm, ConnectionStateForm, SyncRequestForm
-from integrations.models import Connection
+from integrations.halopsa.exceptions import HaloError
+from integrations.models import Connection, SyncRun
+from integrations.services import connections as connection_services
+from integrations.services.audit import audit_record
+from integrations.services.sync import sync_queue
+from integrations.services.webhooks import WebhookError, webhook_setup_instructions, webhook_subscription_create
 from integrations.tenancy import get_visible_or_404
 from integrations.views.charts import runs_chart
 
@@ -44,10 +49,8 @@ def connection_create(request):
         raise PermissionDenied("Your account is not linked to a partner.")
     form = ConnectionForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
-        from integrations.services.connections import connection_create as create
-
         try:
-            connection = create(partner=form.partner_for_create(), user=request.user, **form.service_fields())
+            connection = connection_services.connection_create(partner=form.partner_for_create(), user=request.user, **form.service_fields())
         except ValidationError as exc:
             _apply_service_errors(form, exc)
         else:
@@ -62,10 +65,8 @@ def connection_edit(request, pk: int):
     connection = get_visible_or_404(Connection, request.user, pk=pk)
     form = ConnectionForm(request.POST or None, instance=connection, user=request.user)
     if request.method == "POST" and form.is_valid():
-        from integrations.services.connections import connection_update
-
         try:
-            connection_update(connection=connection, user=request.user, **form.service_fields())
+            connection_services.connection_update(connection=connection, user=request.user, **form.service_fields())
         except ValidationError as exc:
             _apply_service_errors(form, exc)
         else:
@@ -79,10 +80,8 @@ def connection_edit(request, pk: int):
 def connection_delete(request, pk: int):
     connection = get_visible_or_404(Connection.objects.select_related("partner"), request.user, pk=pk)
     if request.method == "POST":
-        from integrations.services.connections import connection_delete as delete
-
         name = connection.name
-        delete(connection=connection, user=request.user)
+        connection_services.connection_delete(connection=connection, user=request.user)
         messages.success(request, f"Connection “{name}” deleted with everything synced through it.")
         return redirect("home")
     return render(request, "integrations/connection_confirm_delete.html", {"connection": connection})
@@ -92,10 +91,8 @@ def connection_delete(request, pk: int):
 @require_POST
 def connection_test(request, pk: int):
     connection = get_visible_or_404(Connection, request.user, pk=pk)
-    from integrations.services.audit import audit_record
-    from integrations.services.connections import connection_test as run_test
 
-    result = run_test(connection=connection)
+    result = connection_services.connection_test(connection=connection)
     # connection_test takes no user (contract), so the person's action is recorded here.
     audit_record(user=request.user, action="connection.test", summary=f"Tested connection {connection.name}: "
                  f"{'ok' if result.ok else result.failure}", obj=connection, ok=result.ok, failure=result.failure)
@@ -117,9 +114,8 @@ def connection_state(request, pk: int):
     if not form.is_valid():
         messages.error(request, "Unknown action.")
         return redirect("connection_detail", pk=connection.pk)
-    from integrations.services.connections import connection_set_state
 
-    connection_set_state(connection=connection, user=request.user, **form.state_kwargs())
+    connection_services.connection_set_state(connection=connection, user=request.user, **form.state_kwargs())
     messages.success(request, {"pause": "Paused: scheduled syncs are skipped until you resume.",
                                "resume": "Resumed.", "enable": "Enabled.",
                                "disable": "Disabled: nothing syncs or pushes."}[form.cleaned_data["action"]])
@@ -138,16 +134,14 @@ def connection_sync(request, pk: int):
     if not connection.enabled:
         messages.error(request, "This connection is disabled; enable it before syncing.")
         return redirect("connection_detail", pk=connection.pk)
-    from integrations.models import SyncRun
-    from integrations.services.sync import sync_queue
-
     run, started = sync_queue(connection=connection, scope=form.cleaned_data["scope"], trigger=SyncRun.Trigger.MANUAL,
                               entity=form.cleaned_data["entity"], user=request.user)
-    _report_queue(request, run, started)
+    report_sync_queued(request, run, started)
     return redirect("connection_detail", pk=connection.pk)
 
 
-def _report_queue(request, run, started: bool) -> None:
+def report_sync_queued(request, run, started: bool) -> None:
+    """Tell the person what their resync click did (queued, already running, or already done inline)."""
     run.refresh_from_db()
     if not started:
         messages.info(request, f"A sync is already {run.get_state_display().lower()} ({run.get_scope_display()}); "
@@ -185,8 +179,6 @@ def connection_detail(request, pk: int):
 def connection_webhook_subscribe(request, pk: int):
     """Register the connection's webhook in HaloPSA through its API (needs Admin:webhooks)."""
     connection = get_visible_or_404(Connection, request.user, pk=pk)
-    from integrations.halopsa.exceptions import HaloError
-    from integrations.services.webhooks import WebhookError, webhook_subscription_create
 
     try:
         webhook_subscription_create(connection=connection, user=request.user)
@@ -198,11 +190,6 @@ def connection_webhook_subscribe(request, pk: int):
 
 
 def _webhook_setup(connection: Connection):
-    """Set-up instructions from the webhook service; None until that service provides them."""
-    try:
-        from integrations.services.webhooks import webhook_setup_instructions
-    except ImportError:
-        return None
     try:
         return webhook_setup_instructions(connection)
     except Exception:  # instructions are a convenience: never break the connection page over them

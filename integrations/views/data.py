@@ -11,7 +11,11 @@ from django.views.decorators.http import require_GET, require_POST
 from integrations import selectors
 from integrations.forms import InvoiceFilterForm, InvoiceStatusForm, PaymentForm
 from integrations.models import Customer, Invoice, Payment, PushJob, SyncRun
+from integrations.services.payments import PaymentRefused, StatusChangeRefused, invoice_status_change, payment_record
+from integrations.services.payments import payment_delete as payment_void
+from integrations.services.sync import PdfUnavailable, invoice_pdf_ensure, sync_queue
 from integrations.tenancy import get_visible_or_404
+from integrations.views.connections import report_sync_queued
 
 def _int_or_none(value) -> int | None:
     try:
@@ -86,7 +90,6 @@ def _has_pdf(invoice: Invoice) -> bool:
 def invoice_pdf(request, pk: int):
     """Serve the stored PDF after the tenancy check; fetch it from HaloPSA on first view."""
     invoice = get_visible_or_404(Invoice.objects.select_related("connection"), request.user, pk=pk)
-    from integrations.services.sync import PdfUnavailable, invoice_pdf_ensure
 
     try:
         # Returns the stored PDF when it is current; downloads it once when missing or stale.
@@ -109,7 +112,6 @@ def invoice_status(request, pk: int):
     if not form.is_valid():
         messages.error(request, "Choose a valid status.")
         return redirect("invoice_detail", pk=invoice.pk)
-    from integrations.services.payments import StatusChangeRefused, invoice_status_change
 
     try:
         invoice_status_change(invoice=invoice, status=form.cleaned_data["status"], user=request.user)
@@ -125,7 +127,6 @@ def invoice_status(request, pk: int):
 def invoice_payment(request, pk: int):
     invoice = get_visible_or_404(Invoice.objects.select_related("connection"), request.user, pk=pk)
     form = PaymentForm(request.POST)
-    from integrations.services.payments import PaymentRefused, payment_record
 
     if form.is_valid():
         try:
@@ -145,11 +146,9 @@ def invoice_payment(request, pk: int):
 @require_POST
 def payment_delete(request, pk: int):
     payment = get_visible_or_404(Payment.objects.select_related("invoice"), request.user, pk=pk)
-    from integrations.services.payments import PaymentRefused
-    from integrations.services.payments import payment_delete as delete
 
     try:
-        delete(payment=payment, user=request.user)
+        payment_void(payment=payment, user=request.user)
     except PaymentRefused as exc:
         messages.error(request, f"Payment not deleted: {exc.message}")
     else:
@@ -164,12 +163,10 @@ def invoice_resync(request, pk: int):
     if invoice.halopsa_id is None:
         messages.error(request, "This invoice was created here, not in HaloPSA; there is nothing to resync.")
         return redirect("invoice_detail", pk=invoice.pk)
-    from integrations.services.sync import sync_queue
-    from integrations.views.connections import _report_queue
 
     run, started = sync_queue(connection=invoice.connection, scope=SyncRun.Scope.INVOICE, trigger=SyncRun.Trigger.MANUAL,
                               entity="invoices", halopsa_id=invoice.halopsa_id, user=request.user)
-    _report_queue(request, run, started)
+    report_sync_queued(request, run, started)
     return redirect("invoice_detail", pk=invoice.pk)
 
 

@@ -11,6 +11,8 @@ from django.views.decorators.http import require_http_methods
 from integrations import selectors
 from integrations.forms import ArchiveForm, AssignCustomerForm
 from integrations.models import Connection, Customer, Invoice
+from integrations.services.archive import record_archive, record_unarchive
+from integrations.services.resolution import invoices_assign_customer
 from integrations.tenancy import get_visible_or_404
 
 
@@ -101,7 +103,6 @@ def record_archive_toggle(request, kind: str, pk: int):
     """Archive or un-archive one customer/invoice from its own page."""
     model = {"customers": Customer, "invoices": Invoice}[kind]
     obj = get_visible_or_404(model, request.user, pk=pk)
-    from integrations.services.archive import record_archive, record_unarchive
 
     if request.POST.get("action") == "unarchive":
         record_unarchive(obj=obj, user=request.user)

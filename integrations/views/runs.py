@@ -9,6 +9,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from integrations import selectors
 from integrations.models import Connection, PushJob, SyncError, SyncRun, WebhookEvent
+from integrations.services.push import PushJobRefused
+from integrations.services.push import push_job_retry as push_retry
+from integrations.services.sync import sync_error_retry as error_retry
+from integrations.services.webhooks import WebhookError
+from integrations.services.webhooks import webhook_event_replay as event_replay
 from integrations.tenancy import get_visible_or_404
 
 
@@ -43,9 +48,8 @@ def connection_progress(request, pk: int):
 @require_POST
 def sync_error_retry(request, pk: int):
     error = get_visible_or_404(SyncError.objects.select_related("connection"), request.user, pk=pk)
-    from integrations.services.sync import sync_error_retry as retry
 
-    run = retry(error=error, user=request.user)
+    run = error_retry(error=error, user=request.user)
     error.refresh_from_db()
     if error.resolved_at:
         messages.success(request, f"{error.entity} #{error.halopsa_id} synced again.")
@@ -60,11 +64,9 @@ def sync_error_retry(request, pk: int):
 @require_POST
 def webhook_event_replay(request, pk: int):
     event = get_visible_or_404(WebhookEvent, request.user, pk=pk)
-    from integrations.services.webhooks import WebhookError
-    from integrations.services.webhooks import webhook_event_replay as replay
 
     try:
-        replay(event=event, user=request.user)
+        event_replay(event=event, user=request.user)
     except WebhookError as exc:
         messages.error(request, exc.message)
     else:
@@ -77,11 +79,9 @@ def webhook_event_replay(request, pk: int):
 @require_POST
 def push_job_retry(request, pk: int):
     job = get_visible_or_404(PushJob, request.user, pk=pk)
-    from integrations.services.push import PushJobRefused
-    from integrations.services.push import push_job_retry as retry
 
     try:
-        retry(job=job, user=request.user)
+        push_retry(job=job, user=request.user)
     except PushJobRefused as exc:
         messages.error(request, exc.message)
     else:

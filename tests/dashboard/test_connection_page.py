@@ -27,14 +27,11 @@ def test_health_tiles(alice_client, mine):
 
 
 def test_next_run_comes_from_the_schedule(alice_client, mine):
-    from django_q.models import Schedule
+    from integrations.schedules import schedule_ensure
 
-    from integrations.selectors import schedule_name
-
-    when = timezone.now() + timedelta(minutes=17)
-    Schedule.objects.create(name=schedule_name(mine.connection.pk), func="integrations.tasks.sync.sync_scheduled_task",
-                            args=str(mine.connection.pk), schedule_type=Schedule.HOURLY, next_run=when)
-    assert _detail(alice_client, mine).context["health"].next_run == when
+    schedule = schedule_ensure(mine.connection)
+    assert schedule.next_run > timezone.now()
+    assert _detail(alice_client, mine).context["health"].next_run == schedule.next_run
     mine.connection.paused = True
     mine.connection.save()
     response = _detail(alice_client, mine)
