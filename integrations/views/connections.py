@@ -17,7 +17,8 @@ from integrations.models import Connection, SyncRun
 from integrations.services import connections as connection_services
 from integrations.services.audit import audit_record
 from integrations.services.sync import sync_queue
-from integrations.services.webhooks import WebhookError, webhook_setup_instructions, webhook_subscription_create
+from integrations.services.webhooks import (WebhookError, webhook_health, webhook_setup_instructions,
+                                            webhook_subscription_create)
 from integrations.tenancy import get_visible_or_404
 from integrations.views.charts import runs_chart
 
@@ -168,6 +169,7 @@ def connection_detail(request, pk: int):
         "webhook_events": selectors.connection_webhook_events(connection=connection),
         "push_jobs": selectors.connection_push_jobs(connection=connection),
         "webhook_setup": _webhook_setup(connection),
+        "webhook_health": webhook_health(connection),
         "sync_form": SyncRequestForm(),
         "failure_labels": FAILURE_LABELS,
     }

@@ -115,3 +115,10 @@ def test_home_lists_connections_with_bounded_queries(alice_client, mine, make_co
     with django_assert_max_num_queries(7):
         body = alice_client.get(reverse("home")).content.decode()
     assert "Extra 4" in body and "ACME HaloPSA" in body
+
+
+def test_realtime_connection_warns_about_failed_webhooks(alice_client, mine):
+    mine.connection.halopsa_version = "2.130.1"
+    mine.connection.save()
+    body = _detail(alice_client, mine).content.decode()
+    assert "1 webhook event(s) failed in the last 24 hours" in body
