@@ -20,8 +20,8 @@ from integrations.models import (
 )
 from integrations.services.sync import sync_execute
 from integrations.services.webhooks import (
-    WebhookError, webhook_event_process, webhook_event_replay, webhook_events_requeue_stale,
-    webhook_subscription_create,
+    WebhookError, webhook_event_process, webhook_event_replay, webhook_events_requeue_stale, webhook_health,
+    webhook_setup_instructions, webhook_subscription_create,
 )
 from tests.webhooks.conftest import basic_auth, delivery, hmac_signature, http_session, webhook_path
 
@@ -73,6 +73,7 @@ def post(connection, server, payload=None, *, raw=None, auth=None, signature=Non
 class TestHaloPsaChangesReachThePortal:
     def test_invoice_edited(self, conn, halo_sandbox):
         invoice = open_invoice(conn)
+        old_attachment = invoice.pdf_attachment_id
         new_total = invoice.total + Decimal("100.00")
         halo_sandbox.store.update_invoice(invoice.halopsa_id, amount=new_total)
         assert halo_sandbox.wait_for_webhooks(20)
@@ -80,6 +81,10 @@ class TestHaloPsaChangesReachThePortal:
         invoice.refresh_from_db()
         assert invoice.total == new_total
         assert invoice.balance == new_total - invoice.amount_paid
+        assert len(invoice.lines.all()) == len(halo_sandbox.store.invoice_json(halo_sandbox.store.get_invoice(invoice.halopsa_id))["lines"])
+        # The PDF is real time too: HaloPSA's new PDF is already here.
+        assert invoice.pdf_attachment_id != old_attachment
+        assert invoice.pdf.attachment_id == invoice.pdf_attachment_id
         event = WebhookEvent.objects.get(connection=conn, event="invoice updated", object_id=invoice.halopsa_id)
         assert event.state == WebhookEvent.State.PROCESSED and event.error == ""
         assert SyncRun.objects.filter(connection=conn, trigger=SyncRun.Trigger.WEBHOOK,
@@ -314,6 +319,50 @@ class TestVersionGating:
         event = WebhookEvent.objects.get(connection=conn)
         assert event.state == WebhookEvent.State.IGNORED and "2.99.0" in event.error
         assert not SyncRun.objects.filter(connection=conn).exists()
+
+
+class TestPollSafetyNet:
+    def scheduled_poll(self, connection) -> SyncRun:
+        from integrations.tasks.sync import sync_scheduled_task
+
+        run = SyncRun.objects.get(pk=sync_scheduled_task(connection.pk))
+        assert run.state == SyncRun.State.SUCCEEDED, run.message
+        return run
+
+    def test_poll_finds_nothing_when_webhooks_work(self, conn, halo_sandbox):
+        invoice = open_invoice(conn)
+        halo_sandbox.store.update_invoice(invoice.halopsa_id, amount=invoice.total + Decimal("4.00"))
+        assert halo_sandbox.wait_for_webhooks(20)
+        assert self.scheduled_poll(conn).fixed_by_poll == 0
+        health = webhook_health(conn)
+        assert health["healthy"] is True and health["fixed_by_last_poll"] == 0
+
+    def test_poll_fixes_and_reports_what_a_silent_webhook_missed(self, conn, halo_sandbox):
+        for hook in halo_sandbox.store.list_webhooks():  # the webhook silently stops in HaloPSA
+            halo_sandbox.store.delete_webhook(hook["id"])
+        invoice = open_invoice(conn)
+        halo_sandbox.store.update_invoice(invoice.halopsa_id, amount=invoice.total + Decimal("4.00"))
+        assert halo_sandbox.wait_for_webhooks(5) and halo_sandbox.webhook_deliveries == []
+        run = self.scheduled_poll(conn)
+        assert run.fixed_by_poll >= 1
+        assert Invoice.objects.get(pk=invoice.pk).total == invoice.total + Decimal("4.00")
+        health = webhook_health(conn)
+        assert health["fixed_by_last_poll"] == run.fixed_by_poll and health["healthy"] is False
+        assert any("webhooks missed" in warning for warning in health["warnings"])
+
+
+class TestConnectionTestSetsTheMode:
+    @pytest.mark.parametrize(("version", "realtime"), [("2.99.0", False), ("2.122.0", False), ("2.122.1", True),
+                                                       ("v2.126.32", True)])
+    def test_version_detection(self, halo_sandbox_factory, make_connection, partner, version, realtime):
+        from integrations.services.connections import connection_test
+
+        conn = make_connection(partner, halo_sandbox_factory(version=version))
+        assert connection_test(connection=conn).ok
+        conn.refresh_from_db()
+        assert conn.halopsa_version == version
+        assert conn.is_realtime is realtime
+        assert webhook_setup_instructions(conn)["mode"] == ("real time" if realtime else "hourly")
 
 
 class TestReplay:
