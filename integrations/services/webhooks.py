@@ -520,12 +520,16 @@ def webhook_event_replay(*, event: WebhookEvent, user) -> WebhookEvent:
 
 def webhook_events_requeue_stale(*, older_than: timedelta = SWEEP_AFTER) -> int:
     """Queue again events still RECEIVED a while after they arrived or last waited (queue was
-    unreachable, or a long sync held the lease). A duplicate task is harmless: the claim decides."""
-    cutoff = timezone.now() - older_than
+    unreachable, or a long sync held the lease), and events whose worker died mid-way (claim
+    older than the task timeout). A duplicate task is harmless: the claim decides."""
+    now = timezone.now()
+    cutoff = now - older_than
+    waiting = Q(state=WebhookEvent.State.RECEIVED) & (
+        Q(claimed_at__isnull=True, received_at__lt=cutoff) | Q(claimed_at__lt=cutoff)
+    )
+    abandoned = Q(state=WebhookEvent.State.PROCESSING, claimed_at__lt=now - _claim_ttl())
     ids = list(
-        WebhookEvent.objects.filter(state=WebhookEvent.State.RECEIVED)
-        .filter(Q(claimed_at__isnull=True, received_at__lt=cutoff) | Q(claimed_at__lt=cutoff))
-        .order_by("received_at").values_list("pk", flat=True)[:1000]
+        WebhookEvent.objects.filter(waiting | abandoned).order_by("received_at").values_list("pk", flat=True)[:1000]
     )
     for event_id in ids:
         async_task(WEBHOOK_TASK, event_id)

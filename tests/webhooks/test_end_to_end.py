@@ -209,6 +209,21 @@ class TestDeliveryRobustness:
             webhook_event_process(event_id=event.pk)  # their own tasks find nothing left to do
         assert SyncRun.objects.filter(connection=conn, trigger=SyncRun.Trigger.WEBHOOK).count() == 1
 
+    def test_event_of_a_worker_that_died_is_taken_over_by_the_sweep(self, conn):
+        from django.utils import timezone
+
+        invoice = open_invoice(conn)
+        long_ago = timezone.now() - timedelta(hours=2)  # older than the task timeout
+        event = WebhookEvent.objects.create(connection=conn, dedupe_key="dead", event="invoice updated", entity="invoice",
+                                            object_id=invoice.halopsa_id, state=WebhookEvent.State.PROCESSING,
+                                            claimed_at=long_ago, attempts=1)
+        fresh = WebhookEvent.objects.create(connection=conn, dedupe_key="busy", event="invoice updated", entity="invoice",
+                                            object_id=invoice.halopsa_id, state=WebhookEvent.State.PROCESSING,
+                                            claimed_at=timezone.now(), attempts=1)
+        assert webhook_events_requeue_stale() == 1
+        assert WebhookEvent.objects.get(pk=event.pk).state == WebhookEvent.State.PROCESSED
+        assert WebhookEvent.objects.get(pk=fresh.pk).state == WebhookEvent.State.PROCESSING  # still someone's
+
     def test_payment_event_without_invoice_id_uses_our_copy_of_the_payment(self, conn, halo_sandbox):
         payment = Payment.objects.filter(connection=conn, source="halopsa").select_related("invoice").first()
         event = WebhookEvent.objects.create(connection=conn, dedupe_key="p", event="payment updated",
