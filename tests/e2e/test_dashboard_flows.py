@@ -164,7 +164,14 @@ def test_record_a_payment_and_see_the_balance_change(page, sign_in, shot, partne
 
 def test_main_pages_screenshots(page, sign_in, shot, partner_user, synced):
     sign_in(partner_user)
+    page.goto(f"/connections/{synced.pk}/")
+    page.get_by_role("button", name="Fetch new data").click()
+    expect(page.locator(".messages")).to_contain_text("Fetch new data")
+    page.get_by_role("button", name="Fetch unpaid invoices").click()
+    expect(page.locator(".messages")).to_contain_text("Fetch unpaid invoices")
     for path, name in [("/", "07-home"), ("/customers/", "08-customers"), ("/payments/", "09-payments"), ("/activity/", "10-activity")]:
         page.goto(path)
         expect(page.locator("main h1")).to_be_visible()
         shot(page, name)
+    expect(page.locator("main table")).to_contain_text("Queued a fetch unpaid invoices")
+    expect(page.locator("main table")).to_contain_text(partner_user.username)
