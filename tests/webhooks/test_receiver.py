@@ -115,6 +115,11 @@ def test_unknown_key_is_404(post_webhook, realtime_connection):
     assert response.json() == {"error": "unknown webhook endpoint"}
 
 
+def test_url_without_trailing_slash_works(post_webhook, realtime_connection):
+    response = post_webhook(realtime_connection, path=webhook_path(realtime_connection).rstrip("/"))
+    assert response.status_code == 202
+
+
 def test_only_post_is_accepted(client, realtime_connection):
     response = client.get(webhook_path(realtime_connection))
     assert response.status_code == 405
