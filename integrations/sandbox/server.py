@@ -831,6 +831,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm and
+        # the client's delayed ACK stall every keep-alive response by ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.sandbox._connections_lock:
             self.sandbox._connections.add(self.connection)
 
