@@ -70,7 +70,8 @@ CURSOR_OVERLAP = timedelta(minutes=10)
 RECENT_WINDOW = timedelta(hours=1)
 # The scheduled sync reads everything (and so detects deletions) when the last full read is older.
 FULL_SYNC_INTERVAL = timedelta(hours=24)
-# Renewed after every page; a killed worker's lease lapses after this long.
+# Renewed after every page; a killed worker's lease lapses after this long (setting
+# HALOPSA_SYNC_LEASE_TTL overrides it, e.g. for tests that kill a worker).
 LEASE_TTL_SECONDS = 600
 CONSECUTIVE_FAILURES_FOR_INCIDENT = 3
 LEASE_CONFLICT_MESSAGE = "another sync of this connection is running"
@@ -106,6 +107,10 @@ class PdfUnavailable(Exception):
 
 def lease_name(connection_id: int) -> str:
     return f"sync:connection:{connection_id}"
+
+
+def lease_ttl() -> int:
+    return int(getattr(settings, "HALOPSA_SYNC_LEASE_TTL", LEASE_TTL_SECONDS))
 
 
 def pdf_batch_size() -> int:
@@ -185,7 +190,7 @@ def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = N
         return run  # already finished: a duplicated task delivery
     connection = run.connection
     name = lease_name(connection.pk)
-    owner = lease_acquire(name, LEASE_TTL_SECONDS)
+    owner = lease_acquire(name, lease_ttl())
     if owner is None:
         if run.state == SyncRun.State.QUEUED:
             _finish(run, SyncRun.State.FAILED, LEASE_CONFLICT_MESSAGE)
@@ -533,7 +538,7 @@ class _Runner:
                 self.progress_total += page.record_count
                 first = False
             yield page
-            if not lease_renew(lease_name(self.connection.pk), self.lease_owner, LEASE_TTL_SECONDS):
+            if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
                 raise SyncAborted("The sync lost its lock on the connection (it ran too long without progress); it will be retried.")
 
     def _page_done(self, records: int) -> None:
@@ -579,6 +584,9 @@ class _Runner:
         if entity in self.unidentified:
             logger.warning("connection %s: not flagging deleted %s (a record without id failed)", self.connection.pk, entity)
             return 0
+        if self.has_open_errors:  # every record was readable this time: earlier id-less errors are over
+            SyncError.objects.filter(connection=self.connection, entity=entity, halopsa_id__isnull=True,
+                                     resolved_at__isnull=True).update(resolved_at=self.now)
         missing = [
             pk for pk, halopsa_id in model.objects.filter(
                 connection=self.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, deleted_in_halopsa_at__isnull=True,
@@ -1035,7 +1043,7 @@ class _Runner:
                 pdf_store(invoice=invoice, content=content, attachment_id=invoice.pdf_attachment_id)
                 self.counts.updated += 1
                 self._page_done(1)
-            if not lease_renew(lease_name(self.connection.pk), self.lease_owner, LEASE_TTL_SECONDS):
+            if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
                 raise SyncAborted("The sync lost its lock on the connection; it will be retried.")
 
     def _one_pdf(self, halopsa_id: int) -> None:

@@ -32,8 +32,7 @@ def test_malformed_record_becomes_a_sync_error_and_the_rest_commits(connection, 
     again = run_sync(connection, "full")
     assert again.state == "succeeded"
     error.refresh_from_db()
-    if error.halopsa_id is not None:
-        assert error.resolved_at is not None
+    assert error.resolved_at is not None
     assert_matches_truth(connection, halo_sandbox)
 
 
@@ -179,5 +178,43 @@ def test_a_record_without_id_prevents_flagging_deletions(connection, halo_sandbo
     monkeypatch.setattr(HaloClient, "invoice_pages", pages_with_one_record_missing_its_id)
     run = run_sync(connection, "full")
     assert run.state == "partial"
-    assert SyncError.objects.get(run=run).halopsa_id is None
+    error = SyncError.objects.get(run=run)
+    assert error.halopsa_id is None and error.message == "invoice id is missing"
     assert not Invoice.objects.filter(connection=connection, deleted_in_halopsa_at__isnull=False).exists()
+    monkeypatch.undo()
+    assert run_sync(connection, "full").state == "succeeded"
+    error.refresh_from_db()
+    assert error.resolved_at is not None  # a complete, clean read of the entity closes id-less errors
+
+
+def test_sync_error_retry_queues_that_record_and_resolves_it(connection, halo_sandbox, run_sync, partner_user,
+                                                             django_capture_on_commit_callbacks):
+    from integrations.models import AuditEvent
+    from integrations.services.sync import sync_error_retry
+
+    halo_sandbox.add_fault("malformed_record", path="/api/Invoice", method="GET", count=1)
+    run_sync(connection, "full")
+    error = SyncError.objects.get(connection=connection)
+    if error.halopsa_id is None:  # the fault removed the id: retry re-reads the whole entity
+        expected_scope = "entity"
+    else:
+        expected_scope = "invoice"
+    with django_capture_on_commit_callbacks(execute=True):
+        retry_run = sync_error_retry(error=error, user=partner_user)
+    retry_run.refresh_from_db()
+    assert retry_run.scope == expected_scope and retry_run.trigger == "manual" and retry_run.state == "succeeded"
+    assert retry_run.requested_by == partner_user
+    assert AuditEvent.objects.filter(action="sync_error.retry", user=partner_user).exists()
+    assert AuditEvent.objects.filter(action="sync.queue", user=partner_user).exists()
+    assert Invoice.objects.filter(connection=connection).count() == 7
+    error.refresh_from_db()
+    assert error.resolved_at is not None
+
+
+def test_sync_queue_validates_its_arguments(connection):
+    with pytest.raises(ValueError, match="unknown sync scope"):
+        sync_queue(connection=connection, scope="everything", trigger="manual")
+    with pytest.raises(ValueError, match="needs the entity"):
+        sync_queue(connection=connection, scope="entity", trigger="manual")
+    with pytest.raises(ValueError, match="needs the invoice"):
+        sync_queue(connection=connection, scope="invoice", trigger="manual")
