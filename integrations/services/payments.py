@@ -94,10 +94,14 @@ def _money(amount: Decimal, currency: str) -> str:
 
 
 def _enqueue_push(job_id: int) -> None:
-    """After commit only: a rolled-back payment must not reach HaloPSA."""
+    """After commit only: a rolled-back payment must not reach HaloPSA.
+
+    robust: if the broker is unreachable the action still succeeds for the person; the job stays
+    pending and the every-minute sweep (push_due_dispatch) enqueues it.
+    """
     from django_q.tasks import async_task
 
-    transaction.on_commit(lambda: async_task("integrations.tasks.push.push_job_task", job_id))
+    transaction.on_commit(lambda: async_task("integrations.tasks.push.push_job_task", job_id), robust=True)
 
 
 def _apply_to_invoice(*, invoice_id: int, paid_delta: Decimal, check=None) -> Invoice:

@@ -339,7 +339,7 @@ def push_job_retry(*, job: PushJob, user) -> PushJob:
             user=user, action="push.retry", obj=job, summary=f"Retried push: {job.get_kind_display()} (job {job.pk})",
             kind=job.kind, attempts=job.attempts, last_error=job.last_error,
         )
-        transaction.on_commit(lambda: _enqueue(job.pk))
+        transaction.on_commit(lambda: _enqueue(job.pk), robust=True)
     return job
 
 

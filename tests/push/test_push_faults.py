@@ -306,3 +306,26 @@ def test_sweep_schedule_is_created_once():
     assert schedule.func == "integrations.tasks.push.push_sweep_task"
     assert schedule.schedule_type == Schedule.MINUTES and schedule.minutes == 1
     assert Schedule.objects.filter(name="push-sweep").count() == 1
+
+
+def test_broker_down_at_enqueue_the_payment_stands_and_the_sweeper_sends_it(halo_sandbox, mirror, monkeypatch, django_capture_on_commit_callbacks):
+    import django_q.tasks
+
+    real_async_task = django_q.tasks.async_task
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    invoice = mirror(1)
+    monkeypatch.setattr(django_q.tasks, "async_task", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        payment = payment_record(invoice=invoice, amount="25.00")  # no exception for the person
+    job = PushJob.objects.get(payment=payment)
+    assert job.state == PushJob.State.PENDING
+    invoice.refresh_from_db()
+    assert invoice.balance == Decimal("8925.37")
+
+    monkeypatch.setattr(django_q.tasks, "async_task", real_async_task)
+    PushJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    assert push_due_dispatch() == 1
+    assert_exactly_one(halo_sandbox, invoice, payment, job)
