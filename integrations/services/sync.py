@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Case, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
@@ -578,6 +578,31 @@ class _Runner:
             SyncError.objects.filter(connection=self.connection, entity=entity, resolved_at__isnull=True,
                                      halopsa_id__in=ids[start:start + CHUNK]).update(resolved_at=self.now)
 
+    def _store(self, write: Callable[[list, int], None], mapped: list[tuple[dict[str, Any], Any]], entity: str, *,
+               page_records: int) -> None:
+        """Write mapped records as one page; if the database refuses the page (say HaloPSA sent the
+        same line or payment id twice), write them one by one so only the bad record fails."""
+        counts = replace(self.counts)
+        try:
+            write(mapped, page_records)
+            return
+        except DatabaseError as exc:
+            self.counts = counts
+            self._unknown = None  # it may have been created in the rolled-back transaction
+            if len(mapped) == 1:
+                row, payload = mapped[0]
+                logger.warning("connection %s: %s %s not stored: %s", self.connection.pk, entity, row["halopsa_id"], exc)
+                self._record_error(entity, row["halopsa_id"],
+                                   f"{entity[:-1]} {row['halopsa_id']}: the record could not be stored ({type(exc).__name__}: {exc}).",
+                                   payload)
+                with transaction.atomic():
+                    self._page_done(page_records)
+                return
+        for item in mapped:
+            self._store(write, [item], entity, page_records=0)
+        with transaction.atomic():
+            self._page_done(page_records)
+
     def _flag_missing(self, model: type[Customer] | type[Invoice], seen: set[int]) -> int:
         """After a complete read: rows HaloPSA no longer lists get "deleted in HaloPSA"."""
         entity = ENTITY_CUSTOMERS if model is Customer else ENTITY_INVOICES
@@ -645,6 +670,10 @@ class _Runner:
                 continue
             seen.add(row["halopsa_id"])
             mapped.append((row, payload))
+        self._store(self._write_customers, mapped, ENTITY_CUSTOMERS, page_records=len(records))
+        return seen
+
+    def _write_customers(self, mapped: list[tuple[dict[str, Any], Any]], page_records: int) -> None:
         with transaction.atomic():
             existing = {
                 c.halopsa_id: c for c in Customer.objects.filter(connection=self.connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped])
@@ -674,8 +703,7 @@ class _Runner:
             self.counts.updated += len(to_update)
             self._accounts_contacts(changed)
             self._resolve_errors(ENTITY_CUSTOMERS, [r["halopsa_id"] for r, _ in mapped])
-            self._page_done(len(records))
-        return seen
+            self._page_done(page_records)
 
     def _accounts_contacts(self, changed: list[tuple[Customer, Any]]) -> None:
         """Write the "accounts" billing contact of customers whose HaloPSA record changed."""
@@ -880,6 +908,12 @@ class _Runner:
         client_ids = {r["halopsa_client_id"] for r, _ in mapped if r["halopsa_client_id"]}
         names = {r["halopsa_client_id"]: str(p.get("client_name") or "") for r, p in mapped if r["halopsa_client_id"]}
         customers = self._customers_for(client_ids, names)  # may call HaloPSA: outside the page transaction
+        self._store(lambda items, page_records: self._write_invoices(items, customers, page_records), mapped,
+                    ENTITY_INVOICES, page_records=len(records))
+        return seen
+
+    def _write_invoices(self, mapped: list[tuple[dict[str, Any], Any]], customers: dict[int, Customer], page_records: int) -> None:
+        connection = self.connection
         with transaction.atomic():
             existing = {
                 i.halopsa_id: i for i in Invoice.objects.filter(connection=connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped])
@@ -921,8 +955,7 @@ class _Runner:
             self._write_lines(work, replace=[i.pk for i in to_update])
             self._write_payments(work, payments_by_invoice)
             self._resolve_errors(ENTITY_INVOICES, [r["halopsa_id"] for r, _ in mapped])
-            self._page_done(len(records))
-        return seen
+            self._page_done(page_records)
 
     def _apply_invoice(self, invoice: Invoice, row: dict[str, Any], payload: Any, customers: dict[int, Customer],
                        adjustment: Decimal, effective_fingerprint: str) -> None:

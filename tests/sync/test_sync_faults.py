@@ -218,3 +218,23 @@ def test_sync_queue_validates_its_arguments(connection):
         sync_queue(connection=connection, scope="entity", trigger="manual")
     with pytest.raises(ValueError, match="needs the invoice"):
         sync_queue(connection=connection, scope="invoice", trigger="manual")
+
+
+def test_a_record_the_database_refuses_fails_alone(connection, halo_sandbox, run_sync, monkeypatch):
+    original = HaloClient.invoice_pages
+
+    def pages_with_a_duplicated_line(self, **kwargs):
+        for page in original(self, **kwargs):
+            records = [dict(r) for r in page.records]
+            first = next(r for r in records if r["id"] == 1)
+            first["lines"] = first["lines"] + first["lines"][:1]  # the same line id twice
+            yield type(page)(records=records, record_count=page.record_count, page_no=page.page_no)
+
+    monkeypatch.setattr(HaloClient, "invoice_pages", pages_with_a_duplicated_line)
+    run = run_sync(connection, "full")
+    assert run.state == "partial" and run.failed == 1
+    error = SyncError.objects.get(run=run)
+    assert error.halopsa_id == 1 and "could not be stored" in error.message and error.payload["id"] == 1
+    assert set(Invoice.objects.filter(connection=connection).values_list("halopsa_id", flat=True)) == {2, 3, 4, 6, 7, 8}
+    assert run.created == 3 + 4 + 6  # customers (with their accounts contacts), user contacts, invoices (not the failed one)
+    assert Customer.objects.filter(connection=connection, is_unknown=True).count() == 1
