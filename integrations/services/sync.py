@@ -46,7 +46,6 @@ from integrations.models import (
     InvoicePdf,
     Origin,
     Payment,
-    PushJob,
     SyncCursor,
     SyncError,
     SyncRun,
@@ -205,6 +204,10 @@ def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = N
             run.refresh_from_db()
             return run
         run.refresh_from_db()
+        # Holding the lease proves no other run of this connection is alive: close runs a killed
+        # worker left "running" (a CLI rerun never reaches _active_run), or they show forever.
+        SyncRun.objects.filter(connection=connection, state=SyncRun.State.RUNNING).exclude(pk=run.pk).update(
+            state=SyncRun.State.FAILED, finished_at=now, message=INTERRUPTED_MESSAGE)
         if not connection.enabled:
             return _finish(run, SyncRun.State.FAILED, "The connection is disabled.")
         _Runner(run, lease_owner=owner, progress=progress).execute()
@@ -450,7 +453,7 @@ class _Runner:
             plan.advance_cursors = True
             if scope == SyncRun.Scope.INCREMENTAL:
                 cursors = {c.entity: c for c in SyncCursor.objects.filter(connection=self.connection)}
-                for entity, attr in ((ENTITY_CUSTOMERS, "customers"), (ENTITY_CONTACTS, "contacts"), (ENTITY_INVOICES, "invoices")):
+                for entity in (ENTITY_CUSTOMERS, ENTITY_CONTACTS, ENTITY_INVOICES):
                     cursor = cursors.get(entity)
                     if cursor is not None and cursor.changed_since is not None:
                         plan.since[entity] = cursor.changed_since - CURSOR_OVERLAP
