@@ -1,11 +1,16 @@
 """Helpers for tests that start real processes (settings loading, manage.py, gunicorn, lock races)."""
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -53,6 +58,40 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, cwd=str(BASE_DIR), capture_output=True, text=True, timeout=timeout)
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGINT if the test process dies (killed by a timeout, Ctrl-C), so no
+    # gunicorn or qcluster outlives the test run. SIGINT because qcluster can hang on SIGTERM.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def popen(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
+    """Start a long-running child of the test (server, worker) that cannot outlive it."""
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    return subprocess.Popen(args, env=env, cwd=str(BASE_DIR), preexec_fn=preexec, **kwargs)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def private_tmp(prefix: str) -> Iterator[Path]:
+    """A temp dir of our own: pytest prunes old basetemp dirs, also those of a concurrent run's live servers."""
+    path = Path(tempfile.mkdtemp(prefix=f"syncportal-{prefix}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.production.procs import PYTHON, BASE_DIR, clean_env, database_url_for, is_postgres
+from tests.production.procs import PYTHON, clean_env, database_url_for, is_postgres, popen, private_tmp
 
 def postgres_only(test):
     test = pytest.mark.skipif(
@@ -34,7 +34,7 @@ def race(tmp_path: Path, db_settings: dict, *, name: str, use_lock: bool = True)
     if not use_lock:
         args.append("--no-lock")
     procs = [
-        subprocess.Popen(args, env=env, cwd=str(BASE_DIR), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        popen(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(WORKERS)
     ]
     try:
@@ -57,19 +57,24 @@ def race(tmp_path: Path, db_settings: dict, *, name: str, use_lock: bool = True)
     return holds, summaries
 
 
+@pytest.fixture
+def work_dir():
+    yield from private_tmp("lease-race")
+
+
 def overlapping_pairs(holds) -> list[tuple]:
     ordered = sorted(holds, key=lambda hold: hold[1])
     return [(a, b) for a, b in zip(ordered, ordered[1:]) if b[1] < a[2]]
 
 
 @postgres_only
-def test_only_one_process_at_a_time_holds_a_connection_lease(transactional_db, tmp_path):
+def test_only_one_process_at_a_time_holds_a_connection_lease(transactional_db, work_dir):
     from django.db import connection
 
     from integrations.models import Lease
 
     started = time.monotonic()
-    holds, summaries = race(tmp_path, connection.settings_dict, name="sync:connection:1")
+    holds, summaries = race(work_dir, connection.settings_dict, name="sync:connection:1")
     elapsed = time.monotonic() - started
 
     # Everyone eventually got the lease, every round.
@@ -88,11 +93,11 @@ def test_only_one_process_at_a_time_holds_a_connection_lease(transactional_db, t
 
 
 @postgres_only
-def test_the_overlap_detector_sees_overlaps_without_the_lease(transactional_db, tmp_path):
+def test_the_overlap_detector_sees_overlaps_without_the_lease(transactional_db, work_dir):
     """Control: the same race without the lease must show overlaps, or the test above proves nothing."""
     from django.db import connection
 
-    holds, _ = race(tmp_path, connection.settings_dict, name="unused", use_lock=False)
+    holds, _ = race(work_dir, connection.settings_dict, name="unused", use_lock=False)
 
     assert len(holds) == WORKERS * ROUNDS
     assert max(hold[3] for hold in holds) > 1

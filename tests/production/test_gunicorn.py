@@ -14,52 +14,50 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.production.procs import BASE_DIR, MANAGE, PYTHON, free_port, production_env, run
+from tests.production.procs import BASE_DIR, MANAGE, PYTHON, free_port, popen, private_tmp, production_env, run, stop
 
 PROXY_HTTPS = {"X-Forwarded-Proto": "https", "Host": "portal.example.com"}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("gunicorn")
-    port = free_port()
-    env = production_env(
-        tmp_path,
-        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        ALLOWED_HOSTS="portal.example.com,127.0.0.1",
-        BEHIND_TLS_PROXY="true",
-        HOST="127.0.0.1",
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-    )
-    # The release and build steps of docs/deploy.md, then the web process of the Procfile.
-    for command in (["migrate", "--noinput"], ["createcachetable"], ["collectstatic", "--noinput"]):
-        result = run([PYTHON, MANAGE, *command], env, timeout=300)
-        assert result.returncode == 0, result.stdout + result.stderr
-    log = (tmp_path / "gunicorn.log").open("w")
-    server = subprocess.Popen(
-        [PYTHON, "-m", "gunicorn", "syncportal.wsgi", "--config", "gunicorn.conf.py"],
-        env=env, cwd=str(BASE_DIR), stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert server.poll() is None, (tmp_path / "gunicorn.log").read_text()
-        try:
-            requests.get(f"{base}/healthz", timeout=2)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline, "gunicorn did not start listening"
-            time.sleep(0.1)
-    yield {"base": base, "server": server, "log": tmp_path / "gunicorn.log"}
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    log.close()
+def served():
+    yield from _serve()
+
+
+def _serve():
+    for tmp_path in private_tmp("gunicorn"):
+        port = free_port()
+        env = production_env(
+            tmp_path,
+            DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            ALLOWED_HOSTS="portal.example.com,127.0.0.1",
+            BEHIND_TLS_PROXY="true",
+            HOST="127.0.0.1",
+            PORT=str(port),
+            WEB_CONCURRENCY="2",
+        )
+        # The release and build steps of docs/deploy.md, then the web process of the Procfile.
+        for command in (["migrate", "--noinput"], ["createcachetable"], ["collectstatic", "--noinput"]):
+            result = run([PYTHON, MANAGE, *command], env, timeout=300)
+            assert result.returncode == 0, result.stdout + result.stderr
+        log_path = tmp_path / "gunicorn.log"
+        with log_path.open("w") as log:
+            server = popen([PYTHON, "-m", "gunicorn", "syncportal.wsgi", "--config", "gunicorn.conf.py"],
+                           env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                deadline = time.monotonic() + 60
+                while True:
+                    assert server.poll() is None, log_path.read_text()
+                    try:
+                        requests.get(f"{base}/healthz", timeout=2)
+                        break
+                    except requests.ConnectionError:
+                        assert time.monotonic() < deadline, "gunicorn did not start listening"
+                        time.sleep(0.1)
+                yield {"base": base, "server": server, "log": log_path}
+            finally:
+                stop(server, signal.SIGTERM, timeout=30)
 
 
 def test_healthz_answers_over_plain_http_for_the_load_balancer(served):

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.production.procs import BASE_DIR, MANAGE, PYTHON, clean_env, database_url_for, free_port, is_postgres, production_env, run
+from tests.production.procs import MANAGE, PYTHON, clean_env, database_url_for, free_port, is_postgres, popen, production_env, run
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="runs in make test's PostgreSQL+Redis pass (needs REDIS_URL)")
@@ -90,9 +90,7 @@ def test_a_qcluster_process_runs_a_task_enqueued_through_redis(transactional_db,
         REDIS_URL=REDIS_URL,
         Q_WORKERS="2",
     )
-    cluster = subprocess.Popen(
-        [PYTHON, MANAGE, "qcluster"], env=env, cwd=str(BASE_DIR), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    cluster = popen([PYTHON, MANAGE, "qcluster"], env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Same cluster name on both sides: django-q2 salts its task signatures with it.
     broker = get_broker()
     broker.purge_queue()

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.production.procs import BASE_DIR, MANAGE, PYTHON, clean_env, database_url_for, is_postgres
+from tests.production.procs import MANAGE, PYTHON, clean_env, database_url_for, is_postgres, popen, private_tmp, stop
 
 pytestmark = [
     pytest.mark.postgres,
@@ -50,19 +50,12 @@ def start_cluster(tmp_path, db_settings: dict, index: int) -> tuple[subprocess.P
         LOG_LEVEL="WARNING",
     )
     log = (tmp_path / f"cluster-{index}.log").open("w")
-    proc = subprocess.Popen([PYTHON, MANAGE, "qcluster"], env=env, cwd=str(BASE_DIR), stdout=log, stderr=subprocess.STDOUT)
+    proc = popen([PYTHON, MANAGE, "qcluster"], env, stdout=log, stderr=subprocess.STDOUT)
     return proc, log
 
 
 def stop_cluster(proc: subprocess.Popen) -> None:
-    # SIGINT: qcluster can deadlock on SIGTERM (django-q2#346).
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc, signal.SIGINT)  # SIGINT: qcluster can deadlock on SIGTERM (django-q2#346)
 
 
 def wait_until(predicate, timeout: float, what: str, logs) -> None:
@@ -73,8 +66,13 @@ def wait_until(predicate, timeout: float, what: str, logs) -> None:
         time.sleep(0.2)
 
 
+@pytest.fixture
+def work_dir():
+    yield from private_tmp("workers")
+
+
 def test_two_clusters_never_overlap_syncs_of_a_connection_and_never_double_post(
-    transactional_db, tmp_path, partner, make_connection, halo_sandbox_factory, monkeypatch
+    transactional_db, work_dir, partner, make_connection, halo_sandbox_factory, monkeypatch
 ):
     from django.db import connection as db
     from django_q.conf import Conf
@@ -96,9 +94,12 @@ def test_two_clusters_never_overlap_syncs_of_a_connection_and_never_double_post(
 
     # From here on tasks go through Redis to the clusters (the test settings run them inline).
     monkeypatch.setattr(Conf, "SYNC", False)
-    clusters = [start_cluster(tmp_path, db.settings_dict, i) for i in range(CLUSTERS)]
+    tmp_path = work_dir
+    clusters = []
     logs = [tmp_path / f"cluster-{i}.log" for i in range(CLUSTERS)]
     try:
+        for i in range(CLUSTERS):
+            clusters.append(start_cluster(tmp_path, db.settings_dict, i))
         runs = []
         for conn in connections:
             for _ in range(RUNS_PER_CONNECTION):
