@@ -941,7 +941,8 @@ class _Runner:
                     payment.halopsa_id = halopsa_id
                 adjustment = _unpushed_adjustment(invoice, row["payments"], local_payments, links) if invoice is not None else Decimal("0.00")
                 effective = row["fingerprint"] if adjustment == 0 else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment})
-                if invoice is not None and invoice.fingerprint == effective and invoice.deleted_in_halopsa_at is None and not links:
+                if (invoice is not None and invoice.fingerprint == effective and invoice.deleted_in_halopsa_at is None
+                        and not links and not _customer_outdated(invoice, row, customers)):
                     self.counts.unchanged += 1
                     continue
                 if invoice is None:
@@ -1108,6 +1109,13 @@ def customer_unknown(connection: Connection) -> Customer:
     except IntegrityError:  # created concurrently
         customer = Customer.objects.get(connection=connection, is_unknown=True)
     return customer
+
+
+def _customer_outdated(invoice: Invoice, row: dict[str, Any], customers: dict[int, Customer]) -> bool:
+    """The invoice sits with another customer than HaloPSA's although that customer is here now
+    (it could not be read when the invoice was written); a person's assignment is left alone."""
+    customer = customers.get(row["halopsa_client_id"]) if row["halopsa_client_id"] else None
+    return customer is not None and invoice.customer_assigned_at is None and invoice.customer_id != customer.pk
 
 
 def _link_platform_payments(remote_payments: list[dict[str, Any]], local: list[Payment]) -> dict[int, Payment]:
