@@ -11,6 +11,9 @@ $PY manage.py migrate --noinput
 $PY manage.py createcachetable
 $PY manage.py collectstatic --noinput >/dev/null
 
+# Job control: without it, background jobs of a script ignore SIGINT, and the Ctrl-C forwarded
+# below would not reach the qcluster and the web server.
+set -m
 pids=()
 stop_all() {
   trap - INT TERM EXIT
