@@ -1,0 +1,292 @@
+"""One benchmark step in its own process (so RSS and CPU are the step's own): run by run.py.
+
+    python benchmarks/worker.py <step> [options]   (env: BENCH_DB, BENCH_MEDIA, ... see settings.py)
+
+Steps: migrate | setup | fetch | sync | baseline | dashboard | webhook-setup | webhook-check.
+Prints one JSON object on the last line of stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.db import connection as db, transaction  # noqa: E402
+
+from integrations.halopsa.client import HaloClient, Page  # noqa: E402
+from integrations.models import Connection, Invoice, Partner, SyncRun  # noqa: E402
+
+ENDPOINTS = ("clients", "users", "invoices")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def the_connection() -> Connection:
+    return Connection.objects.order_by("pk").first()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def step_migrate(args: argparse.Namespace) -> dict[str, Any]:
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("createcachetable", verbosity=0)
+    return {"ok": True}
+
+
+def step_setup(args: argparse.Namespace) -> dict[str, Any]:
+    from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+
+    partner, _ = Partner.objects.get_or_create(name="Bench MSP")
+    conn = Connection.objects.create(partner=partner, name="Bench HaloPSA", base_url=args.url,
+                                     client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET)
+    return {"connection": conn.pk, "partner": partner.pk}
+
+
+def step_fetch(args: argparse.Namespace) -> dict[str, Any]:
+    """Read every list the full sync reads (same parameters) into pickle streams."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    client = HaloClient.for_connection(the_connection())
+    started = time.perf_counter()
+    pages = {"clients": client.client_pages(), "users": client.user_pages(), "invoices": client.invoice_pages(include_lines=True)}
+    counts = {}
+    for name, iterator in pages.items():
+        n = 0
+        with open(out / f"{name}.pkl", "wb") as fh:
+            for page in iterator:
+                pickle.dump((page.records, page.record_count, page.page_no), fh, protocol=pickle.HIGHEST_PROTOCOL)
+                n += len(page.records)
+        counts[name] = n
+    return {"seconds": time.perf_counter() - started, "records": counts, "peak_rss_mb": peak_rss_mb()}
+
+
+def step_listcounts(args: argparse.Namespace) -> dict[str, Any]:
+    """record_count of each list the full sync reads (first page only)."""
+    client = HaloClient.for_connection(the_connection())
+    out = {}
+    for name, pages in (("Client", client.client_pages()), ("Users", client.user_pages()),
+                        ("Invoice", client.invoice_pages(include_lines=False))):
+        first = next(iter(pages), None)
+        out[name] = first.record_count if first is not None else 0
+    return out
+
+
+def _replay(directory: Path, name: str) -> Iterator[Page]:
+    with open(directory / f"{name}.pkl", "rb") as fh:
+        while True:
+            try:
+                records, record_count, page_no = pickle.load(fh)
+            except EOFError:
+                return
+            yield Page(records=records, record_count=record_count, page_no=page_no)
+
+
+def step_sync(args: argparse.Namespace) -> dict[str, Any]:
+    """One sync run in the foreground. --replay DIR serves the lists from fetch's files (no HTTP),
+    so the run's time is its local work; otherwise time inside the client is measured apart."""
+    from integrations.services import sync as sync_service
+
+    client_seconds = [0.0]
+    client_calls = [0]
+    if args.replay:
+        directory = Path(args.replay)
+        HaloClient.client_pages = lambda self, **kw: _replay(directory, "clients")  # type: ignore[method-assign]
+        HaloClient.user_pages = lambda self, **kw: _replay(directory, "users")  # type: ignore[method-assign]
+        HaloClient.invoice_pages = lambda self, **kw: _replay(directory, "invoices")  # type: ignore[method-assign]
+
+        def no_http(self, *a, **kw):
+            raise AssertionError("replay mode made an HTTP call")
+
+        HaloClient._request = no_http  # type: ignore[method-assign]
+    else:
+        original = HaloClient._request
+
+        def timed(self, *a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return original(self, *a, **kw)
+            finally:
+                client_seconds[0] += time.perf_counter() - t0
+                client_calls[0] += 1
+
+        HaloClient._request = timed  # type: ignore[method-assign]
+    if args.pdfs == "unpaid":
+        # Exactly the missing/stale PDFs of unpaid invoices: the phase fetches unpaid first, so the
+        # limit is their count (production fetches HALOPSA_PDF_BATCH per run instead).
+        from django.db.models import F, Q
+
+        sync_service.pdf_batch_size = lambda: Invoice.objects.filter(
+            connection=the_connection(), origin="halopsa", halopsa_id__isnull=False,
+            status__in=[Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID], pdf_attachment_id__isnull=False,
+            deleted_in_halopsa_at__isnull=True, archived_at__isnull=True,
+        ).filter(Q(pdf__isnull=True) | ~Q(pdf__attachment_id=F("pdf_attachment_id"))).count()
+    elif args.pdfs is not None:
+        limit = int(args.pdfs)
+        sync_service.pdf_batch_size = lambda: limit
+    # Milestones: when invoice data is complete and when the last unpaid invoice got its PDF.
+    marks: dict[str, float] = {}
+    original_pdfs_phase = sync_service._Runner._pdfs_phase
+    original_store = sync_service.pdf_store
+    t_start = [0.0]
+
+    def pdfs_phase(self, *, limit):
+        marks["invoices_done_s"] = time.perf_counter() - t_start[0]
+        return original_pdfs_phase(self, limit=limit)
+
+    def store(*, invoice, content, attachment_id):
+        result = original_store(invoice=invoice, content=content, attachment_id=attachment_id)
+        if invoice.status in (Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID):
+            marks["last_unpaid_pdf_s"] = time.perf_counter() - t_start[0]
+        marks["pdfs_stored"] = marks.get("pdfs_stored", 0) + 1
+        return result
+
+    sync_service._Runner._pdfs_phase = pdfs_phase
+    sync_service.pdf_store = store
+    conn = the_connection()
+    run = SyncRun.objects.create(connection=conn, scope=args.scope, trigger=SyncRun.Trigger.CLI)
+    t_start[0] = started = time.perf_counter()
+    cpu0 = time.process_time()
+    run = sync_service.sync_execute(run=run)
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
+    return {
+        "state": run.state, "message": run.message, "seconds": seconds, "cpu_seconds": cpu,
+        "client_seconds": client_seconds[0], "client_calls": client_calls[0],
+        "local_seconds": seconds - client_seconds[0],
+        "counts": {"created": run.created, "updated": run.updated, "unchanged": run.unchanged, "failed": run.failed},
+        "api_requests": run.api_requests, "api_retries": run.api_retries, "api_bytes": run.api_bytes,
+        "peak_rss_mb": peak_rss_mb(), "marks": marks,
+        "rows": table_counts(),
+    }
+
+
+TABLES = ("integrations_customer", "integrations_contact", "integrations_invoice", "integrations_invoiceline",
+          "integrations_payment")
+
+
+def table_counts() -> dict[str, int]:
+    with db.cursor() as cur:
+        out = {}
+        for table in TABLES:
+            cur.execute(f"SELECT COUNT(*) FROM {table}")
+            out[table] = cur.fetchone()[0]
+        return out
+
+
+def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """The fastest plain bulk insert of the same rows into the same tables: rows are read from the
+    synced database (args.source, untimed), then inserted with executemany, one transaction per
+    table, into this (empty, migrated) database. Timed: the inserts only."""
+    import sqlite3
+
+    with transaction.atomic():  # the partner and connection the rows point at (same pks)
+        src = sqlite3.connect(args.source)
+        cur_src = src.cursor()
+        copied = {}
+        for table in ("integrations_partner", "integrations_connection"):
+            cur_src.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in cur_src.description]
+            rows = cur_src.fetchall()
+            with db.cursor() as cur:
+                cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", rows)
+    timings: dict[str, float] = {}
+    for table in TABLES:
+        cur_src.execute(f"SELECT * FROM {table}")
+        columns = [d[0] for d in cur_src.description]
+        rows = cur_src.fetchall()
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+        started = time.perf_counter()
+        with transaction.atomic():
+            with db.cursor() as cur:
+                for start in range(0, len(rows), 5000):
+                    cur.executemany(sql, rows[start:start + 5000])
+        timings[table] = time.perf_counter() - started
+        copied[table] = len(rows)
+        del rows
+    return {"seconds": sum(timings.values()), "by_table": timings, "rows": copied, "peak_rss_mb": peak_rss_mb()}
+
+
+def step_dashboard(args: argparse.Namespace) -> dict[str, Any]:
+    """Server time and queries of the dashboard pages, Django test client in-process."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+    from django.urls import reverse
+
+    conn = the_connection()
+    User = get_user_model()
+    user = User.objects.filter(username="bench").first() or User.objects.create_user(
+        username="bench", password="bench-password-123", partner=conn.partner)
+    # The busiest invoice: most lines among those with payments.
+    from django.db.models import Count
+
+    invoice = (Invoice.objects.filter(connection=conn).annotate(n=Count("lines")).filter(payments__isnull=False)
+               .order_by("-n", "pk").first() or Invoice.objects.filter(connection=conn).first())
+    pages = {
+        "invoice_list": reverse("invoice_list"),
+        "invoice_detail": reverse("invoice_detail", args=[invoice.pk]),
+        "connection": reverse("connection_detail", args=[conn.pk]),
+        "unknown_customers": reverse("unknown_customers"),
+    }
+    client = Client()
+    client.force_login(user)
+    out: dict[str, Any] = {"invoices": Invoice.objects.filter(connection=conn).count()}
+    for name, url in pages.items():
+        client.get(url)  # warm-up (template compilation, first-view work)
+        times, queries, statuses = [], [], set()
+        for _ in range(args.repeat):
+            with CaptureQueriesContext(db) as ctx:
+                t0 = time.perf_counter()
+                response = client.get(url)
+                times.append((time.perf_counter() - t0) * 1000)
+            queries.append(len(ctx.captured_queries))
+            statuses.add(response.status_code)
+        out[name] = {"url": url, "median_ms": statistics.median(times), "p90_ms": sorted(times)[int(len(times) * 0.9) - 1],
+                     "queries": max(queries), "status": sorted(statuses)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("step")
+    parser.add_argument("--url")
+    parser.add_argument("--out")
+    parser.add_argument("--scope", default="full")
+    parser.add_argument("--replay")
+    parser.add_argument("--pdfs", default=None, help='PDF limit for the run: a number, or "unpaid"')
+    parser.add_argument("--source")
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    steps = {
+        "migrate": step_migrate, "setup": step_setup, "fetch": step_fetch, "sync": step_sync,
+        "baseline": step_baseline, "listcounts": step_listcounts, "dashboard": step_dashboard,
+    }
+    result = steps[args.step](args)
+    sys.stdout.write("\n" + json.dumps(result, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
