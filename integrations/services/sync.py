@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -180,8 +181,10 @@ def _active_run(connection: Connection) -> SyncRun | None:
 def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = None) -> SyncRun:
     """Run a queued sync in the foreground (tasks and the CLI call this). Safe to call twice.
 
-    A second run of a connection whose lease is held fails at once with "another sync of this
-    connection is running" (the dashboard shows it; nothing is re-queued behind the running one).
+    A run of a connection whose lease is held waits a few seconds (HALOPSA_SYNC_LEASE_WAIT, for a
+    single-record sync to finish), then fails with "another sync of this connection is running"
+    (the dashboard shows it; nothing is re-queued behind the running one). Single-record runs do
+    not wait: their callers (webhooks) retry.
     A run left "running" by a killed worker is taken over when the lease has lapsed.
     """
     run.refresh_from_db()
@@ -190,6 +193,13 @@ def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = N
     connection = run.connection
     name = lease_name(connection.pk)
     owner = lease_acquire(name, lease_ttl())
+    if owner is None and not run.target_halopsa_id:
+        # Single-record syncs (webhooks) hold the lease for a moment: a whole-connection run waits
+        # that long rather than failing, so a burst of webhooks cannot make the hourly sync miss.
+        deadline = time.monotonic() + float(getattr(settings, "HALOPSA_SYNC_LEASE_WAIT", 5.0))
+        while owner is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            owner = lease_acquire(name, lease_ttl())
     if owner is None:
         if run.state == SyncRun.State.QUEUED:
             _finish(run, SyncRun.State.FAILED, LEASE_CONFLICT_MESSAGE)

@@ -75,7 +75,8 @@ def test_sync_connection_prints_json_summary(connection, halo_sandbox):
     assert json.loads(_last_line(out))["state"] == "succeeded"
 
 
-def test_sync_connection_exits_nonzero_when_the_run_fails(connection):
+def test_sync_connection_exits_nonzero_when_the_run_fails(connection, settings):
+    settings.HALOPSA_SYNC_LEASE_WAIT = 0
     lease_acquire(lease_name(connection.pk), 60)
     out = StringIO()
     with pytest.raises(SystemExit) as exit_info:

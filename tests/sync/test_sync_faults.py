@@ -82,7 +82,8 @@ def test_dropped_connections_are_retried_by_the_client(connection, halo_sandbox,
     assert_matches_truth(connection, halo_sandbox)
 
 
-def test_a_second_sync_while_one_runs_is_refused(connection, run_sync):
+def test_a_second_sync_while_one_runs_is_refused(connection, run_sync, settings):
+    settings.HALOPSA_SYNC_LEASE_WAIT = 0.3
     owner = lease_acquire(lease_name(connection.pk), 60)
     assert owner
     run = run_sync(connection, "full")
@@ -238,3 +239,18 @@ def test_a_record_the_database_refuses_fails_alone(connection, halo_sandbox, run
     assert set(Invoice.objects.filter(connection=connection).values_list("halopsa_id", flat=True)) == {2, 3, 4, 6, 7, 8}
     assert run.created == 3 + 4 + 6  # customers (with their accounts contacts), user contacts, invoices (not the failed one)
     assert Customer.objects.filter(connection=connection, is_unknown=True).count() == 1
+
+
+def test_a_whole_connection_run_waits_for_a_short_single_record_sync(connection, run_sync, settings):
+    settings.HALOPSA_SYNC_LEASE_WAIT = 10
+    assert lease_acquire(lease_name(connection.pk), 0.5)  # e.g. a webhook's one-invoice sync
+    assert run_sync(connection, "full").state == "succeeded"
+
+
+def test_a_single_record_sync_does_not_wait(connection, run_sync, settings):
+    from integrations.services.sync import sync_record
+
+    settings.HALOPSA_SYNC_LEASE_WAIT = 60  # would hang the test if single-record runs waited
+    assert lease_acquire(lease_name(connection.pk), 60)
+    run = sync_record(connection=connection, entity="invoices", halopsa_id=1, trigger="webhook")
+    assert run.state == "failed" and run.message == LEASE_CONFLICT_MESSAGE
