@@ -162,6 +162,7 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
 
     sync_service._Runner._pdfs_phase = pdfs_phase
     sync_service.pdf_store = store
+    breakdown = _instrument() if args.breakdown else None
     conn = the_connection()
     run = SyncRun.objects.create(connection=conn, scope=args.scope, trigger=SyncRun.Trigger.CLI)
     t_start[0] = started = time.perf_counter()
@@ -176,8 +177,37 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
         "counts": {"created": run.created, "updated": run.updated, "unchanged": run.unchanged, "failed": run.failed},
         "api_requests": run.api_requests, "api_retries": run.api_retries, "api_bytes": run.api_bytes,
         "peak_rss_mb": peak_rss_mb(), "marks": marks,
-        "rows": table_counts(),
+        "rows": table_counts(), "breakdown": breakdown,
     }
+
+
+def _instrument() -> dict[str, float]:
+    """Time spent in a few hot spots (exclusive of each other), for finding what to optimise."""
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models.query import QuerySet
+
+    from integrations.halopsa import mapping
+
+    totals: dict[str, float] = {}
+
+    def wrap(owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                key = f"{label}:{a[0].model.__name__}" if a and isinstance(a[0], QuerySet) else label
+                totals[key] = totals.get(key, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, name, timed)
+
+    wrap(QuerySet, "bulk_create", "bulk_create")
+    wrap(QuerySet, "bulk_update", "bulk_update")
+    wrap(BaseDatabaseWrapper, "commit", "commit")
+    wrap(mapping, "map_invoice", "map_invoice")
+    return totals
 
 
 TABLES = ("integrations_customer", "integrations_contact", "integrations_invoice", "integrations_invoiceline",
@@ -279,12 +309,21 @@ def main() -> None:
     parser.add_argument("--pdfs", default=None, help='PDF limit for the run: a number, or "unpaid"')
     parser.add_argument("--source")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--breakdown", action="store_true", help="time a few hot spots of the sync")
+    parser.add_argument("--profile", help="write a cProfile of the step to this file")
     args = parser.parse_args()
     steps = {
         "migrate": step_migrate, "setup": step_setup, "fetch": step_fetch, "sync": step_sync,
         "baseline": step_baseline, "listcounts": step_listcounts, "dashboard": step_dashboard,
     }
-    result = steps[args.step](args)
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(steps[args.step], args)
+        profiler.dump_stats(args.profile)
+    else:
+        result = steps[args.step](args)
     sys.stdout.write("\n" + json.dumps(result, default=str) + "\n")
 
 

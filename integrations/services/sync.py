@@ -358,7 +358,24 @@ def _incidents_after(run: SyncRun, error: BaseException | None) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    """HaloPSA payload -> JSON-safe (Decimals as strings, keeping every digit)."""
+    """HaloPSA payload -> JSON-safe (Decimals as strings, keeping every digit).
+
+    Exact-type checks first (raw payloads are most of what a page writes, and isinstance against
+    typing.Mapping is slow); anything else takes the general walk.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None or kind is float:
+        return value
+    if kind is Decimal:
+        return format(value, "f")
+    if kind is dict:
+        return {k if type(k) is str else str(k): _jsonable(v) for k, v in value.items()}
+    if kind is list:
+        return [_jsonable(v) for v in value]
+    return _jsonable_walk(value)
+
+
+def _jsonable_walk(value: Any) -> Any:
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, Mapping):
