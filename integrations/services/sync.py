@@ -436,6 +436,7 @@ class _Runner:
         # Entities with a record that failed without a readable id: a full read then cannot tell
         # which row it was, so it flags nothing as deleted this time.
         self.unidentified: set[str] = set()
+        self.failed_user_ids: set[int] = set()
         self.realtime_poll = (
             run.trigger == SyncRun.Trigger.SCHEDULE and run.scope == SyncRun.Scope.INCREMENTAL and self.connection.is_realtime
         )
@@ -680,9 +681,12 @@ class _Runner:
         for page in self._pages(self.client.user_pages(client_id=halopsa_id)):
             kept.update(self._contacts_page(page.records))
         customer = Customer.objects.filter(connection=self.connection, halopsa_id=halopsa_id).first()
-        if customer is not None:
+        if customer is not None and ENTITY_CONTACTS not in self.unidentified:
             with transaction.atomic():
-                removed = Contact.objects.filter(customer=customer, halopsa_key__startswith="user:").exclude(halopsa_key__in=kept).delete()[0]
+                removed = (
+                    Contact.objects.filter(customer=customer, halopsa_key__startswith="user:")
+                    .exclude(halopsa_key__in=kept).exclude(halopsa_user_id__in=self.failed_user_ids).delete()[0]
+                )
                 self.counts.updated += removed
 
     def _customers_page(self, records: list[Any]) -> set[int]:
@@ -771,14 +775,15 @@ class _Runner:
         kept: set[str] = set()
         for page in self._pages(self.client.user_pages(changed_since=since)):
             kept.update(f"{customer_id}:{key}" for customer_id, key in self._contacts_page(page.records, with_customer=True))
-        if prune:
+        if prune and ENTITY_CONTACTS not in self.unidentified:
             # A complete read of the users: user contacts that no longer qualify (or whose user is
-            # gone) are removed; accounts contacts belong to the customers phase.
+            # gone) are removed; accounts contacts belong to the customers phase. Users whose
+            # record could not be read this time keep their contacts.
             stale = [
-                pk for pk, customer_id, key in Contact.objects.filter(
+                pk for pk, customer_id, key, user_id in Contact.objects.filter(
                     customer__connection=self.connection, customer__origin=Origin.HALOPSA, halopsa_key__startswith="user:",
-                ).values_list("pk", "customer_id", "halopsa_key").iterator(chunk_size=2000)
-                if f"{customer_id}:{key}" not in kept
+                ).values_list("pk", "customer_id", "halopsa_key", "halopsa_user_id").iterator(chunk_size=2000)
+                if f"{customer_id}:{key}" not in kept and user_id not in self.failed_user_ids
             ]
             for start in range(0, len(stale), CHUNK):
                 with transaction.atomic():
@@ -796,7 +801,10 @@ class _Runner:
                 client_id = mapping.parse_id(payload.get("client_id"), "user client_id", required=False)
                 desired[user_id] = (client_id, mapping.billing_user_contact(payload, rule))
             except MappingError as exc:
-                self._record_error(ENTITY_CONTACTS, _payload_id(payload), exc.message, payload)
+                user_id = _payload_id(payload)
+                if user_id is not None:
+                    self.failed_user_ids.add(user_id)
+                self._record_error(ENTITY_CONTACTS, user_id, exc.message, payload)
         kept: set = set()
         with transaction.atomic():
             client_ids = {client_id for client_id, contact in desired.values() if client_id and contact}

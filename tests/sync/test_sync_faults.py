@@ -5,7 +5,7 @@ import pytest
 
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.exceptions import HaloConnectionError
-from integrations.models import Customer, Incident, Invoice, InvoiceLine, Payment, SyncError, SyncRun
+from integrations.models import Contact, Customer, Incident, Invoice, InvoiceLine, Payment, SyncError, SyncRun
 from integrations.services.leases import lease_acquire, lease_release, lease_renew
 from integrations.services.sync import LEASE_CONFLICT_MESSAGE, lease_name, sync_execute, sync_queue
 from tests.sync.helpers import assert_matches_truth
@@ -254,3 +254,24 @@ def test_a_single_record_sync_does_not_wait(connection, run_sync, settings):
     assert lease_acquire(lease_name(connection.pk), 60)
     run = sync_record(connection=connection, entity="invoices", halopsa_id=1, trigger="webhook")
     assert run.state == "failed" and run.message == LEASE_CONFLICT_MESSAGE
+
+
+def test_an_unreadable_user_keeps_its_billing_contact(connection, halo_sandbox, run_sync, monkeypatch):
+    run_sync(connection, "full")
+    before = set(Contact.objects.filter(customer__connection=connection).values_list("halopsa_key", "email"))
+    original = HaloClient.user_pages
+
+    def pages_with_a_broken_billing_user(self, **kwargs):
+        for page in original(self, **kwargs):
+            records = [dict(r) for r in page.records]
+            for record in records:
+                if record["id"] == 1:  # Dana Whitfield, a billing contact of Acme
+                    record["client_id"] = "not-an-id"
+            yield type(page)(records=records, record_count=page.record_count, page_no=page.page_no)
+
+    monkeypatch.setattr(HaloClient, "user_pages", pages_with_a_broken_billing_user)
+    run = run_sync(connection, "full")
+    assert run.state == "partial"
+    error = SyncError.objects.get(run=run)
+    assert (error.entity, error.halopsa_id) == ("contacts", 1)
+    assert set(Contact.objects.filter(customer__connection=connection).values_list("halopsa_key", "email")) == before
