@@ -364,8 +364,10 @@ def _jsonable(value: Any) -> Any:
     typing.Mapping is slow); anything else takes the general walk.
     """
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None or kind is float:
+    if kind is str or kind is int or kind is bool or value is None:
         return value
+    if kind is float:  # NaN/Infinity literals parse to floats; JSON columns refuse them
+        return value if value == value and abs(value) != float("inf") else str(value)
     if kind is Decimal:
         return format(value, "f")
     if kind is dict:
@@ -444,8 +446,21 @@ class _Runner:
     @property
     def client(self) -> HaloClient:
         if self._client is None:
-            self._client = HaloClient.for_connection(self.connection, stats=self.stats)
+            self._client = HaloClient.for_connection(self.connection, stats=self.stats, **self._budget_overrides())
         return self._client
+
+    def _budget_overrides(self) -> dict[str, Any]:
+        """A run that reads lists waits for the request budget instead of failing: at 300 requests
+        per 5 minutes a first full sync of a large MSP spans several windows, and failing at the
+        first spent window (the client's default wait is 30 s) would restart it from page one every
+        hour and never finish. The wait stays under half the lease TTL (the lease is renewed per
+        page). Single-record runs (webhooks) keep the short wait: their callers retry."""
+        if self.run.target_halopsa_id:
+            return {}
+        window = float(getattr(settings, "HALOPSA_RATE_WINDOW", 300))
+        wait = min(window * 1.1 + 1, lease_ttl() / 2)
+        default = float(getattr(settings, "HALOPSA_BUDGET_MAX_WAIT", 30.0))
+        return {"budget_max_wait": wait} if wait > default else {}
 
     # -- orchestration ----------------------------------------------------------------------
 
