@@ -72,7 +72,7 @@ if [ -z "$REDIS_SERVER" ]; then
   [ -n "$REDIS_SERVER" ] || die "redis-server was installed but is not on PATH."
 fi
 
-PYTHON="$(command -v python3 || command -v python || true)"
+PYTHON="$(command -v python3 || command -v python3.11 || command -v python || true)"
 [ -n "$PYTHON" ] || die "python3 is needed to pick free ports."
 
 # A port nobody listens on right now (the kernel picks it; a race with another process is
@@ -92,8 +92,10 @@ PG_STARTED=0
 
 # Run a PostgreSQL binary as the user that owns the cluster, from a directory it can enter.
 pg_as_owner() {
-  if [ "$IS_ROOT" -eq 1 ]; then
+  if [ "$IS_ROOT" -eq 1 ] && command -v runuser >/dev/null 2>&1; then
     (cd "$WORKDIR" && runuser -u postgres -- "$@")
+  elif [ "$IS_ROOT" -eq 1 ]; then
+    (cd "$WORKDIR" && su -s /bin/sh postgres -c '"$0" "$@"' -- "$@")
   else
     (cd "$WORKDIR" && "$@")
   fi
@@ -122,39 +124,38 @@ trap 'exit 143' TERM
 mkdir -p "$PG_SOCK" "$REDIS_DIR"
 if [ "$IS_ROOT" -eq 1 ]; then
   getent passwd postgres >/dev/null || die "running as root needs the 'postgres' system user (initdb refuses root)."
-  command -v runuser >/dev/null 2>&1 || die "running as root needs 'runuser' to start PostgreSQL as 'postgres'."
+  command -v runuser >/dev/null 2>&1 || command -v su >/dev/null 2>&1 \
+    || die "running as root needs 'runuser' or 'su' to start PostgreSQL as 'postgres'."
   chown postgres "$WORKDIR" "$PG_SOCK"
   chmod 0700 "$WORKDIR"
 fi
 
 # --- PostgreSQL ------------------------------------------------------------------------------
-PG_PORT="$(free_port)"
 pg_as_owner "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync \
   >"$WORKDIR/initdb.log" 2>&1 || { cat "$WORKDIR/initdb.log" >&2; die "initdb failed."; }
 # Loopback only, socket in the temp dir; durability off because the data is thrown away.
 cat >>"$PG_DATA/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
-port = $PG_PORT
 unix_socket_directories = '$PG_SOCK'
 max_connections = 200
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
-[ "$IS_ROOT" -eq 1 ] && touch "$PG_LOG" && chown postgres "$PG_LOG"
+if [ "$IS_ROOT" -eq 1 ]; then touch "$PG_LOG" && chown postgres "$PG_LOG"; fi
 PG_STARTED=1
-pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 start >/dev/null \
-  || { cat "$PG_LOG" >&2; die "PostgreSQL did not start (port $PG_PORT)."; }
+# The free port can be taken between choosing and binding it; try another one then.
+for attempt in 1 2 3; do
+  PG_PORT="$(free_port)"
+  if pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -o "-p $PG_PORT" -w -t 60 start >/dev/null; then
+    break
+  fi
+  [ "$attempt" -lt 3 ] || { cat "$PG_LOG" >&2; die "PostgreSQL did not start (last port tried: $PG_PORT)."; }
+done
 pg_as_owner "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres syncportal \
   || die "could not create the syncportal database."
 
 # --- Redis -----------------------------------------------------------------------------------
-REDIS_PORT="$(free_port)"
-# No RDB snapshots, no AOF, no unix socket: an in-memory broker that disappears with the dir.
-"$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --save "" --appendonly no \
-  --daemonize no --protected-mode yes --logfile "$WORKDIR/redis.log" &
-REDIS_PID=$!
-
 redis_ping() {
   # Plain RESP over bash's /dev/tcp, so redis-cli is not needed. A subshell keeps the fd and
   # the silenced stderr (connection refused while starting) out of this shell.
@@ -166,12 +167,27 @@ redis_ping() {
     [[ "$reply" == "+PONG"* ]]
   ) 2>/dev/null
 }
-for _ in $(seq 1 100); do
-  redis_ping && break
-  kill -0 "$REDIS_PID" 2>/dev/null || { cat "$WORKDIR/redis.log" >&2; die "redis-server exited (port $REDIS_PORT)."; }
-  sleep 0.1
+
+start_redis() {
+  REDIS_PORT="$(free_port)"
+  # No RDB snapshots, no AOF, no unix socket: an in-memory broker that disappears with the dir.
+  "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --save "" --appendonly no \
+    --daemonize no --protected-mode yes --logfile "$WORKDIR/redis.log" &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do
+    redis_ping && return 0
+    kill -0 "$REDIS_PID" 2>/dev/null || return 1  # exited: most likely the port was taken
+    sleep 0.1
+  done
+  return 1
+}
+for attempt in 1 2 3; do
+  start_redis && break
+  kill -KILL "$REDIS_PID" 2>/dev/null || true
+  wait "$REDIS_PID" 2>/dev/null || true
+  REDIS_PID=""
+  [ "$attempt" -lt 3 ] || { cat "$WORKDIR/redis.log" >&2; die "redis-server did not start (last port tried: $REDIS_PORT)."; }
 done
-redis_ping || die "redis-server did not answer on port $REDIS_PORT."
 
 export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/syncportal"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
