@@ -92,12 +92,13 @@ def parse_money(value: Any, field: str = "amount", *, default: Decimal | None = 
     return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def parse_decimal(value: Any, field: str, *, places: int = 4, default: Decimal | None = None) -> Decimal:
-    """A quantity/price/rate with `places` decimals (our columns keep 4)."""
+def parse_decimal(value: Any, field: str, *, places: int = 4, default: Decimal | None = None,
+                  limit: Decimal = Decimal("1e10")) -> Decimal:
+    """A quantity/price/rate with `places` decimals (our columns keep 4), below `limit`."""
     if (value is None or value == "") and default is not None:
         return default
     amount = _to_decimal(value, field)
-    if abs(amount) >= Decimal("1e10"):
+    if abs(amount) >= limit:
         raise MappingError(f"{field} is out of range: {value!r}")
     return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
 
@@ -156,8 +157,10 @@ def parse_id(value: Any, field: str = "id", *, required: bool = True) -> int | N
         if number != number.to_integral_value():
             raise InvalidOperation
         result = int(number)
-    except (InvalidOperation, ValueError):
+    except (InvalidOperation, ValueError, OverflowError):  # OverflowError: Infinity
         raise MappingError(f"{field} is not an id: {value!r}") from None
+    if result >= 2**63:  # our id columns are 64-bit
+        raise MappingError(f"{field} is out of range: {value!r}")
     if result <= 0:
         if required:
             raise MappingError(f"{field} is not a valid id: {value!r}")
@@ -321,7 +324,7 @@ def is_credit_note(payload: Mapping[str, Any]) -> bool:
     """Credit notes are invoice records in HaloPSA; we do not store them as invoices."""
     try:
         invoice_type = int(payload.get("invoicetype") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         invoice_type = 0
     linked = payload.get("creditlinkedtoinvoiceid")
     return invoice_type == INVOICE_TYPE_CREDIT_NOTE or (isinstance(linked, (int, Decimal)) and linked > 0)
@@ -347,15 +350,17 @@ def map_line(payload: Any, sequence: int) -> dict[str, Any]:
     unit_price = parse_decimal(line.get("unit_price"), "line unit_price", default=Decimal("0.0000"))
     net = line.get("net_amount", line.get("net_total"))
     description = _text(line.get("item_shortdescription")) or _text(line.get("item_longdescription"))
+    raw_sequence = str(line.get("sequenceid") or "")
     return {
         "halopsa_id": parse_id(line.get("id"), "line id", required=False),
-        "sequence": int(line["sequenceid"]) if str(line.get("sequenceid") or "").isdigit() else sequence,
+        # isdecimal, not isdigit ("²" is a digit int() refuses); the column is a 32-bit integer.
+        "sequence": int(raw_sequence) if raw_sequence.isdecimal() and len(raw_sequence) < 10 else sequence,
         "description": description,
         "quantity": quantity,
         "unit_price": unit_price,
         "net_amount": parse_money(net, "line net_amount") if net not in (None, "") else parse_money(quantity * unit_price, "line net_amount"),
         "tax_amount": parse_money(line.get("tax_amount", line.get("total_tax")), "line tax_amount", default=ZERO),
-        "tax_rate": parse_decimal(line.get("tax_rate"), "line tax_rate", default=Decimal("0.0000")),
+        "tax_rate": parse_decimal(line.get("tax_rate"), "line tax_rate", default=Decimal("0.0000"), limit=Decimal("1000")),
     }
 
 
@@ -366,7 +371,7 @@ def map_payment(payload: Any) -> dict[str, Any] | None:
     halopsa_id = parse_id(row.get("id"), "payment id")
     try:
         payment_type = int(row.get("type") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         raise MappingError(f"payment {halopsa_id} type is not a number: {row.get('type')!r}") from None
     if payment_type == PAYMENT_TYPE_DEPOSIT:
         return None
@@ -422,7 +427,7 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     voided = _flag(record.get("voided"))
     try:
         paymentstatus = int(record.get("paymentstatus")) if record.get("paymentstatus") not in (None, "") else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         raise MappingError(f"paymentstatus is not a number: {record.get('paymentstatus')!r}") from None
     currency = _text(record.get("currency_code_name")).upper()
     if not _ISO_CURRENCY.match(currency):
