@@ -256,6 +256,23 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": sum(timings.values()), "by_table": timings, "rows": copied, "peak_rss_mb": peak_rss_mb()}
 
 
+def step_webhook_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Test the connection (stores HaloPSA's version) and register the webhook in the sandbox."""
+    from integrations.services.connections import connection_test
+    from integrations.services.webhooks import webhook_subscription_create
+
+    conn = the_connection()
+    result = connection_test(connection=conn)
+    conn.refresh_from_db()
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    user = User.objects.filter(username="bench").first() or User.objects.create_user(
+        username="bench", password="bench-password-123", partner=conn.partner)
+    subscription = webhook_subscription_create(connection=conn, user=user)
+    return {"test_ok": result.ok, "version": result.version, "realtime": conn.is_realtime, "subscription": subscription}
+
+
 def step_dashboard(args: argparse.Namespace) -> dict[str, Any]:
     """Server time and queries of the dashboard pages, Django test client in-process."""
     from django.contrib.auth import get_user_model
@@ -314,7 +331,8 @@ def main() -> None:
     args = parser.parse_args()
     steps = {
         "migrate": step_migrate, "setup": step_setup, "fetch": step_fetch, "sync": step_sync,
-        "baseline": step_baseline, "listcounts": step_listcounts, "dashboard": step_dashboard,
+        "baseline": step_baseline, "listcounts": step_listcounts,
+        "webhook-setup": step_webhook_setup, "dashboard": step_dashboard,
     }
     if args.profile:
         import cProfile
