@@ -442,6 +442,9 @@ class _Runner:
         self.realtime_poll = (
             run.trigger == SyncRun.Trigger.SCHEDULE and run.scope == SyncRun.Scope.INCREMENTAL and self.connection.is_realtime
         )
+        # PDF downloads count as updates but are not records a webhook missed (a webhook run
+        # fetches the PDF after its invoice), so the poll's "fixed" figure leaves them out.
+        self.pdf_updates = 0
 
     @property
     def client(self) -> HaloClient:
@@ -601,7 +604,7 @@ class _Runner:
         self.run.progress_done, self.run.progress_total = self.progress_done, max(self.progress_total, self.progress_done)
         self.run.api_requests, self.run.api_retries, self.run.api_bytes = numbers["requests"], numbers["retries"], numbers["bytes"]
         if self.realtime_poll:
-            self.run.fixed_by_poll = self.counts.created + self.counts.updated
+            self.run.fixed_by_poll = self.counts.created + self.counts.updated - self.pdf_updates
         SyncRun.objects.filter(pk=self.run.pk).update(
             created=self.run.created, updated=self.run.updated, unchanged=self.run.unchanged, failed=self.run.failed,
             progress_done=self.run.progress_done, progress_total=self.run.progress_total,
@@ -1129,6 +1132,7 @@ class _Runner:
             with transaction.atomic():
                 pdf_store(invoice=invoice, content=content, attachment_id=invoice.pdf_attachment_id)
                 self.counts.updated += 1
+                self.pdf_updates += 1
                 self._page_done(1)
             if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
                 raise SyncAborted("The sync lost its lock on the connection; it will be retried.")
@@ -1146,6 +1150,7 @@ class _Runner:
             self._record_error(ENTITY_PDFS, halopsa_id, exc.message, None)
         else:
             self.counts.updated += 1
+            self.pdf_updates += 1
 
 
 def customer_unknown(connection: Connection) -> Customer:
@@ -1204,4 +1209,7 @@ def _unpushed_adjustment(invoice: Invoice, remote_payments: list[dict[str, Any]]
         return Decimal("0.00")
     from integrations.services.push import payment_unpushed_adjustment
 
-    return payment_unpushed_adjustment(invoice=invoice, remote_payment_ids=remote_ids)
+    return payment_unpushed_adjustment(
+        invoice=invoice, remote_payment_ids=remote_ids,
+        remote_references=[p.get("reference") or "" for p in remote_payments],
+    )
