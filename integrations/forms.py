@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from integrations.models import Connection, Invoice, Partner, SyncRun
 from integrations.selectors import INVOICE_SORTS, InvoiceFilters
+from integrations.services.payments import SETTABLE_STATUSES
 
 CONNECTION_FIELDS = [
     "name", "base_url", "auth_url", "client_id", "tenant",
@@ -137,7 +138,8 @@ class PaymentForm(forms.Form):
 
 
 class InvoiceStatusForm(forms.Form):
-    status = forms.ChoiceField(choices=Invoice.Status.choices)
+    # Only what a person may set: "partially paid" follows from the payments, never chosen by hand.
+    status = forms.ChoiceField(choices=[(value, label) for value, label in Invoice.Status.choices if value in SETTABLE_STATUSES])
 
 
 class InvoiceFilterForm(forms.Form):

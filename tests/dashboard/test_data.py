@@ -153,3 +153,20 @@ def test_payments_list_filters_by_source(alice_client, mine):
 def test_activity_shows_partner_actions(alice_client, mine, theirs):
     body = alice_client.get(reverse("activity")).content.decode()
     assert "ACME seeded the world" in body and "GLOBEX" not in body
+
+
+def test_unit_prices_and_quantities_display_without_noise():
+    from decimal import Decimal
+
+    from integrations.templatetags.portal_format import quantity, unit_amount
+
+    assert [unit_amount(Decimal(v)) for v in ("2243.0000", "61.7500", "0.0125")] == ["2,243.00", "61.75", "0.0125"]
+    assert [quantity(Decimal(v)) for v in ("3.0000", "1.2500", "100.0000")] == ["3", "1.25", "100"]
+    assert unit_amount("not a number") == ""
+
+
+def test_status_form_offers_only_statuses_a_person_may_set():
+    from integrations.forms import InvoiceStatusForm
+
+    offered = [value for value, _ in InvoiceStatusForm().fields["status"].choices]
+    assert offered == ["open", "paid", "void"]
