@@ -169,8 +169,7 @@ def connection_set_state(*, connection: Connection, user=None, enabled: bool | N
 
 def _failure_kind(exc: Exception) -> str:
     if isinstance(exc, UnsafeURLError):
-        # The same error covers a malformed URL and an address we refuse to call.
-        return "refused_address" if "address the portal does not call" in exc.message else "bad_url"
+        return "refused_address" if exc.refused_address else "bad_url"
     if isinstance(exc, HaloAuthError):
         return "bad_credentials"
     if isinstance(exc, HaloPermissionError):
@@ -197,7 +196,8 @@ def connection_test(*, connection: Connection) -> ConnectionTestResult:
     needs the API application's read permission). Stores the outcome on the connection."""
     version = ""
     try:
-        client = HaloClient.for_connection(connection)
+        # A person is waiting on the answer: one retry, not the sync's patient backoff.
+        client = HaloClient.for_connection(connection, max_retries=1)
         version = client.version()
         _save_version(connection, version)
         next(iter(client.invoice_pages(include_lines=False)), None)
@@ -216,7 +216,7 @@ def connection_test(*, connection: Connection) -> ConnectionTestResult:
 def connection_detect_version(*, connection: Connection) -> str:
     """Best effort: HaloPSA's version ("" when it cannot be read now; never raises)."""
     try:
-        version = HaloClient.for_connection(connection).version()
+        version = HaloClient.for_connection(connection, max_retries=1).version()
     except (HaloError, ValueError) as exc:
         logger.info("version detection for connection %s failed: %s", connection.pk, getattr(exc, "message", exc))
         return ""
