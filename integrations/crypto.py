@@ -10,8 +10,12 @@ from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models
+
+
+# Every Fernet token starts with version byte 0x80 and a timestamp: base64 "gAAAAA".
+_FERNET_PREFIX = "gAAAAA"
 
 
 class SecretDecryptionError(Exception):
@@ -59,3 +63,18 @@ class EncryptedTextField(models.TextField):
         if value in (None, ""):
             return value
         return encrypt(value)
+
+    def value_to_string(self, obj):
+        # Serialisers (dumpdata) write the ciphertext, never the secret; to_python reads it back.
+        value = self.value_from_object(obj)
+        return encrypt(value) if value else value
+
+    def to_python(self, value):
+        # A Fernet token (loaddata of a dump) is read back to its plaintext; one no key can
+        # decrypt is refused rather than stored as if it were the secret.
+        if isinstance(value, str) and value.startswith(_FERNET_PREFIX):
+            try:
+                return decrypt(value)
+            except SecretDecryptionError as exc:
+                raise ValidationError(str(exc)) from None
+        return super().to_python(value)
