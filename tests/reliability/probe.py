@@ -2,6 +2,7 @@
 
     python -m tests.reliability.probe state CONNECTION_ID
     python -m tests.reliability.probe expire-push-leases CONNECTION_ID   # ten minutes have passed
+    python -m tests.reliability.probe webhook-credentials|webhook-state|webhook-sweep CONNECTION_ID
 
 Run with the same environment as the processes under test (tests/reliability/procs.py), so the
 test process never opens their database itself (SQLite file or a PostgreSQL database of its own).
@@ -91,13 +92,51 @@ def expire_push_leases(connection_id: int) -> dict[str, Any]:
     return {"running_jobs": jobs, "leases": leases}
 
 
+def webhook_credentials(connection_id: int) -> dict[str, Any]:
+    from integrations.models import Connection
+
+    connection = Connection.objects.get(pk=connection_id)
+    return {"key": str(connection.webhook_key), "username": connection.webhook_username,
+            "password": connection.webhook_password, "realtime": connection.is_realtime}
+
+
+def webhook_state(connection_id: int) -> dict[str, Any]:
+    from django.db.models import Count
+
+    from integrations.models import SyncRun, WebhookEvent
+
+    events = WebhookEvent.objects.filter(connection_id=connection_id)
+    return {
+        "states": dict(events.values_list("state").annotate(n=Count("id")).order_by()),
+        "dedupe_keys": list(events.values_list("dedupe_key", flat=True)),
+        "errors": list(events.filter(state="failed").values_list("error", flat=True)[:5]),
+        "sync_records": SyncRun.objects.filter(connection_id=connection_id, trigger="webhook").count(),
+    }
+
+
+def webhook_sweep(connection_id: int) -> dict[str, Any]:
+    """Five minutes later: the sweep re-queues events that waited for a long sync."""
+    from django.utils import timezone
+
+    from integrations.models import WebhookEvent
+    from integrations.services.webhooks import SWEEP_AFTER, webhook_events_requeue_stale
+
+    past = timezone.now() - SWEEP_AFTER - timedelta(seconds=1)
+    waiting = WebhookEvent.objects.filter(connection_id=connection_id, state="received")
+    waiting.filter(claimed_at__isnull=False).update(claimed_at=past)
+    waiting.filter(claimed_at__isnull=True).update(received_at=past)
+    return {"requeued": webhook_events_requeue_stale()}
+
+
 def main(argv: list[str]) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.reliability.proc_settings")
     import django
 
     django.setup()
     command, connection_id = argv[0], int(argv[1])
-    result = {"state": state, "expire-push-leases": expire_push_leases}[command](connection_id)
+    commands = {"state": state, "expire-push-leases": expire_push_leases, "webhook-credentials": webhook_credentials,
+                "webhook-state": webhook_state, "webhook-sweep": webhook_sweep}
+    result = commands[command](connection_id)
     print(json.dumps(result, default=str))
     return 0
 
