@@ -145,10 +145,30 @@ def format_query_datetime(value: datetime | date) -> str:
 
 
 def parse_json(content: bytes | str) -> Any:
-    """HaloPSA JSON with every non-integer number as Decimal (money never touches float)."""
+    """HaloPSA JSON with every non-integer number as Decimal (money never touches float).
+
+    Text PostgreSQL cannot store (NUL, lone surrogates; both valid JSON escapes) is made storable
+    here, once, so no record with such text can fail a page or its SyncError.
+    """
     if isinstance(content, bytes):
         content = content.decode("utf-8-sig")
-    return json.loads(content, parse_float=Decimal)
+    parsed = json.loads(content, parse_float=Decimal)
+    if _UNSTORABLE_ESCAPE.search(content):
+        parsed = _storable(parsed)
+    return parsed
+
+
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 _DECIMAL_MARK = "\u0000decimal:"
