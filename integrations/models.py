@@ -328,6 +328,11 @@ class Invoice(HaloMirror):
             models.Index(fields=["connection", "due_date"]),
             models.Index(fields=["connection", "number"]),
             models.Index(fields=["customer", "invoice_date"]),
+            # The invoice list (not archived, newest first) and its count read only this index.
+            models.Index(fields=["connection", "archived_at", "invoice_date"], name="invoice_list_idx"),
+            # The archive-queue count: the few invoices HaloPSA deleted.
+            models.Index(fields=["connection", "archived_at"], condition=Q(deleted_in_halopsa_at__isnull=False),
+                         name="invoice_deleted_idx"),
         ]
 
     def __str__(self) -> str:
