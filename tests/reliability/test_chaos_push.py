@@ -28,6 +28,9 @@ from tests.reliability.procs import BASE_DIR, PYTHON, ProcessWorld, stop_process
 PUSH_DATASET = {"customers": 12, "contacts": 30, "billing_contacts": 12, "invoices": 150, "max_lines": 2}
 PAYMENTS = 40
 MAX_CYCLES = 4
+# A failed attempt is retried after this much real time at the earliest (the product waits 30 s
+# and more): longer than the sandbox takes to commit a POST whose answer timed out (SLOW_DELAY).
+SETTLE = str(2 * SLOW_DELAY)
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +93,7 @@ def test_chaos_pushes_end_with_exactly_one_payment_each_in_halopsa(tmp_path):
 
         add_push_faults(srv)
         srv.clear_request_log()
-        worker = world.spawn([PYTHON, "-m", "tests.reliability.push_tool", "work", str(connection_id), "500"],
+        worker = world.spawn([PYTHON, "-m", "tests.reliability.push_tool", "work", str(connection_id), "500", SETTLE],
                              "push-worker.log", Q_SYNC="true")
         try:
             wait_until(lambda: srv.count_requests("/api/InvoicePayment", "POST") >= PAYMENTS // 3 or worker.poll() is not None,
@@ -106,10 +109,11 @@ def test_chaos_pushes_end_with_exactly_one_payment_each_in_halopsa(tmp_path):
         assert any(j["state"] != "done" for j in killed["push_jobs"])
 
         # Ten minutes later: the abandoned job's lease is over; the sweep resumes under the same faults.
+        time.sleep(float(SETTLE))  # a POST the killed worker had sent lands before anyone looks again
         world.probe("expire-push-leases", connection_id)
         cycles = []
         for _ in range(MAX_CYCLES):
-            cycles.append(_tool(world, "work", str(connection_id), "200", Q_SYNC="true"))
+            cycles.append(_tool(world, "work", str(connection_id), "300", SETTLE, Q_SYNC="true"))
             jobs = world.probe("state", connection_id)["push_jobs"]
             if all(j["state"] == "done" for j in jobs):
                 break
