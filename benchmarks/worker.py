@@ -154,7 +154,9 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
         return original_pdfs_phase(self, limit=limit)
 
     def store(*, invoice, content, attachment_id):
+        t0 = time.perf_counter()
         result = original_store(invoice=invoice, content=content, attachment_id=attachment_id)
+        marks["pdf_store_seconds"] = marks.get("pdf_store_seconds", 0.0) + time.perf_counter() - t0
         if invoice.status in (Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID):
             marks["last_unpaid_pdf_s"] = time.perf_counter() - t_start[0]
         marks["pdfs_stored"] = marks.get("pdfs_stored", 0) + 1
@@ -229,21 +231,33 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
     table, into this (empty, migrated) database. Timed: the inserts only."""
     import sqlite3
 
-    with transaction.atomic():  # the partner and connection the rows point at (same pks)
+    if "://" in args.source:
+        import psycopg
+        from psycopg.types.json import Jsonb
+
+        src = psycopg.connect(args.source)
+
+        def adapt(rows: list[tuple]) -> list[tuple]:  # jsonb comes back as dicts: send them as jsonb
+            return [tuple(Jsonb(v) if isinstance(v, (dict, list)) else v for v in row) for row in rows]
+    else:
         src = sqlite3.connect(args.source)
+
+        def adapt(rows: list[tuple]) -> list[tuple]:
+            return rows
+    with transaction.atomic():  # the partner and connection the rows point at (same pks)
         cur_src = src.cursor()
         copied = {}
         for table in ("integrations_partner", "integrations_connection"):
             cur_src.execute(f"SELECT * FROM {table}")
             columns = [d[0] for d in cur_src.description]
-            rows = cur_src.fetchall()
+            rows = adapt(cur_src.fetchall())
             with db.cursor() as cur:
                 cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", rows)
     timings: dict[str, float] = {}
     for table in TABLES:
         cur_src.execute(f"SELECT * FROM {table}")
         columns = [d[0] for d in cur_src.description]
-        rows = cur_src.fetchall()
+        rows = adapt(cur_src.fetchall())  # untimed: reading and adapting the source rows
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
         started = time.perf_counter()
         with transaction.atomic():
@@ -253,6 +267,10 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
         timings[table] = time.perf_counter() - started
         copied[table] = len(rows)
         del rows
+    if db.vendor == "postgresql":  # the copied rows keep their ids: move the sequences past them
+        with db.cursor() as cur:
+            for table in TABLES:
+                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 1)) FROM {table}")
     return {"seconds": sum(timings.values()), "by_table": timings, "rows": copied, "peak_rss_mb": peak_rss_mb()}
 
 
