@@ -1150,6 +1150,7 @@ class _Runner:
                 pdf_store(invoice=invoice, content=content, attachment_id=invoice.pdf_attachment_id)
                 self.counts.updated += 1
                 self.pdf_updates += 1
+                self._resolve_errors(ENTITY_PDFS, [invoice.halopsa_id])  # an earlier failed download is over
                 self._page_done(1)
             if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
                 raise SyncAborted("The sync lost its lock on the connection; it will be retried.")
@@ -1168,6 +1169,7 @@ class _Runner:
         else:
             self.counts.updated += 1
             self.pdf_updates += 1
+            self._resolve_errors(ENTITY_PDFS, [halopsa_id])
 
 
 def customer_unknown(connection: Connection) -> Customer:
