@@ -180,3 +180,23 @@ def test_an_invoice_synced_while_its_customer_was_unreadable_moves_to_the_custom
     assert run("full").state == "succeeded"
     synced = Invoice.objects.select_related("customer").get(connection=connection, halopsa_id=invoice["id"])
     assert (synced.customer.halopsa_id, synced.customer.name) == (client["id"], "Newcomer Ltd")
+
+
+@pytest.mark.django_db
+def test_a_pdf_that_failed_to_download_resolves_its_error_once_it_is_fetched(partner, make_connection, halo_sandbox):
+    from integrations.models import InvoicePdf, SyncError, SyncRun
+    from integrations.services.sync import sync_execute
+
+    connection = make_connection(partner, halo_sandbox)
+    halo_sandbox.add_fault("status", status=503, path="/api/Attachment", count=1000)
+    failed = sync_execute(run=SyncRun.objects.create(connection=connection, scope="full", trigger="cli"))
+    assert failed.state == "partial"
+    error = SyncError.objects.get(run=failed)
+    assert error.entity == "pdfs" and error.resolved_at is None
+
+    halo_sandbox.clear_faults()
+    again = sync_execute(run=SyncRun.objects.create(connection=connection, scope="full", trigger="cli"))
+    assert again.state == "succeeded"
+    assert InvoicePdf.objects.filter(invoice__connection=connection, invoice__halopsa_id=error.halopsa_id).exists()
+    error.refresh_from_db()
+    assert error.resolved_at is not None
