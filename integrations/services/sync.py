@@ -802,6 +802,9 @@ class _Runner:
         for page in self._pages(self.client.user_pages(changed_since=since)):
             kept.update(f"{customer_id}:{key}" for customer_id, key in self._contacts_page(page.records, with_customer=True))
         if prune and ENTITY_CONTACTS not in self.unidentified:
+            if self.has_open_errors:  # every user was readable this time: earlier id-less errors are over
+                SyncError.objects.filter(connection=self.connection, entity=ENTITY_CONTACTS, halopsa_id__isnull=True,
+                                         resolved_at__isnull=True).update(resolved_at=self.now)
             # A complete read of the users: user contacts that no longer qualify (or whose user is
             # gone) are removed; accounts contacts belong to the customers phase. Users whose
             # record could not be read this time keep their contacts.
