@@ -200,3 +200,31 @@ def test_a_pdf_that_failed_to_download_resolves_its_error_once_it_is_fetched(par
     assert InvoicePdf.objects.filter(invoice__connection=connection, invoice__halopsa_id=error.halopsa_id).exists()
     error.refresh_from_db()
     assert error.resolved_at is not None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path,entity", [("/api/Users", "contacts"), ("/api/Client", "customers"), ("/api/Invoice", "invoices")])
+def test_an_unreadable_record_without_id_is_resolved_by_the_next_clean_full_read(partner, make_connection, halo_sandbox,
+                                                                                 monkeypatch, path, entity):
+    """A corrupted list row without its id (the chaos run's second kind of bad record) cannot be
+    matched by id later; a complete clean read of its entity proves it is readable again."""
+    from integrations.models import SyncError, SyncRun
+    from integrations.sandbox import server as sandbox_server
+    from integrations.services.sync import sync_execute
+
+    connection = make_connection(partner, halo_sandbox)
+    original = sandbox_server._corrupt_one_record
+
+    def drop_id(payload, rng_value):
+        return original(payload, 1)  # odd: always removes the id
+
+    monkeypatch.setattr(sandbox_server, "_corrupt_one_record", drop_id)
+    halo_sandbox.add_fault("malformed_record", path=path, method="GET", count=1)
+    partial = sync_execute(run=SyncRun.objects.create(connection=connection, scope="full", trigger="cli"))
+    error = SyncError.objects.get(run=partial)
+    assert (error.entity, error.halopsa_id, error.resolved_at) == (entity, None, None)
+
+    clean = sync_execute(run=SyncRun.objects.create(connection=connection, scope="full", trigger="cli"))
+    assert clean.state == "succeeded"
+    error.refresh_from_db()
+    assert error.resolved_at is not None
