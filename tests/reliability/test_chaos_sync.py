@@ -37,13 +37,12 @@ LEASE_TTL = 20
 MAX_CHAOS_RUNS = 8
 CONFLICT = "another sync of this connection is running"
 
-pytestmark = pytest.mark.slow
-
 
 def _summary(result) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_chaos_full_sync_with_a_killed_worker_ends_equal_to_halopsa(tmp_path):
     figures: dict = {"dataset": CHAOS_DATASET}
     started = time.monotonic()
