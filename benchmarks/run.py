@@ -395,8 +395,10 @@ def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("1c", f"{req['total'] - pdfs} requests + {pdfs} PDFs {req['by_kind']}", req["total"] - pdfs <= 20 and pdfs <= 100)
     ing = r.get("ingest")
     if ing:
+        cpu_ratio = (ing["replayed_sync"]["cpu_seconds"] / ing["bulk_insert"]["cpu_seconds"]
+                     if ing["bulk_insert"].get("cpu_seconds") else None)
         add("2a", f"sync local {ing['replayed_sync']['seconds']:.1f} s vs bulk insert {ing['bulk_insert']['seconds']:.1f} s "
-                  f"(x{ing['ratio']:.2f})", ing["ratio"] <= 3)
+                  f"(x{ing['ratio']:.2f} wall" + (f", x{cpu_ratio:.2f} CPU)" if cpu_ratio else ")"), ing["ratio"] <= 3)
     if inc100:
         store_s = inc100["marks"].get("pdf_store_seconds", 0.0)
         without_pdfs = inc100["seconds"] - inc100["client_seconds"] - store_s

@@ -209,6 +209,46 @@ def _instrument() -> dict[str, float]:
     wrap(QuerySet, "bulk_update", "bulk_update")
     wrap(BaseDatabaseWrapper, "commit", "commit")
     wrap(mapping, "map_invoice", "map_invoice")
+    from integrations.services import sync as sync_service
+
+    original_page = sync_service._Runner._invoices_page
+    page_times: list[float] = []
+
+    window = os.environ.get("BENCH_PROFILE_PAGES", "")  # "700:750": cProfile those invoice pages
+    first, last = (int(x) for x in window.split(":")) if window else (0, -1)
+    import cProfile
+
+    profiler = cProfile.Profile()
+
+    def invoices_page(self, records):
+        t0 = time.perf_counter()
+        on = first <= len(page_times) < last
+        if on:
+            profiler.enable()
+        try:
+            return original_page(self, records)
+        finally:
+            if on:
+                profiler.disable()
+                if len(page_times) + 1 == last:
+                    profiler.dump_stats(os.environ.get("BENCH_PROFILE_OUT", "/tmp/pages.prof"))
+            page_times.append(time.perf_counter() - t0)
+            if len(page_times) % 100 == 0:
+                totals[f"invoice_pages_{len(page_times) - 99:04d}_{len(page_times):04d}"] = sum(page_times[-100:])
+
+    sync_service._Runner._invoices_page = invoices_page
+
+    def slow_sql(execute, sql, params, many, context):  # queries over 5 ms, by statement shape
+        t0 = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            took = time.perf_counter() - t0
+            if took > 0.005:
+                key = "slow_sql:" + sql[:160]
+                totals[key] = totals.get(key, 0.0) + took
+
+    db.execute_wrappers.append(slow_sql)
     return totals
 
 
@@ -254,24 +294,26 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
             with db.cursor() as cur:
                 cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", rows)
     timings: dict[str, float] = {}
+    cpu = 0.0
     for table in TABLES:
         cur_src.execute(f"SELECT * FROM {table}")
         columns = [d[0] for d in cur_src.description]
         rows = adapt(cur_src.fetchall())  # untimed: reading and adapting the source rows
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), time.process_time()
         with transaction.atomic():
             with db.cursor() as cur:
                 for start in range(0, len(rows), 5000):
                     cur.executemany(sql, rows[start:start + 5000])
         timings[table] = time.perf_counter() - started
+        cpu += time.process_time() - cpu0
         copied[table] = len(rows)
         del rows
     if db.vendor == "postgresql":  # the copied rows keep their ids: move the sequences past them
         with db.cursor() as cur:
             for table in TABLES:
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 1)) FROM {table}")
-    return {"seconds": sum(timings.values()), "by_table": timings, "rows": copied, "peak_rss_mb": peak_rss_mb()}
+    return {"seconds": sum(timings.values()), "cpu_seconds": cpu, "by_table": timings, "rows": copied, "peak_rss_mb": peak_rss_mb()}
 
 
 def step_webhook_setup(args: argparse.Namespace) -> dict[str, Any]:
