@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from decimal import Decimal
 
@@ -57,8 +58,6 @@ def _payments_by_reference(srv: SandboxServer) -> dict[str, list[dict]]:
 
 
 def _tool(world: ProcessWorld, *args: str, **env: str) -> dict:
-    import subprocess
-
     result = subprocess.run([PYTHON, "-m", "tests.reliability.push_tool", *args], env={**world.env, **env},
                             cwd=str(BASE_DIR), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -166,12 +166,11 @@ def test_a_dump_written_with_an_unknown_key_is_refused_on_load(partner, make_con
 
 
 def test_pages_forms_and_admin_never_render_the_secrets(client, partner, partner_user, make_connection):
-    from integrations.models import Connection, User
+    from integrations.models import User
 
     superuser = User.objects.create_superuser("root", "root@example.com", "correct-horse-battery")
     connection = make_connection(partner, client_secret="never-render-" + pysecrets.token_hex(8),
                                  halopsa_version="2.200.1")
-    Connection.objects.filter(pk=connection.pk).update()
     connection.refresh_from_db()
     secret, password = connection.client_secret, connection.webhook_password
     client.force_login(partner_user)
