@@ -174,6 +174,9 @@ HALOPSA_RATE_LIMIT = env.int("HALOPSA_RATE_LIMIT", default=300)
 HALOPSA_RATE_WINDOW = env.int("HALOPSA_RATE_WINDOW", default=300)
 HALOPSA_MAX_RETRIES = env.int("HALOPSA_MAX_RETRIES", default=5)
 HALOPSA_WEBHOOK_MAX_BODY = env.int("HALOPSA_WEBHOOK_MAX_BODY", default=256 * 1024)
+# After a payment POST whose outcome is unknown (timeout, dropped connection, 5xx), wait this long
+# before looking it up and posting again, so HaloPSA has surely finished committing it.
+HALOPSA_PUSH_SETTLE_SECONDS = env.int("HALOPSA_PUSH_SETTLE_SECONDS", default=300)
 HALOPSA_DEMO_SANDBOX_URL = env.str("HALOPSA_DEMO_SANDBOX_URL", default="")
 
 # --- Background jobs (django-q2) --------------------------------------------------------------

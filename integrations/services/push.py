@@ -25,11 +25,20 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Callable, Iterable, Literal
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from integrations.halopsa.exceptions import HaloAmbiguousWrite, HaloError, HaloNotFound, HaloRateLimited
+from integrations.halopsa.exceptions import (
+    HaloAmbiguousWrite,
+    HaloConnectionError,
+    HaloError,
+    HaloNotFound,
+    HaloRateLimited,
+    HaloServerError,
+    HaloTimeout,
+)
 from integrations.halopsa.mapping import (
     HALO_ACTION_VOID,
     MappingError,
@@ -73,6 +82,18 @@ class Outcome:
     state: str
     message: str = ""
     delay: timedelta | None = None  # only for "try again later without counting a failure"
+    # The write may have reached HaloPSA (timeout, dropped connection, 5xx after sending): the
+    # next attempt's look-up must wait until HaloPSA has surely finished committing it.
+    maybe_written: bool = False
+
+
+def push_settle_delay() -> timedelta:
+    """Least wait before re-checking a write whose outcome is unknown.
+
+    HaloPSA documents nothing about how long a request whose answer we lost may still commit;
+    the default (5 minutes, far beyond the client's read timeout) is a guess, hence a setting.
+    """
+    return timedelta(seconds=getattr(settings, "HALOPSA_PUSH_SETTLE_SECONDS", 300))
 
 
 def _done(message: str = "") -> Outcome:
@@ -129,7 +150,10 @@ def _run(job: PushJob) -> Outcome:
     except HaloError as exc:
         if exc.permanent:
             return _review(exc.message)
-        return Outcome(PushJob.State.RETRYING, exc.message)
+        maybe_written = job.kind == PushJob.Kind.PAYMENT_CREATE and isinstance(
+            exc, (HaloTimeout, HaloConnectionError, HaloServerError)
+        )
+        return Outcome(PushJob.State.RETRYING, exc.message, maybe_written=maybe_written)
     except MappingError as exc:
         return _review(f"HaloPSA sent data the portal cannot read: {exc.message}")
     except Exception:  # a bug or a database hiccup: keep the job, retry with backoff, log the trace
@@ -155,7 +179,10 @@ def _finish(job: PushJob, outcome: Outcome) -> PushJob:
             fields["state"] = PushJob.State.NEEDS_REVIEW
             fields["last_error"] = f"Gave up after {job.attempts} attempts. Last error: {outcome.message}"[:2000]
         else:
-            fields["next_attempt_at"] = now + push_backoff(job.attempts)
+            wait = push_backoff(job.attempts)
+            if outcome.maybe_written:
+                wait = max(wait, push_settle_delay())
+            fields["next_attempt_at"] = now + wait
     # Only the claimant finishes the job (a manual retry or the sweeper may have moved it).
     PushJob.objects.filter(pk=job.pk, state=PushJob.State.RUNNING).update(**fields)
     job.refresh_from_db()

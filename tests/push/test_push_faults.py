@@ -18,6 +18,7 @@ from integrations.services.push import (
     push_job_process,
     push_job_retry,
     push_schedule_ensure,
+    push_settle_delay,
 )
 from tests.push.conftest import assert_ledgers_agree, halo_invoice, halo_payments
 
@@ -93,10 +94,12 @@ def test_timeout_after_halopsa_committed_is_settled_by_the_next_attempt(halo_san
     settings.HALOPSA_READ_TIMEOUT = 0.3
     invoice, payment, job = queued()
     halo_sandbox.add_fault("slow", delay=1.0, path="/api/InvoicePayment", method="POST")
+    before = timezone.now()
     push_job_process(job_id=job.pk)
     job.refresh_from_db()
     assert job.state == PushJob.State.RETRYING and "did not answer" in job.last_error
-    assert job.next_attempt_at > timezone.now()
+    # The write may still commit in HaloPSA: the look-up waits the settle time, not the 30 s backoff.
+    assert job.next_attempt_at >= before + push_settle_delay()
 
     time_passes()
     push_due_dispatch()  # the sweeper, once the backoff has passed
@@ -232,6 +235,11 @@ def test_halopsa_down_for_an_hour_then_recovers(halo_sandbox, queued):
     push_due_dispatch()
     assert_exactly_one(halo_sandbox, invoice, payment, job)
     assert Incident.objects.get(connection=job.connection, kind=Incident.Kind.PUSH_FAILING).resolved_at is not None
+
+
+def test_settle_delay_is_a_setting(settings):
+    settings.HALOPSA_PUSH_SETTLE_SECONDS = 42
+    assert push_settle_delay() == timedelta(seconds=42)
 
 
 def test_backoff_grows_and_is_capped():
