@@ -1,30 +1,33 @@
 """Django admin for staff: raw inspection of what the portal stores. Secrets are never shown."""
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
+from django.db import models
 
-from integrations import models
+from integrations import models as portal
 
 
-@admin.register(models.User)
+@admin.register(portal.User)
 class PortalUserAdmin(UserAdmin):
     fieldsets = UserAdmin.fieldsets + (("Partner", {"fields": ("partner",)}),)
     list_display = ("username", "email", "partner", "is_staff", "is_active")
     list_filter = ("partner", "is_staff", "is_active")
 
 
-@admin.register(models.Partner)
+@admin.register(portal.Partner)
 class PartnerAdmin(admin.ModelAdmin):
     list_display = ("name", "created_at")
     search_fields = ("name",)
 
 
-@admin.register(models.Connection)
+@admin.register(portal.Connection)
 class ConnectionAdmin(admin.ModelAdmin):
     list_display = ("name", "partner", "base_url", "halopsa_version", "enabled", "paused")
     list_filter = ("enabled", "paused", "partner")
     # Secrets are excluded outright: the admin neither shows nor edits them.
     exclude = ("client_secret", "webhook_password", "webhook_hmac_secret")
     readonly_fields = ("webhook_key", "halopsa_version", "version_checked_at", "last_test_ok", "last_test_at", "last_test_message")
+    # HaloPSA is only called over https; a scheme-less URL typed here means https.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -35,14 +38,14 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(models.Customer)
+@admin.register(portal.Customer)
 class CustomerAdmin(ReadOnlyAdmin):
     list_display = ("name", "connection", "halopsa_id", "is_unknown", "deleted_in_halopsa_at", "archived_at")
     list_filter = ("is_unknown", "origin")
     search_fields = ("name",)
 
 
-@admin.register(models.Invoice)
+@admin.register(portal.Invoice)
 class InvoiceAdmin(ReadOnlyAdmin):
     list_display = ("number", "customer", "total", "balance", "status", "due_date")
     list_filter = ("status", "origin")
@@ -50,36 +53,36 @@ class InvoiceAdmin(ReadOnlyAdmin):
     raw_id_fields = ("customer",)
 
 
-@admin.register(models.Payment)
+@admin.register(portal.Payment)
 class PaymentAdmin(ReadOnlyAdmin):
     list_display = ("invoice", "amount", "paid_on", "source", "kind", "voided_at")
     raw_id_fields = ("invoice",)
 
 
-@admin.register(models.SyncRun)
+@admin.register(portal.SyncRun)
 class SyncRunAdmin(ReadOnlyAdmin):
     list_display = ("connection", "trigger", "scope", "state", "queued_at", "created", "updated", "failed", "api_requests")
     list_filter = ("state", "trigger", "scope")
 
 
-@admin.register(models.SyncError)
+@admin.register(portal.SyncError)
 class SyncErrorAdmin(ReadOnlyAdmin):
     list_display = ("connection", "entity", "halopsa_id", "message", "created_at", "resolved_at")
 
 
-@admin.register(models.PushJob)
+@admin.register(portal.PushJob)
 class PushJobAdmin(ReadOnlyAdmin):
     list_display = ("connection", "kind", "key", "state", "attempts", "next_attempt_at")
     list_filter = ("state", "kind")
 
 
-@admin.register(models.WebhookEvent)
+@admin.register(portal.WebhookEvent)
 class WebhookEventAdmin(ReadOnlyAdmin):
     list_display = ("connection", "event", "object_id", "state", "received_at")
     list_filter = ("state",)
 
 
-@admin.register(models.AuditEvent)
+@admin.register(portal.AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "partner", "user", "action", "summary")
     list_filter = ("action",)
