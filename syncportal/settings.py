@@ -177,7 +177,12 @@ HALOPSA_WEBHOOK_MAX_BODY = env.int("HALOPSA_WEBHOOK_MAX_BODY", default=256 * 102
 # After a payment POST whose outcome is unknown (timeout, dropped connection, 5xx), wait this long
 # before looking it up and posting again, so HaloPSA has surely finished committing it.
 HALOPSA_PUSH_SETTLE_SECONDS = env.int("HALOPSA_PUSH_SETTLE_SECONDS", default=300)
-HALOPSA_DEMO_SANDBOX_URL = env.str("HALOPSA_DEMO_SANDBOX_URL", default="")
+# Invoice PDFs cost one request each and come last in a sync: at most this many per run, at most
+# this share of the request budget (the rest stays free for payment pushes and webhook fetches),
+# and at most this long per run (a backlog continues in a follow-up run).
+HALOPSA_PDF_BATCH = env.int("HALOPSA_PDF_BATCH", default=2000)
+HALOPSA_PDF_BUDGET_SHARE = env.float("HALOPSA_PDF_BUDGET_SHARE", default=0.8)
+HALOPSA_PDF_PHASE_SECONDS = env.int("HALOPSA_PDF_PHASE_SECONDS", default=1200)
 
 # --- Background jobs (django-q2) --------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

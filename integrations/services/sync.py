@@ -34,6 +34,7 @@ from django.db.models import Case, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
 from integrations.halopsa import mapping
+from integrations.halopsa.budget import RequestBudget
 from integrations.halopsa.client import HaloClient, Page, RequestStats
 from integrations.halopsa.exceptions import HaloAuthError, HaloError, HaloNotFound, HaloRateLimited
 from integrations.halopsa.mapping import MappingError
@@ -114,7 +115,23 @@ def lease_ttl() -> int:
 
 
 def pdf_batch_size() -> int:
-    return int(getattr(settings, "HALOPSA_PDF_BATCH", 50))
+    return int(getattr(settings, "HALOPSA_PDF_BATCH", 2000))
+
+
+def pdf_phase_seconds() -> float:
+    """How long one run may spend on PDFs: inside the worker's timeout, with room for the lists
+    that ran before (a longer backlog continues in a follow-up run)."""
+    configured = float(getattr(settings, "HALOPSA_PDF_PHASE_SECONDS", 1200))
+    task_timeout = float(settings.Q_CLUSTER.get("timeout") or configured)
+    return min(configured, task_timeout * 0.6)
+
+
+def pdf_budget(connection: Connection) -> RequestBudget:
+    """PDFs spend at most this share of the connection's request budget, so payment pushes,
+    webhook fetches and the next lists always find room in every window."""
+    limit = int(getattr(settings, "HALOPSA_RATE_LIMIT", 300))
+    share = float(getattr(settings, "HALOPSA_PDF_BUDGET_SHARE", 0.8))
+    return RequestBudget(f"conn:{connection.pk}:pdfs", limit=max(1, int(limit * share)) if limit > 0 else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +221,7 @@ def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = N
         if run.state == SyncRun.State.QUEUED:
             _finish(run, SyncRun.State.FAILED, LEASE_CONFLICT_MESSAGE)
         return run  # "running": the holder is this very run in another worker
+    runner: _Runner | None = None
     try:
         now = timezone.now()
         claimed = SyncRun.objects.filter(pk=run.pk, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).update(
@@ -220,10 +238,14 @@ def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = N
             state=SyncRun.State.FAILED, finished_at=now, message=INTERRUPTED_MESSAGE)
         if not connection.enabled:
             return _finish(run, SyncRun.State.FAILED, "The connection is disabled.")
-        _Runner(run, lease_owner=owner, progress=progress).execute()
+        runner = _Runner(run, lease_owner=owner, progress=progress)
+        runner.execute()
     finally:
         lease_release(name, owner)
     run.refresh_from_db()
+    if runner is not None and runner.pdf_backlog and run.state != SyncRun.State.FAILED:
+        # The PDF phase ran out of time, not of work: continue at once instead of an hour later.
+        sync_queue(connection=connection, scope=SyncRun.Scope.ENTITY, entity=ENTITY_PDFS, trigger=run.trigger)
     return run
 
 
@@ -490,6 +512,8 @@ class _Runner:
         # PDF downloads count as updates but are not records a webhook missed (a webhook run
         # fetches the PDF after its invoice), so the poll's "fixed" figure leaves them out.
         self.pdf_updates = 0
+        # PDFs the time limit left for a follow-up run.
+        self.pdf_backlog = 0
 
     @property
     def client(self) -> HaloClient:
@@ -1159,8 +1183,10 @@ class _Runner:
 
     def _pdfs_phase(self, *, limit: int) -> None:
         """Fetch PDFs that are missing or stale: unpaid invoices first, then paid ones newest
-        first, at most `limit` per run (each is one API call). Older paid PDFs arrive over later
-        runs or on first view (`invoice_pdf_ensure`)."""
+        first, at most `limit` per run (each is one API call). PDFs come last, spend at most their
+        share of the request budget (`pdf_budget`) and stop after `pdf_phase_seconds`; a backlog
+        left by the time limit continues in a follow-up run, and any PDF is also fetched on first
+        view (`invoice_pdf_ensure`)."""
         if limit <= 0:
             return
         candidate_ids = list(
@@ -1178,7 +1204,14 @@ class _Runner:
         if not candidate_ids:
             return
         self.progress_total += len(candidate_ids)
-        for invoice in _pdf_candidates(candidate_ids):
+        share = pdf_budget(self.connection)
+        deadline = time.monotonic() + pdf_phase_seconds()
+        for fetched, invoice in enumerate(_pdf_candidates(candidate_ids)):
+            if not self._pdf_slot(share, deadline):
+                # Out of time, not of work: a follow-up run continues, but only after progress
+                # (a run that fetched nothing would just queue the next one).
+                self.pdf_backlog = len(candidate_ids) - fetched if fetched else 0
+                break
             try:
                 content = self.client.get_invoice_pdf(invoice.halopsa_id, attachment_id=invoice.pdf_attachment_id)
             except HaloNotFound:
@@ -1198,6 +1231,25 @@ class _Runner:
                 self._page_done(1)
             if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
                 raise SyncAborted("The sync lost its lock on the connection; it will be retried.")
+
+    def _pdf_slot(self, share: RequestBudget, deadline: float) -> bool:
+        """Wait for a request slot in the PDFs' budget share; False when the phase's time runs out
+        first. Long waits are cut into pieces with a lease renewal between them."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            share.max_wait = min(remaining, lease_ttl() / 3)
+            try:
+                share.acquire()
+                return True
+            except HaloRateLimited as exc:
+                pause = min(exc.retry_after or 1.0, lease_ttl() / 3)
+                if pause >= remaining:
+                    return False
+                time.sleep(pause)
+                if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
+                    raise SyncAborted("The sync lost its lock on the connection; it will be retried.")
 
     def _one_pdf(self, halopsa_id: int) -> None:
         invoice = Invoice.objects.filter(connection=self.connection, halopsa_id=halopsa_id, origin=Origin.HALOPSA).first()

@@ -104,3 +104,42 @@ def test_entity_pdfs_scope_fetches_only_pdfs(connection, halo_sandbox, run_sync,
     run = run_sync(connection, "entity", entity="pdfs")
     assert run.state == "succeeded" and run.updated == 7
     assert {e["path"].split("/")[2] for e in halo_sandbox.request_log} == {"Attachment"}
+
+
+def test_pdfs_spend_only_their_budget_share_and_a_follow_up_run_continues(connection, halo_sandbox, run_sync, settings):
+    from django.core.cache import cache
+
+    from integrations.models import SyncRun
+    from integrations.services.sync import sync_execute
+
+    settings.HALOPSA_RATE_LIMIT = 20
+    settings.HALOPSA_RATE_WINDOW = 60
+    settings.HALOPSA_PDF_BUDGET_SHARE = 0.15  # 3 per window, 2 after the 5% headroom
+    settings.HALOPSA_PDF_PHASE_SECONDS = 0.5  # the next slot frees in ~60 s: past the phase's end
+    run = run_sync(connection, "full")
+    assert run.state == "succeeded"
+    assert Invoice.objects.filter(connection=connection).count() == 7  # invoice data is never held back
+    assert len(_attachment_requests(halo_sandbox)) == 2
+    assert InvoicePdf.objects.filter(invoice__connection=connection).count() == 2
+    # The time limit ended the phase with work left: one follow-up PDF run is queued.
+    follow_ups = SyncRun.objects.filter(connection=connection, scope=SyncRun.Scope.ENTITY, entity="pdfs")
+    follow_up = follow_ups.get()
+    assert follow_up.state == "queued"
+    # Run in the same window, it finds the share spent, fetches nothing and queues no further run.
+    assert sync_execute(run=follow_up).state == "succeeded"
+    assert len(_attachment_requests(halo_sandbox)) == 2
+    assert follow_ups.count() == 1
+    # In the next window (the budget's counters expire) the backlog moves on.
+    cache.clear()
+    run_sync(connection, SyncRun.Scope.ENTITY, entity="pdfs")
+    assert InvoicePdf.objects.filter(invoice__connection=connection).count() == 4
+
+
+def test_pdf_phase_stays_inside_the_worker_timeout(settings):
+    from integrations.services.sync import pdf_phase_seconds
+
+    settings.HALOPSA_PDF_PHASE_SECONDS = 5000
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 1800}
+    assert pdf_phase_seconds() == 1080
+    settings.HALOPSA_PDF_PHASE_SECONDS = 60
+    assert pdf_phase_seconds() == 60
