@@ -44,6 +44,7 @@ from urllib3 import exceptions as urllib3_exceptions
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from .budget import RequestBudget
+from .payloads import parse_json  # noqa: F401 - part of the client's API
 from .exceptions import (
     HaloAmbiguousWrite,
     HaloAuthError,
@@ -144,31 +145,6 @@ def format_query_datetime(value: datetime | date) -> str:
     return f"{value.isoformat()}T00:00:00"
 
 
-def parse_json(content: bytes | str) -> Any:
-    """HaloPSA JSON with every non-integer number as Decimal (money never touches float).
-
-    Text PostgreSQL cannot store (NUL, lone surrogates; both valid JSON escapes) is made storable
-    here, once, so no record with such text can fail a page or its SyncError.
-    """
-    if isinstance(content, bytes):
-        content = content.decode("utf-8-sig")
-    parsed = json.loads(content, parse_float=Decimal)
-    if _UNSTORABLE_ESCAPE.search(content):
-        parsed = _storable(parsed)
-    return parsed
-
-
-_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
-
-
-def _storable(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_storable(v) for v in value]
-    return value
 
 
 _DECIMAL_MARK = "\u0000decimal:"

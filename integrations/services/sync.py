@@ -38,6 +38,7 @@ from integrations.halopsa.budget import RequestBudget
 from integrations.halopsa.client import HaloClient, Page, RequestStats
 from integrations.halopsa.exceptions import HaloAuthError, HaloError, HaloNotFound, HaloRateLimited
 from integrations.halopsa.mapping import MappingError
+from integrations.halopsa.payloads import json_safe
 from integrations.models import (
     Connection,
     Contact,
@@ -424,36 +425,6 @@ def _insert_invoices(invoices: list[Invoice]) -> None:
             invoice._state.adding, invoice._state.db = False, db.alias
 
 
-def _jsonable(value: Any) -> Any:
-    """HaloPSA payload -> JSON-safe (Decimals as strings, keeping every digit).
-
-    Exact-type checks first (raw payloads are most of what a page writes, and isinstance against
-    typing.Mapping is slow); anything else takes the general walk.
-    """
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return value
-    if kind is float:  # NaN/Infinity literals parse to floats; JSON columns refuse them
-        return value if value == value and abs(value) != float("inf") else str(value)
-    if kind is Decimal:
-        return format(value, "f")
-    if kind is dict:
-        return {k if type(k) is str else str(k): _jsonable(v) for k, v in value.items()}
-    if kind is list:
-        return [_jsonable(v) for v in value]
-    return _jsonable_walk(value)
-
-
-def _jsonable_walk(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def _payload_id(payload: Any) -> int | None:
@@ -685,7 +656,7 @@ class _Runner:
         if halopsa_id is None:
             self.unidentified.add(entity)
         SyncError.objects.create(run=self.run, connection=self.connection, entity=entity, halopsa_id=halopsa_id,
-                                 message=message[:4000], payload=_jsonable(payload))
+                                 message=message[:4000], payload=json_safe(payload))
         self.counts.failed += 1
 
     def _resolve_errors(self, entity: str, halopsa_ids: Iterable[int]) -> None:
@@ -815,7 +786,7 @@ class _Runner:
                     to_update.append(customer)
                 customer.name, customer.inactive = row["name"], row["inactive"]
                 customer.remote_updated_at, customer.fingerprint = row["remote_updated_at"], row["fingerprint"]
-                customer.raw, customer.last_seen_at, customer.deleted_in_halopsa_at = _jsonable(payload), self.now, None
+                customer.raw, customer.last_seen_at, customer.deleted_in_halopsa_at = json_safe(payload), self.now, None
                 customer.updated_at = self.now
                 changed.append((customer, payload))
             Customer.objects.bulk_create(to_create)
@@ -1126,7 +1097,7 @@ class _Runner:
         invoice.amount_paid, invoice.balance = amount_paid, balance
         invoice.status, invoice.remote_status = status, remote_status
         invoice.fingerprint = effective_fingerprint
-        invoice.raw = _jsonable(payload)
+        invoice.raw = json_safe(payload)
         invoice.last_seen_at = invoice.updated_at = self.now
         invoice.deleted_in_halopsa_at = None
 
@@ -1166,12 +1137,12 @@ class _Runner:
                     to_create.append(Payment(
                         invoice=invoice, connection=self.connection, halopsa_id=remote["halopsa_id"], source=Origin.HALOPSA,
                         kind=remote["kind"], amount=remote["amount"], paid_on=remote["paid_on"], method=remote["method"],
-                        reference=remote["reference"], fingerprint=remote["fingerprint"], raw=_jsonable(remote),
+                        reference=remote["reference"], fingerprint=remote["fingerprint"], raw=json_safe(remote),
                     ))
                 elif current.fingerprint != remote["fingerprint"]:
                     current.kind, current.amount, current.paid_on = remote["kind"], remote["amount"], remote["paid_on"]
                     current.method, current.reference, current.fingerprint = remote["method"], remote["reference"], remote["fingerprint"]
-                    current.raw = _jsonable(remote)
+                    current.raw = json_safe(remote)
                     to_update.append(current)
             to_delete.extend(p.pk for p in local if p.source == Origin.HALOPSA and p.halopsa_id not in remote_ids)
         if to_delete:

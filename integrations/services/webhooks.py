@@ -27,6 +27,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from integrations.halopsa.exceptions import HaloError
+from integrations.halopsa.payloads import json_safe, parse_json, storable
 from integrations.models import REALTIME_MIN_VERSION, Connection, Contact, Invoice, Payment, SyncRun, WebhookEvent
 from integrations.services.audit import audit_record
 
@@ -125,7 +126,7 @@ def webhook_payload_parse(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise WebhookError("The body is not UTF-8 text; HaloPSA webhooks send JSON.") from exc
     try:
-        payload = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        payload = parse_json(text, allow_constants=False)
     except (ValueError, RecursionError) as exc:
         raise WebhookError("The body is not valid JSON.") from exc
     if isinstance(payload, list):
@@ -133,10 +134,6 @@ def webhook_payload_parse(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise WebhookError("The body must be a JSON object.")
     return payload
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
 
 
 def db_retry(operation: Callable[[], T], *, attempts: int = 6, delay: float = 0.05) -> T:
@@ -174,7 +171,7 @@ def webhook_event_accept(*, connection: Connection, payload: dict[str, Any], bod
 
 def _accept(*, connection: Connection, payload: dict[str, Any], body: bytes,
             headers: dict[str, str] | None) -> tuple[WebhookEvent, bool]:
-    event_name = _storable(str(payload.get("event") or "").strip()[:200])
+    event_name = storable(str(payload.get("event") or "").strip()[:200])
     entity = webhook_event_entity(event_name, payload)
     object_id = _object_id(payload, entity)
     dedupe_key = _dedupe_key(payload, body)
@@ -189,7 +186,7 @@ def _accept(*, connection: Connection, payload: dict[str, Any], body: bytes,
                 event=event_name,
                 entity=entity,
                 object_id=object_id,
-                payload=_jsonable(payload),
+                payload=json_safe(payload),
                 headers=_safe_headers(headers or {}),
                 state=state,
                 error=ignored_reason,
@@ -250,7 +247,7 @@ def _dedupe_key(payload: dict[str, Any], body: bytes) -> str:
     """HaloPSA's delivery id (kept across its retries), else the body's sha256."""
     delivery_id = payload.get("id")
     if isinstance(delivery_id, (str, int)) and not isinstance(delivery_id, bool):
-        text = _storable(str(delivery_id).strip())
+        text = storable(str(delivery_id).strip())
         if text and len(text) <= 90:
             return f"id:{text}"
     return "sha256:" + hashlib.sha256(body).hexdigest()
@@ -275,30 +272,10 @@ def _ignored_reason(connection: Connection, entity: str, object_id: int | None, 
 def _safe_headers(headers: dict[str, str]) -> dict[str, str]:
     secret = {*_SECRET_HEADERS, webhook_hmac_header().lower()}
     return {
-        _storable(str(name)[:100]): _storable(str(value)[:_MAX_HEADER_VALUE])
+        storable(str(name)[:100]): storable(str(value)[:_MAX_HEADER_VALUE])
         for name, value in headers.items()
         if str(name).lower() not in secret
     }
-
-
-def _jsonable(value: Any) -> Any:
-    """The payload for the JSON column: Decimals as exact strings (never floats), text storable."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, str):
-        return _storable(value)
-    if isinstance(value, dict):
-        return {_storable(str(key)): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def _storable(text: str) -> str:
-    """PostgreSQL refuses NUL characters and lone surrogates (both valid in JSON escapes)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _enqueue(event_id: int) -> None:

@@ -36,8 +36,6 @@ def unknown_customers(request):
     form = AssignCustomerForm(request.POST or None, customers=customers_qs, invoices=invoices)
     if request.method == "POST":
         if form.is_valid():
-            from integrations.services.resolution import invoices_assign_customer
-
             customer = form.cleaned_data["customer"]
             try:
                 changed = invoices_assign_customer(invoices=form.cleaned_data["invoices"], customer=customer, user=request.user)

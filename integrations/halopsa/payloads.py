@@ -1,0 +1,80 @@
+"""HaloPSA JSON in and out of our database: the one place payload text and numbers are made safe.
+
+- `parse_json`: every non-integer number becomes a Decimal (money never touches float), and text
+  PostgreSQL cannot store (NUL, lone surrogates; both valid JSON escapes) is made storable once.
+- `storable`: that text clean-up, for values that did not come through `parse_json`.
+- `json_safe`: a parsed payload ready for a JSON column (Decimals as exact strings).
+Used by the client (API responses), the sync (raw payloads, error payloads) and the webhook
+receiver (delivery bodies and headers).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def parse_json(content: bytes | str, *, allow_constants: bool = True) -> Any:
+    """Parse HaloPSA JSON. `allow_constants=False` refuses NaN/Infinity (webhook bodies)."""
+    if isinstance(content, bytes):
+        content = content.decode("utf-8-sig")
+    options: dict[str, Any] = {"parse_float": Decimal}
+    if not allow_constants:
+        options["parse_constant"] = _refuse_constant
+    parsed = json.loads(content, **options)
+    if _UNSTORABLE_ESCAPE.search(content):
+        parsed = storable(parsed)
+    return parsed
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def storable(value: Any) -> Any:
+    """Replace what PostgreSQL refuses in text (NUL characters, lone surrogates) with U+FFFD."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
+
+
+def json_safe(value: Any) -> Any:
+    """A parsed payload for a JSON column: Decimals as strings keeping every digit.
+
+    Exact-type checks first (raw payloads are most of what a sync page writes, and isinstance
+    against typing.Mapping is slow); anything else takes the general walk.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:  # NaN/Infinity literals parse to floats; JSON columns refuse them
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if kind is Decimal:
+        return format(value, "f")
+    if kind is dict:
+        return {k if type(k) is str else str(k): json_safe(v) for k, v in value.items()}
+    if kind is list:
+        return [json_safe(v) for v in value]
+    return _json_safe_walk(value)
+
+
+def _json_safe_walk(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
