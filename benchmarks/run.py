@@ -322,6 +322,8 @@ def part_budget(b: Bench, results: dict[str, Any]) -> None:
         sb.clear()
         # The client's budget as configured in production, at the scaled limit and window.
         env = {"BENCH_RATE_LIMIT": str(BUDGET_LIMIT), "BENCH_RATE_WINDOW": str(BUDGET_WINDOW)}
+        if os.environ.get("BENCH_PDF_BUDGET_SHARE"):
+            env["BENCH_PDF_BUDGET_SHARE"] = os.environ["BENCH_PDF_BUDGET_SHARE"]
         run = b.worker("sync", db, "--scope", "full", "--pdfs", "unpaid", env=env)
         run["sandbox_requests"] = sb.requests()
         info = sb.truth()
@@ -334,7 +336,8 @@ def part_budget(b: Bench, results: dict[str, Any]) -> None:
     # A rolling window of L requests per W seconds: N requests need at least (ceil(N/L) - 1) * W.
     bound = (math.ceil(minimum["total"] / BUDGET_LIMIT) - 1) * BUDGET_WINDOW
     rate_limited = run["sandbox_requests"]["statuses"].get("429", 0)
-    run.update(minimum_requests=minimum, budget_bound_seconds=bound, ratio=run["seconds"] / bound if bound else None,
+    run.update(pdf_budget_share=os.environ.get("BENCH_PDF_BUDGET_SHARE", "default (0.8)"),
+               minimum_requests=minimum, budget_bound_seconds=bound, ratio=run["seconds"] / bound if bound else None,
                rate_limited=rate_limited, limit=BUDGET_LIMIT, window=BUDGET_WINDOW, dataset=BUDGET_DATASET)
     results["budget"] = run
     log(f"budget: {run['state']} {run['seconds']:.0f} s vs bound {bound} s (x{run['ratio']:.2f}), 429s: {rate_limited}, "
