@@ -181,7 +181,7 @@ HALOPSA_PUSH_SETTLE_SECONDS = env.int("HALOPSA_PUSH_SETTLE_SECONDS", default=300
 # this share of the request budget (the rest stays free for payment pushes and webhook fetches),
 # and at most this long per run (a backlog continues in a follow-up run).
 HALOPSA_PDF_BATCH = env.int("HALOPSA_PDF_BATCH", default=2000)
-HALOPSA_PDF_BUDGET_SHARE = env.float("HALOPSA_PDF_BUDGET_SHARE", default=0.8)
+HALOPSA_PDF_BUDGET_SHARE = env.float("HALOPSA_PDF_BUDGET_SHARE", default=0.9)
 HALOPSA_PDF_PHASE_SECONDS = env.int("HALOPSA_PDF_PHASE_SECONDS", default=1200)
 
 # --- Background jobs (django-q2) --------------------------------------------------------------

@@ -131,7 +131,7 @@ def pdf_budget(connection: Connection) -> RequestBudget:
     """PDFs spend at most this share of the connection's request budget, so payment pushes,
     webhook fetches and the next lists always find room in every window."""
     limit = int(getattr(settings, "HALOPSA_RATE_LIMIT", 300))
-    share = float(getattr(settings, "HALOPSA_PDF_BUDGET_SHARE", 0.8))
+    share = float(getattr(settings, "HALOPSA_PDF_BUDGET_SHARE", 0.9))
     return RequestBudget(f"conn:{connection.pk}:pdfs", limit=max(1, int(limit * share)) if limit > 0 else 0)
 
 
