@@ -336,7 +336,7 @@ def part_budget(b: Bench, results: dict[str, Any]) -> None:
     # A rolling window of L requests per W seconds: N requests need at least (ceil(N/L) - 1) * W.
     bound = (math.ceil(minimum["total"] / BUDGET_LIMIT) - 1) * BUDGET_WINDOW
     rate_limited = run["sandbox_requests"]["statuses"].get("429", 0)
-    run.update(pdf_budget_share=os.environ.get("BENCH_PDF_BUDGET_SHARE", "default (0.8)"),
+    run.update(pdf_budget_share=os.environ.get("BENCH_PDF_BUDGET_SHARE", "product default"),
                minimum_requests=minimum, budget_bound_seconds=bound, ratio=run["seconds"] / bound if bound else None,
                rate_limited=rate_limited, limit=BUDGET_LIMIT, window=BUDGET_WINDOW, dataset=BUDGET_DATASET)
     results["budget"] = run

@@ -44,5 +44,5 @@ if os.environ.get("BENCH_SQLITE_TUNED") and DATABASES["default"]["ENGINE"] == "d
     DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = (
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-262144;"
     )
-if os.environ.get("BENCH_PDF_BUDGET_SHARE"):  # the PDFs' share of the request budget (product default 0.8)
+if os.environ.get("BENCH_PDF_BUDGET_SHARE"):  # the PDFs' share of the request budget (else the product default, HALOPSA_PDF_BUDGET_SHARE)
     HALOPSA_PDF_BUDGET_SHARE = float(os.environ["BENCH_PDF_BUDGET_SHARE"])
