@@ -49,6 +49,7 @@ from integrations.models import (
     InvoicePdf,
     Origin,
     Payment,
+    PushJob,
     SyncCursor,
     SyncError,
     SyncRun,
@@ -1121,9 +1122,10 @@ class _Runner:
         """Mirror HaloPSA's embedded payments: create new, update changed, remove vanished ones.
 
         Platform payments are matched by halopsa_id or, before their push recorded the id, by
-        reference; they keep source "platform" and are never removed here.
+        reference; they keep source "platform" and are never removed here (one deleted in HaloPSA
+        is marked voided, see below).
         """
-        to_create, to_update, to_delete = [], [], []
+        to_create, to_update, to_delete, vanished_platform = [], [], [], []
         for invoice, row, links in work:
             local = payments_by_invoice.get(invoice.pk, []) if invoice.pk else []
             by_halopsa_id = {p.halopsa_id: p for p in local if p.halopsa_id is not None}
@@ -1145,10 +1147,26 @@ class _Runner:
                     current.raw = json_safe(remote)
                     to_update.append(current)
             to_delete.extend(p.pk for p in local if p.source == Origin.HALOPSA and p.halopsa_id not in remote_ids)
+            vanished_platform.extend(
+                p.pk for p in local
+                if p.source == Origin.PLATFORM and p.halopsa_id is not None and p.voided_at is None and p.halopsa_id not in remote_ids
+            )
         if to_delete:
             Payment.objects.filter(pk__in=to_delete).delete()
+        if vanished_platform:
+            self._void_platform_payments_deleted_in_halopsa(vanished_platform)
         Payment.objects.bulk_update(to_update, ["kind", "amount", "paid_on", "method", "reference", "fingerprint", "raw"])
         Payment.objects.bulk_create(to_create)
+
+    def _void_platform_payments_deleted_in_halopsa(self, payment_ids: list[int]) -> None:
+        """A platform payment HaloPSA no longer lists was deleted there: mark it voided (the
+        balance already follows HaloPSA). Only when its post finished before this run started: a
+        page read before a push landed does not list that payment yet, and must not void it."""
+        confirmed = PushJob.objects.filter(
+            payment_id__in=payment_ids, kind=PushJob.Kind.PAYMENT_CREATE, state=PushJob.State.DONE,
+            done_at__lt=self.started_at,
+        ).values_list("payment_id", flat=True)
+        self.counts.updated += Payment.objects.filter(pk__in=list(confirmed), voided_at__isnull=True).update(voided_at=self.now)
 
     # -- PDFs ----------------------------------------------------------------------------------
 

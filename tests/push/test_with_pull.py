@@ -102,3 +102,37 @@ def test_a_later_status_change_in_halopsa_wins_over_an_unsent_one(halo_sandbox, 
     assert job.state == PushJob.State.CANCELLED  # our older change is not pushed over HaloPSA's
     assert halo_invoice(halo_sandbox, 1)["voided"] is False
     assert halo_sandbox.count_requests("/api/Invoice", method="POST") == 0
+
+
+def test_a_platform_payment_deleted_in_halopsa_is_shown_voided_after_the_next_pull(halo_sandbox, conn, django_capture_on_commit_callbacks):
+    invoice = pull(conn, 2)
+    with django_capture_on_commit_callbacks(execute=True):
+        payment = payment_record(invoice=invoice, amount="40.00")
+    payment.refresh_from_db()
+    assert payment.halopsa_id is not None
+    halo_sandbox.store.delete_payment(payment.halopsa_id)  # someone deletes it in HaloPSA
+
+    invoice = pull(conn, 2)
+    payment.refresh_from_db()
+    assert payment.voided_at is not None
+    assert_ledgers_agree(halo_sandbox, invoice)
+    live = Payment.objects.filter(invoice=invoice, voided_at__isnull=True)
+    assert sorted(p.amount for p in live) == sorted(r["amount"] for r in halo_invoice(halo_sandbox, 2)["payments"])
+
+
+def test_a_pull_that_read_halopsa_before_the_push_landed_does_not_void_the_payment(halo_sandbox, conn, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    invoice = pull(conn, 2)
+    with django_capture_on_commit_callbacks(execute=True):
+        payment = payment_record(invoice=invoice, amount="40.00")
+    payment.refresh_from_db()
+    # As if the push finished while this pull was already reading: the page it read did not list
+    # the payment yet (simulated by removing it in HaloPSA), and the push is newer than the run.
+    PushJob.objects.filter(payment=payment).update(done_at=timezone.now() + timedelta(hours=1))
+    halo_sandbox.store.delete_payment(payment.halopsa_id)
+    pull(conn, 2)
+    payment.refresh_from_db()
+    assert payment.voided_at is None
