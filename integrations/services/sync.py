@@ -303,6 +303,8 @@ def invoice_pdf_ensure(*, invoice: Invoice, client: HaloClient | None = None) ->
     Raises PdfUnavailable with a readable message when HaloPSA has none or cannot be reached.
     """
     current = InvoicePdf.objects.filter(invoice=invoice).first()
+    if current is not None and not (current.file and current.file.storage.exists(current.file.name)):
+        current = None  # the row outlived its file (a node without the shared media mount, a restore)
     if current is not None and (invoice.pdf_attachment_id is None or current.attachment_id == invoice.pdf_attachment_id):
         return current
     if invoice.halopsa_id is None or invoice.pdf_attachment_id is None:

@@ -83,6 +83,19 @@ def test_invoice_pdf_ensure_fetches_on_first_view_once(connection, halo_sandbox,
     assert len(_attachment_requests(halo_sandbox)) == 1
 
 
+def test_invoice_pdf_ensure_fetches_again_when_the_file_is_missing(connection, halo_sandbox, run_sync):
+    run_sync(connection, "full")
+    invoice = Invoice.objects.get(connection=connection, halopsa_id=1)
+    pdf = InvoicePdf.objects.get(invoice=invoice)
+    pdf.file.storage.delete(pdf.file.name)  # e.g. a web node without the shared media mount
+    halo_sandbox.clear_request_log()
+    again = invoice_pdf_ensure(invoice=invoice)
+    assert len(_attachment_requests(halo_sandbox)) == 1
+    assert again.file.storage.exists(again.file.name)
+    with again.file.open("rb") as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == again.sha256
+
+
 def test_invoice_pdf_ensure_without_a_pdf_is_a_clear_error(connection, halo_sandbox, run_sync, settings):
     settings.HALOPSA_PDF_BATCH = 0
     run_sync(connection, "full")
