@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -326,7 +325,6 @@ def part_budget(b: Bench, results: dict[str, Any]) -> None:
             env["BENCH_PDF_BUDGET_SHARE"] = os.environ["BENCH_PDF_BUDGET_SHARE"]
         run = b.worker("sync", db, "--scope", "full", "--pdfs", "unpaid", env=env)
         run["sandbox_requests"] = sb.requests()
-        info = sb.truth()
     finally:
         sb.proc.send_signal(signal.SIGTERM)
         sb.proc.wait(20)

@@ -547,6 +547,12 @@ class PushJob(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["state", "next_attempt_at"]), models.Index(fields=["connection", "state"])]
 
+    @property
+    def outcome(self) -> str:
+        """State and what happened, e.g. "Done (posted as HaloPSA payment 12)" or the last error."""
+        note = self.payload.get("result", "") if self.state == self.State.DONE else self.last_error
+        return f"{self.get_state_display()} ({note})" if note else self.get_state_display()
+
 
 class WebhookEvent(models.Model):
     """One accepted HaloPSA webhook delivery, stored before anything else is done with it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from integrations.models import AuditEvent, Connection, Partner, SyncRun
+from integrations.models import AuditEvent, Connection, SyncRun
 from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
 

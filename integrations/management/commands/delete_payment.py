@@ -32,7 +32,5 @@ class Command(BaseCommand):
             self.stdout.write("Nothing had reached HaloPSA: nothing to delete there.")
         else:
             job.refresh_from_db()
-            note = job.payload.get("result", "") if job.state == PushJob.State.DONE else job.last_error
-            detail = f" ({note})" if note else ""
-            self.stdout.write(f"Delete in HaloPSA: {job.get_state_display()}{detail}")
+            self.stdout.write(f"Delete in HaloPSA: {job.outcome}")
         self.stdout.write(str(payment.pk))

@@ -49,7 +49,5 @@ class Command(BaseCommand):
             self.stdout.write("Invoice was created in the portal: nothing is sent to HaloPSA.")
         else:
             job.refresh_from_db()
-            note = job.payload.get("result", "") if job.state == PushJob.State.DONE else job.last_error
-            detail = f" ({note})" if note else ""
-            self.stdout.write(f"Push to HaloPSA: {job.get_state_display()}{detail}")
+            self.stdout.write(f"Push to HaloPSA: {job.outcome}")
         self.stdout.write(str(payment.pk))
