@@ -406,7 +406,8 @@ def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modif
 
 
 def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterable[int],
-                                remote_references: Iterable[str] = ()) -> Decimal:
+                                remote_references: Iterable[str] = (),
+                                payments: Iterable[Payment] | None = None) -> Decimal:
     """How much more our copy has paid than HaloPSA reports, because of pushes still on the way.
 
     Platform payments not yet in HaloPSA count as paid; platform payments deleted here whose
@@ -418,7 +419,11 @@ def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterabl
     remote_ids = set(remote_payment_ids)
     references = {r for r in remote_references if r}
     adjustment = Decimal("0.00")
-    for payment in Payment.objects.filter(invoice=invoice, source=Origin.PLATFORM):
+    if payments is None:  # callers that already hold the invoice's payments pass them
+        payments = Payment.objects.filter(invoice=invoice, source=Origin.PLATFORM)
+    for payment in payments:
+        if payment.source != Origin.PLATFORM:
+            continue
         in_halopsa = (payment.halopsa_id is not None and payment.halopsa_id in remote_ids) or payment.reference in references
         if payment.voided_at is None and not in_halopsa and _push_pending(payment, PushJob.Kind.PAYMENT_CREATE):
             adjustment += payment.amount

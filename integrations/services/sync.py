@@ -1045,7 +1045,7 @@ class _Runner:
                     # Recorded now so the in-flight rule below already sees it as in HaloPSA.
                     Payment.objects.filter(pk=payment.pk, halopsa_id__isnull=True).update(halopsa_id=halopsa_id)
                     payment.halopsa_id = halopsa_id
-                adjustment = _unpushed_adjustment(invoice, row["payments"], local_payments, links) if invoice is not None else Decimal("0.00")
+                adjustment = _unpushed_adjustment(invoice, row["payments"], local_payments) if invoice is not None else Decimal("0.00")
                 effective = row["fingerprint"] if adjustment == 0 else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment})
                 if (invoice is not None and invoice.fingerprint == effective and invoice.deleted_in_halopsa_at is None
                         and not links and not _customer_outdated(invoice, row, customers)):
@@ -1311,23 +1311,15 @@ def _link_platform_payments(remote_payments: list[dict[str, Any]], local: list[P
     return links
 
 
-def _unpushed_adjustment(invoice: Invoice, remote_payments: list[dict[str, Any]], local: list[Payment],
-                         links: dict[int, Payment]) -> Decimal:
+def _unpushed_adjustment(invoice: Invoice, remote_payments: list[dict[str, Any]], local: list[Payment]) -> Decimal:
     """How much more is paid here than HaloPSA reports because pushes are still on their way
-    (the rule is push.payment_unpushed_adjustment; the page's payments are already loaded, so it
-    is only asked about invoices that have platform payments in flight)."""
-    remote_ids = {p["halopsa_id"] for p in remote_payments}
-    in_flight = [
-        p for p in local if p.source == Origin.PLATFORM and (
-            (p.voided_at is None and (p.halopsa_id is None or p.halopsa_id not in remote_ids))
-            or (p.voided_at is not None and p.halopsa_id in remote_ids)
-        )
-    ]
-    if not in_flight:
+    (the rule is push.payment_unpushed_adjustment, given the page's already loaded payments)."""
+    platform = [p for p in local if p.source == Origin.PLATFORM]
+    if not platform:
         return Decimal("0.00")
     from integrations.services.push import payment_unpushed_adjustment
 
     return payment_unpushed_adjustment(
-        invoice=invoice, remote_payment_ids=remote_ids,
-        remote_references=[p.get("reference") or "" for p in remote_payments],
+        invoice=invoice, remote_payment_ids={p["halopsa_id"] for p in remote_payments},
+        remote_references=[p.get("reference") or "" for p in remote_payments], payments=platform,
     )
