@@ -559,7 +559,7 @@ class _Runner:
             plan.pdfs = True
         elif scope == SyncRun.Scope.INVOICE:
             plan.invoices = "one"
-            plan.pdfs = run.trigger != SyncRun.Trigger.WEBHOOK  # webhooks: the hourly batch fetches it
+            plan.pdfs = True  # PDFs are real time too: a webhook's invoice comes with its new PDF
         elif scope == SyncRun.Scope.ENTITY:
             if run.entity == ENTITY_CUSTOMERS:
                 plan.customers = "one" if run.target_halopsa_id else "full"

@@ -28,7 +28,7 @@ from django_q.tasks import async_task
 
 from integrations.halopsa.exceptions import HaloError
 from integrations.halopsa.payloads import json_safe, parse_json, storable
-from integrations.models import REALTIME_MIN_VERSION, Connection, Contact, Invoice, Payment, SyncRun, WebhookEvent
+from integrations.models import REALTIME_MIN_VERSION, Connection, Contact, Payment, SyncRun, WebhookEvent
 from integrations.services.audit import audit_record
 
 logger = logging.getLogger(__name__)
@@ -367,30 +367,9 @@ def _resync(event: WebhookEvent) -> tuple[str, str]:
             return WebhookEvent.State.RECEIVED, "Waiting: another sync of this connection is running; retried automatically."
         if run.state == SyncRun.State.FAILED:
             errors.append(run.message or f"Sync of {entity} {halopsa_id} failed (run {run.pk}).")
-        elif entity == "invoices":
-            _refresh_pdf(connection, halopsa_id)
     if errors:
         return WebhookEvent.State.FAILED, " ".join(errors)[:2000]
     return WebhookEvent.State.PROCESSED, ""
-
-
-def _refresh_pdf(connection: Connection, halopsa_id: int) -> None:
-    """PDFs are real time too (issue 7): fetch the invoice's PDF when HaloPSA has a newer one.
-
-    sync_record skips PDFs for webhook runs, leaving them to the hourly batch; without this the
-    poll would download every changed PDF and report it as something the webhooks missed.
-    A PDF that cannot be fetched now is left to that batch; it never fails the event.
-    """
-    from integrations.services.sync import PdfUnavailable, invoice_pdf_ensure
-
-    invoice = (Invoice.objects.filter(connection=connection, halopsa_id=halopsa_id, deleted_in_halopsa_at__isnull=True)
-               .select_related("connection").first())
-    if invoice is None or invoice.pdf_attachment_id is None:
-        return
-    try:
-        invoice_pdf_ensure(invoice=invoice)
-    except PdfUnavailable as exc:
-        logger.info("PDF of invoice %s left to the hourly sync: %s", invoice.pk, exc.message)
 
 
 def _sync_when_free(connection: Connection, entity: str, halopsa_id: int) -> SyncRun | None:

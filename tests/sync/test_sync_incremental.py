@@ -109,9 +109,11 @@ def test_sync_record_updates_one_invoice(connection, halo_sandbox, run_sync):
     halo_sandbox.store.add_payment(1, "100.00", reference="EXT-1")
     halo_sandbox.clear_request_log()
     run = sync_record(connection=connection, entity="invoices", halopsa_id=1, trigger=SyncRun.Trigger.WEBHOOK)
-    assert run.state == "succeeded" and run.updated == 1
-    assert [e["path"] for e in halo_sandbox.request_log] == ["/api/Invoice/1"]  # webhooks leave the PDF to the batch
     invoice = Invoice.objects.get(connection=connection, halopsa_id=1)
+    # The invoice and its new PDF (the payment changed it), nothing else: PDFs are real time too.
+    assert run.state == "succeeded" and run.updated == 2
+    assert [e["path"] for e in halo_sandbox.request_log] == ["/api/Invoice/1", f"/api/Attachment/{invoice.pdf_attachment_id}"]
+    assert invoice.pdf.attachment_id == invoice.pdf_attachment_id
     assert invoice.status == "partially_paid"
     assert invoice.payments.get(reference="EXT-1").amount == Decimal("100.00")
 
