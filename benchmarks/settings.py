@@ -38,11 +38,5 @@ LOGGING = {
     "root": {"handlers": ["stderr"], "level": "WARNING"},
 }
 
-# BENCH_SQLITE_TUNED=1: WAL, synchronous=NORMAL and a 256 MB page cache (what a production SQLite
-# would use; measured as an alternative, not the default of the product).
-if os.environ.get("BENCH_SQLITE_TUNED") and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = (
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-262144;"
-    )
 if os.environ.get("BENCH_PDF_BUDGET_SHARE"):  # the PDFs' share of the request budget (else the product default, HALOPSA_PDF_BUDGET_SHARE)
     HALOPSA_PDF_BUDGET_SHARE = float(os.environ["BENCH_PDF_BUDGET_SHARE"])

@@ -190,3 +190,19 @@ def test_database_url_selects_postgresql(tmp_path):
 
     assert loaded["DB_ENGINE"] == "django.db.backends.postgresql"
     assert loaded["DB_NAME"] == "syncportal"
+
+
+def test_local_sqlite_database_runs_in_wal_mode_with_full_sync(tmp_path):
+    """WAL keeps pages readable while a sync writes; synchronous stays FULL (2) so a committed
+    payment survives a power cut."""
+    script = (
+        "import django; django.setup()\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as c:\n"
+        "    print(c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRAGMA synchronous').fetchone()[0])\n"
+    )
+    result = run([PYTHON, "-c", script], clean_env(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].split() == ["wal", "2"]
+    assert (tmp_path / "var" / "db.sqlite3").exists()
