@@ -64,6 +64,13 @@ class MappingError(ValueError):
 
 
 def _to_decimal(value: Any, field: str) -> Decimal:
+    kind = type(value)
+    if kind is Decimal:  # what parse_json gives: skip the general checks below
+        if value.is_finite():
+            return value
+        raise MappingError(f"{field} is not a number: {value!r}")
+    if kind is int:
+        return Decimal(value)
     if isinstance(value, bool) or value is None:
         raise MappingError(f"{field} is not a number: {value!r}")
     if isinstance(value, float):
@@ -79,28 +86,36 @@ def _to_decimal(value: Any, field: str) -> Decimal:
     return amount
 
 
+_MONEY_LIMIT = Decimal("1e12")
+_DECIMAL_LIMIT = Decimal("1e10")
+_RATE_LIMIT = Decimal("1000")
+_QUANTA = {places: Decimal(1).scaleb(-places) for places in range(9)}
+QUANTITY_ZERO = Decimal("0.0000")
+
+
+def _quantized(value: Any, field: str, quantum: Decimal, limit: Decimal, default: Decimal | None) -> Decimal:
+    """parse_money and parse_decimal: `value` below `limit`, rounded half-up to `quantum`."""
+    if type(value) is not Decimal and (value is None or value == "") and default is not None:
+        return default
+    amount = _to_decimal(value, field)
+    if abs(amount) >= limit:
+        raise MappingError(f"{field} is out of range: {value!r}")
+    return amount.quantize(quantum, ROUND_HALF_UP)
+
+
 def parse_money(value: Any, field: str = "amount", *, default: Decimal | None = None) -> Decimal:
     """A money amount as Decimal with exactly two places (half-up, once, at the boundary).
 
     `default` is returned for a missing value (None or ""); without it a missing value is an error.
     """
-    if (value is None or value == "") and default is not None:
-        return default
-    amount = _to_decimal(value, field)
-    if abs(amount) >= Decimal("1e12"):
-        raise MappingError(f"{field} is out of range: {value!r}")
-    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+    return _quantized(value, field, CENT, _MONEY_LIMIT, default)
 
 
 def parse_decimal(value: Any, field: str, *, places: int = 4, default: Decimal | None = None,
-                  limit: Decimal = Decimal("1e10")) -> Decimal:
+                  limit: Decimal = _DECIMAL_LIMIT) -> Decimal:
     """A quantity/price/rate with `places` decimals (our columns keep 4), below `limit`."""
-    if (value is None or value == "") and default is not None:
-        return default
-    amount = _to_decimal(value, field)
-    if abs(amount) >= limit:
-        raise MappingError(f"{field} is out of range: {value!r}")
-    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    quantum = _QUANTA.get(places) or Decimal(1).scaleb(-places)
+    return _quantized(value, field, quantum, limit, default)
 
 
 _DATETIME_RE = re.compile(
@@ -118,25 +133,42 @@ def parse_halo_datetime(value: Any, field: str = "date") -> datetime | None:
     """
     if value is None or value == "":
         return None
-    if isinstance(value, datetime):
-        parsed = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        parsed = parsed.astimezone(timezone.utc)
-    else:
-        match = _DATETIME_RE.match(str(value).strip())
-        if not match:
-            raise MappingError(f"{field} is not a date: {value!r}")
-        year, month, day, hour, minute, second, fraction, offset = match.groups()
+    parsed = None
+    if type(value) is str and _PLAIN_DATETIME_RE.match(value):
         try:
-            parsed = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
-                              int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), tzinfo=timezone.utc)
-        except ValueError:
-            raise MappingError(f"{field} is not a date: {value!r}") from None
-        if offset and offset.upper() != "Z":
-            sign = -1 if offset[0] == "-" else 1
-            digits = offset[1:].replace(":", "")
-            parsed -= sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+            parsed = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+        except ValueError:  # e.g. February 30th: the general parser words the error
+            pass
+    if parsed is None:
+        parsed = _parse_datetime(value, field)
     if parsed <= DATE_SENTINEL_LIMIT:
         return None
+    return parsed
+
+
+# The shape HaloPSA sends, which datetime.fromisoformat reads as _DATETIME_RE does (ASCII digits,
+# no offset, hours 0-23, fromisoformat truncates a 7th fraction digit too); ~5x faster.
+_PLAIN_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ](?:[01]\d|2[0-3]):\d{2}:\d{2}(?:\.\d{1,7})?)?\Z", re.ASCII)
+
+
+def _parse_datetime(value: Any, field: str) -> datetime:
+    """Any timestamp _DATETIME_RE accepts (or a datetime) -> aware UTC datetime, sentinels included."""
+    if isinstance(value, datetime):
+        parsed = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc)
+    match = _DATETIME_RE.match(str(value).strip())
+    if not match:
+        raise MappingError(f"{field} is not a date: {value!r}")
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        parsed = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
+                          int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), tzinfo=timezone.utc)
+    except ValueError:
+        raise MappingError(f"{field} is not a date: {value!r}") from None
+    if offset and offset.upper() != "Z":
+        sign = -1 if offset[0] == "-" else 1
+        digits = offset[1:].replace(":", "")
+        parsed -= sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
     return parsed
 
 
@@ -148,17 +180,20 @@ def parse_halo_date(value: Any, field: str = "date") -> date | None:
 
 def parse_id(value: Any, field: str = "id", *, required: bool = True) -> int | None:
     """A HaloPSA integer id; 0/None/"" mean "none" when not required."""
-    if value is None or value == "" or isinstance(value, bool):
+    if type(value) is int:  # what parse_json gives: no Decimal round trip
+        result = value
+    elif value is None or value == "" or isinstance(value, bool):
         if required:
             raise MappingError(f"{field} is missing")
         return None
-    try:
-        number = Decimal(str(value).strip())
-        if number != number.to_integral_value():
-            raise InvalidOperation
-        result = int(number)
-    except (InvalidOperation, ValueError, OverflowError):  # OverflowError: Infinity
-        raise MappingError(f"{field} is not an id: {value!r}") from None
+    else:
+        try:
+            number = Decimal(str(value).strip())
+            if number != number.to_integral_value():
+                raise InvalidOperation
+            result = int(number)
+        except (InvalidOperation, ValueError, OverflowError):  # OverflowError: Infinity
+            raise MappingError(f"{field} is not an id: {value!r}") from None
     if result >= 2**63:  # our id columns are 64-bit
         raise MappingError(f"{field} is out of range: {value!r}")
     if result <= 0:

@@ -99,6 +99,102 @@ def test_parse_halo_datetime_refuses_junk(value):
         mapping.parse_halo_datetime(value, "duedate")
 
 
+@pytest.mark.parametrize("value, money, quantity", [
+    # parse_json's Decimals and ints take a fast path; strings the general one: same values and exponents.
+    (Decimal("1.5"), "1.50", "1.5000"),
+    ("1.5", "1.50", "1.5000"),
+    (Decimal("2.345"), "2.35", "2.3450"),
+    (Decimal("-0.005"), "-0.01", "-0.0050"),
+    (Decimal("-0"), "-0.00", "-0.0000"),
+    (Decimal("1E+2"), "100.00", "100.0000"),
+    (7, "7.00", "7.0000"),
+    (" 7 ", "7.00", "7.0000"),
+    (Decimal("0.00005"), "0.00", "0.0001"),
+])
+def test_money_and_decimals_keep_their_exponent_whatever_the_input_type(value, money, quantity):
+    assert str(mapping.parse_money(value)) == money
+    assert str(mapping.parse_decimal(value, "qty")) == quantity
+    assert str(mapping.parse_decimal(value, "qty", places=1)) == str(Decimal(quantity).quantize(Decimal("0.1"), "ROUND_HALF_UP"))
+
+
+@pytest.mark.parametrize("value, message", [
+    (True, "total is not a number: True"),
+    (None, "total is not a number: None"),
+    (Decimal("NaN"), "total is not a number: Decimal('NaN')"),
+    (Decimal("sNaN"), "total is not a number: Decimal('sNaN')"),
+    (Decimal("-Infinity"), "total is not a number: Decimal('-Infinity')"),
+    ("Infinity", "total is not a number: 'Infinity'"),
+    (float("inf"), "total is not a number: 'inf'"),
+    (Decimal("1E+12"), "total is out of range: Decimal('1E+12')"),
+    (-10**12, "total is out of range: -1000000000000"),
+    ("1e12", "total is out of range: '1e12'"),
+])
+def test_parse_money_rejections_are_worded_the_same_on_every_path(value, message):
+    with pytest.raises(MappingError) as info:
+        mapping.parse_money(value, "total")
+    assert info.value.message == message
+
+
+def test_parse_decimal_limit_applies_to_decimals_and_ints():
+    assert mapping.parse_decimal(Decimal("999.99994"), "rate", limit=Decimal("1000")) == Decimal("999.9999")
+    for value in (Decimal("1000"), 1000, "1000"):
+        with pytest.raises(MappingError, match=r"^rate is out of range: "):
+            mapping.parse_decimal(value, "rate", limit=Decimal("1000"))
+
+
+@pytest.mark.parametrize("value, required, expected", [
+    (5, True, 5), ("5", True, 5), (Decimal("5"), True, 5), (Decimal("5.0"), True, 5),
+    (0, False, None), ("0", False, None), (-3, False, None), (2**63 - 1, True, 2**63 - 1),
+    (0, True, "id is not a valid id: 0"), (-3, True, "id is not a valid id: -3"),
+    (2**63, True, "id is out of range: 9223372036854775808"), (True, True, "id is missing"), (False, False, None),
+    (Decimal("Infinity"), True, "id is not an id: Decimal('Infinity')"), (5.5, True, "id is not an id: 5.5"),
+])
+def test_parse_id_int_fast_path_matches_the_general_path(value, required, expected):
+    if isinstance(expected, str):
+        with pytest.raises(MappingError) as info:
+            mapping.parse_id(value, required=required)
+        assert info.value.message == expected
+    else:
+        result = mapping.parse_id(value, required=required)
+        assert result == expected and type(result) is type(expected)
+
+
+TRICKY_TIMESTAMPS = [
+    "2026-10-10T10:00:00", "2026-10-10T10:00:00.1", "2026-10-10T10:00:00.382", "2026-10-10T10:00:00.123456",
+    "2026-10-10T10:00:00.1234567", "2026-10-10 10:00:00", "2026-10-10", "2024-02-29T23:59:59",
+    "1980-01-01T00:00:00", "1980-01-01T00:00:00.0000001", "1980-01-01T00:00:00.000001", "1900-01-01T00:00:00", "0001-01-01T00:00:00",
+    "2026-10-10T10:00:00Z", "2026-10-10T10:00:00z", "2026-10-10T12:00:00+02:00", "2026-10-10T02:00:00-0800",
+    "1980-01-01T01:00:00+01:00", "1980-01-01T00:30:00-00:31", "2026-10-10T10:00", " 2026-10-10T10:00:00 ", "2026-10-10t10:00:00",
+    "2026-10-10T10:00:00 Z", "٢٠٢٦-١٠-١٠T10:00:00",
+]
+
+
+@pytest.mark.parametrize("value", TRICKY_TIMESTAMPS)
+def test_parse_halo_datetime_fast_path_agrees_with_the_general_parser(value):
+    general = mapping._parse_datetime(value, "date")
+    expected = None if general <= mapping.DATE_SENTINEL_LIMIT else general
+    assert mapping.parse_halo_datetime(value) == expected
+    assert mapping.parse_halo_date(value) == (expected.date() if expected else None)
+    if expected is not None:
+        assert mapping.parse_halo_datetime(value).tzinfo is timezone.utc
+
+
+def test_parse_halo_datetime_fast_path_takes_halopsa_shapes_only():
+    for value in ("2026-10-10T10:00:00", "2026-10-10T10:00:00.1234567", "2026-10-10"):
+        assert mapping._PLAIN_DATETIME_RE.match(value)
+    for value in ("2026-10-10T10:00:00Z", "2026-10-10T10:00:00+01:00", "2026-10-10T24:00:00", "2026-W41-1T10:00:00",
+                  "2026-10-10T10:00:00\n", "2026-10-10T10:00:00.12345678", "٢٠٢٦-١٠-١٠T10:00:00"):
+        assert not mapping._PLAIN_DATETIME_RE.match(value)
+
+
+@pytest.mark.parametrize("value", ["2026-02-30T00:00:00", "2026-10-10T24:00:00", "2026-10-10T23:59:60", "0000-01-01T00:00:00",
+                                   "2026-10-10T10:00:00.12345678", "2026-W41-1T10:00:00", "2026-10-10T10:00+01"])
+def test_parse_halo_datetime_bad_values_are_worded_the_same_on_every_path(value):
+    with pytest.raises(MappingError) as info:
+        mapping.parse_halo_datetime(value, "duedate")
+    assert info.value.message == f"duedate is not a date: {value!r}"
+
+
 def test_fingerprint_is_stable_and_content_sensitive():
     a = mapping.fingerprint({"b": Decimal("1.50"), "a": date(2026, 1, 1)})
     b = mapping.fingerprint({"a": date(2026, 1, 1), "b": Decimal("1.50")})
