@@ -64,8 +64,6 @@ class MappingError(ValueError):
 
 
 def _to_decimal(value: Any, field: str) -> Decimal:
-    if type(value) is int:  # exact, like the str() round trip below
-        return Decimal(value)
     if isinstance(value, bool) or value is None:
         raise MappingError(f"{field} is not a number: {value!r}")
     if isinstance(value, float):
@@ -89,11 +87,19 @@ _QUANTITY = _QUANTA[4]  # parse_decimal's default places
 _QUANTITY_ZERO = Decimal("0.0000")
 
 
+def _missing(value: Any) -> bool:
+    """None or "", HaloPSA's "no value". Never a Decimal: comparing one with "" costs ABC checks."""
+    return value is None or (type(value) is not Decimal and value == "")
+
+
 def _quantized(value: Any, field: str, quantum: Decimal, limit: Decimal, default: Decimal | None) -> Decimal:
     """parse_money and parse_decimal: `value` below `limit`, rounded half-up to `quantum`."""
-    if type(value) is Decimal and value.is_finite():  # what parse_json gives
+    kind = type(value)
+    if kind is Decimal and value.is_finite():  # what parse_json gives
         amount = value
-    elif (value is None or value == "") and default is not None:
+    elif kind is int:  # exact, like _to_decimal's str() round trip
+        amount = Decimal(value)
+    elif _missing(value) and default is not None:
         return default
     else:
         amount = _to_decimal(value, field)
@@ -121,6 +127,9 @@ _DATETIME_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,7}))?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$",
     re.IGNORECASE,
 )
+# The shape HaloPSA sends, which datetime.fromisoformat reads as _DATETIME_RE does (ASCII digits,
+# no offset, hours 0-23, fromisoformat truncates a 7th fraction digit too); ~10x faster.
+_PLAIN_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}[T ](?:[01]\d|2[0-3]):\d{2}:\d{2}(?:\.\d{1,7})?\Z", re.ASCII)
 
 
 def parse_halo_datetime(value: Any, field: str = "date") -> datetime | None:
@@ -135,7 +144,7 @@ def parse_halo_datetime(value: Any, field: str = "date") -> datetime | None:
     parsed = None
     if type(value) is str and _PLAIN_DATETIME_RE.match(value):
         try:
-            parsed = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+            parsed = datetime.fromisoformat(value + "+00:00")  # naive is UTC; ~8x cheaper than .replace(tzinfo=)
         except ValueError:  # e.g. February 30th: the general parser words the error
             pass
     if parsed is None:
@@ -143,11 +152,6 @@ def parse_halo_datetime(value: Any, field: str = "date") -> datetime | None:
     if parsed <= DATE_SENTINEL_LIMIT:
         return None
     return parsed
-
-
-# The shape HaloPSA sends, which datetime.fromisoformat reads as _DATETIME_RE does (ASCII digits,
-# no offset, hours 0-23, fromisoformat truncates a 7th fraction digit too); ~5x faster.
-_PLAIN_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ](?:[01]\d|2[0-3]):\d{2}:\d{2}(?:\.\d{1,7})?)?\Z", re.ASCII)
 
 
 def _parse_datetime(value: Any, field: str) -> datetime:
@@ -443,7 +447,7 @@ def map_line(payload: Any, sequence: int) -> dict[str, Any]:
         "description": description,
         "quantity": quantity,
         "unit_price": unit_price,
-        "net_amount": _quantized(net if net not in (None, "") else quantity * unit_price, "line net_amount", CENT, _MONEY_LIMIT, None),
+        "net_amount": _quantized(net if not _missing(net) else quantity * unit_price, "line net_amount", CENT, _MONEY_LIMIT, None),
         "tax_amount": _quantized(get("tax_amount", get("total_tax")), "line tax_amount", CENT, _MONEY_LIMIT, ZERO),
         "tax_rate": _quantized(get("tax_rate"), "line tax_rate", _QUANTITY, _RATE_LIMIT, _QUANTITY_ZERO),
     }
@@ -509,7 +513,7 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     tax = parse_money(record.get("tax_total"), "tax_total", default=ZERO)
     amount_paid = parse_money(record.get("amountpaid"), "amountpaid", default=ZERO)
     due = record.get("amountdue", record.get("amount_remaining"))
-    balance = parse_money(due, "amountdue") if due not in (None, "") else total - amount_paid
+    balance = parse_money(due, "amountdue") if not _missing(due) else total - amount_paid
     voided = _flag(record.get("voided"))
     try:
         paymentstatus = int(record.get("paymentstatus")) if record.get("paymentstatus") not in (None, "") else None

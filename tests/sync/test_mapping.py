@@ -165,7 +165,7 @@ TRICKY_TIMESTAMPS = [
     "2026-10-10T10:00:00", "2026-10-10T10:00:00.1", "2026-10-10T10:00:00.382", "2026-10-10T10:00:00.123456",
     "2026-10-10T10:00:00.1234567", "2026-10-10 10:00:00", "2026-10-10", "2024-02-29T23:59:59",
     "1980-01-01T00:00:00", "1980-01-01T00:00:00.0000001", "1980-01-01T00:00:00.000001", "1900-01-01T00:00:00", "0001-01-01T00:00:00",
-    "2026-10-10T10:00:00Z", "2026-10-10T10:00:00z", "2026-10-10T12:00:00+02:00", "2026-10-10T02:00:00-0800",
+    "2026-10-10 10:00:00.1", "2026-10-10T10:00:00.000", "2026-10-10T10:00:00Z", "2026-10-10T10:00:00z", "2026-10-10T12:00:00+02:00", "2026-10-10T02:00:00-0800",
     "1980-01-01T01:00:00+01:00", "1980-01-01T00:30:00-00:31", "2026-10-10T10:00", " 2026-10-10T10:00:00 ", "2026-10-10t10:00:00",
     "2026-10-10T10:00:00 Z", "٢٠٢٦-١٠-١٠T10:00:00",
 ]
@@ -182,9 +182,9 @@ def test_parse_halo_datetime_fast_path_agrees_with_the_general_parser(value):
 
 
 def test_parse_halo_datetime_fast_path_takes_halopsa_shapes_only():
-    for value in ("2026-10-10T10:00:00", "2026-10-10T10:00:00.1234567", "2026-10-10"):
+    for value in ("2026-10-10T10:00:00", "2026-10-10T10:00:00.1234567", "2026-10-10 10:00:00.1"):
         assert mapping._PLAIN_DATETIME_RE.match(value)
-    for value in ("2026-10-10T10:00:00Z", "2026-10-10T10:00:00+01:00", "2026-10-10T24:00:00", "2026-W41-1T10:00:00",
+    for value in ("2026-10-10", "2026-10-10T10:00:00Z", "2026-10-10T10:00:00+01:00", "2026-10-10T24:00:00", "2026-W41-1T10:00:00",
                   "2026-10-10T10:00:00\n", "2026-10-10T10:00:00.12345678", "٢٠٢٦-١٠-١٠T10:00:00"):
         assert not mapping._PLAIN_DATETIME_RE.match(value)
 
@@ -325,6 +325,14 @@ def test_deposits_and_zero_payments_are_left_out():
         {"id": 3, "date": "2026-09-05T00:00:00", "amount": Decimal("5.00"), "type": 0},
     ]
     assert [p["halopsa_id"] for p in mapping.map_invoice(invoice_payload(payments=payments))["payments"]] == [3]
+
+
+@pytest.mark.parametrize("missing", [None, ""])
+def test_missing_net_amount_and_amount_due_are_computed(missing):
+    line = {"id": 1, "qty_order": Decimal("2"), "unit_price": Decimal("1.255"), "net_amount": missing, "net_total": Decimal("9")}
+    mapped = mapping.map_invoice(invoice_payload(lines=[line], amountdue=missing, amount_remaining=Decimal("1")))
+    assert str(mapped["lines"][0]["net_amount"]) == "2.51"  # 2 x 1.2550, not net_total: net_amount is there, empty
+    assert str(mapped["balance"]) == "1034.50"
 
 
 def test_balance_falls_back_to_total_minus_paid():
