@@ -4,6 +4,8 @@
   PostgreSQL cannot store (NUL, lone surrogates; both valid JSON escapes) is made storable once.
 - `storable`: that text clean-up, for values that did not come through `parse_json`.
 - `json_safe`: a parsed payload ready for a JSON column (Decimals as exact strings).
+- `PayloadEncoder`: the encoder of the JSON columns that hold payloads; stores the same text as
+  `json_safe` would, in one pass of the C encoder (a sync writes ~100 MB of raw payloads).
 Used by the client (API responses), the sync (raw payloads, error payloads) and the webhook
 receiver (delivery bodies and headers).
 """
@@ -78,3 +80,28 @@ def _json_safe_walk(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+class PayloadEncoder(json.JSONEncoder):
+    """JSON columns holding HaloPSA payloads (`models.JSONField(encoder=PayloadEncoder)`).
+
+    Writes exactly what `json.dumps(json_safe(value))` writes, but in the C encoder: Decimals via
+    `default`, and only values the C encoder refuses (NaN/Infinity floats, odd keys) take the walk.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_nan"] = False  # NaN is not JSON: such payloads go through json_safe
+        super().__init__(*args, **kwargs)
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, Decimal):
+            return format(o, "f")
+        if isinstance(o, Mapping):
+            return dict(o)
+        return str(o)
+
+    def encode(self, o: Any) -> str:
+        try:
+            return super().encode(o)
+        except (ValueError, TypeError):
+            return super().encode(json_safe(o))

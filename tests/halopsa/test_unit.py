@@ -1,6 +1,7 @@
 """Pure unit tests: error-body parsing, Retry-After, query dates, Decimal JSON, address rules, budget."""
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from email.utils import format_datetime
@@ -81,6 +82,22 @@ def test_json_numbers_are_decimal_both_ways():
     assert body == b'[{"amount":1234.10,"n":0.10000000000000001,"ref":"x"}]'
     with pytest.raises(ValueError):
         dumps_json({"amount": Decimal("NaN")})
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"total": Decimal("1234.10"), "big": Decimal("1E+3"), "lines": [{"q": Decimal("0.0000001")}], "ok": True, "n": None},
+        {"bad": float("nan"), "worse": [float("-inf")], "fine": Decimal("1.5")},  # NaN is not JSON: the walk turns it into text
+        {1: "int key", "date": date(2026, 1, 2), "when": datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)},
+        [Decimal("-0.00"), "Zoë \u00e9"],
+    ],
+)
+def test_payload_encoder_writes_what_json_safe_gives_in_one_pass(payload):
+    from integrations.halopsa.payloads import PayloadEncoder, json_safe
+
+    assert json.dumps(payload, cls=PayloadEncoder) == json.dumps(json_safe(payload))
+    assert "NaN" not in json.dumps(payload, cls=PayloadEncoder)  # always valid JSON for the JSON columns
 
 
 @pytest.mark.parametrize(
