@@ -24,6 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from integrations.crypto import EncryptedTextField
+from integrations.halopsa.payloads import PayloadEncoder
 from integrations.tenancy import PartnerScopedQuerySet
 
 MONEY = {"max_digits": 14, "decimal_places": 2, "default": Decimal("0.00")}
@@ -207,7 +208,8 @@ class HaloMirror(models.Model):
     origin = models.CharField(max_length=10, choices=Origin.choices, default=Origin.HALOPSA)
     # sha256 of the mapped content last written; an unchanged record costs no database write.
     fingerprint = models.CharField(max_length=64, blank=True)
-    raw = models.JSONField(null=True, blank=True)
+    # What HaloPSA sent (Decimals kept as exact strings by the encoder).
+    raw = models.JSONField(null=True, blank=True, encoder=PayloadEncoder)
     remote_updated_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     # Deleted in HaloPSA: flagged by a full sync or a webhook, archived only by a person.
@@ -386,7 +388,7 @@ class Payment(models.Model):
     # For platform payments: the stable reference pushed to HaloPSA (found again on retries).
     reference = models.CharField(max_length=100, blank=True)
     fingerprint = models.CharField(max_length=64, blank=True)
-    raw = models.JSONField(null=True, blank=True)
+    raw = models.JSONField(null=True, blank=True, encoder=PayloadEncoder)
     # Platform payments are voided here (and deleted in HaloPSA); HaloPSA payments that vanish are removed.
     voided_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -493,7 +495,7 @@ class SyncError(models.Model):
     entity = models.CharField(max_length=20)
     halopsa_id = models.BigIntegerField(null=True, blank=True)
     message = models.TextField()
-    payload = models.JSONField(null=True, blank=True)
+    payload = models.JSONField(null=True, blank=True, encoder=PayloadEncoder)
     created_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
 

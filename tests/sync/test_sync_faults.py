@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from integrations.halopsa import mapping
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.exceptions import HaloConnectionError
 from integrations.models import Contact, Customer, Incident, Invoice, InvoiceLine, Payment, SyncError, SyncRun
@@ -72,6 +73,72 @@ def test_run_interrupted_mid_paging_loses_nothing_and_rerun_creates_no_duplicate
     counts = _counts(connection)
     run_sync(connection, "full")
     assert _counts(connection) == counts
+
+
+BATCHED = {"customers": 5, "contacts": 10, "billing_contacts": 3, "invoices": 450, "max_lines": 3}
+
+
+def _pages_then(error, pages_before: int, read: list):
+    """invoice_pages that yields `pages_before` real pages (their records appended to `read`), then raises."""
+    original = HaloClient.invoice_pages
+
+    def pages(self, **kwargs):
+        for number, page in enumerate(original(self, **kwargs)):
+            if number == pages_before:
+                raise error
+            read.extend(page.records)
+            yield page
+
+    return pages
+
+
+@pytest.mark.sandbox(dataset=BATCHED)
+def test_pages_read_before_halopsa_fails_are_written_although_their_write_batch_was_not_full(connection, run_sync, monkeypatch):
+    read: list = []
+    monkeypatch.setattr(HaloClient, "invoice_pages", _pages_then(HaloConnectionError("simulated network loss"), 3, read))
+
+    run = run_sync(connection, "full")
+
+    assert run.state == "failed"
+    assert len(read) == 300  # three pages, fewer records than one write batch (500)
+    invoices = {r["id"] for r in read if not mapping.is_credit_note(r)}
+    assert set(Invoice.objects.filter(connection=connection).values_list("halopsa_id", flat=True)) == invoices
+
+
+@pytest.mark.sandbox(dataset=BATCHED)
+def test_a_run_that_lost_its_lease_writes_none_of_its_pending_pages(connection, run_sync, monkeypatch):
+    from integrations.services import sync as sync_service
+
+    renewals = []
+
+    def lose_lease_on_the_second_invoice_page(name, owner, ttl):
+        renewals.append(name)
+        # customers (1 page) and users (1 page) renew first; then invoice pages 1, 2
+        return len(renewals) < 4
+
+    monkeypatch.setattr(sync_service, "lease_renew", lose_lease_on_the_second_invoice_page)
+
+    run = run_sync(connection, "full")
+
+    assert run.state == "failed" and "lost its lock" in run.message
+    assert Customer.objects.filter(connection=connection, halopsa_id__isnull=False).count() == 5
+    assert not Invoice.objects.filter(connection=connection).exists()
+
+
+@pytest.mark.sandbox(dataset=BATCHED)
+def test_invoices_commit_once_per_write_batch(connection, halo_sandbox, settings):
+    settings.HALOPSA_SYNC_WRITE_BATCH = 150  # two 100-row pages per write
+    settings.HALOPSA_PDF_BATCH = 0  # (450 PDFs would wait for the request budget)
+    run = SyncRun.objects.create(connection=connection, scope="full", trigger="cli")
+    progress: list[int] = []
+
+    sync_execute(run=run, progress=lambda r: progress.append(r.progress_done))
+
+    run.refresh_from_db()
+    invoice_records = run.progress_total - progress[1]  # progress[0:2]: the customer and user pages
+    assert 400 < invoice_records < 500
+    assert [done - progress[1] for done in progress[2:]] == [200, 400, invoice_records]
+    assert_matches_truth(connection, halo_sandbox)
 
 
 def test_dropped_connections_are_retried_by_the_client(connection, halo_sandbox, run_sync):
