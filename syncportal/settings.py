@@ -188,6 +188,9 @@ HALOPSA_PUSH_SETTLE_SECONDS = env.int("HALOPSA_PUSH_SETTLE_SECONDS", default=300
 HALOPSA_PDF_BATCH = env.int("HALOPSA_PDF_BATCH", default=2000)
 HALOPSA_PDF_BUDGET_SHARE = env.float("HALOPSA_PDF_BUDGET_SHARE", default=0.9)
 HALOPSA_PDF_PHASE_SECONDS = env.int("HALOPSA_PDF_PHASE_SECONDS", default=1200)
+# Invoices a sync writes per transaction (5 HaloPSA pages): fewer commits, and the database's
+# write lock is still held for only a few tens of milliseconds at a time.
+HALOPSA_SYNC_WRITE_BATCH = env.int("HALOPSA_SYNC_WRITE_BATCH", default=500)
 
 # --- Background jobs (django-q2) --------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
