@@ -88,16 +88,34 @@ def test_json_numbers_are_decimal_both_ways():
     "payload",
     [
         {"total": Decimal("1234.10"), "big": Decimal("1E+3"), "lines": [{"q": Decimal("0.0000001")}], "ok": True, "n": None},
-        {"bad": float("nan"), "worse": [float("-inf")], "fine": Decimal("1.5")},  # NaN is not JSON: the walk turns it into text
+        parse_json(b'{"bad": NaN, "worse": [-Infinity], "fine": 1.5}'),  # NaN is not JSON: stored as text
         {1: "int key", "date": date(2026, 1, 2), "when": datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)},
-        [Decimal("-0.00"), "Zoë \u00e9"],
+        {"huge": 2**70, "text": "Zoë \u00e9 \u2028"},
+        [Decimal("-0.00"), 7, -1.25],
     ],
 )
-def test_payload_encoder_writes_what_json_safe_gives_in_one_pass(payload):
+def test_payload_encoder_stores_what_json_safe_gives(payload):
     from integrations.halopsa.payloads import PayloadEncoder, json_safe
 
-    assert json.dumps(payload, cls=PayloadEncoder) == json.dumps(json_safe(payload))
-    assert "NaN" not in json.dumps(payload, cls=PayloadEncoder)  # always valid JSON for the JSON columns
+    stored = json.dumps(payload, cls=PayloadEncoder)
+
+    assert json.loads(stored, parse_constant=_no_constant) == json.loads(json.dumps(json_safe(payload)))
+
+
+def _no_constant(name):
+    raise AssertionError(f"{name} written into a JSON column")
+
+
+def test_nan_and_infinity_literals_parse_to_floats_the_mapping_refuses_and_store_as_text():
+    from integrations.halopsa.mapping import MappingError, parse_money
+    from integrations.halopsa.payloads import PayloadEncoder
+
+    parsed = parse_json(b'{"total": NaN, "due": Infinity}')
+
+    assert isinstance(parsed["total"], float) and parsed["total"] != parsed["total"]
+    with pytest.raises(MappingError, match="total is not a number: 'nan'"):
+        parse_money(parsed["total"], "total")
+    assert json.loads(json.dumps(parsed, cls=PayloadEncoder)) == {"total": "nan", "due": "inf"}
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection as db
 
+from integrations.halopsa.payloads import NonFiniteNumber
 from integrations.models import Customer, Invoice, InvoiceLine, Payment
 from integrations.services.sync import _insert_invoices, _insert_rows
 
@@ -32,7 +33,7 @@ def _same_row(model, ours, theirs, *, ignore=("id", "halopsa_id", "created_at", 
 def test_invoices_lines_and_payments_match_bulk_create(partner, make_connection):
     connection = make_connection(partner)
     customer = Customer.objects.create(connection=connection, halopsa_id=1, name="Acme")
-    raw = {"id": 10, "total": Decimal("120.50"), "tiny": Decimal("1E-7"), "nested": [{"x": Decimal("0.10")}], "nan": float("nan")}
+    raw = {"id": 10, "total": Decimal("120.50"), "tiny": Decimal("1E-7"), "nested": [{"x": Decimal("0.10")}], "nan": NonFiniteNumber("NaN")}
     values = {
         "connection_id": connection.pk, "origin": "halopsa", "customer_id": customer.pk, "number": "INV-1",
         "invoice_date": date(2026, 1, 31), "due_date": None, "currency": "EUR", "subtotal": Decimal("100.00"),
