@@ -6,8 +6,6 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from integrations.halopsa import mapping
 from integrations.halopsa.mapping import MappingError
@@ -198,10 +196,18 @@ def test_parse_halo_datetime_bad_values_are_worded_the_same_on_every_path(value)
 
 
 def test_fingerprint_is_stable_and_content_sensitive():
-    a = mapping.fingerprint({"b": Decimal("1.50"), "a": date(2026, 1, 1)})
-    b = mapping.fingerprint({"a": date(2026, 1, 1), "b": Decimal("1.50")})
-    c = mapping.fingerprint({"a": date(2026, 1, 1), "b": Decimal("1.51")})
-    assert a == b != c
+    a = mapping.fingerprint({"a": date(2026, 1, 1), "b": Decimal("1.50"), "c": None})
+    same = mapping.fingerprint({"a": date(2026, 1, 1), "b": Decimal("1.50"), "c": None})
+    # Everything we store tells apart: the amount, its exponent, date vs datetime, None vs "".
+    others = [
+        {"a": date(2026, 1, 1), "b": Decimal("1.51"), "c": None},
+        {"a": date(2026, 1, 1), "b": Decimal("1.5"), "c": None},
+        {"a": datetime(2026, 1, 1, tzinfo=timezone.utc), "b": Decimal("1.50"), "c": None},
+        {"a": date(2026, 1, 1), "b": Decimal("1.50"), "c": ""},
+        {"a": date(2026, 1, 1), "b": Decimal("1.50"), "c": "\udc80"},  # a lone surrogate still hashes
+    ]
+    assert a == same
+    assert len({a, *(mapping.fingerprint(o) for o in others)}) == 1 + len(others)
     assert len(a) == 64
 
 
@@ -412,54 +418,3 @@ def test_payload_parsed_as_json_with_decimal():
     assert mapping.map_invoice(payload)["total"] == Decimal("1234.50")
 
 
-# --- the invoice fingerprint written out vs fingerprint() ----------------------------------------
-
-
-def test_invoice_and_payment_fingerprints_are_the_stored_ones():
-    # Computed before map_invoice wrote its fingerprint text out itself: stored fingerprints stay valid.
-    mapped = mapping.map_invoice(invoice_payload())
-    assert mapped["fingerprint"] == "b7bb8288fe946f0b9b793fa00948dd70a5f736952de1b5bc687b3f88e050f9f7"
-    assert [p["fingerprint"] for p in mapped["payments"]] == [
-        "09e07b9bad1b07fbb6c86938b045a47eab9985698306282a7198d6cae670acfc",
-        "92cc33f555d641e8abd4100074a1c44d677c8df5477dce477bcf3750e83d675d"]
-
-
-def _without_fingerprint(mapped):
-    return {key: value for key, value in mapped.items() if key != "fingerprint"}
-
-
-_texts = st.one_of(st.text(max_size=12), st.sampled_from(['a"b', "back\\slash", "tab\there", "\x00\x1f\x7f", "\u2028 é 東京 ✓ \U0001F600", " pad "]))
-_amounts = st.one_of(st.decimals(min_value=-10**12 + 1, max_value=10**12 - 1, allow_nan=False, allow_infinity=False),
-                     st.sampled_from([Decimal("-0"), Decimal("-0.001"), Decimal("1E+5"), Decimal("0E-9"), Decimal("123.455")]),
-                     st.integers(-10**6, 10**6), st.none())
-_rates = st.one_of(st.decimals(min_value=-999, max_value=999, places=6), st.integers(0, 25), st.none())
-_ids = st.one_of(st.integers(0, 2**63 - 1), st.none(), st.just("17"))
-_times = st.one_of(st.sampled_from(["2026-10-10T10:00:00", "2026-10-10T10:00:00.1234567", "2026-10-10T12:00:00+02:00", "1900-01-01T00:00:00",
-                                    "2026-10-10", None]),
-                   st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1)).map(datetime.isoformat))
-_lines = st.lists(st.fixed_dictionaries({
-    "id": _ids, "sequenceid": st.one_of(st.integers(0, 10**10), st.none(), st.just("4")), "item_shortdescription": _texts,
-    "qty_order": _rates, "unit_price": _amounts.filter(lambda v: v is None or abs(v) < 10**8), "net_amount": _amounts,
-    "tax_amount": _amounts, "tax_rate": _rates,
-}), max_size=4)
-_payments = st.lists(st.fixed_dictionaries({
-    "id": st.integers(1, 2**63 - 1), "type": st.integers(0, 2), "amount": st.decimals(min_value=0, max_value=10**11, places=3),
-    "credit_note_id": _ids, "date": _times.filter(bool), "payment_method_name": _texts, "reference": _texts, "thirdpartyid": _texts,
-}), max_size=3)
-
-
-@settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(overrides=st.fixed_dictionaries({
-    "id": st.integers(1, 2**63 - 1), "invoicenumber": _texts, "client_id": _ids, "pdf_attachment_id": _ids,
-    "total": _amounts.filter(lambda v: v is not None), "tax_total": _amounts, "amountpaid": _amounts, "amountdue": _amounts,
-    "voided": st.booleans(), "invoicetype": st.integers(0, 1), "currency_code_name": st.sampled_from(["USD", "eur", "$", ""]),
-    "invoice_date": _times, "duedate": _times, "last_modified": _times, "lines": _lines, "payments": _payments,
-}), default_currency=st.one_of(st.just("USD"), _texts))
-def test_written_out_fingerprints_match_fingerprint_of_the_mapped_dict(overrides, default_currency):
-    try:
-        mapped = mapping.map_invoice(invoice_payload(**overrides), default_currency=default_currency)
-    except MappingError:  # e.g. a negative payment amount or a line out of range: nothing to fingerprint
-        return
-    assert mapped["fingerprint"] == mapping.fingerprint(_without_fingerprint(mapped))
-    for payment in mapped["payments"]:
-        assert payment["fingerprint"] == mapping.fingerprint(_without_fingerprint(payment))
