@@ -73,8 +73,8 @@ CURSOR_OVERLAP = timedelta(minutes=10)
 RECENT_WINDOW = timedelta(hours=1)
 # The scheduled sync reads everything (and so detects deletions) when the last full read is older.
 FULL_SYNC_INTERVAL = timedelta(hours=24)
-# Renewed after every page; a killed worker's lease lapses after this long (setting
-# HALOPSA_SYNC_LEASE_TTL overrides it, e.g. for tests that kill a worker).
+# Renewed every lease_renew_interval() during a run; a killed worker's lease lapses after this
+# long (setting HALOPSA_SYNC_LEASE_TTL overrides it, e.g. for tests that kill a worker).
 LEASE_TTL_SECONDS = 600
 CONSECUTIVE_FAILURES_FOR_INCIDENT = 3
 LEASE_CONFLICT_MESSAGE = "another sync of this connection is running"
@@ -117,6 +117,12 @@ def lease_name(connection_id: int) -> str:
 
 def lease_ttl() -> int:
     return int(getattr(settings, "HALOPSA_SYNC_LEASE_TTL", LEASE_TTL_SECONDS))
+
+
+def lease_renew_interval() -> float:
+    """Seconds between lease renewals during a run (HALOPSA_SYNC_LEASE_RENEW_SECONDS, default a
+    twentieth of the TTL: 30 s)."""
+    return float(getattr(settings, "HALOPSA_SYNC_LEASE_RENEW_SECONDS", lease_ttl() / 20))
 
 
 def write_batch_size() -> int:
@@ -486,6 +492,7 @@ class _Runner:
         self.run = run
         self.connection = run.connection
         self.lease_owner = lease_owner
+        self.lease_renewed = time.monotonic()  # sync_execute acquired it just now
         self.progress = progress
         self.stats = RequestStats()
         self.counts = _Counts()
@@ -519,8 +526,8 @@ class _Runner:
         """A run that reads lists waits for the request budget instead of failing: at 300 requests
         per 5 minutes a first full sync of a large MSP spans several windows, and failing at the
         first spent window (the client's default wait is 30 s) would restart it from page one every
-        hour and never finish. The wait stays under half the lease TTL (the lease is renewed per
-        page). Single-record runs (webhooks) keep the short wait: their callers retry."""
+        hour and never finish. The wait stays under half the lease TTL (the lease is checked as each
+        page arrives, see _keep_lease). Single-record runs (webhooks) keep the short wait: their callers retry."""
         if self.run.target_halopsa_id:
             return {}
         window = float(getattr(settings, "HALOPSA_RATE_WINDOW", 300))
@@ -643,15 +650,28 @@ class _Runner:
     # -- page plumbing -----------------------------------------------------------------------
 
     def _pages(self, pages: Iterator[Page]) -> Iterator[Page]:
-        """Yield pages, growing the progress total by each query's record_count and renewing the lease."""
+        """Yield pages, growing the progress total by each query's record_count; the lease is
+        checked (and renewed when due) as each page arrives, before anything of it is written."""
         first = True
         for page in pages:
             if first:
                 self.progress_total += page.record_count
                 first = False
+            self._keep_lease()
             yield page
-            if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
-                raise SyncAborted("The sync lost its lock on the connection (it ran too long without progress); it will be retried.")
+
+    def _keep_lease(self, *, now: bool = False) -> None:
+        """Renew the connection's lease when `lease_renew_interval()` has passed since the last
+        renewal (or `now`); a run that lost it stops before writing more.
+
+        The lease stays ours for the TTL after each renewal, and the longest pause between two
+        checks (a wait for the request budget) is under half of it, so checking every page is
+        enough and renewing every page (a write each) is not needed."""
+        if not now and time.monotonic() - self.lease_renewed < lease_renew_interval():
+            return
+        if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
+            raise SyncAborted("The sync lost its lock on the connection (it ran too long without progress); it will be retried.")
+        self.lease_renewed = time.monotonic()
 
     def _page_done(self, records: int) -> None:
         """Called inside the page's transaction: counts and progress commit with the data."""
@@ -1264,8 +1284,7 @@ class _Runner:
                 self.pdf_updates += 1
                 self._resolve_errors(ENTITY_PDFS, [invoice.halopsa_id])  # an earlier failed download is over
                 self._page_done(1)
-            if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
-                raise SyncAborted("The sync lost its lock on the connection; it will be retried.")
+            self._keep_lease()
 
     def _pdf_slot(self, share: RequestBudget, deadline: float) -> bool:
         """Wait for a request slot in the PDFs' budget share; False when the phase's time runs out
@@ -1283,8 +1302,7 @@ class _Runner:
                 if pause >= remaining:
                     return False
                 time.sleep(pause)
-                if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
-                    raise SyncAborted("The sync lost its lock on the connection; it will be retried.")
+                self._keep_lease(now=True)
 
     def _one_pdf(self, halopsa_id: int) -> None:
         invoice = Invoice.objects.filter(connection=self.connection, halopsa_id=halopsa_id, origin=Origin.HALOPSA).first()

@@ -106,9 +106,10 @@ def test_pages_read_before_halopsa_fails_are_written_although_their_write_batch_
 
 
 @pytest.mark.sandbox(dataset=BATCHED)
-def test_a_run_that_lost_its_lease_writes_none_of_its_pending_pages(connection, run_sync, monkeypatch):
+def test_a_run_that_lost_its_lease_writes_none_of_its_pending_pages(connection, run_sync, monkeypatch, settings):
     from integrations.services import sync as sync_service
 
+    settings.HALOPSA_SYNC_LEASE_RENEW_SECONDS = 0  # renew as every page arrives
     renewals = []
 
     def lose_lease_on_the_second_invoice_page(name, owner, ttl):
@@ -123,6 +124,24 @@ def test_a_run_that_lost_its_lease_writes_none_of_its_pending_pages(connection, 
     assert run.state == "failed" and "lost its lock" in run.message
     assert Customer.objects.filter(connection=connection, halopsa_id__isnull=False).count() == 5
     assert not Invoice.objects.filter(connection=connection).exists()
+
+
+@pytest.mark.sandbox(dataset=BATCHED)
+@pytest.mark.parametrize(("interval", "expected"), [(None, 0), (0, 7)])
+def test_the_lease_is_renewed_when_due_not_on_every_page(connection, run_sync, monkeypatch, settings, interval, expected):
+    from integrations.services import sync as sync_service
+
+    settings.HALOPSA_PDF_BATCH = 0
+    if interval is not None:
+        settings.HALOPSA_SYNC_LEASE_RENEW_SECONDS = interval
+    renewals = []
+    real = sync_service.lease_renew
+    monkeypatch.setattr(sync_service, "lease_renew", lambda *a: renewals.append(a) or real(*a))
+
+    assert run_sync(connection, "full").state == "succeeded"
+    # Default: every 30 s (a twentieth of the 600 s TTL), so a run this short renews none;
+    # interval 0: each page (1 client, 1 user and 5 invoice pages).
+    assert len(renewals) == expected
 
 
 @pytest.mark.sandbox(dataset=BATCHED)
