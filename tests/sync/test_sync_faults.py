@@ -100,7 +100,7 @@ def test_pages_read_before_halopsa_fails_are_written_although_their_write_batch_
     run = run_sync(connection, "full")
 
     assert run.state == "failed"
-    assert len(read) == 300  # three pages, fewer records than one write batch (500)
+    assert len(read) == 300  # three pages, fewer records than one write batch (1,000)
     invoices = {r["id"] for r in read if not mapping.is_credit_note(r)}
     assert set(Invoice.objects.filter(connection=connection).values_list("halopsa_id", flat=True)) == invoices
 
