@@ -399,11 +399,14 @@ def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if ing:
         # CPU of one process only means something when the database works in that process (SQLite).
         sync = ing["replayed_sync"]
+        copy_seconds = ing["bulk_insert"].get("by_method", {}).get("copy")
+        copy_note = (f"; PostgreSQL's COPY (a bulk load, not an INSERT) of the same rows {copy_seconds:.1f} s = "
+                     f"x{sync['local_seconds'] / copy_seconds:.2f}" if copy_seconds else "")
         cpu_ratio = (sync.get("local_cpu_seconds", sync["cpu_seconds"]) / ing["bulk_insert"]["cpu_seconds"]
                      if ing["bulk_insert"].get("cpu_seconds") and r.get("db") != "postgres" else None)
         add("2a", f"sync local {sync.get('local_seconds', sync['seconds']):.1f} s (reading the stored pages "
                   f"{sync['client_seconds']:.1f} s excluded) vs bulk insert {ing['bulk_insert']['seconds']:.1f} s "
-                  f"(x{ing['ratio']:.2f} wall" + (f", x{cpu_ratio:.2f} CPU)" if cpu_ratio else ")"), ing["ratio"] <= 3)
+                  f"(x{ing['ratio']:.2f} wall" + (f", x{cpu_ratio:.2f} CPU)" if cpu_ratio else ")") + copy_note, ing["ratio"] <= 3)
     if inc100:
         store_s = inc100["marks"].get("pdf_store_seconds", 0.0)
         without_pdfs = inc100["seconds"] - inc100["client_seconds"] - store_s

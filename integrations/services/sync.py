@@ -417,8 +417,8 @@ def _incidents_after(run: SyncRun, error: BaseException | None) -> None:
 
 
 def _insert_rows(model: type[models.Model], rows: list[Mapping[str, Any]]) -> None:
-    """INSERT rows given as {attname: value} with one executemany; model defaults and the auto
-    timestamps (now) fill the columns a row leaves out.
+    """INSERT rows given as {attname: value} with one executemany (COPY on PostgreSQL); model
+    defaults and the auto timestamps (now) fill the columns a row leaves out.
 
     The rows bulk_create would write, without building model instances or preparing every value:
     the drivers take ints, text, bools and Decimals (quantized by mapping.py) as they are, so only
@@ -465,10 +465,17 @@ def _insert_rows(model: type[models.Model], rows: list[Mapping[str, Any]]) -> No
                     record[index] = cache[value]
         values.append(record)
     quote = db.ops.quote_name
-    sql = (f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    table, columns = quote(model._meta.db_table), ", ".join(quote(f.column) for f in fields)
     with db.cursor() as cursor:
-        cursor.executemany(sql, values)
+        if db.vendor == "postgresql":
+            # COPY: PostgreSQL's bulk load, ~2.3x faster than executemany for the same rows
+            # (benchmarks/README.md); psycopg adapts the values as it does for INSERTs, and its
+            # errors become Django's (a duplicate id still fails the batch with IntegrityError).
+            with db.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for record in values:
+                    copy.write_row(record)
+        else:
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})", values)
 
 
 def _insert_invoices(connection_id: int, rows: list[Mapping[str, Any]]) -> dict[int, int]:
