@@ -46,7 +46,10 @@ def _summary(result) -> dict:
 def test_chaos_full_sync_with_a_killed_worker_ends_equal_to_halopsa(tmp_path):
     figures: dict = {"dataset": CHAOS_DATASET}
     started = time.monotonic()
-    world = ProcessWorld(tmp_path, HALOPSA_READ_TIMEOUT=str(READ_TIMEOUT), TEST_HALOPSA_SYNC_LEASE_TTL=str(LEASE_TTL))
+    # Invoices written every 200 (two pages), so the worker killed after 8 invoice requests has
+    # committed some batches and holds another one unwritten.
+    world = ProcessWorld(tmp_path, HALOPSA_READ_TIMEOUT=str(READ_TIMEOUT), TEST_HALOPSA_SYNC_LEASE_TTL=str(LEASE_TTL),
+                         HALOPSA_SYNC_WRITE_BATCH="200")
     srv = SandboxServer(dataset=CHAOS_DATASET, seed=7, port=0, rate_limit=0).start()
     try:
         world.setup_database()
