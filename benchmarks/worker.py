@@ -218,32 +218,32 @@ def _instrument() -> dict[str, float]:
     wrap(mapping, "map_invoice", "map_invoice")
     from integrations.services import sync as sync_service
 
-    original_page = sync_service._Runner._invoices_page
-    page_times: list[float] = []
+    original_store = sync_service._Runner._store_invoices
+    page_times: list[float] = []  # per invoice write batch (HALOPSA_SYNC_WRITE_BATCH records)
 
-    window = os.environ.get("BENCH_PROFILE_PAGES", "")  # "700:750": cProfile those invoice pages
+    window = os.environ.get("BENCH_PROFILE_PAGES", "")  # "70:75": cProfile those invoice write batches
     first, last = (int(x) for x in window.split(":")) if window else (0, -1)
     import cProfile
 
     profiler = cProfile.Profile()
 
-    def invoices_page(self, records):
+    def store_invoices(self, mapped, records):
         t0 = time.perf_counter()
         on = first <= len(page_times) < last
         if on:
             profiler.enable()
         try:
-            return original_page(self, records)
+            return original_store(self, mapped, records)
         finally:
             if on:
                 profiler.disable()
                 if len(page_times) + 1 == last:
                     profiler.dump_stats(os.environ.get("BENCH_PROFILE_OUT", "/tmp/pages.prof"))
             page_times.append(time.perf_counter() - t0)
-            if len(page_times) % 100 == 0:
-                totals[f"invoice_pages_{len(page_times) - 99:04d}_{len(page_times):04d}"] = sum(page_times[-100:])
+            if len(page_times) % 10 == 0:
+                totals[f"invoice_batches_{len(page_times) - 9:04d}_{len(page_times):04d}"] = sum(page_times[-10:])
 
-    sync_service._Runner._invoices_page = invoices_page
+    sync_service._Runner._store_invoices = store_invoices
 
     def slow_sql(execute, sql, params, many, context):  # queries over 5 ms, by statement shape
         t0 = time.perf_counter()
