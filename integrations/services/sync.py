@@ -7,7 +7,8 @@ Shape of a run (`sync_execute`):
    depends on the scope (full, incremental, recent, unpaid, one entity, one record);
 3. each phase goes page by page (HaloPSA pages hold 100 rows) and writes in batches (a page of
    customers or contacts, `write_batch_size()` invoices): one query loads the batch's existing
-   rows, new rows are inserted with one executemany per table, changed rows bulk-updated, an
+   rows, new rows are inserted with one executemany (COPY on PostgreSQL) per table, changed rows
+   bulk-updated, an
    unchanged row (same fingerprint) costs no write; a batch commits on its own, so an interrupted
    run keeps what it wrote and a rerun (upserts keyed on (connection, halopsa_id)) creates no
    duplicates;
@@ -480,7 +481,7 @@ def _insert_rows(model: type[models.Model], rows: list[Mapping[str, Any]]) -> No
 
 def _insert_invoices(connection_id: int, rows: list[Mapping[str, Any]]) -> dict[int, int]:
     """INSERT new invoices of one connection; returns {halopsa_id: pk} (read back by the unique
-    (connection, halopsa_id), as executemany returns no ids)."""
+    (connection, halopsa_id): executemany and COPY return none)."""
     if not rows:
         return {}
     _insert_rows(Invoice, rows)
