@@ -8,10 +8,9 @@ Shape of a run (`sync_execute`):
 3. each phase goes page by page (HaloPSA pages hold 100 rows) and writes in batches (a page of
    customers or contacts, `write_batch_size()` invoices): one query loads the batch's existing
    rows, new rows are inserted with one executemany (COPY on PostgreSQL) per table, changed rows
-   bulk-updated, an
-   unchanged row (same fingerprint) costs no write; a batch commits on its own, so an interrupted
-   run keeps what it wrote and a rerun (upserts keyed on (connection, halopsa_id)) creates no
-   duplicates;
+   bulk-updated, an unchanged row (same fingerprint) costs no write; a batch commits on its own,
+   so an interrupted run keeps what it wrote and a rerun (upserts keyed on (connection,
+   halopsa_id)) creates no duplicates;
 4. a record that cannot be mapped becomes a SyncError with its payload; the rest commit ("partial");
 5. cursors advance only when the run completes; a full read that paged everything flags rows
    HaloPSA no longer has (never deletes or archives them).
