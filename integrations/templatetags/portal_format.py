@@ -8,12 +8,19 @@ from django import template
 register = template.Library()
 
 
+def _decimal(value) -> Decimal | None:
+    """The value as a Decimal, or None when it is not a number (the filters then show nothing)."""
+    try:
+        return Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+
+
 @register.filter
 def unit_amount(value) -> str:
     """A unit price or quantity: at least 2 decimals, more only when the value has them (61.75, 0.0125, 3.00)."""
-    try:
-        number = Decimal(value)
-    except (InvalidOperation, TypeError, ValueError):
+    number = _decimal(value)
+    if number is None:
         return ""
     places = max(2, -number.normalize().as_tuple().exponent)
     return f"{number:,.{places}f}"
@@ -22,8 +29,5 @@ def unit_amount(value) -> str:
 @register.filter
 def quantity(value) -> str:
     """A quantity without trailing zeros (3, 1.25)."""
-    try:
-        number = Decimal(value)
-    except (InvalidOperation, TypeError, ValueError):
-        return ""
-    return f"{number.normalize():f}"
+    number = _decimal(value)
+    return "" if number is None else f"{number.normalize():f}"

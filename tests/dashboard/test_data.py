@@ -162,7 +162,7 @@ def test_unit_prices_and_quantities_display_without_noise():
 
     assert [unit_amount(Decimal(v)) for v in ("2243.0000", "61.7500", "0.0125")] == ["2,243.00", "61.75", "0.0125"]
     assert [quantity(Decimal(v)) for v in ("3.0000", "1.2500", "100.0000")] == ["3", "1.25", "100"]
-    assert unit_amount("not a number") == ""
+    assert unit_amount("not a number") == "" and quantity(None) == "" and quantity("1,5") == ""
 
 
 def test_status_form_offers_only_statuses_a_person_may_set():
