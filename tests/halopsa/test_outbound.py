@@ -9,6 +9,7 @@ import pytest
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.exceptions import HaloBadResponse, HaloConnectionError, UnsafeURLError
 from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from tests.plugins.sandbox import record_issued_tokens
 
 
 @pytest.fixture
@@ -137,15 +138,7 @@ def test_environment_proxies_are_ignored(halo_sandbox, monkeypatch):
 def test_secrets_and_tokens_never_reach_the_logs(halo_sandbox_factory, caplog):
     caplog.set_level(logging.DEBUG)  # every logger, urllib3's included
     sandbox = halo_sandbox_factory(dataset={"customers": 10, "contacts": 20, "invoices": 250, "max_lines": 2})
-    issued: list[str] = []
-    issue = sandbox.auth.issue
-
-    def recording_issue(client_id: str) -> str:
-        token = issue(client_id)
-        issued.append(token)
-        return token
-
-    sandbox.auth.issue = recording_issue
+    issued = record_issued_tokens(sandbox)
     sandbox.add_fault("status", status=503, path="/api/Invoice", count=1)
     client = HaloClient(base_url=sandbox.url, client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET,
                         retry_base_delay=0.001)

@@ -49,6 +49,20 @@ def halo_sandbox(request: pytest.FixtureRequest, halo_sandbox_factory: Callable[
     return halo_sandbox_factory(**kwargs)
 
 
+def record_issued_tokens(server: SandboxServer) -> list[str]:
+    """Every access token `server` issues from now on, in order (to prove none reaches a log)."""
+    issued: list[str] = []
+    issue = server.auth.issue
+
+    def recording_issue(client_id: str) -> str:
+        token = issue(client_id)
+        issued.append(token)
+        return token
+
+    server.auth.issue = recording_issue
+    return issued
+
+
 def halo_token(server: SandboxServer, scope: str = "all") -> str:
     """Fetch a bearer token from `server` (tenant handled)."""
     import requests

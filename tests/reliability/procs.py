@@ -125,6 +125,18 @@ def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: 
         process.wait(timeout=30)
 
 
+def sigkill_when(worker: subprocess.Popen, predicate, *, log: Path, timeout: float, message: str) -> None:
+    """SIGKILL `worker` as soon as `predicate()` holds; it must still be running then (else its log
+    is the failure message). The worker is gone when this returns, whatever happened."""
+    try:
+        wait_until(lambda: predicate() or worker.poll() is not None, timeout=timeout, message=message)
+        assert worker.poll() is None, log.read_text()
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        stop_process(worker, signal.SIGKILL)
+
+
 def wait_until(predicate, *, timeout: float, interval: float = 0.1, message: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:

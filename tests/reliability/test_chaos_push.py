@@ -15,7 +15,6 @@ way a person does it from the dashboard. Afterwards:
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from decimal import Decimal
@@ -24,7 +23,7 @@ import pytest
 
 from integrations.sandbox import SandboxServer
 from tests.reliability.chaos import READ_TIMEOUT, SLOW_DELAY, differences, export_view, fired, truth_view
-from tests.reliability.procs import BASE_DIR, PYTHON, ProcessWorld, stop_process, wait_until
+from tests.reliability.procs import BASE_DIR, PYTHON, ProcessWorld, sigkill_when
 
 PUSH_DATASET = {"customers": 12, "contacts": 30, "billing_contacts": 12, "invoices": 150, "max_lines": 2}
 PAYMENTS = 40
@@ -94,14 +93,8 @@ def test_chaos_pushes_end_with_exactly_one_payment_each_in_halopsa(tmp_path):
         srv.clear_request_log()
         worker = world.spawn([PYTHON, "-m", "tests.reliability.push_tool", "work", str(connection_id), "500", SETTLE],
                              "push-worker.log", Q_SYNC="true")
-        try:
-            wait_until(lambda: srv.count_requests("/api/InvoicePayment", "POST") >= PAYMENTS // 3 or worker.poll() is not None,
-                       timeout=300, message="a third of the payment POSTs")
-            assert worker.poll() is None, (tmp_path / "push-worker.log").read_text()
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(timeout=30)
-        finally:
-            stop_process(worker, signal.SIGKILL)
+        sigkill_when(worker, lambda: srv.count_requests("/api/InvoicePayment", "POST") >= PAYMENTS // 3,
+                     log=tmp_path / "push-worker.log", timeout=300, message="a third of the payment POSTs")
         killed = world.probe("state", connection_id)
         figures["jobs_when_killed"] = {s: sum(1 for j in killed["push_jobs"] if j["state"] == s) for s in
                                        {j["state"] for j in killed["push_jobs"]}}

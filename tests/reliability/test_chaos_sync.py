@@ -31,7 +31,7 @@ from integrations.sandbox import SandboxServer
 from tests.reliability.chaos import (
     CHAOS_DATASET, READ_TIMEOUT, add_sync_faults, differences, export_view, fired, truth_view,
 )
-from tests.reliability.procs import ProcessWorld, stop_process, wait_until
+from tests.reliability.procs import ProcessWorld, sigkill_when
 
 LEASE_TTL = 20
 MAX_CHAOS_RUNS = 8
@@ -61,14 +61,8 @@ def test_chaos_full_sync_with_a_killed_worker_ends_equal_to_halopsa(tmp_path):
 
         # 1. A worker syncing under faults is SIGKILLed once it has committed some invoice pages.
         worker = world.spawn_manage("sync_connection", str(connection_id), "--full", log_name="killed-worker.log")
-        try:
-            wait_until(lambda: srv.count_requests("/api/Invoice", "GET") >= 8 or worker.poll() is not None,
-                       timeout=180, message="the worker to reach the invoice pages")
-            assert worker.poll() is None, (tmp_path / "killed-worker.log").read_text()
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(timeout=30)
-        finally:
-            stop_process(worker, signal.SIGKILL)
+        sigkill_when(worker, lambda: srv.count_requests("/api/Invoice", "GET") >= 8, log=tmp_path / "killed-worker.log",
+                     timeout=180, message="the worker to reach the invoice pages")
         assert worker.returncode == -signal.SIGKILL
         totals = fired(list(srv.request_log))
         killed = world.probe("state", connection_id)

@@ -21,6 +21,7 @@ from django.db import connection as db
 from django.urls import reverse
 
 from integrations.sandbox import SandboxServer
+from tests.plugins.sandbox import record_issued_tokens
 from tests.reliability.procs import ProcessWorld
 
 pytestmark = pytest.mark.django_db
@@ -43,15 +44,7 @@ def secret_flow(partner, partner_user, make_connection, client, caplog):
     caplog.set_level(logging.DEBUG)
     client_secret = "cs-" + pysecrets.token_urlsafe(24)
     srv = SandboxServer(dataset="tiny", seed=1, port=0, rate_limit=0, client_secret=client_secret).start()
-    tokens: list[str] = []
-    issue = srv.auth.issue
-
-    def recording_issue(client_id: str) -> str:
-        token = issue(client_id)
-        tokens.append(token)
-        return token
-
-    srv.auth.issue = recording_issue
+    tokens = record_issued_tokens(srv)
     try:
         connection = make_connection(partner, srv, client_secret=client_secret, halopsa_version="2.200.1")
         connection.refresh_from_db()
