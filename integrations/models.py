@@ -572,7 +572,7 @@ class WebhookEvent(models.Model):
     event = models.CharField(max_length=200, blank=True)
     entity = models.CharField(max_length=20, blank=True)
     object_id = models.BigIntegerField(null=True, blank=True)
-    payload = models.JSONField(null=True, blank=True)
+    payload = models.JSONField(null=True, blank=True, encoder=PayloadEncoder)
     # Request headers as received, without Authorization or the HMAC header.
     headers = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.RECEIVED)

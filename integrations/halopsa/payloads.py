@@ -3,11 +3,11 @@
 - `parse_json`: every non-integer number becomes a Decimal (money never touches float), and text
   PostgreSQL cannot store (NUL, lone surrogates; both valid JSON escapes) is made storable once.
 - `storable`: that text clean-up, for values that did not come through `parse_json`.
-- `json_safe`: a parsed payload ready for a JSON column (Decimals as exact strings).
-- `PayloadEncoder`: the encoder of the JSON columns that hold payloads; stores the same values as
-  `json_safe` gives, in one pass of orjson (a full sync writes ~200 MB of raw payloads).
-Used by the client (API responses), the sync (raw payloads, error payloads) and the webhook
-receiver (delivery bodies and headers).
+- `PayloadEncoder`: the encoder of every JSON column that holds payloads (raw records, sync-error
+  and webhook payloads): Decimals as exact strings, in one pass of orjson (a full sync writes
+  ~200 MB of raw payloads); what orjson refuses takes `json_safe`, the same rule as a walk.
+Used by the client (API responses), the models' payload columns and the webhook receiver
+(delivery bodies and headers).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from integrations.halopsa.exceptions import HaloError
-from integrations.halopsa.payloads import json_safe, parse_json, storable
+from integrations.halopsa.payloads import parse_json, storable
 from integrations.models import REALTIME_MIN_VERSION, Connection, Contact, Payment, SyncRun, WebhookEvent
 from integrations.services.audit import audit_record
 
@@ -186,7 +186,7 @@ def _accept(*, connection: Connection, payload: dict[str, Any], body: bytes,
                 event=event_name,
                 entity=entity,
                 object_id=object_id,
-                payload=json_safe(payload),
+                payload=payload,
                 headers=_safe_headers(headers or {}),
                 state=state,
                 error=ignored_reason,
