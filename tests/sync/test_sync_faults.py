@@ -160,6 +160,35 @@ def test_invoices_commit_once_per_write_batch(connection, halo_sandbox, settings
     assert_matches_truth(connection, halo_sandbox)
 
 
+@pytest.mark.sandbox(dataset=BATCHED)
+def test_pages_that_arrive_slowly_are_written_without_waiting_for_a_full_batch(connection, settings, monkeypatch):
+    from integrations.services import sync as sync_service
+
+    settings.HALOPSA_PDF_BATCH = 0
+    monkeypatch.setattr(sync_service, "WRITE_BATCH_SECONDS", 0.0)  # every page counts as slow
+    run = SyncRun.objects.create(connection=connection, scope="full", trigger="cli")
+    progress: list[int] = []
+
+    sync_execute(run=run, progress=lambda r: progress.append(r.progress_done))
+
+    run.refresh_from_db()
+    assert [done - progress[1] for done in progress[2:]] == [100, 200, 300, 400, run.progress_total - progress[1]]
+
+
+def test_the_cycle_collector_is_slowed_only_while_a_run_executes(connection, run_sync, monkeypatch):
+    import gc
+
+    from integrations.services.sync import _Runner
+
+    before = gc.get_threshold()
+    during = []
+    monkeypatch.setattr(_Runner, "_run_plan", lambda self, plan: during.append(gc.get_threshold()))
+
+    assert run_sync(connection, "full").state == "succeeded"
+    assert during and during[0][0] >= 10_000 and during[0][2] >= 1000
+    assert gc.get_threshold() == before
+
+
 def test_dropped_connections_are_retried_by_the_client(connection, halo_sandbox, run_sync):
     halo_sandbox.add_fault("drop", path="/api/Invoice", count=2)
     run = run_sync(connection, "full")
