@@ -22,6 +22,8 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
+import orjson
+
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
 # HaloPSA returns "empty" dates as sentinels such as 1900-01-01; anything up to this is "no date".
@@ -231,14 +233,28 @@ def _record(payload: Any, what: str) -> Mapping[str, Any]:
 
 
 def fingerprint(content: Mapping[str, Any]) -> str:
-    """sha256 of the repr of mapped content: the same content, built by this module (so with its
-    keys in the same order), gives the same fingerprint.
+    """sha256 of the mapped content written as JSON by orjson (Decimals as exact numbers): the
+    same content, built by this module (so with its keys in the same order), gives the same
+    fingerprint.
 
-    repr keeps every distinction we store (Decimal exponents, date vs datetime, None vs "", text
-    exactly) and is written by C code for every type mapping returns: about twice as fast as
-    canonical JSON, which a full sync of 100k invoices with their lines felt. A Python upgrade
-    that changed a repr would only make the next sync rewrite each record once."""
-    return hashlib.sha256(repr(content).encode("utf-8", "backslashreplace")).hexdigest()
+    The text keeps every distinction we store: Decimal exponents ("1.50" vs "1.5"), a date vs a
+    datetime and its offset, None vs "", text exactly. orjson writes it in C, which a full sync
+    of 100k invoices with their lines feels (about 40 % less time than repr). Content orjson
+    refuses (a lone surrogate in text, an integer beyond 64 bits) is fingerprinted through its
+    repr instead, which is as stable. A change of this format only makes the next sync rewrite
+    each record once."""
+    try:
+        text = orjson.dumps(content, default=_exact_decimal)
+    except TypeError:  # orjson.JSONEncodeError
+        text = repr(content).encode("utf-8", "backslashreplace")
+    return hashlib.sha256(text).hexdigest()
+
+
+def _exact_decimal(value: Any) -> str:
+    """orjson's hook: mapped content holds nothing else it does not write itself."""
+    if type(value) is Decimal:
+        return orjson.Fragment(str(value))  # a bare number: never equal to the text "1.50"
+    raise TypeError(f"{type(value).__name__} is not fingerprinted")
 
 
 # --- customers and billing contacts ----------------------------------------------------------

@@ -205,10 +205,13 @@ def test_fingerprint_is_stable_and_content_sensitive():
         {"a": datetime(2026, 1, 1, tzinfo=timezone.utc), "b": Decimal("1.50"), "c": None},
         {"a": date(2026, 1, 1), "b": Decimal("1.50"), "c": ""},
         {"a": date(2026, 1, 1), "b": Decimal("1.50"), "c": "\udc80"},  # a lone surrogate still hashes
+        {"a": date(2026, 1, 1), "b": Decimal("1.50"), "c": 2**70},  # so does an integer beyond 64 bits
+        {"a": date(2026, 1, 1), "b": "1.50", "c": None},  # text is not the amount it reads as
     ]
     assert a == same
     assert len({a, *(mapping.fingerprint(o) for o in others)}) == 1 + len(others)
     assert len(a) == 64
+    assert mapping.fingerprint(others[-2]) == mapping.fingerprint(dict(others[-2]))  # the fallback is stable too
 
 
 # --- customers and billing contacts ---------------------------------------------------------
