@@ -20,8 +20,10 @@ up in docs/sync-rules.md.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
+import json
 import logging
 import operator
 import time
@@ -422,8 +424,8 @@ def _insert_rows(model: type[models.Model], rows: list[Mapping[str, Any]]) -> No
 
     The rows bulk_create would write, without building model instances or preparing every value:
     the drivers take ints, text, bools and Decimals (quantized by mapping.py) as they are, so only
-    dates, times and JSON go through their fields' preparation, and a date or time seen before in
-    the batch reuses its prepared form. A full sync writes its invoices, lines and payments this
+    dates and times go through their fields' preparation (a value seen before in the batch reuses
+    its prepared form) and JSON through its field's encoder. A full sync writes its invoices, lines and payments this
     way: 3-4x less work than bulk_create for the same rows."""
     if not rows:
         return
@@ -440,8 +442,14 @@ def _insert_rows(model: type[models.Model], rows: list[Mapping[str, Any]]) -> No
         else:
             defaults[f.attname] = f.get_default()
     take = operator.itemgetter(*(f.attname for f in fields))
-    prepared = [(index, f.get_db_prep_save, {} if not isinstance(f, models.JSONField) else None)
-                for index, f in enumerate(fields) if isinstance(f, (models.DateField, models.JSONField))]  # DateTimeField too
+    prepared = []  # (column index, preparation, cache of prepared values or None)
+    for index, f in enumerate(fields):
+        if isinstance(f, models.JSONField):
+            # What the field's preparation ends in (json.dumps(value, cls=encoder)) with one
+            # encoder for the batch; text serves PostgreSQL's COPY into jsonb as well.
+            prepared.append((index, (f.encoder or json.JSONEncoder)().encode, None))
+        elif isinstance(f, models.DateField):  # DateTimeField too
+            prepared.append((index, functools.partial(f.get_db_prep_save, connection=db), {}))
     values = []
     for row in rows:
         if auto:
@@ -458,10 +466,10 @@ def _insert_rows(model: type[models.Model], rows: list[Mapping[str, Any]]) -> No
                 if value is None:
                     continue
                 if cache is None:
-                    record[index] = prepare(value, connection=db)
+                    record[index] = prepare(value)
                 else:
                     if value not in cache:
-                        cache[value] = prepare(value, connection=db)
+                        cache[value] = prepare(value)
                     record[index] = cache[value]
         values.append(record)
     quote = db.ops.quote_name
