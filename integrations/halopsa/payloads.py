@@ -110,6 +110,9 @@ class PayloadEncoder(json.JSONEncoder):
 
 def _payload_default(value: Any) -> Any:
     """orjson's hook for what it does not encode itself."""
+    if type(value) is Decimal:  # called for every amount of every payload: str is the fast path
+        text = str(value)
+        return text if "E" not in text else format(value, "f")  # never scientific notation
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, float):  # float subclasses (NonFiniteNumber) come here

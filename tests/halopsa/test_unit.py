@@ -87,7 +87,8 @@ def test_json_numbers_are_decimal_both_ways():
 @pytest.mark.parametrize(
     "payload",
     [
-        {"total": Decimal("1234.10"), "big": Decimal("1E+3"), "lines": [{"q": Decimal("0.0000001")}], "ok": True, "n": None},
+        {"total": Decimal("1234.10"), "big": Decimal("1E+3"), "lines": [{"q": Decimal("0.0000001")}], "ok": True, "n": None,
+         "zero": Decimal("0E-10"), "small": Decimal("0.000001"), "neg": Decimal("-5E-8")},
         parse_json(b'{"bad": NaN, "worse": [-Infinity], "fine": 1.5}'),  # NaN is not JSON: stored as text
         {1: "int key", "date": date(2026, 1, 2), "when": datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)},
         {"huge": 2**70, "text": "Zoë \u00e9 \u2028"},
