@@ -361,7 +361,9 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
             for table in TABLES:
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 1)) FROM {table}")
     return {"seconds": sum(timings.values()), "cpu_seconds": cpu, "by_table": timings, "rows": copied,
-            "by_method": {m: sum(t for t, _ in v.values()) for m, v in by_method.items()}, "peak_rss_mb": peak_rss_mb()}
+            "by_method": {m: sum(t for t, _ in v.values()) for m, v in by_method.items()},
+            "by_method_and_table": {m: {table: t for table, (t, _) in v.items()} for m, v in by_method.items()},
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def step_webhook_setup(args: argparse.Namespace) -> dict[str, Any]:
