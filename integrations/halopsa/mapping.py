@@ -250,7 +250,7 @@ def fingerprint(content: Mapping[str, Any]) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def _exact_decimal(value: Any) -> str:
+def _exact_decimal(value: Any) -> orjson.Fragment:
     """orjson's hook: mapped content holds nothing else it does not write itself."""
     if type(value) is Decimal:
         return orjson.Fragment(str(value))  # a bare number: never equal to the text "1.50"

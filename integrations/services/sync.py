@@ -425,8 +425,8 @@ def _insert_rows(model: type[models.Model], rows: list[Mapping[str, Any]]) -> No
     The rows bulk_create would write, without building model instances or preparing every value:
     the drivers take ints, text, bools and Decimals (quantized by mapping.py) as they are, so only
     dates and times go through their fields' preparation (a value seen before in the batch reuses
-    its prepared form) and JSON through its field's encoder. A full sync writes its invoices, lines and payments this
-    way: 3-4x less work than bulk_create for the same rows."""
+    its prepared form) and JSON through its field's encoder. A full sync writes its invoices,
+    lines and payments this way: 3-4x less work than bulk_create for the same rows."""
     if not rows:
         return
     db = connections[router.db_for_write(model)]
