@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import operator
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -272,18 +273,37 @@ def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = N
     return run
 
 
-@contextmanager
-def _rare_cycle_collection() -> Iterator[None]:
+class _RareCycleCollection:
     """A run allocates millions of short-lived containers (parsed payloads, mapped rows) that hold
     no reference cycles; at Python's default thresholds the cycle collector still runs thousands of
     times per run and now and then walks every long-lived object of the worker (11 % of a
-    100k-invoice full sync). It runs less often during the run; the thresholds come back after."""
-    previous = gc.get_threshold()
-    gc.set_threshold(max(previous[0], 10_000), max(previous[1], 50), max(previous[2], 1000))
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
+    100k-invoice full sync). It runs less often while any run executes in this process; the
+    thresholds come back when the last one ends (runs may overlap in threads: the thresholds are
+    the process's, so they are set by the first and restored by the last)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._previous = gc.get_threshold()
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if not self._active:
+                self._previous = gc.get_threshold()
+                previous = self._previous
+                gc.set_threshold(max(previous[0], 10_000), max(previous[1], 50), max(previous[2], 1000))
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if not self._active:
+                    gc.set_threshold(*self._previous)
+
+
+_rare_cycle_collection = _RareCycleCollection()
 
 
 def sync_record(*, connection: Connection, entity: str, halopsa_id: int, trigger: str) -> SyncRun:

@@ -189,6 +189,22 @@ def test_the_cycle_collector_is_slowed_only_while_a_run_executes(connection, run
     assert gc.get_threshold() == before
 
 
+def test_overlapping_runs_restore_the_cycle_collector_when_the_last_one_ends():
+    import gc
+
+    from integrations.services.sync import _rare_cycle_collection
+
+    before = gc.get_threshold()
+    first, second = _rare_cycle_collection(), _rare_cycle_collection()
+    first.__enter__()
+    second.__enter__()  # another thread's run starts while the first is still going
+    raised = gc.get_threshold()
+    first.__exit__(None, None, None)
+    assert gc.get_threshold() == raised  # the second run still executes
+    second.__exit__(None, None, None)
+    assert raised[0] >= 10_000 and gc.get_threshold() == before
+
+
 def test_dropped_connections_are_retried_by_the_client(connection, halo_sandbox, run_sync):
     halo_sandbox.add_fault("drop", path="/api/Invoice", count=2)
     run = run_sync(connection, "full")
