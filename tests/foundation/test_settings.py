@@ -33,7 +33,7 @@ print(json.dumps({
     "Q_CLUSTER": s.Q_CLUSTER,
     "CACHE_BACKEND": s.CACHES["default"]["BACKEND"],
     "CACHE_LOCATION": s.CACHES["default"].get("LOCATION"),
-    "LOG_STREAM": s.LOGGING["handlers"]["stdout"]["stream"],
+    "LOG_STREAM": s.LOGGING["handlers"]["console"]["stream"],
 }))
 """
 
@@ -134,7 +134,7 @@ def test_production_settings_switch_on_https_protection_and_hashed_static_files(
     assert loaded["SECURE_HSTS_SECONDS"] >= 31536000
     assert loaded["HALOPSA_ALLOW_PRIVATE_NETWORKS"] is False
     assert loaded["STATICFILES_BACKEND"] == "whitenoise.storage.CompressedManifestStaticFilesStorage"
-    assert loaded["LOG_STREAM"] == "ext://sys.stdout"
+    assert loaded["LOG_STREAM"] == "ext://sys.stderr"
     assert loaded["SECURE_PROXY_SSL_HEADER"] is None
 
 
