@@ -111,6 +111,9 @@ class Connection(models.Model):
     last_test_ok = models.BooleanField(null=True, blank=True)
     last_test_at = models.DateTimeField(null=True, blank=True)
     last_test_message = models.TextField(blank=True)
+    # What the shape probe learned about this instance's API (integrations/halopsa/shape.py).
+    halo_shape = models.JSONField(default=dict, blank=True)
+    shape_checked_at = models.DateTimeField(null=True, blank=True)
 
     # Inbound webhooks: the key routes the request (not secret); the Basic credentials authenticate it.
     webhook_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -178,6 +181,27 @@ class SyncCursor(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["connection", "entity"], name="cursor_unique_per_entity")]
+
+
+class HaloUserFlag(models.Model):
+    """A HaloPSA user's billing flag read from GET /Users/{id}, for instances whose user list rows
+    lack it (HaloShape.billing_flag_source "detail"). `list_fingerprint` is the list row it was
+    read for: the detail is fetched again only when that row changes."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    halopsa_user_id = models.BigIntegerField()
+    list_fingerprint = models.CharField(max_length=64, blank=True)
+    # None until the detail has been read (a user waiting for it keeps the contacts it had).
+    can_access_invoices = models.BooleanField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PartnerScopedQuerySet.as_manager()
+    partner_lookup = "connection__partner_id"
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "halopsa_user_id"], name="user_flag_unique_per_connection")
+        ]
 
 
 class Lease(models.Model):
