@@ -62,6 +62,11 @@ class HaloShape:
     # paymentstatus code (as text) -> counts seen in a sample: {"-1": {"seen": 3, "unpaid": 3, "paid": 0}}
     paymentstatus_codes: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    # HaloPSA's timestamps carry no offset and may be in the instance's local time: seconds to add
+    # to our clock to get HaloPSA's, measured from HaloPSA's own stamp on a write of ours (None
+    # until measured). Only comparisons of a HaloPSA time with one of ours need it; cursors never do.
+    clock_offset_seconds: float | None = None
+
     # Top-level fields a sampled record lacked although the portal reads them, per entity.
     missing_fields: dict[str, list[str]] = field(default_factory=dict)
     # Features the probe blocked, each with a message a partner can act on:
