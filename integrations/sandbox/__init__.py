@@ -7,7 +7,8 @@ benchmarks::
     srv = SandboxServer(dataset="tiny", seed=1, host="127.0.0.1", port=0, version="2.130.1",
                         token_lifetime=3600, rate_limit=300, rate_window=300, tenant=None,
                         retry_after=None,                      # Retry-After on 429s (None: none)
-                        webhook_attempts=4, webhook_backoff=(0.5, 1.0, 2.0), webhook_timeout=5.0)
+                        webhook_attempts=4, webhook_backoff=(0.5, 1.0, 2.0), webhook_timeout=5.0,
+                        profile="default", clock_offset_minutes=None)  # see "Profiles" below
     srv.start()        # background ThreadingHTTPServer; also usable as a context manager
     srv.url            # HaloPSA base URL: API under /api, token at /auth/token
     srv.store          # in-memory state; its methods = the control API's record operations
@@ -16,6 +17,7 @@ benchmarks::
     srv.webhook_deliveries; srv.wait_for_webhooks(timeout)
     srv.set_version(v); srv.expire_tokens(); srv.set_token_lifetime(s)
     srv.set_rate_limit(limit, window, retry_after); srv.add_fault(mode, **options); srv.clear_faults()
+    srv.set_profile(profile, clock_offset_minutes=None); srv.profile
     srv.add_webhook(url, **fields); srv.reset(dataset, seed); srv.stop()
 
 Datasets: "tiny" (every case, 3 customers / 8 contacts / 8 invoice records), "demo" (25 / 90 /
@@ -29,8 +31,15 @@ GET/POST /api/Client[/{id}]; GET /api/Users[/{id}]; GET/POST /api/Invoice, GET/D
 /api/InvoicePayment, GET/DELETE /api/InvoicePayment/{id}; GET /api/Attachment/{id};
 GET/POST /api/Webhook, GET/DELETE /api/Webhook/{id}.
 
+Profiles (issue 16): a profile is "default" (the shapes in shapes.py), "all", or comma-separated
+variant names from `shapes.PROFILE_VARIANTS` (each documented there with its evidence), e.g.
+"flag_on_detail,local_clock". They change what the wire shows, never the data: the ground truth is
+the same under every profile. `clock_offset_minutes` (default -420) is how far the instance's clock
+is from UTC under `local_clock`. Unknown names raise ValueError (HTTP 400 on the control API).
+
 Control API (JSON, no auth, not logged, not rate limited), under /_sandbox/:
 GET / (describe); POST reset {dataset, seed}; GET ground_truth; GET|DELETE requests;
+GET profile, PUT profile {profile, clock_offset_minutes};
 PUT version {version}; PUT ratelimit {limit, window, retry_after}; POST tokens/expire;
 PUT token_lifetime {seconds}; POST clients, PATCH|DELETE clients/{id}; POST users,
 PATCH|DELETE users/{id}; POST invoices, PATCH|DELETE invoices/{id}, POST invoices/{id}/payments

@@ -165,9 +165,8 @@ def q_int_set(query: Mapping[str, str], name: str) -> frozenset[int] | None:
     return frozenset(items) if items else None
 
 
-def q_date(query: Mapping[str, str], name: str) -> int | None:
-    value = query.get(name)
-    return shapes.parse_query_date(value) if value else None
+def q_date(query: Mapping[str, str], name: str, profile: shapes.Profile) -> int | None:
+    return shapes.parse_instance_date(query.get(name), profile)
 
 
 def active_flags(query: Mapping[str, str]) -> tuple[bool, bool]:
@@ -202,9 +201,11 @@ class SandboxServer:
                  rate_window: float = 300, tenant: str | None = None, retry_after: float | None = None,
                  client_id: str = shapes.SANDBOX_CLIENT_ID, client_secret: str = shapes.SANDBOX_CLIENT_SECRET,
                  webhook_attempts: int = 4, webhook_backoff: tuple[float, ...] = (0.5, 1.0, 2.0),
-                 webhook_timeout: float = 5.0) -> None:
+                 webhook_timeout: float = 5.0, profile: str = shapes.DEFAULT_PROFILE_NAME,
+                 clock_offset_minutes: int | None = None) -> None:
         self.host = host
         self.port = port
+        self.profile = shapes.parse_profile(profile, clock_offset_minutes)
         self.store = Store(dataset, seed, version)
         self.auth = TokenAuthority(client_id, client_secret, token_lifetime, tenant)
         self.rate_limiter = RateLimiter(rate_limit, rate_window, retry_after)
@@ -286,6 +287,13 @@ class SandboxServer:
     def expire_tokens(self) -> int:
         return self.auth.expire_all()
 
+    def set_profile(self, profile: str, clock_offset_minutes: int | None = None) -> shapes.Profile:
+        """Serve the variants of `profile` from the next request on (shapes.PROFILE_VARIANTS);
+        `clock_offset_minutes` None means -420. Raises ValueError on unknown names. The data and
+        the ground truth stay as they are; reset() keeps the profile."""
+        self.profile = shapes.parse_profile(profile, clock_offset_minutes)
+        return self.profile
+
     def set_token_lifetime(self, seconds: float) -> None:
         self.auth.lifetime = float(seconds)
 
@@ -361,11 +369,15 @@ class SandboxServer:
         if handler is None:
             return _json_error(404, shapes.NOT_FOUND_ROUTE_MESSAGE)
         try:
-            return handler(self, method, segments[1:], query, body)
+            response = handler(self, method, segments[1:], query, body)
         except NotFound as exc:
             return _json_error(404, exc.message)
         except SandboxError as exc:
             return _json_error(exc.status, exc.message)
+        profile = self.profile
+        if profile.variants and response.status < 300 and response.payload is not None:
+            response.payload = shapes.to_wire(response.payload, profile)
+        return response
 
     def _token(self, method: str, query: dict[str, str], body: bytes) -> Response:
         form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
@@ -426,11 +438,11 @@ class SandboxServer:
             return _json_error(405, f"The requested resource does not support http method '{method}'.")
         if method == "GET":
             include_active, include_inactive = active_flags(query)
+            updated_from, updated_to = self._lastupdate_window(query)
             rows = store.query_clients(
                 include_active=include_active, include_inactive=include_inactive, search=query.get("search"),
-                updated_from=q_date(query, "lastupdatefromdate"), updated_to=q_date(query, "lastupdatetodate"),
-                toplevel_id=q_int(query, "toplevel_id"), order=query.get("order"),
-                desc=bool(q_bool(query, "orderdesc", False)))
+                updated_from=updated_from, updated_to=updated_to, toplevel_id=q_int(query, "toplevel_id"),
+                order=query.get("order"), desc=bool(q_bool(query, "orderdesc", False)))
             window, envelope = paged(query, len(rows))
             if q_bool(query, "idonly", False):
                 items = [{"id": c.id, "name": c.name} for c in rows[window]]
@@ -464,18 +476,30 @@ class SandboxServer:
             return _json_error(405, f"The requested resource does not support http method '{method}'.")
         if method == "GET":
             include_active, include_inactive = active_flags(query)
+            updated_from, updated_to = self._lastupdate_window(query)
             rows = store.query_users(
                 client_id=q_int(query, "client_id"), site_id=q_int(query, "site_id"),
                 include_active=include_active, include_inactive=include_inactive, search=query.get("search"),
-                updated_from=q_date(query, "lastupdatefromdate"), updated_to=q_date(query, "lastupdatetodate"),
+                updated_from=updated_from, updated_to=updated_to,
                 order=query.get("order"), desc=bool(q_bool(query, "orderdesc", False)))
             window, envelope = paged(query, len(rows))
             if q_bool(query, "idonly", False):
                 items = [{"id": u.id, "name": u.name} for u in rows[window]]
             else:
                 items = [store.user_json(u) for u in rows[window]]
+                if not shapes.users_list_has_flag(self.profile, bool(q_bool(query, "includebillinginfo", False))):
+                    for item in items:
+                        del item["canaccessinvoices"]
             return Response(200, {**envelope, shapes.ENVELOPE_KEYS["users"]: items})
         return _json_error(405, f"The requested resource does not support http method '{method}'.")
+
+    def _lastupdate_window(self, query: Mapping[str, str]) -> tuple[int | None, int | None]:
+        """`lastupdatefromdate`/`lastupdatetodate` of /Client and /Users (unset under the
+        `no_lastupdate_filter` profile)."""
+        profile = self.profile
+        if profile.has("no_lastupdate_filter"):
+            return None, None
+        return q_date(query, "lastupdatefromdate", profile), q_date(query, "lastupdatetodate", profile)
 
     _INVOICE_WRITE_FIELDS = ("voided", "markaspaid", "duedate", "invoice_date", "client_id", "thirdpartyinvoicenumber")
 
@@ -546,15 +570,20 @@ class SandboxServer:
             client_ids = frozenset({q_int(query, "client_id")})
         elif q_int_set(query, "client_ids"):
             client_ids = q_int_set(query, "client_ids")
-        date_field = (query.get("datesearch") or "").lower() or None
-        start, end = q_date(query, "start_date"), q_date(query, "end_date")
-        if date_field not in ("invoice_date", "last_modified", "duedate"):
-            # Unknown datesearch values are ignored; dates without datesearch filter invoice_date.
-            date_field = "invoice_date" if (start is not None or end is not None) else None
+        profile = self.profile
+        if profile.has("no_datesearch"):
+            date_field, start, end = None, None, None
+        else:
+            date_field = (query.get("datesearch") or "").lower() or None
+            start, end = q_date(query, "start_date", profile), q_date(query, "end_date", profile)
+            if date_field not in ("invoice_date", "last_modified", "duedate"):
+                # Unknown datesearch values are ignored; dates without datesearch filter invoice_date.
+                date_field = "invoice_date" if (start is not None or end is not None) else None
         ids = store.query_invoice_ids(
             include_invoices=bool(q_bool(query, "includeinvoices", True)),
             include_credits=bool(q_bool(query, "includecredits", False)),
-            client_ids=client_ids, paymentstatuses=q_int_set(query, "paymentstatuses"),
+            client_ids=client_ids,
+            paymentstatuses=shapes.internal_paymentstatuses(q_int_set(query, "paymentstatuses"), profile),
             date_field=date_field, start=start, end=end, search=query.get("search") or None,
             third_party_id=query.get("third_party_id") or None, order=query.get("order"),
             desc=bool(q_bool(query, "orderdesc", False)))
@@ -584,15 +613,19 @@ class SandboxServer:
                 return Response(200)
             return _json_error(405, f"The requested resource does not support http method '{method}'.")
         if method == "GET":
-            pairs = store.query_payments(invoice_id=q_int(query, "invoice_id"), client_id=q_int(query, "client_id"),
-                                         search=query.get("search") or None)
-            window, envelope = paged(query, len(pairs))
+            profile = self.profile
+            invoice_id = None if profile.has("payment_invoice_filter_ignored") else q_int(query, "invoice_id")
+            pairs = store.query_payments(invoice_id=invoice_id, client_id=q_int(query, "client_id"),
+                                         search=query.get("search") or None,
+                                         search_reference=not profile.has("search_ignores_reference"))
+            envelope_key = shapes.payments_envelope_key(profile)
+            window, envelope = paged(query, len(pairs)) if envelope_key else (slice(None), {})
             items = []
             for payment_id, _ in pairs[window]:
                 found = store.find_payment(payment_id)
                 if found is not None:
                     items.append(store.payment_json(*found))
-            return Response(200, {**envelope, shapes.ENVELOPE_KEYS["payments"]: items})
+            return Response(200, {**envelope, envelope_key: items} if envelope_key else items)
         if method == "POST":
             # Always an array back, one created payment per row (unverified, §11 item 7).
             return Response(201, store.add_payments(self._body_rows(body)))
@@ -627,7 +660,8 @@ class SandboxServer:
             f"Total: {invoice.total} {invoice.currency}",
             f"Paid: {invoice.amountpaid} {invoice.currency}",
             f"Balance: {invoice.amountdue} {invoice.currency}",
-            f"Document {invoice.pdf_attachment_id} generated {shapes.format_timestamp(invoice.pdf_created_ms)}",
+            f"Document {invoice.pdf_attachment_id} generated "
+            f"{shapes.format_timestamp(invoice.pdf_created_ms + self.profile.clock_offset_ms)}",
         ]
         return render_text_pdf(lines, title=f"{kind} {invoice.invoicenumber}")
 
@@ -706,6 +740,17 @@ class SandboxServer:
                 key = f"{entry['method']} {entry['path']}"
                 by_path[key] = by_path.get(key, 0) + 1
             return Response(200, {"count": len(log), "by_path": by_path, "requests": log})
+        if head == "profile":
+            if method == "PUT":
+                if "profile" not in data:
+                    raise SandboxError('profile is required, e.g. {"profile": "nulls_omitted,local_clock"}')
+                try:
+                    self.set_profile(data["profile"], data.get("clock_offset_minutes"))
+                except ValueError as exc:
+                    raise SandboxError(str(exc))
+                return Response(200, self.profile.as_dict())
+            if method == "GET":
+                return Response(200, self.profile.as_dict())
         if head == "version" and method == "PUT":
             self.set_version(str(data["version"]))
             return Response(200, {"version": self.version})
@@ -784,6 +829,7 @@ class SandboxServer:
             "token_lifetime": self.auth.lifetime, "rate_limit": self.rate_limiter.limit,
             "rate_window": self.rate_limiter.window, "customers": len(store.clients), "users": len(store.users),
             "invoices": store.invoice_count(), "revision": store.revision,
+            "profile": self.profile.name, "clock_offset_minutes": self.profile.clock_offset_minutes,
         }
 
 

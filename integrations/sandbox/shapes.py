@@ -5,6 +5,7 @@ names, but several details are marked "unverified" there. Each guess below says 
 section, so that correcting the simulator after meeting a real tenant means editing this file only.
 
 This module is pure standard library (no Django) and holds:
+- profiles: the plausible variants of a real instance the reference cannot rule out (issue 16),
 - enums (payment status, payment type, webhook auth type),
 - envelope keys of list endpoints,
 - date and money formatting,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -50,7 +52,9 @@ def version_supports_webhooks(version: str) -> bool:
 # Enums (reference §11 item 3: none of these integers is confirmed by Halo)
 
 #: `InvoiceHeader.paymentstatus`. Only "0 (and -1) = unpaid" is hinted by Halo's UI filter
-#: `paymentstatuses=0,-1` [HAPI #33]; 1 and 2 are our guess. No record is ever given -1.
+#: `paymentstatuses=0,-1` [HAPI #33]; 1 and 2 are our guess. Only the `unpaid_minus_one` profile
+#: serves -1 (the database default, "not computed yet").
+PAYMENTSTATUS_NOT_COMPUTED = -1
 PAYMENTSTATUS_UNPAID = 0
 PAYMENTSTATUS_PARTIALLY_PAID = 1
 PAYMENTSTATUS_PAID = 2
@@ -78,7 +82,7 @@ NO_CLIENT_NAME = ""
 # Lists and paging (§2)
 
 #: Array keys inside list envelopes. `invoicepayments` is a guess: GET /InvoicePayment has no
-#: declared response schema (§2, §11 item 7). `webhooks` is a guess too (GET /Webhook is a bare
+#: declared response schema (§2, §11 item 7; profiles `payments_key_payments`, `payments_bare_array`). `webhooks` is a guess too (GET /Webhook is a bare
 #: array in some clients) - the sandbox returns a bare array for /Webhook, see server.py.
 ENVELOPE_KEYS = {
     "clients": "clients",
@@ -117,7 +121,7 @@ def rate_limit_message(limit: int, window_seconds: float) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Dates. Halo sends local-style timestamps without an offset (§2); the sandbox's clock is UTC, so
-# every timestamp it serves is UTC without a suffix. `invoice_date`/`duedate`/`date` come without
+# every timestamp it serves is UTC without a suffix (the `local_clock` profile moves them). `invoice_date`/`duedate`/`date` come without
 # fractions, `last_modified`/`alastupdate`/`ulastupdate`/`datecreated` with milliseconds ([PYH]
 # parses the former with `%Y-%m-%dT%H:%M:%S` and `last_modified` with `.%f`).
 
@@ -158,10 +162,11 @@ _DATE_RE = re.compile(
 )
 
 
-def parse_query_date(text: str) -> int | None:
+def parse_query_date(text: str, *, read_offset: bool = True) -> int | None:
     """Parse a query-string or body date into epoch ms (UTC). Accepts `2026-10-10`,
-    `2026-10-10T10:00:00`, fractions (1-7 digits), `Z` or `+hh:mm`. Returns None when unparseable
-    (Halo ignores what it cannot bind, so callers treat None as "no filter")."""
+    `2026-10-10T10:00:00`, fractions (1-7 digits), `Z` or `+hh:mm` (ignored when `read_offset`
+    is false). Returns None when unparseable (Halo ignores what it cannot bind, so callers treat
+    None as "no filter")."""
     match = _DATE_RE.match(str(text or ""))
     if not match:
         return None
@@ -173,7 +178,7 @@ def parse_query_date(text: str) -> int | None:
     ms = datetime_to_ms(value)
     if fraction:
         ms += int((fraction + "000")[:3])
-    if offset and offset.upper() != "Z":
+    if read_offset and offset and offset.upper() != "Z":
         sign = -1 if offset[0] == "-" else 1
         digits = offset[1:].replace(":", "")
         ms -= sign * (int(digits[:2]) * 60 + int(digits[2:])) * 60_000
@@ -361,6 +366,203 @@ def invoice_to_api(invoice: Invoice, client_name: str, *, include_lines: bool) -
     }
     if include_lines:
         body["lines"] = [line_to_api(line, invoice.id) for line in invoice.lines]
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles (issue 16): the plausible real-HaloPSA variants where the reference is unsure. A
+# profile is a set of variant names; the default profile (no variant) is the shape above. The
+# data never changes with the profile (the ground truth is the same), only what the wire shows.
+# Each variant names its evidence; server.py applies them (`to_wire` below does the record shapes).
+
+PROFILE_VARIANTS: dict[str, str] = {
+    # Both specs' `Users_List` lacks `canaccessinvoices`; only the full `Users` (GET /Users/{id})
+    # has it (§4.2).
+    "flag_on_detail": "GET /Users list rows have no canaccessinvoices (whatever includebillinginfo "
+                      "says); GET /Users/{id} has it",
+    # `includebillinginfo` on GET /Users is "Include billing information in the response" (§4.2);
+    # that it adds this flag is a guess.
+    "flag_with_billinginfo": "GET /Users list rows carry canaccessinvoices only with includebillinginfo=true; "
+                             "the detail always does",
+    # GET /InvoicePayment has no declared response schema (§2, §11 item 7); Status/Priority/Agent
+    # lists are bare arrays [DJPSA].
+    "payments_bare_array": "GET /InvoicePayment answers a bare array of every matching row (no envelope, "
+                           "no record_count, paging ignored)",
+    "payments_key_payments": "GET /InvoicePayment's envelope key is `payments`, not `invoicepayments`",
+    # What `search` matches is undocumented (§2 "Search", §5).
+    "search_ignores_reference": "GET /InvoicePayment search matches the invoice number and client name, "
+                                "never reference/thirdpartyid",
+    # Unknown or unbound parameters are silently ignored (§2); `invoice_id` on /InvoicePayment is
+    # spec text only (§5).
+    "payment_invoice_filter_ignored": "GET /InvoicePayment ignores invoice_id (answers every payment)",
+    # Fields can be omitted (§2 last bullet); HaloPSA leaves null fields out (issue 16 item 8).
+    "nulls_omitted": "every object the API returns leaves out keys whose value is null or \"\"",
+    # Halo's own unpaid view sends paymentstatuses=0,-1 [HAPI #33] (§3.2, §3.6, §11 item 3).
+    "unpaid_minus_one": "invoices with nothing paid carry paymentstatus -1, amountdue 0 and no "
+                        "amount_remaining; paymentstatuses=-1 matches them, 0 does not",
+    # `datesearch`/`start_date`/`end_date` are SW25 only (§3.2, §9); older instances ignore them.
+    "no_datesearch": "GET /Invoice ignores datesearch/start_date/end_date (order=last_modified works)",
+    # The specs type these as bool with an odd description; use as filters unverified (§4.1, §11 item 6).
+    "no_lastupdate_filter": "GET /Client and /Users ignore lastupdatefromdate/lastupdatetodate",
+    # Timestamps come without an offset (§2 "Date formats"), so they are in whatever frame the
+    # instance's clock is.
+    "local_clock": "every timestamp served is UTC + clock_offset_minutes (no offset written) and query "
+                   "dates are read in that frame; calendar dates and webhook `timestamp` unaffected",
+}
+ALL_PROFILE = "all"
+DEFAULT_PROFILE_NAME = "default"
+#: `local_clock`'s default: the instance runs 7 hours behind our (UTC) clock.
+DEFAULT_CLOCK_OFFSET_MINUTES = -420
+#: Offsets beyond this are refused (a month either way; tests use days).
+MAX_CLOCK_OFFSET_MINUTES = 30 * 24 * 60
+
+
+@dataclass(frozen=True)
+class Profile:
+    variants: frozenset[str] = frozenset()
+    clock_offset_minutes: int = DEFAULT_CLOCK_OFFSET_MINUTES
+
+    def has(self, variant: str) -> bool:
+        if variant not in PROFILE_VARIANTS:
+            raise KeyError(f"unknown profile variant {variant!r}")
+        return variant in self.variants
+
+    @property
+    def name(self) -> str:
+        """`default`, `all`, or the variant names in PROFILE_VARIANTS order, comma-separated."""
+        if not self.variants:
+            return DEFAULT_PROFILE_NAME
+        if self.variants == frozenset(PROFILE_VARIANTS):
+            return ALL_PROFILE
+        return ",".join(v for v in PROFILE_VARIANTS if v in self.variants)
+
+    @property
+    def clock_offset_ms(self) -> int:
+        """How far the instance's clock is from UTC (0 unless `local_clock`)."""
+        return self.clock_offset_minutes * 60_000 if "local_clock" in self.variants else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"profile": self.name, "variants": [v for v in PROFILE_VARIANTS if v in self.variants],
+                "clock_offset_minutes": self.clock_offset_minutes}
+
+
+DEFAULT_PROFILE = Profile()
+
+
+def parse_profile(text: str | None, clock_offset_minutes: Any = None) -> Profile:
+    """`"default"` (or empty), `"all"`, or comma-separated variant names; raises ValueError naming
+    the valid ones. `clock_offset_minutes` (whole minutes; None = -420) only matters with
+    `local_clock`."""
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"profile must be a string, not {type(text).__name__}")
+    variants: set[str] = set()
+    for part in (text or "").split(","):
+        name = part.strip().lower()
+        if name in ("", DEFAULT_PROFILE_NAME):
+            continue
+        if name == ALL_PROFILE:
+            variants.update(PROFILE_VARIANTS)
+        elif name in PROFILE_VARIANTS:
+            variants.add(name)
+        else:
+            raise ValueError(f"unknown HaloPSA profile {part.strip()!r}; use {DEFAULT_PROFILE_NAME!r}, "
+                             f"{ALL_PROFILE!r} or a comma-separated list of: {', '.join(PROFILE_VARIANTS)}")
+    if clock_offset_minutes is None:
+        offset = DEFAULT_CLOCK_OFFSET_MINUTES
+    elif isinstance(clock_offset_minutes, bool) or not isinstance(clock_offset_minutes, (int, str)):
+        raise ValueError(f"clock_offset_minutes must be a whole number of minutes, not {clock_offset_minutes!r}")
+    else:
+        try:
+            offset = int(clock_offset_minutes)
+        except ValueError:
+            raise ValueError(f"clock_offset_minutes must be a whole number of minutes, not {clock_offset_minutes!r}")
+    if abs(offset) > MAX_CLOCK_OFFSET_MINUTES:
+        raise ValueError(f"clock_offset_minutes must be within ±{MAX_CLOCK_OFFSET_MINUTES} (30 days), not {offset}")
+    return Profile(frozenset(variants), offset)
+
+
+def users_list_has_flag(profile: Profile, include_billing_info: bool) -> bool:
+    """Whether GET /Users list rows carry `canaccessinvoices`. `flag_on_detail` wins over
+    `flag_with_billinginfo` when both are on (the `all` profile)."""
+    if profile.has("flag_on_detail"):
+        return False
+    if profile.has("flag_with_billinginfo"):
+        return include_billing_info
+    return True
+
+
+def payments_envelope_key(profile: Profile) -> str | None:
+    """The array key of GET /InvoicePayment, or None for a bare array (`payments_bare_array` wins
+    over `payments_key_payments`)."""
+    if profile.has("payments_bare_array"):
+        return None
+    return "payments" if profile.has("payments_key_payments") else ENVELOPE_KEYS["payments"]
+
+
+def internal_paymentstatuses(wire: frozenset[int] | None, profile: Profile) -> frozenset[int] | None:
+    """`paymentstatuses` as sent -> the statuses the sandbox stores. With `unpaid_minus_one`,
+    unpaid invoices are -1 on the wire, so -1 selects them and 0 selects nothing."""
+    if wire is None or not profile.has("unpaid_minus_one"):
+        return wire
+    kept = {s for s in wire if s not in (PAYMENTSTATUS_UNPAID, PAYMENTSTATUS_NOT_COMPUTED)}
+    if PAYMENTSTATUS_NOT_COMPUTED in wire:
+        kept.add(PAYMENTSTATUS_UNPAID)
+    return frozenset(kept)
+
+
+def parse_instance_date(text: str | None, profile: Profile) -> int | None:
+    """A query-string date as the instance reads it, in epoch ms UTC. With `local_clock` the
+    instance reads every date as its own wall-clock time: an offset or `Z` is not converted
+    (a clock that merely disagrees with ours could not be corrected by it anyway; unverified,
+    §2 "Query-string dates", §11 item 6)."""
+    if not text:
+        return None
+    offset = profile.clock_offset_ms
+    if not offset:
+        return parse_query_date(text)
+    local = parse_query_date(text, read_offset=False)
+    return None if local is None else local - offset
+
+
+#: Timestamps (not calendar dates) among the fields served; `local_clock` moves these.
+#: `invoice_date`, `duedate` and a payment's `date` are calendar dates and stay.
+TIMESTAMP_KEYS = frozenset({"datecreated", "alastupdate", "ulastupdate", "date_created", "last_modified",
+                            "pdf_attachment_date_created"})
+
+
+def _shift_timestamp(text: Any, offset_ms: int) -> Any:
+    ms = parse_query_date(text) if isinstance(text, str) else None
+    if ms is None:
+        return text
+    return format_timestamp(ms + offset_ms) if "." in text else format_date(ms + offset_ms)
+
+
+def to_wire(payload: Any, profile: Profile) -> Any:
+    """An API answer built in the default shape (an object, an envelope, a list), as an instance
+    with `profile` serves it: timestamps moved (`local_clock`), unpaid invoices as -1
+    (`unpaid_minus_one`), null/"" keys left out (`nulls_omitted`), at every depth (embedded
+    lines and payments too). Returns a new structure; the default profile returns `payload`."""
+    if not profile.variants:
+        return payload
+    return _to_wire(payload, profile.clock_offset_ms, profile.has("unpaid_minus_one"), profile.has("nulls_omitted"))
+
+
+def _to_wire(value: Any, offset_ms: int, unpaid_minus_one: bool, omit_empty: bool) -> Any:
+    if isinstance(value, list):
+        return [_to_wire(item, offset_ms, unpaid_minus_one, omit_empty) for item in value]
+    if not isinstance(value, dict):
+        return value
+    body = {key: _to_wire(item, offset_ms, unpaid_minus_one, omit_empty) for key, item in value.items()}
+    if offset_ms:
+        for key in TIMESTAMP_KEYS.intersection(body):
+            body[key] = _shift_timestamp(body[key], offset_ms)
+    # An invoice record (lines and payments have no `paymentstatus`/`amountdue`).
+    if unpaid_minus_one and body.get("paymentstatus") == PAYMENTSTATUS_UNPAID and "amountdue" in body:
+        body["paymentstatus"] = PAYMENTSTATUS_NOT_COMPUTED
+        body["amountdue"] = ZERO
+        body.pop("amount_remaining", None)
+    if omit_empty:
+        body = {key: item for key, item in body.items() if item is not None and item != ""}
     return body
 
 

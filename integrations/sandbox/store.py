@@ -341,9 +341,11 @@ class Store:
             return result
 
     def query_payments(self, *, invoice_id: int | None = None, client_id: int | None = None,
-                       search: str | None = None) -> list[tuple[int, int]]:
-        """(payment id, invoice id) pairs, ordered by payment id."""
-        key = ("payments", invoice_id, client_id, (search or "").lower())
+                       search: str | None = None, search_reference: bool = True) -> list[tuple[int, int]]:
+        """(payment id, invoice id) pairs, ordered by payment id. `search` matches a payment's
+        `reference`/`thirdpartyid`, or with `search_reference=False` (profile
+        `search_ignores_reference`) its invoice number and client name instead."""
+        key = ("payments", invoice_id, client_id, (search or "").lower(), search_reference)
         with self.lock:
             cached = self._query_cache.get(key)
             if cached is not None:
@@ -363,8 +365,13 @@ class Store:
                 invoice = self.get_invoice(candidate)
                 if invoice is None or (client_id is not None and invoice.client_id != client_id):
                     continue
+                if needle and not search_reference and not (
+                    needle in invoice.invoicenumber.lower() or needle in self.invoice_client_name(invoice).lower()
+                ):
+                    continue
                 for p in invoice.payments:
-                    if needle and needle not in p.reference.lower() and needle not in p.thirdpartyid.lower():
+                    if needle and search_reference and needle not in p.reference.lower() \
+                            and needle not in p.thirdpartyid.lower():
                         continue
                     pairs.append((p.id, invoice.id))
             pairs.sort()

@@ -6,28 +6,69 @@
 - `halo_sandbox_factory`: `make(**kwargs)` starts a sandbox with any constructor arguments;
   every sandbox it made is stopped at teardown.
 - `halo_session`: a `requests.Session` already holding a bearer token for `halo_sandbox`.
+
+Profiles (issue 16, see integrations/sandbox/shapes.py PROFILE_VARIANTS): `--halo-profile NAME`
+(or the environment variable HALO_PROFILE) is the profile of every sandbox these fixtures start.
+A test that names one (`@pytest.mark.sandbox(profile=...)`, `make(profile=...)`) gets its own.
+A test that checks the default wire shape itself (an envelope key, a field's presence) carries
+`@pytest.mark.default_wire_shape(reason="...")` and always gets the default profile.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SandboxServer
+from integrations.sandbox.shapes import DEFAULT_PROFILE_NAME, parse_profile
 
 DEFAULT_SANDBOX_ARGS: dict[str, Any] = {"dataset": "tiny", "seed": 1, "port": 0}
+PROFILE_ENV = "HALO_PROFILE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--halo-profile", default=None, metavar="NAME",
+                     help=f"HaloPSA sandbox profile for the sandbox fixtures: default, all, or comma-separated "
+                          f"variant names (env {PROFILE_ENV})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sandbox(**kwargs): arguments for the halo_sandbox fixture")
+    profile = config.getoption("--halo-profile") or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE_NAME
+    try:
+        config.halo_profile = parse_profile(profile).name  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise pytest.UsageError(f"--halo-profile / {PROFILE_ENV}: {exc}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"HaloPSA sandbox profile: {config.halo_profile}"  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("default_wire_shape")
+        if marker is None:
+            continue
+        reason = marker.kwargs.get("reason", marker.args[0] if marker.args else "")
+        if not isinstance(reason, str) or not reason.strip():
+            raise pytest.UsageError(f"{item.nodeid}: default_wire_shape needs reason=\"...\" (which shape it checks)")
+
+
+def _profile_for(request: pytest.FixtureRequest) -> str:
+    if request.node.get_closest_marker("default_wire_shape") is not None:
+        return DEFAULT_PROFILE_NAME
+    return request.config.halo_profile  # type: ignore[attr-defined]
 
 
 @pytest.fixture
-def halo_sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
+def halo_sandbox_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., SandboxServer]]:
     started: list[SandboxServer] = []
+    profile = _profile_for(request)
 
     def make(**kwargs: Any) -> SandboxServer:
-        server = SandboxServer(**{**DEFAULT_SANDBOX_ARGS, **kwargs})
+        server = SandboxServer(**{**DEFAULT_SANDBOX_ARGS, "profile": profile, **kwargs})
         server.start()
         started.append(server)
         return server

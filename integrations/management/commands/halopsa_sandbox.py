@@ -27,10 +27,15 @@ class Command(BaseCommand):
         parser.add_argument("--rate-window", type=float, default=300)
         parser.add_argument("--token-lifetime", type=float, default=3600)
         parser.add_argument("--tenant", default=None)
+        parser.add_argument("--profile", default="default",
+                            help='HaloPSA variants to play: "default", "all", or comma-separated names '
+                                 '(see integrations/sandbox/shapes.py PROFILE_VARIANTS)')
+        parser.add_argument("--clock-offset-minutes", type=int, default=None,
+                            help="with the local_clock variant: the instance's clock minus UTC (default -420)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         from integrations.sandbox import SandboxServer
-        from integrations.sandbox.shapes import DEFAULT_VERSION
+        from integrations.sandbox.shapes import DEFAULT_VERSION, parse_profile
 
         dataset: Any = options["dataset"]
         if dataset.strip().startswith("{"):
@@ -39,10 +44,15 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(f"--dataset is not valid JSON: {exc}")
         try:
+            parse_profile(options["profile"], options["clock_offset_minutes"])
+        except ValueError as exc:
+            raise CommandError(f"--profile/--clock-offset-minutes: {exc}")
+        try:
             server = SandboxServer(
                 dataset=dataset, seed=options["seed"], host=options["host"], port=options["port"],
                 version=options["halo_version"] or DEFAULT_VERSION, token_lifetime=options["token_lifetime"],
                 rate_limit=options["rate_limit"], rate_window=options["rate_window"], tenant=options["tenant"],
+                profile=options["profile"], clock_offset_minutes=options["clock_offset_minutes"],
             )
             server.start()
         except (ValueError, OSError) as exc:
@@ -54,6 +64,9 @@ class Command(BaseCommand):
         info = server.describe()
         self.stdout.write(f"HaloPSA sandbox running at {server.url} (dataset {info['dataset']}, seed {info['seed']}, "
                           f"version {info['version']}; {info['customers']} customers, {info['invoices']} invoices)")
+        profile = server.profile
+        if profile.variants:
+            self.stdout.write(f"profile: {profile.name} (clock offset {profile.clock_offset_minutes} min)")
         self.stdout.write(f"client_id: {server.client_id}")
         self.stdout.write(f"client_secret: {server.client_secret}")
         if server.tenant:
