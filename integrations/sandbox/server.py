@@ -681,7 +681,14 @@ class SandboxServer:
         if method == "GET":
             return Response(200, store.list_webhooks())  # bare array (envelope unverified)
         if method == "POST":
-            saved = [store.save_webhook(row) for row in self._body_rows(body)]
+            rows = self._body_rows(body)
+            for row in rows:
+                events = row.get("events")
+                # `events` are UnameNotification objects (both specs); names are refused, see shapes.py.
+                if events is not None and (not isinstance(events, list)
+                                           or not all(isinstance(event, dict) for event in events)):
+                    raise SandboxError("events must be an array of objects (UnameNotification) with an eventno")
+            saved = [store.save_webhook(row) for row in rows]
             return Response(201, self._single_or_list(saved))
         return _json_error(405, f"The requested resource does not support http method '{method}'.")
 
@@ -814,8 +821,17 @@ class SandboxServer:
                 return Response(200, {"drained": self.wait_for_webhooks(float(data.get("timeout", 10)))})
             if ident is None and method == "GET":
                 return Response(200, store.list_webhooks())
-            if ident is None and method == "POST":
+            if ident is None and method == "POST":  # `events` by name, as a person ticks them
                 return Response(201, store.save_webhook(data))
+            if ident is not None and action == "events" and method == "POST":
+                # A person ticks more events on an existing webhook: {"events": ["invoice updated", ...]}.
+                hook = next((w for w in store.list_webhooks() if w["id"].lower() == ident.lower()), None)
+                if hook is None:
+                    raise NotFound(f"Webhook {ident} not found")
+                names = data.get("events")
+                if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                    raise SandboxError('events must be a list of event names, e.g. {"events": ["invoice updated"]}')
+                return Response(200, store.save_webhook({"id": hook["id"], "events": hook["events"] + names}))
             if ident is not None and method == "DELETE":
                 store.delete_webhook(ident)
                 return Response(200, {"deleted": ident})

@@ -66,9 +66,11 @@ PAYMENT_TYPE_PAYMENT = 0
 PAYMENT_TYPE_CREDIT = 1
 PAYMENT_TYPE_DEPOSIT = 2  # documented only; never produced
 
-#: `Webhook.authentication_type`: 0 none and 1 Basic per the guide; 3 = HMAC-SHA256 of the raw body,
-#: base64, in the header named by `authentication_header`, keyed by `basic_password` [DJPSA].
-#: With type 3 the sandbox *also* sends Basic auth when a username is set (the portal checks both).
+#: `Webhook.authentication_type` (§6; only 0 and 3 are confirmed, §11 item 3): 0 = no
+#: authentication; 1 = Basic (`basic_username`/`basic_password`; the guide names the option, its
+#: number is a guess); 3 = HMAC-SHA256 of the raw body, base64, in the header named by
+#: `authentication_header`, keyed by `basic_password` [DJPSA]. Each type sends only its own proof:
+#: a type-3 delivery carries the signature and no Basic `Authorization` header.
 WEBHOOK_AUTH_NONE = 0
 WEBHOOK_AUTH_BASIC = 1
 WEBHOOK_AUTH_HMAC = 3
@@ -568,21 +570,72 @@ def _to_wire(value: Any, offset_ms: int, unpaid_minus_one: bool, omit_empty: boo
 
 # ---------------------------------------------------------------------------------------------
 # Webhooks (§6). Event names are lower-case words like the live "ticket status changed"
-# [DOTMARC]; invoice/client/payment names and the entity keys are unverified (§11 item 4).
+# [DOTMARC]; invoice/client/user/payment names, their `eventno` values and the entity keys are
+# unverified (§11 item 4).
+#
+# How the sandbox's /api/Webhook treats `events` (both specs: an array of `UnameNotification`
+# objects, whose event is the integer `eventno`; DJPSA attaches events by `eventno` too):
+# - each item must be an object; a plain string (an event name) is refused with 400, because a
+#   real instance cannot bind a string to an object and a client sending names would otherwise
+#   believe it attached events that it did not;
+# - an object whose `eventno` (an integer, or digits in a string) is in WEBHOOK_EVENTNOS is attached
+#   and answered as a full object (webhook_event_object); an object with any other or no `eventno`
+#   is dropped without an error (what HaloPSA does with it is unknown): a client sees it missing
+#   when it reads the webhook back with GET /Webhook/{id};
+# - on an update (a POST with the `id` of an existing webhook) a given `events` replaces the list
+#   and a missing `events` keeps it (HaloPSA's update semantics are unverified).
+# The control API (`/_sandbox/webhooks`) plays a person ticking events in HaloPSA's UI, by name.
+# A webhook with no events delivers nothing (HaloPSA requires at least one, [WHG]).
 
-WEBHOOK_EVENTS = (
-    "invoice created",
-    "invoice updated",
-    "invoice deleted",
-    "client created",
-    "client updated",
-    "client deleted",
-    "user created",
-    "user updated",
-    "user deleted",
-    "payment created",
-    "payment deleted",
-)
+#: The sandbox's own event catalogue: event name -> `eventno`. The numbers are the sandbox's
+#: guesses (real ones are unknown, §11 item 4; "61" = "Ticket updated" is the only one seen, in
+#: DJPSA), chosen far from it so they cannot be mistaken for real values. "payment updated" can be
+#: attached but the sandbox never emits it (its payments are created or deleted, never edited).
+WEBHOOK_EVENTNOS = {
+    "invoice created": 9101,
+    "invoice updated": 9102,
+    "invoice deleted": 9103,
+    "client created": 9111,
+    "client updated": 9112,
+    "client deleted": 9113,
+    "user created": 9121,
+    "user updated": 9122,
+    "user deleted": 9123,
+    "payment created": 9131,
+    "payment updated": 9132,
+    "payment deleted": 9133,
+}
+WEBHOOK_EVENTS = tuple(WEBHOOK_EVENTNOS)
+WEBHOOK_EVENT_NAMES_BY_NUMBER = {number: name for name, number in WEBHOOK_EVENTNOS.items()}
+#: `UnameNotification.type` / `delivery_method` of an event attached to a webhook, as DJPSA posts
+#: them to /api/Notification ("-2" and "6"; meaning unverified).
+WEBHOOK_EVENT_TYPE = -2
+WEBHOOK_EVENT_DELIVERY_METHOD = 6
+
+
+def webhook_eventno(value: Any) -> int | None:
+    """An `eventno` as an int (HaloPSA clients send ints or digit strings); None if neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def webhook_event_object(eventno: int, webhook_id: str, row_id: int) -> dict[str, Any]:
+    """An attached event as GET /Webhook answers it (a `UnameNotification`, SW24/SW25)."""
+    return {
+        "id": row_id,
+        "name": WEBHOOK_EVENT_NAMES_BY_NUMBER[eventno],
+        "eventno": eventno,
+        "webhook_id": webhook_id,
+        "type": WEBHOOK_EVENT_TYPE,
+        "delivery_method": WEBHOOK_EVENT_DELIVERY_METHOD,
+    }
+
+
 #: The key under which the small entity object travels, per event entity.
 WEBHOOK_ENTITY_KEYS = {"invoice": "invoice", "client": "client", "user": "user", "payment": "payment"}
 

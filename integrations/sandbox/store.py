@@ -782,33 +782,67 @@ class Store:
     }
 
     def save_webhook(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        """Create (no `id` or unknown id) or update a subscription. `events` is a list of event
-        names (see shapes.WEBHOOK_EVENTS); empty means every event (sandbox convenience - Halo
-        requires at least one)."""
+        """Create (no `id` or unknown id) or update a subscription.
+
+        `events`, when given, replaces the attached events (see the webhook section of shapes.py).
+        Its items are `UnameNotification`-like objects, attached when their `eventno` is in
+        shapes.WEBHOOK_EVENTNOS and dropped otherwise, or event names (a person ticking events in
+        HaloPSA's UI: the control API and `SandboxServer.add_webhook`; an unknown name is an
+        error). The API refuses names before they reach here. No events: nothing is delivered.
+        """
         if not isinstance(data, Mapping):
             raise SandboxError("webhook must be an object")
         with self.lock:
             webhook_id = str(data.get("id") or "") or str(uuid.uuid4())
             current = dict(self.webhooks.get(webhook_id, self._WEBHOOK_DEFAULTS))
             for key, value in data.items():
-                if key in self._WEBHOOK_DEFAULTS:
+                if key in self._WEBHOOK_DEFAULTS and key != "events":
                     current[key] = value
             if not str(current["url"]).startswith(("http://", "https://")):
                 raise SandboxError("url must be an http(s) URL")
-            events = current.get("events") or []
-            if isinstance(events, str):
-                events = [events]
-            # Accept Halo-ish objects ({"name": ...}) as well as plain names.
-            current["events"] = [str(e.get("name", "")) if isinstance(e, Mapping) else str(e) for e in events]
+            if "events" in data:
+                current["events"] = self._webhook_events(data["events"], webhook_id)
             current["authentication_type"] = int(current["authentication_type"] or 0)
             current["active"] = _bool(current["active"])
             current["id"] = webhook_id
             self.webhooks[webhook_id] = current
-            return dict(current)
+            return copy.deepcopy(current)
+
+    def _webhook_events(self, items: Any, webhook_id: str) -> list[dict[str, Any]]:
+        if items is None:
+            return []
+        if isinstance(items, (str, Mapping)):
+            items = [items]
+        if not isinstance(items, list):
+            raise SandboxError("events must be a list")
+        numbers: list[int] = []
+        for item in items:
+            if isinstance(item, str):
+                if item not in shapes.WEBHOOK_EVENTNOS:
+                    raise SandboxError(f"unknown event {item!r}; known: {', '.join(shapes.WEBHOOK_EVENTS)}")
+                number = shapes.WEBHOOK_EVENTNOS[item]
+            elif isinstance(item, Mapping):
+                number = shapes.webhook_eventno(item.get("eventno"))
+                if number not in shapes.WEBHOOK_EVENT_NAMES_BY_NUMBER:
+                    continue  # not an event this instance has: dropped (see shapes.py)
+            else:
+                raise SandboxError("each event must be an object with an eventno")
+            if number not in numbers:
+                numbers.append(number)
+        # Rows keep their id when the same event stays attached, as a stored notification would.
+        kept = {event["eventno"]: event["id"] for event in self.webhooks.get(webhook_id, {}).get("events", [])}
+        next_id = 1 + max((event["id"] for hook in self.webhooks.values() for event in hook["events"]), default=0)
+        events = []
+        for number in numbers:
+            row_id = kept.get(number)
+            if row_id is None:
+                row_id, next_id = next_id, next_id + 1
+            events.append(shapes.webhook_event_object(number, webhook_id, row_id))
+        return events
 
     def list_webhooks(self) -> list[dict[str, Any]]:
         with self.lock:
-            return [dict(w) for w in self.webhooks.values()]
+            return copy.deepcopy(list(self.webhooks.values()))
 
     def delete_webhook(self, webhook_id: str) -> None:
         with self.lock:

@@ -7,7 +7,9 @@ connection errors, timeouts) are retried with a short backoff, reusing the deliv
 real sender's retry would.
 
 Always sent as POST with a JSON body (the subscription's `method`/`content_type` values are not
-interpreted: their integer meanings are unverified, reference §11 item 3).
+interpreted: their integer meanings are unverified, reference §11 item 3). A subscription gets the
+events attached to it (by `eventno`, see shapes.py) and nothing else; authentication follows
+`authentication_type`: 1 Basic only, 3 the HMAC signature only, 0 nothing.
 """
 from __future__ import annotations
 
@@ -71,9 +73,11 @@ class WebhookDispatcher:
         if not shapes.version_supports_webhooks(self.store.version):
             return
         name = event["event"]
+        eventno = shapes.WEBHOOK_EVENTNOS.get(name)
+        # Only webhooks with this event attached; one with no events gets nothing (Halo needs one).
         matching = [
             w for w in self.store.list_webhooks()
-            if w.get("active") and (not w.get("events") or name in w["events"] or "*" in w["events"])
+            if w.get("active") and any(attached.get("eventno") == eventno for attached in w.get("events") or [])
         ]
         if not matching:
             return
@@ -120,12 +124,13 @@ class WebhookDispatcher:
                     self._cond.notify_all()
 
     def _headers(self, subscription: dict[str, Any], body: bytes) -> dict[str, str]:
+        """Each authentication type sends only its own proof (shapes.WEBHOOK_AUTH_*)."""
         headers = {"Content-Type": subscription.get("content_type") or "application/json",
                    "User-Agent": "HaloPSA-Sandbox-Webhook/1.0"}
         auth_type = int(subscription.get("authentication_type") or 0)
-        username = str(subscription.get("basic_username") or "")
         password = str(subscription.get("basic_password") or "")
-        if auth_type in (shapes.WEBHOOK_AUTH_BASIC, shapes.WEBHOOK_AUTH_HMAC) and username:
+        if auth_type == shapes.WEBHOOK_AUTH_BASIC:
+            username = str(subscription.get("basic_username") or "")
             token = base64.b64encode(f"{username}:{password}".encode()).decode()
             headers["Authorization"] = f"Basic {token}"
         header_name = str(subscription.get("authentication_header") or "")

@@ -15,6 +15,7 @@ from integrations.halopsa.exceptions import (
     HaloRequestRejected,
 )
 from integrations.sandbox import SANDBOX_CLIENT_SECRET
+from integrations.sandbox.shapes import WEBHOOK_EVENTNOS
 
 PAGING_DATASET = {"customers": 120, "contacts": 250, "billing_contacts": 60, "invoices": 230, "max_lines": 3}
 
@@ -289,7 +290,7 @@ def test_webhook_subscriptions(halo_sandbox, make_client):
     client = make_client(halo_sandbox)
     assert client.list_webhooks() == []
     created = client.create_webhook({"name": "syncportal", "url": "https://portal.example.com/hooks/abc",
-                                     "events": ["invoice updated"]})
+                                     "events": [{"eventno": WEBHOOK_EVENTNOS["invoice updated"]}]})
     assert created["id"]
     assert [w["id"] for w in client.list_webhooks()] == [created["id"]]
     assert client.delete_webhook(created["id"]) is True
