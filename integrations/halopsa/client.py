@@ -970,6 +970,11 @@ class HaloClient:
             raise HaloBadResponse("HaloPSA's list of webhooks was not a list.")
         return [w for w in body if isinstance(w, dict)]
 
+    def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        """One webhook with its attached events (`includedetails`, reference §6)."""
+        body = self._request("GET", f"Webhook/{webhook_id}", params={"includedetails": "true"})
+        return self._record(body, f"webhook {webhook_id}")
+
     def create_webhook(self, spec: dict[str, Any]) -> dict[str, Any]:
         # Not blindly retried: a repeat could create a second subscription.
         body = self._request("POST", "Webhook", json_body=[spec], idempotent=False)
