@@ -115,12 +115,16 @@ class Connection(models.Model):
     halo_shape = models.JSONField(default=dict, blank=True)
     shape_checked_at = models.DateTimeField(null=True, blank=True)
 
-    # Inbound webhooks: the key routes the request (not secret); the Basic credentials authenticate it.
+    # Inbound webhooks: the key routes the request (not secret). They authenticate one way: with an
+    # HMAC secret, by its signature only; without one, by the Basic username and password.
     webhook_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     webhook_username = models.CharField(max_length=64, default="", blank=True)
     webhook_password = EncryptedTextField(blank=True, default="")
     webhook_hmac_secret = EncryptedTextField(blank=True, default="")
     webhook_subscription_id = models.CharField(max_length=64, blank=True)
+    # What GET /Webhook/{id} showed after the last registration through the API: events attached,
+    # events still to tick by hand, problems (services/webhooks.py, webhook_subscription_create).
+    webhook_subscription_check = models.JSONField(default=dict, blank=True)
 
     # Minute of the hour for the hourly sync, spread so connections do not all start at :00.
     schedule_minute = models.PositiveSmallIntegerField(default=0)

@@ -181,6 +181,33 @@ HALOPSA_RATE_LIMIT = env.int("HALOPSA_RATE_LIMIT", default=300)
 HALOPSA_RATE_WINDOW = env.int("HALOPSA_RATE_WINDOW", default=300)
 HALOPSA_MAX_RETRIES = env.int("HALOPSA_MAX_RETRIES", default=5)
 HALOPSA_WEBHOOK_MAX_BODY = env.int("HALOPSA_WEBHOOK_MAX_BODY", default=256 * 1024)
+# Inbound webhooks (docs/webhooks.md). A connection authenticates them one way: Basic, or an HMAC
+# signature when it has an HMAC secret. The signature travels in this header: base64 HMAC-SHA256
+# of the raw body, keyed by the secret; "Token" as DJPSA registers HaloPSA's authentication_type 3
+# (reference §6).
+HALOPSA_WEBHOOK_HMAC_HEADER = env.str("HALOPSA_WEBHOOK_HMAC_HEADER", default="Token")
+# HaloPSA's authentication_type number for Basic: unconfirmed (reference §11 item 3 knows only
+# 0 = none and 3 = HMAC), so the webhook registered through the API uses this one.
+HALOPSA_WEBHOOK_BASIC_AUTH_TYPE = env.int("HALOPSA_WEBHOOK_BASIC_AUTH_TYPE", default=1)
+
+
+def _webhook_eventnos(text: str) -> dict[str, int]:
+    """"invoice updated=123, client created=45" -> {"invoice updated": 123, "client created": 45}."""
+    numbers: dict[str, int] = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        name, separator, number = pair.rpartition("=")
+        if not separator or not name.strip() or not number.strip().isdigit():
+            raise ImproperlyConfigured(
+                f"HALOPSA_WEBHOOK_EVENTNOS: {pair!r} is not 'event name=number' (e.g. 'invoice updated=123')."
+            )
+        numbers[" ".join(name.lower().split())] = int(number)
+    return numbers
+
+
+# HaloPSA's eventno of each event the portal subscribes to. Unknown for invoice, client, user and
+# payment events (reference §11 item 4), so empty by default: registering through the API then
+# attaches no events and the connection page lists the ones to tick by hand in HaloPSA.
+HALOPSA_WEBHOOK_EVENTNOS = _webhook_eventnos(env.str("HALOPSA_WEBHOOK_EVENTNOS", default=""))
 # After a payment POST whose outcome is unknown (timeout, dropped connection, 5xx), wait this long
 # before looking it up and posting again, so HaloPSA has surely finished committing it.
 HALOPSA_PUSH_SETTLE_SECONDS = env.int("HALOPSA_PUSH_SETTLE_SECONDS", default=300)

@@ -18,7 +18,7 @@ from integrations.services import connections as connection_services
 from integrations.services.audit import audit_record
 from integrations.services.sync import sync_queue
 from integrations.services.webhooks import (WebhookError, webhook_health, webhook_setup_instructions,
-                                            webhook_subscription_create)
+                                            webhook_subscription_create, webhook_subscription_outcome)
 from integrations.tenancy import get_visible_or_404
 from integrations.views.charts import runs_chart
 
@@ -179,15 +179,17 @@ def connection_detail(request, pk: int):
 @login_required
 @require_POST
 def connection_webhook_subscribe(request, pk: int):
-    """Register the connection's webhook in HaloPSA through its API (needs Admin:webhooks)."""
+    """Register the connection's webhook in HaloPSA through its API (needs Admin:webhooks), a helper
+    beside the manual set-up: the message says what HaloPSA showed when read back."""
     connection = get_visible_or_404(Connection, request.user, pk=pk)
 
     try:
-        webhook_subscription_create(connection=connection, user=request.user)
+        check = webhook_subscription_create(connection=connection, user=request.user)
     except (WebhookError, HaloError) as exc:
-        messages.error(request, f"Webhook not registered: {exc.message}")
+        messages.error(request, f"Webhook not registered: {exc.message} Create it by hand with the set-up steps.")
     else:
-        messages.success(request, "Webhook registered in HaloPSA: changes now arrive in real time.")
+        complete, outcome = webhook_subscription_outcome(check)
+        (messages.success if complete else messages.warning)(request, outcome)
     return redirect(reverse("connection_detail", args=[connection.pk]) + "#webhooks")
 
 

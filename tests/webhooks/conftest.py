@@ -100,6 +100,16 @@ def webhook_live_server(live_server, settings):
     httpd.set_app(application)
 
 
+def tick_by_hand(sandbox, webhook_id: str, *names: str) -> dict:
+    """A person ticks events on the webhook in HaloPSA's UI (the sandbox's control API)."""
+    import requests
+
+    response = requests.post(f"{sandbox.url}/_sandbox/webhooks/{webhook_id}/events", json={"events": list(names)},
+                             timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def http_session():
     """requests.Session that never goes through a proxy (the servers are on 127.0.0.1)."""
     import requests

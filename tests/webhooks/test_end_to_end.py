@@ -19,11 +19,12 @@ from integrations.models import (
     AuditEvent, Contact, Customer, Invoice, Payment, SyncRun, WebhookEvent,
 )
 from integrations.services.sync import sync_execute
+from integrations.sandbox.shapes import WEBHOOK_EVENTNOS
 from integrations.services.webhooks import (
-    WebhookError, webhook_event_process, webhook_event_replay, webhook_events_requeue_stale, webhook_health,
-    webhook_setup_instructions, webhook_subscription_create,
+    SUBSCRIBED_EVENTS, WebhookError, webhook_event_process, webhook_event_replay, webhook_events_requeue_stale,
+    webhook_health, webhook_setup_instructions, webhook_subscription_create,
 )
-from tests.webhooks.conftest import basic_auth, delivery, hmac_signature, http_session, webhook_path
+from tests.webhooks.conftest import basic_auth, delivery, hmac_signature, http_session, tick_by_hand, webhook_path
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,10 +51,13 @@ def open_invoice(connection) -> Invoice:
 
 @pytest.fixture
 def conn(webhook_live_server, halo_sandbox, make_connection, partner, partner_user):
-    """A real-time connection, fully synced, with its webhook registered in the sandbox."""
+    """A real-time connection, fully synced, with its webhook registered in the sandbox the default
+    way: through the API without known eventnos, then the events ticked by hand as the page says."""
     connection = make_connection(partner, halo_sandbox, halopsa_version=halo_sandbox.version)
     full_sync(connection)
-    webhook_subscription_create(connection=connection, user=partner_user)
+    check = webhook_subscription_create(connection=connection, user=partner_user)
+    assert check["attached"] == [] and check["to_tick"] == list(SUBSCRIBED_EVENTS)
+    tick_by_hand(halo_sandbox, check["subscription_id"], *check["to_tick"])
     connection.refresh_from_db()
     return connection
 
@@ -286,21 +290,6 @@ class TestAuthenticationOnTheWire:
         assert {d["status"] for d in halo_sandbox.webhook_deliveries} == {401}
         assert WebhookEvent.objects.count() == 0
 
-    def test_hmac_signed_deliveries(self, webhook_live_server, halo_sandbox, make_connection, partner, partner_user):
-        conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1", webhook_hmac_secret="hmac-" + "k" * 30)
-        full_sync(conn)
-        webhook_subscription_create(connection=conn, user=partner_user)
-        conn.refresh_from_db()
-        invoice = open_invoice(conn)
-        halo_sandbox.store.update_invoice(invoice.halopsa_id, amount=invoice.total + Decimal("3.00"))
-        assert halo_sandbox.wait_for_webhooks(20)
-        assert delivered_ok(halo_sandbox)
-        assert WebhookEvent.objects.get(connection=conn).state == WebhookEvent.State.PROCESSED
-        body = json.dumps(delivery("invoice updated", invoice.halopsa_id)).encode()
-        wrong = post(conn, webhook_live_server, raw=body, signature=hmac_signature("not-the-key", body))
-        assert wrong.status_code == 401
-        assert WebhookEvent.objects.filter(connection=conn).count() == 1
-
     def test_unknown_key_oversized_and_malformed(self, conn, webhook_live_server, settings):
         with http_session() as session:
             unknown = session.post(webhook_live_server.url + "/hooks/halo/00000000-0000-4000-8000-000000000000/",
@@ -314,6 +303,81 @@ class TestAuthenticationOnTheWire:
         assert WebhookEvent.objects.count() == 0
 
 
+class TestSchemes:
+    """Real-time sync from the sandbox's deliveries under each scheme, set up either way; a webhook
+    in HaloPSA whose scheme differs from the connection's is refused."""
+
+    @pytest.fixture
+    def synced(self, webhook_live_server, halo_sandbox, make_connection, partner):
+        def make(**fields):
+            connection = make_connection(partner, halo_sandbox, halopsa_version=halo_sandbox.version, **fields)
+            full_sync(connection)
+            return connection
+
+        return make
+
+    def edit_an_invoice(self, connection, sandbox) -> Invoice:
+        invoice = open_invoice(connection)
+        sandbox.store.update_invoice(invoice.halopsa_id, amount=invoice.total + Decimal("3.00"))
+        assert sandbox.wait_for_webhooks(20)
+        return invoice
+
+    @pytest.mark.parametrize("hmac_secret", ["", "hmac-" + "k" * 30])
+    def test_registered_through_the_api_with_known_eventnos(self, synced, halo_sandbox, partner_user, settings,
+                                                            hmac_secret):
+        settings.HALOPSA_WEBHOOK_EVENTNOS = {name: WEBHOOK_EVENTNOS[name] for name in SUBSCRIBED_EVENTS}
+        conn = synced(webhook_hmac_secret=hmac_secret)
+        check = webhook_subscription_create(connection=conn, user=partner_user)
+        assert check["complete"] is True
+        invoice = self.edit_an_invoice(conn, halo_sandbox)
+        assert delivered_ok(halo_sandbox)
+        assert Invoice.objects.get(pk=invoice.pk).total == invoice.total + Decimal("3.00")
+        assert WebhookEvent.objects.get(connection=conn).state == WebhookEvent.State.PROCESSED
+
+    def test_hmac_set_up_by_hand(self, synced, halo_sandbox, webhook_live_server):
+        conn = synced(webhook_hmac_secret="hmac-" + "m" * 30)
+        setup = webhook_setup_instructions(conn)
+        # What a person enters in HaloPSA from the page: type 3, the header, the secret, the events.
+        halo_sandbox.add_webhook(setup["url"], authentication_type=setup["authentication_type"],
+                                 authentication_header=setup["hmac_header"], basic_password=setup["hmac_secret"],
+                                 events=setup["events"])
+        invoice = self.edit_an_invoice(conn, halo_sandbox)
+        assert delivered_ok(halo_sandbox)
+        assert Invoice.objects.get(pk=invoice.pk).total == invoice.total + Decimal("3.00")
+        # Basic credentials alone, even the connection's own, do not get in; a wrong signature neither.
+        body = json.dumps(delivery("invoice updated", invoice.halopsa_id)).encode()
+        assert post(conn, webhook_live_server, raw=body).status_code == 401
+        assert post(conn, webhook_live_server, raw=body, auth="",
+                    signature=hmac_signature("not-the-key", body)).status_code == 401
+        assert WebhookEvent.objects.filter(connection=conn).count() == 1
+
+    def test_basic_set_up_by_hand(self, synced, halo_sandbox):
+        conn = synced()
+        setup = webhook_setup_instructions(conn)
+        halo_sandbox.add_webhook(setup["url"], authentication_type=setup["authentication_type"],
+                                 basic_username=setup["username"], basic_password=setup["password"],
+                                 events=setup["events"])
+        invoice = self.edit_an_invoice(conn, halo_sandbox)
+        assert delivered_ok(halo_sandbox)
+        assert Invoice.objects.get(pk=invoice.pk).total == invoice.total + Decimal("3.00")
+
+    @pytest.mark.parametrize("connection_scheme", ["hmac", "basic"])
+    def test_a_webhook_with_the_other_scheme_is_refused(self, synced, halo_sandbox, connection_scheme):
+        conn = synced(webhook_hmac_secret="hmac-" + "w" * 30 if connection_scheme == "hmac" else "")
+        setup = webhook_setup_instructions(conn)
+        if connection_scheme == "hmac":  # HaloPSA set to Basic, with the connection's Basic credentials
+            fields = {"authentication_type": 1, "basic_username": conn.webhook_username,
+                      "basic_password": conn.webhook_password}
+        else:  # HaloPSA set to sign, keyed by the connection's Basic password
+            fields = {"authentication_type": 3, "authentication_header": "Token",
+                      "basic_username": conn.webhook_username, "basic_password": conn.webhook_password}
+        halo_sandbox.add_webhook(setup["url"], events=setup["events"], **fields)
+        self.edit_an_invoice(conn, halo_sandbox)
+        assert halo_sandbox.webhook_deliveries
+        assert {d["status"] for d in halo_sandbox.webhook_deliveries} == {401}
+        assert not WebhookEvent.objects.filter(connection=conn).exists()
+
+
 class TestVersionGating:
     @pytest.mark.sandbox(version="2.99.0")
     def test_old_halopsa_sends_nothing_and_posted_events_are_ignored(self, webhook_live_server, halo_sandbox,
@@ -324,7 +388,8 @@ class TestVersionGating:
             webhook_subscription_create(connection=conn, user=partner_user)
         # Even a webhook registered by hand never fires on this version.
         halo_sandbox.add_webhook(webhook_live_server.url + webhook_path(conn), authentication_type=1,
-                                 basic_username=conn.webhook_username, basic_password=conn.webhook_password)
+                                 basic_username=conn.webhook_username, basic_password=conn.webhook_password,
+                                 events=list(SUBSCRIBED_EVENTS))
         halo_sandbox.store.create_client(name="Too Old Ltd")
         assert halo_sandbox.wait_for_webhooks(5)
         assert halo_sandbox.webhook_deliveries == []
@@ -435,6 +500,19 @@ def test_send_test_webhook_command(conn, webhook_live_server, capsys):
     out = capsys.readouterr().out
     assert "202" in out and '"accepted"' in out
     assert WebhookEvent.objects.get(connection=conn).state == WebhookEvent.State.PROCESSED
-    call_command("send_test_webhook", connection=conn.pk, wrong_password=True)
+    call_command("send_test_webhook", connection=conn.pk, wrong_secret=True)
     assert "401" in capsys.readouterr().out
     assert WebhookEvent.objects.count() == 1
+
+
+def test_send_test_webhook_command_on_an_hmac_connection(webhook_live_server, make_connection, partner, capsys):
+    from integrations.services.webhooks import webhook_test_delivery
+
+    conn = make_connection(partner, halopsa_version="2.130.1", webhook_hmac_secret="hmac-" + "t" * 30)
+    url, headers, body = webhook_test_delivery(conn)
+    assert "Authorization" not in headers and headers["Token"] == hmac_signature(conn.webhook_hmac_secret, body)
+    call_command("send_test_webhook", connection=conn.pk, wrong_secret=True)
+    assert "401" in capsys.readouterr().out
+    call_command("send_test_webhook", connection=conn.pk)
+    assert '"accepted"' in capsys.readouterr().out
+    assert WebhookEvent.objects.filter(connection=conn).count() == 1

@@ -77,36 +77,73 @@ def test_each_connection_gets_its_own_credentials(make_connection, partner):
 
 
 class TestHmac:
+    """An HMAC connection accepts the signature alone, as HaloPSA's type-3 webhook sends it
+    (reference §6), and nothing else; a Basic connection accepts Basic credentials alone."""
+
     @pytest.fixture
     def conn(self, make_connection, partner):
         return make_connection(partner, halopsa_version="2.130.1", webhook_hmac_secret="s3cret-hmac-key")
 
-    def test_valid_signature_and_basic_auth_pass(self, conn, post_webhook):
+    def test_signature_alone_passes(self, conn, post_webhook):
         body = json.dumps(delivery()).encode()
-        response = post_webhook(conn, raw=body, signature=hmac_signature("s3cret-hmac-key", body))
+        response = post_webhook(conn, raw=body, auth="", signature=hmac_signature("s3cret-hmac-key", body))
         assert response.status_code == 202
+        assert WebhookEvent.objects.get().connection == conn
 
-    @pytest.mark.parametrize("signature", [None, "", "bm90LWEtc2lnbmF0dXJl", "wrong-key", "other-body"])
+    def test_basic_credentials_beside_a_valid_signature_are_not_looked_at(self, conn, post_webhook):
+        for auth in (basic_auth(conn.webhook_username, conn.webhook_password), basic_auth("any", "thing")):
+            body = json.dumps(delivery()).encode()
+            response = post_webhook(conn, raw=body, auth=auth, signature=hmac_signature("s3cret-hmac-key", body))
+            assert response.status_code == 202
+        assert WebhookEvent.objects.count() == 2
+
+    def test_basic_credentials_alone_are_refused(self, conn, post_webhook, django_capture_on_commit_callbacks):
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            response = post_webhook(conn, auth=basic_auth(conn.webhook_username, conn.webhook_password))
+        assert response.status_code == 401
+        assert response.json() == {"error": "authentication failed"}
+        assert response["WWW-Authenticate"] == 'Basic realm="syncportal"'
+        assert WebhookEvent.objects.count() == 0 and callbacks == []
+
+    @pytest.mark.parametrize("signature", [None, "", "bm90LWEtc2lnbmF0dXJl", "wrong-key", "other-body",
+                                           "password-as-key", "\u00e9t\u00e9"])
     def test_missing_or_wrong_signature_is_401(self, conn, post_webhook, signature):
         body = json.dumps(delivery()).encode()
         if signature == "wrong-key":
             signature = hmac_signature("another-key", body)
         elif signature == "other-body":
             signature = hmac_signature("s3cret-hmac-key", body + b" ")
-        response = post_webhook(conn, raw=body, signature=signature)
+        elif signature == "password-as-key":
+            signature = hmac_signature(conn.webhook_password, body)
+        response = post_webhook(conn, raw=body, auth="", signature=signature)
         assert response.status_code == 401
         assert response.json() == {"error": "authentication failed"}
         assert WebhookEvent.objects.count() == 0
 
-    def test_signature_alone_without_basic_auth_is_401(self, conn, post_webhook):
-        body = json.dumps(delivery()).encode()
-        response = post_webhook(conn, raw=body, auth="", signature=hmac_signature("s3cret-hmac-key", body))
-        assert response.status_code == 401
-
     def test_signature_header_is_not_stored(self, conn, post_webhook):
         body = json.dumps(delivery()).encode()
-        post_webhook(conn, raw=body, signature=hmac_signature("s3cret-hmac-key", body))
+        assert post_webhook(conn, raw=body, auth="", signature=hmac_signature("s3cret-hmac-key", body)).status_code == 202
         assert "Token" not in WebhookEvent.objects.get().headers
+
+    @override_settings(HALOPSA_WEBHOOK_HMAC_HEADER="X-Halo-Signature")
+    def test_the_header_name_is_a_setting(self, conn, post_webhook):
+        body = json.dumps(delivery()).encode()
+        signature = hmac_signature("s3cret-hmac-key", body)
+        assert post_webhook(conn, raw=body, auth="", signature=signature).status_code == 401  # in "Token"
+        body = json.dumps(delivery()).encode()
+        response = post_webhook(conn, raw=body, auth="", HTTP_X_HALO_SIGNATURE=hmac_signature("s3cret-hmac-key", body))
+        assert response.status_code == 202
+        assert "X-Halo-Signature" not in WebhookEvent.objects.get().headers
+
+    def test_a_basic_connection_refuses_a_signature_alone(self, post_webhook, realtime_connection):
+        conn = realtime_connection
+        body = json.dumps(delivery()).encode()
+        for key in (conn.webhook_password, "s3cret-hmac-key"):
+            response = post_webhook(conn, raw=body, auth="", signature=hmac_signature(key, body))
+            assert response.status_code == 401
+        assert WebhookEvent.objects.count() == 0
+        # ...while its Basic credentials work, with or without a stray signature header.
+        assert post_webhook(conn, raw=body, signature="garbage").status_code == 202
 
 
 def test_unknown_key_is_404(post_webhook, realtime_connection):

@@ -1,10 +1,11 @@
 """Send a HaloPSA-shaped webhook to a connection's endpoint, like `stripe trigger`.
 
     manage.py send_test_webhook --connection 3 --event "invoice updated" --object-id 42
-    manage.py send_test_webhook --connection 3 --url http://127.0.0.1:8000 --wrong-password
+    manage.py send_test_webhook --connection 3 --url http://127.0.0.1:8000 --wrong-secret
 
-The delivery carries the connection's Basic credentials (and HMAC, if configured), so a 202 proves
-the URL, the credentials and the queue; the event then appears on the connection's page.
+The delivery is authenticated the way the connection's webhooks are (its Basic credentials, or
+only its HMAC signature), so a 202 proves the URL, the credentials and the queue; the event then
+appears on the connection's page.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class Command(BaseCommand):
         parser.add_argument("--event", default="invoice updated", help=f"Event name, one of: {', '.join(SUBSCRIBED_EVENTS)}.")
         parser.add_argument("--object-id", type=int, default=1, help="HaloPSA id of the record the event names.")
         parser.add_argument("--url", default="", help="Portal base URL to send to (default: SITE_URL).")
-        parser.add_argument("--wrong-password", action="store_true", help="Send a wrong password (expect 401).")
+        parser.add_argument("--wrong-secret", action="store_true",
+                            help="Send a wrong password or HMAC signature (expect 401).")
 
     def handle(self, *args, **options) -> None:
         connection = Connection.objects.filter(pk=options["connection"]).first()
@@ -33,7 +35,7 @@ class Command(BaseCommand):
             raise CommandError(f"Connection {options['connection']} does not exist.")
         url, headers, body = webhook_test_delivery(
             connection, event=options["event"], object_id=options["object_id"],
-            password="not-the-password" if options["wrong_password"] else None,
+            secret="not-the-secret" if options["wrong_secret"] else None,
         )
         if options["url"]:
             url = options["url"].rstrip("/") + urlsplit(url).path
