@@ -380,6 +380,13 @@ def step_webhook_setup(args: argparse.Namespace) -> dict[str, Any]:
     user = User.objects.filter(username="bench").first() or User.objects.create_user(
         username="bench", password="bench-password-123", partner=conn.partner)
     subscription = webhook_subscription_create(connection=conn, user=user)
+    if subscription["to_tick"]:  # eventnos unknown (the default): tick them as a person would
+        import requests
+
+        with requests.Session() as session:
+            session.trust_env = False
+            session.post(f"{conn.base_url}/_sandbox/webhooks/{subscription['subscription_id']}/events",
+                         json={"events": subscription["to_tick"]}, timeout=30).raise_for_status()
     return {"test_ok": result.ok, "version": result.version, "realtime": conn.is_realtime, "subscription": subscription}
 
 
