@@ -12,7 +12,8 @@ What it owns:
   500 (at most twice), 502/503/504, connection errors and timeouts of idempotent requests;
   Retry-After honoured (a long one raises HaloRateLimited so the caller reschedules);
 - exactly-once payments: `create_payment` looks the payment up by our reference before posting
-  and after any ambiguous outcome, so it is safe to call again;
+  and after any ambiguous outcome, so it is safe to call again. The lookup lists the invoice's
+  payments exactly and matches on our side (never `search`), or refuses to answer;
 - a client-side request budget (budget.py) and SSRF-safe outbound connections (outbound.py);
 - typed errors with messages a partner can act on (exceptions.py); one log line per request
   with method, path, status, duration and attempt, never a secret or a token;
@@ -52,6 +53,7 @@ from .exceptions import (
     HaloConnectionError,
     HaloError,
     HaloNotFound,
+    HaloPaymentsUnlistable,
     HaloPermissionError,
     HaloRateLimited,
     HaloRequestRejected,
@@ -60,6 +62,7 @@ from .exceptions import (
     UnsafeURLError,
 )
 from .outbound import safe_session, validate_url
+from .shape import BARE_ARRAY, PAYMENTS_VIA_INVOICE, PAYMENTS_VIA_LIST, UNKNOWN
 
 if TYPE_CHECKING:  # pragma: no cover
     from integrations.models import Connection
@@ -78,7 +81,11 @@ EXCERPT_CHARS = 160
 ENVELOPE_CLIENTS = "clients"
 ENVELOPE_USERS = "users"
 ENVELOPE_INVOICES = "invoices"
-ENVELOPE_PAYMENTS = "invoicepayments"
+# GET /InvoicePayment's list key is undocumented (reference §2, §11.7): these first, then any
+# single list-valued key (`payment_rows`).
+PAYMENT_LIST_KEYS = ("invoicepayments", "payments")
+# One invoice's payments fill at most this many pages; more means something is wrong.
+MAX_PAYMENT_PAGES = 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +174,34 @@ def dumps_json(payload: Any) -> bytes:
 
     text = json.dumps(payload, default=default, separators=(",", ":"))
     return _DECIMAL_MARK_RE.sub(r"\1", text).encode("utf-8")
+
+
+def _same_id(value: Any, expected: int) -> bool:
+    """Whether a HaloPSA id (an int, or a number or digits HaloPSA sent otherwise) is `expected`."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value == expected
+    if isinstance(value, Decimal):
+        return value.is_finite() and value == expected
+    return isinstance(value, str) and value.strip().isdecimal() and int(value.strip()) == expected
+
+
+def _reference_text(value: Any) -> str:
+    return str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+
+
+def _only_match(rows: list[Any], reference: str, invoice_id: int) -> dict[str, Any] | None:
+    """The one row whose `reference` or `thirdpartyid` is exactly `reference` (compared on our side)."""
+    wanted = reference.strip()
+    matches = [row for row in rows if isinstance(row, dict)
+               and wanted in (_reference_text(row.get("reference")), _reference_text(row.get("thirdpartyid")))]
+    if len({str(row.get("id")) for row in matches}) > 1:
+        raise HaloError(
+            f"HaloPSA holds {len(matches)} payments carrying reference {reference} on invoice {invoice_id}. "
+            "Delete the extra ones in HaloPSA, then retry.", permanent=True,
+        )
+    return matches[0] if matches else None
 
 
 def _first_text(value: Any) -> str:
@@ -310,6 +345,9 @@ class HaloClient:
         )
         self._token: _Token | None = None
         self._session: requests.Session | None = None
+        # What the payment lookups met (the push records them in HaloShape when they were unknown).
+        self.payments_lookup_used = UNKNOWN
+        self.payments_list_key = UNKNOWN
         # Checked up front so a bad URL fails with a clear message before anything else happens.
         validate_url(self.base_url or "")
         if self.auth_url:
@@ -825,6 +863,11 @@ class HaloClient:
             raise HaloBadResponse("HaloPSA's instance information has no app_version.")
         return version.strip()
 
+    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """One GET of /api/<path> (auth, budget, retries), answered as parsed JSON whatever its shape.
+        For the shape probe, whose job is to find out what the answers look like."""
+        return self._request("GET", path, params=params)
+
     def get_client(self, client_id: int) -> dict[str, Any]:
         return self._record(self._request("GET", f"Client/{int(client_id)}"), f"client {client_id}")
 
@@ -851,51 +894,172 @@ class HaloClient:
 
     # -----------------------------------------------------------------------------------------
     # Payments (exactly once)
+    #
+    # Exactly-once rests on listing one invoice's payments *exactly* and matching our reference
+    # on our side, never on `search`: what it matches on /InvoicePayment is undocumented
+    # (reference §2 "Search", §5). Two sources, each checked before it is trusted:
+    # - `payments` of GET /Invoice/{id}?includedetails=true (InvoiceHeader.payments, §3.3, §5),
+    #   only when the key is there and holds a list: an absent key never means "no payments";
+    # - GET /InvoicePayment?invoice_id=N, paged, without `search` (§5). Unknown parameters are
+    #   silently ignored (§2), so every row must carry invoice_id N: one row of another invoice
+    #   means the filter is ignored, and the source is dropped at once rather than scanning the
+    #   whole instance. Its list key is undocumented too (§2, §11.7): see `payment_rows`.
 
-    def find_payment_by_reference(self, *, invoice_id: int, reference: str) -> dict[str, Any] | None:
-        """The invoice's payment whose reference or thirdpartyid is exactly `reference`, or None."""
-        if not reference:
-            raise ValueError("reference is required")
-        params: dict[str, Any] = {"invoice_id": int(invoice_id), "search": reference, "pageinate": "true",
-                                  "page_size": PAGE_SIZE, "page_no": 1}
+    def payments_in_invoice(self, invoice: Any, invoice_id: int) -> list[dict[str, Any]] | None:
+        """The payments embedded in a GET /Invoice/{id}?includedetails=true answer, or None when the
+        answer does not say (no `payments` list, or a row that is not a payment of this invoice)."""
+        rows = invoice.get("payments") if isinstance(invoice, dict) else None
+        if not isinstance(rows, list):
+            return None
+        for row in rows:
+            if not isinstance(row, dict):
+                return None
+            if row.get("invoice_id") is not None and not _same_id(row.get("invoice_id"), invoice_id):
+                return None
+        return rows
+
+    def payment_rows(self, body: Any) -> tuple[list[Any], int | None, str]:
+        """The rows of a GET /InvoicePayment answer, its `record_count` (None when absent) and the key
+        they came under (BARE_ARRAY for a bare array). The envelope is undocumented (§2, §11.7): a bare
+        array, `invoicepayments`, `payments`, or else the one list-valued key of the object."""
+        if isinstance(body, list):
+            return body, None, BARE_ARRAY
+        if not isinstance(body, dict):
+            raise HaloBadResponse(
+                f"HaloPSA's list of payments (/api/InvoicePayment) was not a list or an object (got {type(body).__name__})."
+            )
+        record_count = body.get("record_count")
+        if isinstance(record_count, bool) or not isinstance(record_count, int) or record_count < 0:
+            record_count = None
+        for key in PAYMENT_LIST_KEYS:
+            if isinstance(body.get(key), list):
+                return body[key], record_count, key
+        # `columns` and its kin are view metadata on Halo's list envelopes (§2), never the rows.
+        lists = sorted(str(k) for k, v in body.items() if isinstance(v, list) and not str(k).lower().startswith("columns"))
+        if len(lists) == 1:
+            return body[lists[0]], record_count, lists[0]
+        if not lists and record_count == 0:
+            return [], 0, UNKNOWN  # an explicit "none", under whatever key HaloPSA would use
+        what = "no list" if not lists else f"several lists ({', '.join(lists[:4])})"
+        raise HaloBadResponse(
+            f"HaloPSA's list of payments (/api/InvoicePayment) has {what}, so the payments cannot be told apart; "
+            f"keys: {sorted(str(k) for k in body)[:8]}."
+        )
+
+    def _note_payments_key(self, key: str) -> None:
+        if key and key != self.payments_list_key:
+            self.payments_list_key = key
+            logger.info("halopsa GET /api/InvoicePayment lists its rows %s",
+                        "as a bare array" if key == BARE_ARRAY else f"under the key {key!r}")
+
+    def list_invoice_payments(self, invoice_id: int) -> list[dict[str, Any]]:
+        """Every payment of one invoice from GET /InvoicePayment?invoice_id=N (paged, no `search`).
+
+        Raises HaloPaymentsUnlistable when the answer cannot be trusted to be exactly that invoice's
+        payments: a row of another invoice (the filter is ignored) or rows without their invoice id.
+        """
+        invoice_id = int(invoice_id)
+        found: list[dict[str, Any]] = []
+        seen: set[str] = set()
         page_no = 1
         while True:
-            params["page_no"] = page_no
-            body = self._request("GET", "InvoicePayment", params=params)
-            if isinstance(body, list):  # some Halo versions answer a bare array (reference §2)
-                rows, record_count = body, len(body)
-            else:
-                # Its envelope is unverified (reference §5): record_count may be missing.
-                rows, record_count = self._envelope(body, ENVELOPE_PAYMENTS, "/api/InvoicePayment", require_count=False)
+            body = self._request("GET", "InvoicePayment", params={
+                "invoice_id": invoice_id, "pageinate": "true", "page_size": PAGE_SIZE, "page_no": page_no})
+            rows, record_count, key = self.payment_rows(body)
+            self._note_payments_key(key)
+            new_rows = 0
             for row in rows:
-                if not isinstance(row, dict):
-                    continue
-                if row.get("invoice_id") not in (None, int(invoice_id)):
-                    continue
-                if reference in (str(row.get("reference") or ""), str(row.get("thirdpartyid") or "")):
-                    return row
-            if isinstance(body, list) or len(rows) < PAGE_SIZE or page_no * PAGE_SIZE >= record_count:
-                return None
+                if not isinstance(row, dict) or row.get("invoice_id") is None:
+                    raise HaloPaymentsUnlistable(
+                        f"HaloPSA's payments list (GET /api/InvoicePayment?invoice_id={invoice_id}) has rows without "
+                        "their invoice id, so it cannot be told whether they are this invoice's payments."
+                    )
+                if not _same_id(row.get("invoice_id"), invoice_id):
+                    raise HaloPaymentsUnlistable(
+                        f"HaloPSA ignores the invoice_id filter of GET /api/InvoicePayment (asked for invoice "
+                        f"{invoice_id}, it answered payments of invoice {row.get('invoice_id')}), so that call "
+                        "cannot list one invoice's payments."
+                    )
+                row_key = str(row.get("id")) if row.get("id") is not None else f"#{len(found)}"
+                if row_key not in seen:
+                    seen.add(row_key)
+                    found.append(row)
+                    new_rows += 1
+            served_size = body.get("page_size") if isinstance(body, dict) else None
+            if isinstance(served_size, bool) or not isinstance(served_size, int) or not 0 < served_size <= PAGE_SIZE:
+                served_size = PAGE_SIZE
+            # A bare array may ignore paging and repeat itself: a page with nothing new is the end.
+            if len(rows) < served_size or new_rows == 0 or (record_count is not None and len(found) >= record_count):
+                return found
+            if page_no >= MAX_PAYMENT_PAGES:
+                raise HaloPaymentsUnlistable(
+                    f"HaloPSA listed more than {MAX_PAYMENT_PAGES * PAGE_SIZE} payments for invoice {invoice_id}; "
+                    "the portal stops there rather than read on without end."
+                )
             page_no += 1
 
+    def find_payment_by_reference(
+        self, *, invoice_id: int, reference: str, lookup: str = UNKNOWN, invoice: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """The invoice's payment whose `reference` or `thirdpartyid` is exactly `reference`, or None.
+
+        The invoice's own `payments` are tried first (one call, which a payment push makes anyway
+        for its balance check: pass that answer as `invoice` and it costs nothing), then GET
+        /InvoicePayment; `lookup` = PAYMENTS_VIA_LIST (HaloShape.payments_lookup) tries the list
+        first when no invoice is in hand. The source that answered is left in
+        `payments_lookup_used`. Raises HaloPaymentsUnlistable when no source can be trusted:
+        a caller must then not post (an earlier attempt could not be ruled out).
+        """
+        if not reference:
+            raise ValueError("reference is required")
+        invoice_id = int(invoice_id)
+        sources = [PAYMENTS_VIA_INVOICE, PAYMENTS_VIA_LIST]
+        if lookup == PAYMENTS_VIA_LIST and invoice is None:
+            sources.reverse()
+        reasons: list[str] = []
+        for source in sources:
+            if source == PAYMENTS_VIA_INVOICE:
+                body = invoice if invoice is not None else self.get_invoice(invoice_id, include_lines=True)
+                rows = self.payments_in_invoice(body, invoice_id)
+                if rows is None:
+                    reasons.append(f"GET /api/Invoice/{invoice_id}?includedetails=true has no list of payments")
+                    continue
+            else:
+                try:
+                    rows = self.list_invoice_payments(invoice_id)
+                except HaloPaymentsUnlistable as exc:
+                    reasons.append(exc.message)
+                    continue
+            self.payments_lookup_used = source
+            return _only_match(rows, reference, invoice_id)
+        raise HaloPaymentsUnlistable(
+            f"HaloPSA gave no trustworthy list of invoice {invoice_id}'s payments ({'; '.join(reasons)}), so the "
+            f"portal cannot check whether payment {reference} is already there; nothing was posted. Check the API "
+            "application's permission to read invoices, then retry."
+        )
+
     def create_payment(
-        self, *, invoice_id: int, amount: Decimal, paid_on: date, reference: str, method_name: str = ""
+        self, *, invoice_id: int, amount: Decimal, paid_on: date, reference: str, method_name: str = "",
+        lookup: str = UNKNOWN, invoice: dict[str, Any] | None = None, looked_up: bool = False,
     ) -> dict[str, Any]:
         """Record a payment in HaloPSA exactly once, keyed by our `reference`.
 
         Looks for the reference first (a previous attempt may have landed, e.g. before a task was
-        killed), then POSTs. After an ambiguous outcome (connection dropped, 5xx, unreadable
-        answer) it looks again: found means done, not found means the POST is repeated. After a
-        timeout HaloPSA may still be working on the request, so it is not re-posted here: the
-        caller retries later and the first lookup settles it.
+        killed) unless the caller has just done so (`looked_up`), then POSTs. After an ambiguous
+        outcome (connection dropped, 5xx, unreadable answer) it looks again, reading the invoice
+        afresh: found means done, not found means the POST is repeated. After a timeout HaloPSA
+        may still be working on the request, so it is not re-posted here: the caller retries
+        later and the first lookup settles it. `lookup` and `invoice` are passed to
+        `find_payment_by_reference`; a lookup that cannot be trusted raises before any POST.
         """
         if not isinstance(amount, Decimal):
             raise TypeError("amount must be a Decimal")
         if not reference:
             raise ValueError("reference is required for an idempotent payment")
-        existing = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference)
-        if existing is not None:
-            return existing
+        if not looked_up:
+            existing = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference, lookup=lookup, invoice=invoice)
+            if existing is not None:
+                return existing
         row: dict[str, Any] = {
             "invoice_id": int(invoice_id),
             "amount": amount,
@@ -915,7 +1079,7 @@ class HaloClient:
                     raise
                 self._sleep(self._backoff(attempts))
                 try:
-                    found = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference)
+                    found = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference, lookup=lookup)
                 except HaloError as lookup_error:
                     raise HaloAmbiguousWrite(
                         f"HaloPSA did not confirm payment {reference} on invoice {invoice_id} ({exc.message}), and "
@@ -931,7 +1095,7 @@ class HaloClient:
                 continue
             if body is None:
                 # No body: read it back rather than guess the id.
-                found = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference)
+                found = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference, lookup=lookup)
                 if found is None:
                     raise HaloBadResponse(f"HaloPSA accepted payment {reference} but it cannot be found on invoice {invoice_id}.")
                 return found

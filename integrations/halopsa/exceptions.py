@@ -103,3 +103,14 @@ class HaloAmbiguousWrite(HaloError):
         "HaloPSA did not confirm whether the payment was recorded, and checking for it failed. "
         "It will be checked again before any new attempt."
     )
+
+
+class HaloPaymentsUnlistable(HaloError):
+    """No source gave a trustworthy list of an invoice's payments, so whether a payment of ours is
+    already there cannot be told. Permanent: posting blind could record it twice (a person decides)."""
+
+    default_message = (
+        "HaloPSA gave no trustworthy list of the invoice's payments, so the portal cannot check whether "
+        "this payment is already there; nothing was posted."
+    )
+    default_permanent = True

@@ -12,6 +12,7 @@ whatever the answer (a full read instead of a filtered one). Pure standard libra
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
 from typing import Any
 
 UNKNOWN = ""
@@ -34,6 +35,10 @@ PAYMENTS_NOWHERE = "none"  # neither: payment pushes are blocked (never post bli
 # The key of GET /InvoicePayment's rows: a key name, or this for a bare JSON array.
 BARE_ARRAY = "[]"
 
+# Features the probe can block (`HaloShape.problems`); everything else keeps working.
+FEATURE_BILLING_CONTACTS = "billing_contacts"  # user billing contacts (accounts contacts still sync)
+FEATURE_PAYMENT_PUSH = "payment_push"  # posting platform payments (and deleting them) in HaloPSA
+
 # Halo's own "unpaid" view sends paymentstatuses=0,-1 (-1 is the database default); 1 is taken
 # as "partially paid" until an instance shows otherwise.
 DEFAULT_UNPAID_CODES = (-1, 0, 1)
@@ -51,6 +56,10 @@ class HaloShape:
     # GET /Client and /Users `lastupdatefromdate=...` (unverified as date filters, reference §11.6)
     client_updated_filter: str = UNKNOWN
     user_updated_filter: str = UNKNOWN
+    # GET /Client `order=alastupdate` and /Users `order=ulastupdate` with orderdesc=true (their
+    # fallback when lastupdatefromdate is ignored; the sync records "ignored" when it sees it)
+    client_order_by_updated: str = UNKNOWN
+    user_order_by_updated: str = UNKNOWN
 
     billing_flag_source: str = UNKNOWN
     # The flag's name where it was found (canaccessinvoices, or an alternative the probe found).
@@ -58,6 +67,8 @@ class HaloShape:
 
     payments_lookup: str = UNKNOWN
     payments_list_key: str = UNKNOWN  # BARE_ARRAY or the envelope key seen on GET /InvoicePayment
+    # GET /InvoicePayment `invoice_id=N`: only invoice N's rows (works) or others' too (ignored).
+    payments_list_filter: str = UNKNOWN
 
     # paymentstatus code (as text) -> counts seen in a sample: {"-1": {"seen": 3, "unpaid": 3, "paid": 0}}
     paymentstatus_codes: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -66,12 +77,16 @@ class HaloShape:
     # to our clock to get HaloPSA's, measured from HaloPSA's own stamp on a write of ours (None
     # until measured). Only comparisons of a HaloPSA time with one of ours need it; cursors never do.
     clock_offset_seconds: float | None = None
+    clock_offset_measured_at: str = UNKNOWN  # ISO time (our clock) of that measurement
+
 
     # Top-level fields a sampled record lacked although the portal reads them, per entity.
     missing_fields: dict[str, list[str]] = field(default_factory=dict)
     # Features the probe blocked, each with a message a partner can act on:
     # {"feature": "billing_contacts" | "payment_push" | "incremental_invoices" | ..., "message": "..."}
     problems: list[dict[str, str]] = field(default_factory=list)
+    # Probe calls that failed, recorded instead of raised: [{"call": "GET /api/Webhook", "message": "..."}]
+    probe_errors: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Any) -> HaloShape:
@@ -101,6 +116,14 @@ class HaloShape:
             if isinstance(counts, dict) and counts.get("unpaid", 0):
                 codes.add(number)
         return tuple(sorted(codes))
+
+    def halo_time_on_our_clock(self, value: datetime | None) -> datetime | None:
+        """A HaloPSA timestamp (parsed as if it were UTC, as mapping.py does) moved onto our clock,
+        or None when it cannot be: no value, or no offset measured yet."""
+        offset = self.clock_offset_seconds
+        if value is None or isinstance(offset, bool) or not isinstance(offset, (int, float)):
+            return None
+        return value - timedelta(seconds=offset)
 
     def blocked(self, feature: str) -> str:
         """The message of a blocked feature, or "" when it is not blocked."""

@@ -201,8 +201,10 @@ def test_create_payment_is_exactly_once_after_an_ambiguous_post(halo_sandbox, ma
     assert created["id"] == stored[0].id
     assert created["amount"] == Decimal("5.00")
     assert halo_sandbox.count_requests("/api/InvoicePayment", "POST") == posts
-    # Looked up before the first POST and after the ambiguous one.
-    assert halo_sandbox.count_requests("/api/InvoicePayment", "GET") == 2
+    # Looked up before the first POST and after the ambiguous one, in the invoice's own payments
+    # (never with `search`, never through the whole instance's payments).
+    assert halo_sandbox.count_requests("/api/Invoice/1", "GET") == 2
+    assert halo_sandbox.count_requests("/api/InvoicePayment", "GET") == 0
 
 
 def test_payment_lookup_failing_after_an_ambiguous_post_is_an_ambiguous_write(halo_sandbox, make_client, sleeps):
@@ -211,7 +213,7 @@ def test_payment_lookup_failing_after_an_ambiguous_post_is_an_ambiguous_write(ha
     def break_lookups(_seconds: float) -> None:
         # The first sleep is the pause before the post-failure lookup: make every lookup fail from here.
         if not getattr(break_lookups, "done", False):
-            halo_sandbox.add_fault("status", status=503, path="/api/InvoicePayment", method="GET", count=50)
+            halo_sandbox.add_fault("status", status=503, path="/api/Invoice", method="GET", count=50)
             break_lookups.done = True
 
     sleeps.hooks.append(break_lookups)

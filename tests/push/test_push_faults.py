@@ -110,7 +110,8 @@ def test_timeout_after_halopsa_committed_is_settled_by_the_next_attempt(halo_san
 def test_lost_response_and_lookup_failing_needs_review_then_manual_retry_finds_it(halo_sandbox, queued, partner_user):
     invoice, payment, job = queued()
     halo_sandbox.add_fault("lost_response", path="/api/InvoicePayment", method="POST")
-    arm_after_first_post(halo_sandbox, "status", status=503, path="/api/InvoicePayment", method="GET", count=100)
+    # Every source of the lookup fails: the invoice's own payments and GET /InvoicePayment.
+    arm_after_first_post(halo_sandbox, "status", status=503, path="/api/Invoice", method="GET", count=100)
     push_job_process(job_id=job.pk)
     job.refresh_from_db()
     assert job.state == PushJob.State.NEEDS_REVIEW
@@ -261,7 +262,7 @@ def test_paid_elsewhere_meanwhile_needs_review_instead_of_overpaying(halo_sandbo
 
 def test_permanent_error_needs_review_with_halopsa_message(halo_sandbox, queued):
     invoice, payment, job = queued()
-    halo_sandbox.add_fault("status", status=403, path="/api/InvoicePayment", method="GET")
+    halo_sandbox.add_fault("status", status=403, path="/api/Invoice/", method="GET")
     push_job_process(job_id=job.pk)
     job.refresh_from_db()
     assert job.state == PushJob.State.NEEDS_REVIEW
