@@ -6,6 +6,7 @@ from decimal import Decimal
 from django import forms
 from django.utils import timezone
 
+from integrations.ids import ID_MAX, parse_id
 from integrations.models import Connection, Invoice, Partner, SyncRun
 from integrations.selectors import INVOICE_SORTS, InvoiceFilters
 from integrations.services.payments import SETTABLE_STATUSES
@@ -18,6 +19,36 @@ CONNECTION_FIELDS = [
 
 class DateInput(forms.DateInput):
     input_type = "date"
+
+
+class IdField(forms.IntegerField):
+    """A row id: a number beyond 64 bits is invalid here, never an OverflowError in a query."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", ID_MAX)
+        kwargs.setdefault("error_messages", {"min_value": "Not a valid id.", "max_value": "Not a valid id."})
+        super().__init__(**kwargs)
+
+
+class IdChoiceField(forms.ModelChoiceField):
+    """ModelChoiceField whose ids are checked for range before any query."""
+
+    def to_python(self, value):
+        if value not in self.empty_values and parse_id(value) is None:
+            raise forms.ValidationError(self.error_messages["invalid_choice"], code="invalid_choice")
+        return super().to_python(value)
+
+
+class IdMultipleChoiceField(forms.ModelMultipleChoiceField):
+    """ModelMultipleChoiceField whose ids are checked for range before the `pk__in` query."""
+
+    def _check_values(self, value):
+        for pk in value:
+            if parse_id(pk) is None:
+                raise forms.ValidationError(self.error_messages["invalid_pk_value"], code="invalid_pk_value",
+                                            params={"pk": str(pk)[:40]})
+        return super()._check_values(value)
 
 
 class ConnectionForm(forms.ModelForm):
@@ -148,8 +179,8 @@ class InvoiceFilterForm(forms.Form):
     q = forms.CharField(required=False, label="Number")
     customer_name = forms.CharField(required=False, label="Customer")
     status = forms.ChoiceField(choices=[("", "Any status"), *Invoice.Status.choices], required=False)
-    customer = forms.IntegerField(required=False, widget=forms.HiddenInput)
-    connection = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    customer = IdField(required=False, widget=forms.HiddenInput)
+    connection = IdField(required=False, widget=forms.HiddenInput)
     overdue = forms.BooleanField(required=False)
     archived = forms.BooleanField(required=False, label="Archived only")
     sort = forms.ChoiceField(
@@ -176,9 +207,9 @@ class InvoiceFilterForm(forms.Form):
 class AssignCustomerForm(forms.Form):
     """Assign selected "unknown" invoices to a customer; querysets are already tenancy-scoped."""
 
-    customer = forms.ModelChoiceField(queryset=None, empty_label="Choose a customer…")
-    invoices = forms.ModelMultipleChoiceField(queryset=None, required=False)
-    only = forms.IntegerField(required=False)
+    customer = IdChoiceField(queryset=None, empty_label="Choose a customer…")
+    invoices = IdMultipleChoiceField(queryset=None, required=False)
+    only = IdField(required=False)
 
     def __init__(self, *args, customers, invoices, **kwargs):
         super().__init__(*args, **kwargs)
@@ -200,8 +231,8 @@ class AssignCustomerForm(forms.Form):
 
 
 class ArchiveForm(forms.Form):
-    customers = forms.ModelMultipleChoiceField(queryset=None, required=False)
-    invoices = forms.ModelMultipleChoiceField(queryset=None, required=False)
+    customers = IdMultipleChoiceField(queryset=None, required=False)
+    invoices = IdMultipleChoiceField(queryset=None, required=False)
     action = forms.ChoiceField(choices=[("archive", "Archive"), ("unarchive", "Un-archive")])
 
     def __init__(self, *args, customers, invoices, **kwargs):

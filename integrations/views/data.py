@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from integrations import selectors
 from integrations.forms import InvoiceFilterForm, InvoiceStatusForm, PaymentForm
+from integrations.ids import parse_id
 from integrations.models import Customer, Invoice, Payment, PushJob, SyncRun
 from integrations.services.payments import PaymentRefused, StatusChangeRefused, invoice_status_change, payment_record
 from integrations.services.payments import payment_delete as payment_void
@@ -17,18 +18,11 @@ from integrations.services.sync import PdfUnavailable, invoice_pdf_ensure, sync_
 from integrations.tenancy import get_visible_or_404
 from integrations.views.connections import report_sync_queued
 
-def _int_or_none(value) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 @login_required
 def customer_list(request):
     q = request.GET.get("q", "").strip()
     archived = request.GET.get("archived") == "1"
-    connection_id = _int_or_none(request.GET.get("connection"))
+    connection_id = parse_id(request.GET.get("connection"))
     page = selectors.paginate(
         selectors.customer_list(user=request.user, q=q, connection_id=connection_id, archived=archived), request.GET.get("page")
     )
@@ -175,6 +169,6 @@ def payment_list(request):
     source = request.GET.get("source", "")
     if source not in ("", "halopsa", "platform"):
         source = ""
-    connection_id = _int_or_none(request.GET.get("connection"))
+    connection_id = parse_id(request.GET.get("connection"))
     page = selectors.paginate(selectors.payment_list(user=request.user, source=source, connection_id=connection_id), request.GET.get("page"))
     return render(request, "integrations/payment_list.html", {"page": page, "source": source})
