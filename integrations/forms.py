@@ -4,11 +4,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import forms
+from django.contrib.auth.base_user import BaseUserManager
 from django.utils import timezone
 
 from integrations.ids import ID_MAX, parse_id
-from integrations.models import Connection, Invoice, Partner, SyncRun
-from integrations.selectors import INVOICE_SORTS, InvoiceFilters
+from integrations.models import Connection, Invoice, Partner, SyncRun, User
+from integrations.selectors import INVOICE_SORTS, InvoiceFilters, PaymentFilters
 from integrations.services.payments import SETTABLE_STATUSES
 
 CONNECTION_FIELDS = [
@@ -173,24 +174,65 @@ class InvoiceStatusForm(forms.Form):
     status = forms.ChoiceField(choices=[(value, label) for value, label in Invoice.Status.choices if value in SETTABLE_STATUSES])
 
 
-class InvoiceFilterForm(forms.Form):
-    """GET filters of the invoice list; invalid values are ignored, never an error page."""
+class ListFilterForm(forms.Form):
+    """GET filters of a list. A value that does not parse is left out and reported (`problems`), the
+    other filters still apply; an export refuses the whole request instead (exports.py)."""
+
+    # (from field, to field) pairs: "to" before "from" is an error on the "to" field.
+    DATE_RANGES: tuple[tuple[str, str], ...] = ()
+
+    def clean(self):
+        cleaned = super().clean()
+        for start, end in self.DATE_RANGES:
+            if cleaned.get(start) and cleaned.get(end) and cleaned[end] < cleaned[start]:
+                self.add_error(end, f"“{self.fields[end].label}” is before “{self.fields[start].label}”.")
+        return cleaned
+
+    def valid_values(self) -> dict:
+        """The values that parsed (every field's, when the form is bound and valid)."""
+        if not self.is_bound:
+            return {}
+        self.is_valid()
+        return self.cleaned_data
+
+    def problems(self) -> list[str]:
+        """One readable line per refused value, e.g. "Due from: Enter a valid date."."""
+        if not self.is_bound or self.is_valid():
+            return []
+        return [f"{self[name].label}: {error}" if name in self.fields else str(error)
+                for name, errors in self.errors.items() for error in errors]
+
+
+def _date_field(label: str) -> forms.DateField:
+    return forms.DateField(required=False, label=label, widget=DateInput(),
+                           error_messages={"invalid": "Enter a date as YYYY-MM-DD."})
+
+
+class InvoiceFilterForm(ListFilterForm):
+    """GET filters of the invoice list and its CSV export."""
 
     q = forms.CharField(required=False, label="Number")
     customer_name = forms.CharField(required=False, label="Customer")
     status = forms.ChoiceField(choices=[("", "Any status"), *Invoice.Status.choices], required=False)
     customer = IdField(required=False, widget=forms.HiddenInput)
     connection = IdField(required=False, widget=forms.HiddenInput)
+    outstanding = forms.BooleanField(required=False, label="Unpaid")
     overdue = forms.BooleanField(required=False)
     archived = forms.BooleanField(required=False, label="Archived only")
+    invoice_from = _date_field("Dated from")
+    invoice_to = _date_field("Dated to")
+    due_from = _date_field("Due from")
+    due_to = _date_field("Due to")
     sort = forms.ChoiceField(
         choices=[("-date", "Newest first"), ("date", "Oldest first"), ("due", "Due soonest"), ("-due", "Due latest"),
                  ("-balance", "Largest balance"), ("balance", "Smallest balance"), ("number", "Number")],
         required=False,
     )
 
+    DATE_RANGES = (("invoice_from", "invoice_to"), ("due_from", "due_to"))
+
     def filters(self) -> InvoiceFilters:
-        data = self.cleaned_data if self.is_valid() else {}
+        data = self.valid_values()
         sort = data.get("sort") or "-date"
         return InvoiceFilters(
             status=data.get("status") or "",
@@ -198,10 +240,33 @@ class InvoiceFilterForm(forms.Form):
             connection_id=data.get("connection"),
             archived=bool(data.get("archived")),
             overdue=bool(data.get("overdue")),
+            outstanding=bool(data.get("outstanding")),
             q=(data.get("q") or "").strip(),
             customer_name=(data.get("customer_name") or "").strip(),
+            invoice_date_from=data.get("invoice_from"),
+            invoice_date_to=data.get("invoice_to"),
+            due_date_from=data.get("due_from"),
+            due_date_to=data.get("due_to"),
             sort=sort if sort in INVOICE_SORTS else "-date",
         )
+
+
+class PaymentFilterForm(ListFilterForm):
+    """GET filters of the payment list and its CSV export."""
+
+    SOURCES = [("", "All"), ("platform", "Made on the platform"), ("halopsa", "Applied in HaloPSA")]
+
+    source = forms.ChoiceField(choices=SOURCES, required=False)
+    connection = IdField(required=False, widget=forms.HiddenInput)
+    paid_from = _date_field("Paid from")
+    paid_to = _date_field("Paid to")
+
+    DATE_RANGES = (("paid_from", "paid_to"),)
+
+    def filters(self) -> PaymentFilters:
+        data = self.valid_values()
+        return PaymentFilters(source=data.get("source") or "", connection_id=data.get("connection"),
+                              paid_from=data.get("paid_from"), paid_to=data.get("paid_to"))
 
 
 class AssignCustomerForm(forms.Form):
@@ -244,4 +309,23 @@ class ArchiveForm(forms.Form):
         cleaned = super().clean()
         if not cleaned.get("customers") and not cleaned.get("invoices"):
             raise forms.ValidationError("Select at least one customer or invoice.")
+        return cleaned
+
+
+class ProfileForm(forms.Form):
+    """The signed-in user's alert address (incident e-mails) and whether they want alerts at all."""
+
+    email = forms.EmailField(label="E-mail address for alerts", required=False, max_length=254,
+                             widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+                             error_messages={"invalid": "Enter an e-mail address such as name@example.com."})
+    receives_alerts = forms.BooleanField(label=User._meta.get_field("receives_alerts").verbose_name, required=False)
+
+    def clean_email(self) -> str:
+        # The domain is case-insensitive; the mailbox part is kept as typed.
+        return BaseUserManager.normalize_email(self.cleaned_data.get("email", "").strip())
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("receives_alerts") and "email" in cleaned and not cleaned["email"]:
+            self.add_error("email", "Enter the address alerts go to, or turn alerts off.")
         return cleaned

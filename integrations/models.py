@@ -67,6 +67,9 @@ class User(AbstractUser):
     """A person who signs in. Partner users see their partner's data; staff see every partner."""
 
     partner = models.ForeignKey(Partner, null=True, blank=True, on_delete=models.PROTECT, related_name="users")
+    # Incident e-mails (integrations/services/incidents.py) go to `email` while this is on; the
+    # user sets both on their profile page.
+    receives_alerts = models.BooleanField("E-mail me when a connection needs attention", default=True)
 
 
 # --- Connections ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 from django.urls import path, register_converter
 
 from integrations.ids import IdConverter
-from integrations.views import activity, connections, data, home, queues, runs
+from integrations.views import activity, connections, data, exports, home, profile, queues, runs
 
 # <id:pk> instead of <int:pk>: a number beyond 64 bits is a 404, not an OverflowError.
 register_converter(IdConverter, "id")
@@ -30,6 +30,7 @@ urlpatterns = [
     path("customers/<id:pk>/", data.customer_detail, name="customer_detail"),
     path("customers/<id:pk>/archive/", queues.record_archive_toggle, {"kind": "customers"}, name="customer_archive"),
     path("invoices/", data.invoice_list, name="invoice_list"),
+    path("invoices/export.csv", exports.invoice_export, name="invoice_export"),
     path("invoices/<id:pk>/", data.invoice_detail, name="invoice_detail"),
     path("invoices/<id:pk>/pdf/", data.invoice_pdf, name="invoice_pdf"),
     path("invoices/<id:pk>/status/", data.invoice_status, name="invoice_status"),
@@ -37,9 +38,12 @@ urlpatterns = [
     path("invoices/<id:pk>/resync/", data.invoice_resync, name="invoice_resync"),
     path("invoices/<id:pk>/archive/", queues.record_archive_toggle, {"kind": "invoices"}, name="invoice_archive"),
     path("payments/", data.payment_list, name="payment_list"),
+    path("payments/export.csv", exports.payment_export, name="payment_export"),
     path("payments/<id:pk>/delete/", data.payment_delete, name="payment_delete"),
     # Queues and the activity log
     path("unknown-customers/", queues.unknown_customers, name="unknown_customers"),
     path("archive-queue/", queues.archive_queue, name="archive_queue"),
     path("activity/", activity.activity, name="activity"),
+    # The signed-in user's own settings
+    path("profile/", profile.profile, name="profile"),
 ]

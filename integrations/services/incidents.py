@@ -32,8 +32,10 @@ def incident_resolve(connection: Connection, kind: str) -> int:
 
 
 def _notify(incident: Incident) -> None:
+    # The partner's active users who keep alerts on, at the address each set on their profile page.
     recipients = list(
-        incident.connection.partner.users.filter(is_active=True).exclude(email="").values_list("email", flat=True)
+        incident.connection.partner.users.filter(is_active=True, receives_alerts=True).exclude(email="")
+        .values_list("email", flat=True)
     )
     if recipients:
         subject = f"[syncportal] {incident.connection.name}: {incident.get_kind_display()}"

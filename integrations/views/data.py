@@ -9,7 +9,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
 
 from integrations import selectors
-from integrations.forms import InvoiceFilterForm, InvoiceStatusForm, PaymentForm
+from integrations.forms import InvoiceFilterForm, InvoiceStatusForm, PaymentFilterForm, PaymentForm
 from integrations.ids import parse_id
 from integrations.models import Customer, Invoice, Payment, PushJob, SyncRun
 from integrations.services.payments import PaymentRefused, StatusChangeRefused, invoice_status_change, payment_record
@@ -17,6 +17,12 @@ from integrations.services.payments import payment_delete as payment_void
 from integrations.services.sync import PdfUnavailable, invoice_pdf_ensure, sync_queue
 from integrations.tenancy import get_visible_or_404
 from integrations.views.connections import report_sync_queued
+
+def _query_without_page(request) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
+
 
 @login_required
 def customer_list(request):
@@ -27,34 +33,34 @@ def customer_list(request):
         selectors.customer_list(user=request.user, q=q, connection_id=connection_id, archived=archived), request.GET.get("page")
     )
     selectors.customer_page_with_contacts(page)
-    query = request.GET.copy()
-    query.pop("page", None)
     return render(request, "integrations/customer_list.html",
-                  {"page": page, "q": q, "archived": archived, "query": query.urlencode()})
+                  {"page": page, "q": q, "archived": archived, "query": _query_without_page(request)})
 
 
 @login_required
 def customer_detail(request, pk: int):
     customer = get_visible_or_404(Customer.objects.select_related("connection", "archived_by"), request.user, pk=pk)
     contacts = customer.billing_contacts.all()
-    invoices = selectors.paginate(
-        customer.invoices.filter(archived_at__isnull=True).order_by("-invoice_date", "-id"), request.GET.get("page")
-    )
-    return render(request, "integrations/customer_detail.html", {"customer": customer, "contacts": contacts, "page": invoices})
+    invoices = customer.invoices.filter(archived_at__isnull=True)
+    page = selectors.paginate(invoices.select_related("connection").order_by("-invoice_date", "-id"), request.GET.get("page"))
+    return render(request, "integrations/customer_detail.html", {
+        "customer": customer, "contacts": contacts, "page": page, "receivables": selectors.receivables(invoices),
+    })
 
 
 @login_required
 def invoice_list(request):
     form = InvoiceFilterForm(request.GET or None)
     filters = form.filters()
-    page = selectors.paginate(selectors.invoice_list(user=request.user, filters=filters), request.GET.get("page"))
+    invoices = selectors.invoice_list(user=request.user, filters=filters)
+    page = selectors.paginate(invoices, request.GET.get("page"))
     customer = None
     if filters.customer_id:
         customer = Customer.objects.visible_to(request.user).filter(pk=filters.customer_id).first()
-    query = request.GET.copy()
-    query.pop("page", None)
-    return render(request, "integrations/invoice_list.html",
-                  {"form": form, "filters": filters, "page": page, "customer": customer, "query": query.urlencode()})
+    return render(request, "integrations/invoice_list.html", {
+        "form": form, "problems": form.problems(), "filters": filters, "page": page, "customer": customer,
+        "totals": selectors.invoice_totals(invoices), "query": _query_without_page(request),
+    })
 
 
 @login_required
@@ -166,9 +172,10 @@ def invoice_resync(request, pk: int):
 
 @login_required
 def payment_list(request):
-    source = request.GET.get("source", "")
-    if source not in ("", "halopsa", "platform"):
-        source = ""
-    connection_id = parse_id(request.GET.get("connection"))
-    page = selectors.paginate(selectors.payment_list(user=request.user, source=source, connection_id=connection_id), request.GET.get("page"))
-    return render(request, "integrations/payment_list.html", {"page": page, "source": source})
+    form = PaymentFilterForm(request.GET or None)
+    payments = selectors.payment_list(user=request.user, filters=form.filters())
+    page = selectors.paginate(payments, request.GET.get("page"))
+    return render(request, "integrations/payment_list.html", {
+        "form": form, "problems": form.problems(), "page": page,
+        "totals": selectors.payment_totals(payments), "query": _query_without_page(request),
+    })

@@ -29,6 +29,7 @@ ROUTES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "customer_detail": ("customer", ("GET",)),
     "customer_archive": ("deleted_customer", ("POST",)),
     "invoice_list": (None, ("GET",)),
+    "invoice_export": (None, ("GET",)),
     "invoice_detail": ("invoice", ("GET",)),
     "invoice_pdf": ("invoice", ("GET",)),
     "invoice_status": ("invoice", ("POST",)),
@@ -36,10 +37,12 @@ ROUTES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "invoice_resync": ("invoice", ("POST",)),
     "invoice_archive": ("deleted_invoice", ("POST",)),
     "payment_list": (None, ("GET",)),
+    "payment_export": (None, ("GET",)),
     "payment_delete": ("payment", ("POST",)),
     "unknown_customers": (None, ("GET", "POST")),
     "archive_queue": (None, ("GET", "POST")),
     "activity": (None, ("GET",)),
+    "profile": (None, ("GET", "POST")),
 }
 OBJECT_ROUTES = [(name, key, method) for name, (key, methods) in ROUTES.items() if key for method in methods]
 ALL_ROUTES = [(name, method) for name, (_, methods) in ROUTES.items() for method in methods]
@@ -60,6 +63,11 @@ POST_DATA = {
 
 def _url(name: str, world=None, key: str | None = None) -> str:
     return reverse(name, kwargs={"pk": world.by_key(key).pk}) if key else reverse(name)
+
+
+def _body(response) -> str:
+    """The page, or the whole of a streamed download (the CSV exports)."""
+    return (b"".join(response.streaming_content) if response.streaming else response.content).decode()
 
 
 def test_every_dashboard_route_is_covered():
@@ -108,7 +116,7 @@ def test_anonymous_is_sent_to_sign_in(name, method, client, mine):
 def test_lists_show_only_own_rows(name, alice_client, mine, theirs):
     response = alice_client.get(reverse(name))
     assert response.status_code == 200
-    body = response.content.decode()
+    body = _body(response)
     assert "GLOBEX" not in body
 
 
@@ -127,10 +135,21 @@ def test_staff_see_every_partner(name, key, client, staff_user, mine, theirs):
     assert client.get(_url(name, mine, key)).status_code == 200
 
 
-def test_staff_lists_include_both_partners(client, staff_user, mine, theirs):
+@pytest.mark.parametrize("name,own,foreign", [("invoice_list", "ACME-INV-100", "GLOBEX-INV-100"),
+                                               ("invoice_export", "ACME-INV-100", "GLOBEX-INV-100"),
+                                               ("payment_list", "ACME-PAY", "GLOBEX-PAY"),
+                                               ("payment_export", "ACME-PAY", "GLOBEX-PAY")])
+def test_staff_lists_include_both_partners(name, own, foreign, client, staff_user, mine, theirs):
     client.force_login(staff_user)
-    body = client.get(reverse("invoice_list")).content.decode()
-    assert "ACME-INV-100" in body and "GLOBEX-INV-100" in body
+    body = _body(client.get(reverse(name)))
+    assert own in body and foreign in body
+
+
+@pytest.mark.parametrize("name,own", [("invoice_list", "ACME-INV-100"), ("invoice_export", "ACME-INV-100"),
+                                      ("payment_list", "ACME-PAY"), ("payment_export", "ACME-PAY")])
+def test_lists_and_exports_filtered_by_another_partners_connection_show_nothing(name, own, alice_client, mine, theirs):
+    body = _body(alice_client.get(reverse(name), {"connection": theirs.connection.pk}))
+    assert "GLOBEX" not in body and own not in body
 
 
 def test_filter_by_other_partners_ids_shows_nothing(alice_client, mine, theirs):
