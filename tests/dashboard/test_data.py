@@ -39,9 +39,9 @@ def test_invoice_list_is_paginated_50(alice_client, mine, many_invoices):
 @pytest.mark.parametrize("params", [{}, {"status": "open", "sort": "-balance"}, {"overdue": "on", "sort": "due"},
                                     {"q": "B-01"}, {"archived": "on"}, {"page": 3, "sort": "date"}])
 def test_invoice_list_query_count_is_bounded(alice_client, mine, many_invoices, params, django_assert_max_num_queries):
-    # Session, user, the partner's connection ids, count, page, totals per currency, the menu's
-    # queue counts, the user's partner (header), open incidents (banner).
-    with django_assert_max_num_queries(9):
+    # Session, user, the partner's connection ids, count, the page's ids, its rows, totals per
+    # currency, the menu's queue counts, the user's partner (header), open incidents (banner).
+    with django_assert_max_num_queries(10):
         response = alice_client.get(reverse("invoice_list"), params)
     assert response.status_code == 200
 
