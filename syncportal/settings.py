@@ -12,6 +12,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from syncportal.client_ip import trusted_networks
 from syncportal.localenv import ensure_local_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -127,6 +128,12 @@ AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.5)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# The "ip_address" above is the client's, not the load balancer's: addresses (or networks) of the
+# proxies in front of the web nodes whose X-Forwarded-For is believed (syncportal/client_ip.py).
+# Empty: every request is keyed on the address it came from (no proxy, or headers not trusted).
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+AXES_CLIENT_IP_CALLABLE = "syncportal.client_ip.client_ip"
+trusted_networks(tuple(TRUSTED_PROXIES))  # a typo stops the start, not the first sign-in
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 

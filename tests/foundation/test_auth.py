@@ -162,3 +162,110 @@ def test_base_layout_offers_sign_out_as_a_form(client, partner_user):
 
     assert b'action="/logout/"' in response.content
     assert b'method="post"' in response.content
+
+
+# --- The lockout behind the load balancer (issue 17 item 14) ---------------------------------
+# Every request reaches the nodes from the balancer (10.0.0.5 here), which appends the address it
+# received the request from to X-Forwarded-For. TRUSTED_PROXIES says which addresses are proxies.
+
+BALANCER = "10.0.0.5"
+ALICE_AT = "198.51.100.7"
+ATTACKER_AT = "203.0.113.9"
+
+
+def sign_in_from(client: Client, username: str, password: str, remote: str, forwarded_for: str | None = None):
+    meta = {"REMOTE_ADDR": remote}
+    if forwarded_for is not None:
+        meta["HTTP_X_FORWARDED_FOR"] = forwarded_for
+    token = client.get("/login/", **meta).cookies["csrftoken"].value
+    return client.post("/login/", {"username": username, "password": password, "csrfmiddlewaretoken": token}, **meta)
+
+
+def attack(username: str, remote: str, forwarded_for: str | None = None) -> None:
+    attacker = Client(enforce_csrf_checks=True)
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        sign_in_from(attacker, username, "guess", remote, forwarded_for)
+    locked = sign_in_from(attacker, username, PASSWORD, remote, forwarded_for)
+    assert b"Too many failed sign-ins" in locked.content  # the attacker is locked out
+
+
+def test_without_trusted_proxies_a_forged_header_is_ignored(client_csrf, partner_user, settings):
+    settings.TRUSTED_PROXIES = []
+    # Straight to the node, claiming to be Alice's address: the failures count against the sender.
+    attack("alice", ATTACKER_AT, forwarded_for=ALICE_AT)
+
+    assert sign_in_from(client_csrf, "alice", PASSWORD, ALICE_AT).status_code == 302
+    # ...and another forged header does not get the attacker out of the lockout.
+    again = sign_in_from(Client(enforce_csrf_checks=True), "alice", PASSWORD, ATTACKER_AT, forwarded_for="192.0.2.1")
+    assert b"Too many failed sign-ins" in again.content
+
+
+def test_without_trusted_proxies_everyone_behind_the_balancer_shares_one_lockout(client_csrf, partner_user, settings):
+    """Why the setting exists: keyed on the balancer's address, a stranger locks Alice out."""
+    settings.TRUSTED_PROXIES = []
+    attack("alice", BALANCER, forwarded_for=ATTACKER_AT)
+
+    response = sign_in_from(client_csrf, "alice", PASSWORD, BALANCER, forwarded_for=ALICE_AT)
+    assert b"Too many failed sign-ins" in response.content
+
+
+def test_with_trusted_proxies_a_stranger_cannot_lock_alice_out(client_csrf, partner_user, settings):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    attack("alice", BALANCER, forwarded_for=ATTACKER_AT)
+
+    response = sign_in_from(client_csrf, "alice", PASSWORD, BALANCER, forwarded_for=ALICE_AT)
+    assert response.status_code == 302
+    assert client_csrf.session["_auth_user_id"] == str(partner_user.pk)
+
+
+def test_with_trusted_proxies_a_spoofed_address_neither_locks_others_nor_escapes(client_csrf, partner_user, settings):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    # The attacker sends "X-Forwarded-For: <Alice's address>"; the balancer appends the real one.
+    attack("alice", BALANCER, forwarded_for=f"{ALICE_AT}, {ATTACKER_AT}")
+
+    assert sign_in_from(client_csrf, "alice", PASSWORD, BALANCER, forwarded_for=ALICE_AT).status_code == 302
+    other_lie = sign_in_from(Client(enforce_csrf_checks=True), "alice", PASSWORD, BALANCER, forwarded_for=f"192.0.2.1, {ATTACKER_AT}")
+    assert b"Too many failed sign-ins" in other_lie.content
+
+
+def test_with_trusted_proxies_a_request_around_the_balancer_is_keyed_on_its_sender(client_csrf, partner_user, settings):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    attack("alice", ATTACKER_AT, forwarded_for=ALICE_AT)  # not from a proxy: the header is not believed
+
+    assert sign_in_from(client_csrf, "alice", PASSWORD, BALANCER, forwarded_for=ALICE_AT).status_code == 302
+
+
+@pytest.mark.parametrize("trusted,remote,forwarded,expected", [
+    ([], "203.0.113.9", "198.51.100.7", "203.0.113.9"),
+    (["10.0.0.5"], "10.0.0.5", "198.51.100.7", "198.51.100.7"),
+    (["10.0.0.5"], "10.0.0.6", "198.51.100.7", "10.0.0.6"),
+    (["10.0.0.0/8"], "10.0.0.5", "1.2.3.4, 198.51.100.7, 10.1.1.1", "198.51.100.7"),  # two proxies, a forged left part
+    (["10.0.0.0/8"], "10.0.0.5", "", "10.0.0.5"),  # no header: the proxy itself
+    (["10.0.0.0/8"], "10.0.0.5", "10.2.2.2, 10.1.1.1", "10.2.2.2"),  # all trusted: the first
+    (["10.0.0.0/8"], "10.0.0.5", "not-an-ip", "10.0.0.5"),  # garbage where the client should be
+    (["10.0.0.0/8"], "10.0.0.5", "198.51.100.7:52100", "198.51.100.7"),
+    (["fd00::/8"], "fd00::1", "2001:db8::7", "2001:db8::7"),
+    (["fd00::/8"], "fd00::1", "[2001:db8::7]:443", "2001:db8::7"),
+    (["10.0.0.0/8"], "::ffff:10.0.0.5", "::ffff:198.51.100.7", "198.51.100.7"),
+])
+def test_client_ip_reads_forwarded_for_from_the_right_through_trusted_proxies(trusted, remote, forwarded, expected, rf, settings):
+    from syncportal.client_ip import client_ip
+
+    settings.TRUSTED_PROXIES = trusted
+    request = rf.get("/login/", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_ip(request) == expected
+
+
+def test_the_lockout_uses_the_client_ip_setting():
+    assert settings.AXES_CLIENT_IP_CALLABLE == "syncportal.client_ip.client_ip"
+    assert settings.AXES_LOCKOUT_PARAMETERS == [["username", "ip_address"]]
+
+
+def test_a_bad_trusted_proxy_entry_is_a_configuration_error(rf, settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from syncportal.client_ip import client_ip
+
+    settings.TRUSTED_PROXIES = ["10.0.0.0/33"]
+    with pytest.raises(ImproperlyConfigured, match="TRUSTED_PROXIES"):
+        client_ip(rf.get("/", REMOTE_ADDR="10.0.0.5"))
