@@ -1,4 +1,4 @@
-"""gunicorn settings for the web process (`gunicorn syncportal.wsgi`; read from the working directory).
+"""gunicorn settings for the web process (`gunicorn syncportal.asgi`; read from the working directory).
 
 Every value comes from the environment so one file serves a laptop, a PaaS and a fleet of nodes
 behind a load balancer (docs/deploy.md). whitenoise serves static files from inside the app.
@@ -16,10 +16,18 @@ def _int(name: str, default: int) -> int:
 
 # PaaS convention: listen on $PORT. GUNICORN_BIND overrides everything (e.g. "unix:/run/syncportal.sock").
 bind = [os.environ.get("GUNICORN_BIND") or f"{os.environ.get('HOST', '0.0.0.0')}:{_int('PORT', 8000)}"]
-# Sync workers: requests are short (pages, webhooks stored then queued); slow HaloPSA work runs in qcluster.
+# asgi workers: each reads request bodies on an event loop, so a client that sends its body slowly
+# (or never finishes it) holds a coroutine, not the worker; sync workers were stalled by as many
+# such clients as there were workers (docs/deploy.md, "Slow clients"). Django still runs the views
+# of a worker one at a time, in one thread, as a sync worker did; slow HaloPSA work runs in qcluster.
+worker_class = "asgi"
 workers = _int("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1)
-threads = _int("GUNICORN_THREADS", 1)
-# A request that takes longer than this is a bug or a stuck database; the worker is replaced.
+# Open connections per worker (slow or idle ones included) before it stops accepting more.
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
+# Django answers no ASGI lifespan events.
+asgi_lifespan = "off"
+# A view that runs longer than this is a bug or a stuck database; the worker is replaced (below).
+# Also the longest wait for the next piece of a request body before the request is dropped.
 timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
@@ -42,3 +50,27 @@ if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 # No per-user control socket (~/.gunicorn): several instances, or a read-only home, must not clash.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """asgi workers need the ASGI application: say so, instead of answering 500 to everything."""
+    app_uri = (getattr(server.app, "app_uri", "") or "").split(":")[0]
+    if server.cfg.worker_class_str == "asgi" and app_uri == "syncportal.wsgi":
+        raise RuntimeError("gunicorn.conf.py runs asgi workers: start `gunicorn syncportal.asgi --config gunicorn.conf.py`.")
+
+
+def post_worker_init(worker):
+    """Stop the heartbeat while a view has run longer than `timeout`, so the arbiter replaces the
+    worker as it replaced a stuck sync worker (the event loop would otherwise keep beating while
+    the one thread that runs Django's views is stuck)."""
+    if worker.cfg.worker_class_str != "asgi":
+        return
+    from syncportal.asgi_guard import oldest_request_age
+
+    notify = worker.notify
+
+    def notify_unless_stuck():
+        if oldest_request_age() <= worker.cfg.timeout:
+            notify()
+
+    worker.notify = notify_unless_stuck

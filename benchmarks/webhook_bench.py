@@ -35,7 +35,7 @@ def part_webhook(b: Any, results: dict[str, Any]) -> None:
         b.worker("setup", db, "--url", sb.url)
         b.worker("sync", db, "--scope", "full", "--pdfs", "0")
         b.worker("webhook-setup", db, env={"SITE_URL": site})
-        web = subprocess.Popen(["nice", "-n", str(b.nice), PY, "-m", "gunicorn", "syncportal.wsgi", "--config", "gunicorn.conf.py",
+        web = subprocess.Popen(["nice", "-n", str(b.nice), PY, "-m", "gunicorn", "syncportal.asgi", "--config", "gunicorn.conf.py",
                                 "--access-logfile", "/dev/null"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(web)

@@ -42,7 +42,7 @@ def _serve():
             assert result.returncode == 0, result.stdout + result.stderr
         log_path = tmp_path / "gunicorn.log"
         with log_path.open("w") as log:
-            server = popen([PYTHON, "-m", "gunicorn", "syncportal.wsgi", "--config", "gunicorn.conf.py"],
+            server = popen([PYTHON, "-m", "gunicorn", "syncportal.asgi", "--config", "gunicorn.conf.py"],
                            env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 base = f"http://127.0.0.1:{port}"

@@ -21,7 +21,7 @@ def test_procfile_has_web_worker_and_release():
     entries = procfile()
 
     assert set(entries) == {"web", "worker", "release"}
-    assert shlex.split(entries["web"])[:2] == ["gunicorn", "syncportal.wsgi"]
+    assert shlex.split(entries["web"])[:2] == ["gunicorn", "syncportal.asgi"]
     assert shlex.split(entries["worker"]) == ["python", "manage.py", "qcluster"]
 
 

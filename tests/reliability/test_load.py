@@ -51,7 +51,7 @@ def test_webhook_burst_while_a_full_sync_runs_loses_nothing_and_never_fails(tmp_
         creds = world.probe("webhook-credentials", connection_id)
         assert creds["realtime"], "the sandbox's HaloPSA version should allow webhooks"
         port = free_port()
-        web = world.spawn([PYTHON, "-m", "gunicorn", "syncportal.wsgi", "--config", "gunicorn.conf.py"], "gunicorn.log",
+        web = world.spawn([PYTHON, "-m", "gunicorn", "syncportal.asgi", "--config", "gunicorn.conf.py"], "gunicorn.log",
                           HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_THREADS="4")
         processes.append(web)
         worker = world.spawn_manage("qcluster", log_name="qcluster.log")
