@@ -218,6 +218,21 @@ HALOPSA_WEBHOOK_EVENTNOS = _webhook_eventnos(env.str("HALOPSA_WEBHOOK_EVENTNOS",
 # After a payment POST whose outcome is unknown (timeout, dropped connection, 5xx), wait this long
 # before looking it up and posting again, so HaloPSA has surely finished committing it.
 HALOPSA_PUSH_SETTLE_SECONDS = env.int("HALOPSA_PUSH_SETTLE_SECONDS", default=300)
+# HaloPSA's timestamps carry no offset and may be the instance's local time (reference §2): the
+# push measures the instance's clock from HaloPSA's stamp on our writes, again after this many
+# hours (a DST change). Until one is measured, the status conflict rule keeps the status set here
+# ("keep_local"), or compares as if HaloPSA's clock were UTC ("assume_utc"); docs/push-rules.md.
+HALOPSA_CLOCK_OFFSET_REFRESH_HOURS = env.float("HALOPSA_CLOCK_OFFSET_REFRESH_HOURS", default=24.0)
+HALOPSA_UNMEASURED_CLOCK = env.str("HALOPSA_UNMEASURED_CLOCK", default="keep_local")
+if HALOPSA_UNMEASURED_CLOCK not in ("keep_local", "assume_utc"):
+    raise ImproperlyConfigured(f"HALOPSA_UNMEASURED_CLOCK must be keep_local or assume_utc, not {HALOPSA_UNMEASURED_CLOCK!r}.")
+# The shape probe (integrations/halopsa/probe.py): invoices sampled for their paymentstatus codes
+# and the newest-first check, and the user fields taken as the invoice-access flag when
+# canaccessinvoices is nowhere (how HaloPSA flags a billing contact is unverified, reference §11.8).
+HALOPSA_PROBE_INVOICE_SAMPLE = env.int("HALOPSA_PROBE_INVOICE_SAMPLE", default=50)
+HALOPSA_BILLING_FLAG_ALTERNATIVES = env.list(
+    "HALOPSA_BILLING_FLAG_ALTERNATIVES", default=["sendaccountsemails", "invoice_access_level"]
+)
 # Invoice PDFs cost one request each and come last in a sync: at most this many per run, at most
 # this share of the request budget (the rest stays free for payment pushes and webhook fetches),
 # and at most this long per run (a backlog continues in a follow-up run).

@@ -11,6 +11,7 @@ whatever the answer (a full read instead of a filtered one). Pure standard libra
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,11 +91,26 @@ class HaloShape:
 
     @classmethod
     def from_dict(cls, data: Any) -> HaloShape:
-        """Tolerant of old or partial dicts: unknown keys are dropped, missing ones stay UNKNOWN."""
+        """Tolerant of old, partial or damaged dicts: unknown keys are dropped, and a value of the
+        wrong type is dropped too, so missing and unreadable facts stay UNKNOWN."""
         if not isinstance(data, dict):
             return cls()
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        defaults = cls()
+        kept: dict[str, Any] = {}
+        for name in (f.name for f in fields(cls)):
+            if name not in data:
+                continue
+            value, default = data[name], getattr(defaults, name)
+            if name == "clock_offset_seconds":
+                readable = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                             and math.isfinite(value))
+            else:
+                readable = isinstance(value, type(default))
+            if readable and isinstance(value, list):
+                value = [item for item in value if isinstance(item, dict)]  # problems, probe_errors
+            if readable:
+                kept[name] = value
+        return cls(**kept)
 
     @classmethod
     def of(cls, connection: Any) -> HaloShape:

@@ -1,13 +1,15 @@
-"""Partner connections to HaloPSA: create, change, delete, enable/pause, and test them.
+"""Partner connections to HaloPSA: create, change, delete, enable/pause, test and probe them.
 
 Every change keeps the connection's hourly schedule in step (integrations/schedules.py) and is
 recorded in the audit trail when a person made it. Creating a connection never fails because
 HaloPSA is unreachable: the version is detected best-effort and the partner can test later.
+Testing runs the shape probe (integrations/halopsa/probe.py) and stores what it learned on the
+connection (`halo_shape`), where the sync and the push read it.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -15,6 +17,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from integrations.halopsa.client import HaloClient
+from integrations.halopsa.probe import ProbeResult, probe_shape
+from integrations.halopsa import shape as halo_shape
+from integrations.halopsa.shape import HaloShape
 from integrations.halopsa.exceptions import (
     HaloAuthError,
     HaloBadResponse,
@@ -48,6 +53,8 @@ class ConnectionTestResult:
     # "" | "bad_url" | "refused_address" | "bad_credentials" | "permission" | "timeout" | "unreachable" | "bad_response"
     failure: str = ""
     message: str = ""
+    # Features the shape probe found blocked: [{"feature": ..., "message": ...}] (HaloShape.problems).
+    problems: list[dict[str, str]] = field(default_factory=list)
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -192,25 +199,80 @@ def _failure_message(kind: str, exc: Exception) -> str:
 
 
 def connection_test(*, connection: Connection) -> ConnectionTestResult:
-    """Check the connection the way a sync uses it: token + version, then one list call (which
-    needs the API application's read permission). Stores the outcome on the connection."""
+    """Check the connection the way a sync uses it: token + version, then the shape probe, whose
+    invoice list needs the API application's read permission. Stores the outcome on the
+    connection, and what the probe learned (even when the invoice list failed)."""
     version = ""
+    problems: list[dict[str, str]] = []
     try:
         # A person is waiting on the answer: one retry, not the sync's patient backoff.
-        client = HaloClient.for_connection(connection, max_retries=1)
-        version = client.version()
-        _save_version(connection, version)
-        next(iter(client.invoice_pages(include_lines=False)), None)
-        result = ConnectionTestResult(ok=True, version=version, message=f"Connected to HaloPSA {version}.")
+        with HaloClient.for_connection(connection, max_retries=1) as client:
+            probed = connection_probe(connection=connection, client=client)
+        version, problems = probed.shape.version, probed.shape.problems
+        if probed.invoice_error is not None:
+            raise probed.invoice_error  # the invoices are what the portal is for: the test fails, as before
+        blocked = f" {len(problems)} feature(s) blocked: see the connection page." if problems else ""
+        result = ConnectionTestResult(ok=True, version=version, message=f"Connected to HaloPSA {version}.{blocked}",
+                                      problems=problems)
     except ValueError as exc:  # the URL cannot even be parsed
         result = ConnectionTestResult(ok=False, version=version, failure="bad_url", message=getattr(exc, "message", str(exc)))
     except HaloError as exc:
         kind = _failure_kind(exc)
-        result = ConnectionTestResult(ok=False, version=version, failure=kind, message=_failure_message(kind, exc))
+        result = ConnectionTestResult(ok=False, version=version, failure=kind, message=_failure_message(kind, exc),
+                                      problems=problems)
     now = timezone.now()
     Connection.objects.filter(pk=connection.pk).update(last_test_ok=result.ok, last_test_at=now, last_test_message=result.message[:2000])
     connection.last_test_ok, connection.last_test_at, connection.last_test_message = result.ok, now, result.message[:2000]
     return result
+
+
+def connection_probe(*, connection: Connection, client: HaloClient | None = None) -> ProbeResult:
+    """Run the shape probe against the connection's HaloPSA and store what it learned
+    (`halo_shape`, `shape_checked_at`, and the version). Called by `connection_test` and by the
+    sync before a connection's first run. Raises HaloError only when the token or GET
+    /InstanceInfo fails; then nothing is stored."""
+    owned = client is None
+    client = client or HaloClient.for_connection(connection)
+    try:
+        probed = probe_shape(client)
+    finally:
+        if owned:
+            client.close()
+    shape = probed.shape
+    _save_version(connection, shape.version)
+    now = timezone.now()
+    with transaction.atomic():
+        # The clock offset is measured by the push on its own writes, never by this read-only probe: keep it.
+        stored = HaloShape.of(Connection.objects.select_for_update().filter(pk=connection.pk).first())
+        shape.clock_offset_seconds = stored.clock_offset_seconds
+        shape.clock_offset_measured_at = stored.clock_offset_measured_at
+        Connection.objects.filter(pk=connection.pk).update(halo_shape=shape.as_dict(), shape_checked_at=now)
+    connection.halo_shape, connection.shape_checked_at = shape.as_dict(), now
+    logger.info(
+        "shape probe of connection %s: %d requests; payments lookup %s, list key %s, billing flag %s; %d problem(s), "
+        "%d failed call(s)", connection.pk, probed.requests, shape.payments_lookup or "unknown",
+        shape.payments_list_key or "unknown", shape.billing_flag_source or "unknown", len(shape.problems),
+        len(shape.probe_errors),
+    )
+    return probed
+
+
+def connection_shape_update(*, connection: Connection, **fields: Any) -> HaloShape:
+    """Set some HaloShape fields on the stored shape (what a push learned: the payments lookup that
+    worked, the clock offset), leaving the others as stored. The row is locked while it is
+    rewritten (PostgreSQL; SQLite serialises writers anyway)."""
+    with transaction.atomic():
+        current = Connection.objects.select_for_update().filter(pk=connection.pk).first()
+        if current is None:
+            return HaloShape.of(connection)
+        shape = HaloShape.of(current)
+        for name, value in fields.items():
+            if not hasattr(shape, name):
+                raise ValueError(f"HaloShape has no field {name!r}")
+            setattr(shape, name, value)
+        Connection.objects.filter(pk=connection.pk).update(halo_shape=shape.as_dict())
+    connection.halo_shape = shape.as_dict()
+    return shape
 
 
 def connection_detect_version(*, connection: Connection) -> str:
@@ -231,3 +293,144 @@ def _save_version(connection: Connection, version: str) -> None:
     now = timezone.now()
     Connection.objects.filter(pk=connection.pk).update(halopsa_version=version[:40], version_checked_at=now)
     connection.halopsa_version, connection.version_checked_at = version[:40], now
+
+
+# --- what the probe learned, in a partner's words (the connection page) ------------------------
+
+
+@dataclass
+class ShapeFact:
+    label: str
+    text: str
+    warn: bool = False
+
+
+@dataclass
+class ShapeStatusCode:
+    code: str
+    seen: int
+    unpaid: int
+    paid: int
+    looks: str  # "unpaid" | "paid" | "mixed" | "" (void, credits or unreadable only)
+    fetched_as_unpaid: bool  # asked for by "Fetch unpaid invoices"
+
+
+@dataclass
+class ShapeSummary:
+    checked_at: Any
+    version: str
+    billing: list[ShapeFact]
+    reads: list[ShapeFact]
+    payments: list[ShapeFact]
+    clock: ShapeFact
+    codes: list[ShapeStatusCode]
+    missing: list[ShapeFact]
+    problems: list[dict[str, str]]
+    failed_calls: list[dict[str, str]]
+
+
+_ENTITY_LABELS = {"client": "Customers", "user": "Users", "invoice": "Invoices", "invoice line": "Invoice lines",
+                  "payment": "Payments"}
+# label, date-filter fact and its name, order fact and its name (as the sync reads them).
+_INCREMENTAL_READS = (
+    ("Customers", "client_updated_filter", "lastupdatefromdate", "client_order_by_updated", "order=alastupdate"),
+    ("Users", "user_updated_filter", "lastupdatefromdate", "user_order_by_updated", "order=ulastupdate"),
+    ("Invoices", "invoice_datesearch", "datesearch=last_modified", "invoice_order_by_modified", "order=last_modified"),
+)
+
+
+def connection_shape_summary(*, connection: Connection) -> ShapeSummary | None:
+    """What the shape probe (and the pushes since) learned about the connection's HaloPSA, worded
+    for the connection page; None before anything was learned."""
+    shape = HaloShape.of(connection)
+    if connection.shape_checked_at is None and not shape.checked_at and shape.clock_offset_seconds is None:
+        return None
+    return ShapeSummary(
+        checked_at=connection.shape_checked_at, version=shape.version, billing=_billing_facts(connection, shape),
+        reads=[_read_fact(shape, *row) for row in _INCREMENTAL_READS], payments=_payments_facts(shape),
+        clock=_clock_fact(shape), codes=_status_codes(shape),
+        missing=[ShapeFact(_ENTITY_LABELS.get(entity, entity), ", ".join(names))
+                 for entity, names in sorted(shape.missing_fields.items()) if isinstance(names, list)],
+        problems=list(shape.problems), failed_calls=list(shape.probe_errors),
+    )
+
+
+def _billing_facts(connection: Connection, shape: HaloShape) -> list[ShapeFact]:
+    rule = ShapeFact("Rule in force", connection.get_billing_contact_rule_display())
+    field_name = shape.billing_flag_field or "canaccessinvoices"
+    source = {
+        halo_shape.FLAG_ON_LIST: f"Read from {field_name} on HaloPSA's user list.",
+        halo_shape.FLAG_ON_LIST_WITH_BILLINGINFO: f"Read from {field_name} on the user list when billing information is "
+                                             "asked for (includebillinginfo).",
+        halo_shape.FLAG_ON_DETAIL: f"Read from {field_name} on each user's own record (GET /Users/{{id}}), again only for "
+                              "users that changed.",
+        halo_shape.FLAG_NOWHERE: "Nowhere: HaloPSA shows no invoice-access flag, so users are not synced as billing "
+                            "contacts (each customer's accounts contact still is).",
+    }.get(shape.billing_flag_source, "Not found out yet: the next sync finds out where it is.")
+    if connection.billing_contact_rule == Connection.BillingContactRule.ACCOUNTS_ONLY:
+        source += " (Not used: the rule takes the accounts contact only.)"
+    return [rule, ShapeFact("Who can access invoices", source, warn=shape.billing_flag_source == halo_shape.FLAG_NOWHERE)]
+
+
+def _read_fact(shape: HaloShape, label: str, filter_fact: str, filter_name: str, order_fact: str, order_name: str) -> ShapeFact:
+    honoured, ordered = getattr(shape, filter_fact), getattr(shape, order_fact)
+    if honoured == halo_shape.FILTER_WORKS:
+        return ShapeFact(label, f"Changed records only, filtered by {filter_name}.")
+    if honoured == halo_shape.FILTER_IGNORED and ordered == halo_shape.FILTER_IGNORED:
+        return ShapeFact(label, f"Full reads: HaloPSA ignores both {filter_name} and {order_name}.", warn=True)
+    if honoured == halo_shape.FILTER_IGNORED:
+        checked = "" if ordered == halo_shape.FILTER_WORKS else " (the order is checked as pages arrive)"
+        return ShapeFact(label, f"Newest first ({order_name}) until the last sync's mark: HaloPSA ignores "
+                                f"{filter_name}{checked}.")
+    return ShapeFact(label, f"Not found out yet: the next sync checks {filter_name} first.")
+
+
+def _payments_facts(shape: HaloShape) -> list[ShapeFact]:
+    lookup = {
+        halo_shape.PAYMENTS_VIA_INVOICE: "In the invoice's own payments (GET /Invoice/{id}?includedetails=true), the read "
+                                    "the balance check makes anyway.",
+        halo_shape.PAYMENTS_VIA_LIST: "With GET /InvoicePayment?invoice_id=…, every row checked to be the invoice's.",
+        halo_shape.PAYMENTS_NOWHERE: "Nowhere: HaloPSA lists no invoice's payments exactly, so payments are not posted.",
+    }.get(shape.payments_lookup, "Not found out yet: the first payment push tries the invoice's own payments, then "
+                                 "GET /InvoicePayment.")
+    if shape.payments_list_key == halo_shape.BARE_ARRAY:
+        key = "A bare JSON array."
+    elif shape.payments_list_key:
+        key = f"An object with the rows under “{shape.payments_list_key}”."
+    else:
+        key = "Not seen yet."
+    if shape.payments_list_filter == halo_shape.FILTER_IGNORED:
+        key += " Its invoice_id filter is ignored, so it is never used to look a payment up."
+    return [ShapeFact("Looking up a payment before posting it", lookup, warn=shape.payments_lookup == halo_shape.PAYMENTS_NOWHERE),
+            ShapeFact("GET /InvoicePayment answers", key)]
+
+
+def _clock_fact(shape: HaloShape) -> ShapeFact:
+    offset = shape.clock_offset_seconds
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)):
+        return ShapeFact("HaloPSA's clock", "Not measured yet: it is measured on the next payment or status pushed. "
+                                            "Until then a status changed on both sides keeps the one set here.")
+    minutes = round(abs(offset) / 60)
+    if minutes == 0:
+        text = "Agrees with ours (within a minute)."
+    else:
+        days, rest = divmod(minutes, 24 * 60)
+        hours, mins = divmod(rest, 60)
+        amount = " ".join(part for part in (f"{days} d" if days else "", f"{hours} h" if hours else "",
+                                             f"{mins} min" if mins else "") if part)
+        text = f"{amount} {'ahead of' if offset > 0 else 'behind'} ours; HaloPSA's times are moved onto our clock before they are compared."
+    when = shape.clock_offset_measured_at[:16].replace("T", " ")
+    return ShapeFact("HaloPSA's clock", f"{text} Measured {when} UTC." if when else text)
+
+
+def _status_codes(shape: HaloShape) -> list[ShapeStatusCode]:
+    unpaid_codes = {str(code) for code in shape.unpaid_codes}
+    rows = []
+    for code, counts in shape.paymentstatus_codes.items():
+        if not isinstance(counts, dict):
+            continue
+        unpaid, paid = int(counts.get("unpaid", 0) or 0), int(counts.get("paid", 0) or 0)
+        looks = "mixed" if unpaid and paid else "unpaid" if unpaid else "paid" if paid else ""
+        rows.append(ShapeStatusCode(code=str(code), seen=int(counts.get("seen", 0) or 0), unpaid=unpaid, paid=paid,
+                                    looks=looks, fetched_as_unpaid=str(code) in unpaid_codes))
+    return sorted(rows, key=lambda row: (not row.code.lstrip("-").isdigit(), int(row.code) if row.code.lstrip("-").isdigit() else 0))

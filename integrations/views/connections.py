@@ -104,7 +104,9 @@ def connection_test(request, pk: int):
     else:
         label = FAILURE_LABELS.get(result.failure, result.failure or "Failed")
         messages.error(request, f"Test failed — {label}: {result.message}")
-    return redirect("connection_detail", pk=connection.pk)
+    for problem in result.problems:
+        messages.warning(request, problem.get("message", ""))
+    return redirect(reverse("connection_detail", args=[connection.pk]) + "#halopsa-shape")
 
 
 @login_required
@@ -168,6 +170,7 @@ def connection_detail(request, pk: int):
         "errors": selectors.connection_open_errors(connection=connection),
         "webhook_events": selectors.connection_webhook_events(connection=connection),
         "push_jobs": selectors.connection_push_jobs(connection=connection),
+        "shape": connection_services.connection_shape_summary(connection=connection),
         "webhook_setup": _webhook_setup(connection),
         "webhook_health": webhook_health(connection),
         "sync_form": SyncRequestForm(),

@@ -122,3 +122,81 @@ def test_realtime_connection_warns_about_failed_webhooks(alice_client, mine):
     mine.connection.save()
     body = _detail(alice_client, mine).content.decode()
     assert "1 webhook event(s) failed in the last 24 hours" in body
+
+
+# --- what the shape probe learned -------------------------------------------------------------
+
+
+def _learned(connection, **facts) -> None:
+    from integrations.halopsa.shape import HaloShape
+
+    connection.halo_shape = HaloShape(**facts).as_dict()
+    connection.shape_checked_at = timezone.now() - timedelta(minutes=5)
+    connection.save()
+
+
+def _shape_section(body: str) -> str:
+    start = body.index('id="halopsa-shape"')
+    return body[start:body.index("</section>", start)]
+
+
+def test_before_any_check_the_page_says_how_to_check(alice_client, mine):
+    section = _shape_section(_detail(alice_client, mine).content.decode())
+    assert "Not checked yet" in section and "Test connection" in section
+
+
+def test_what_the_probe_learned_is_shown_in_words(alice_client, mine):
+    _learned(
+        mine.connection, version="2.99.1", checked_at=timezone.now().isoformat(),
+        invoice_datesearch="ignored", invoice_order_by_modified="works",
+        client_updated_filter="works", user_updated_filter="ignored", user_order_by_updated="ignored",
+        billing_flag_source="detail", billing_flag_field="sendaccountsemails",
+        payments_lookup="invoice", payments_list_key="[]", payments_list_filter="ignored",
+        paymentstatus_codes={"-1": {"seen": 4, "unpaid": 3, "paid": 0}, "2": {"seen": 1, "unpaid": 0, "paid": 1},
+                             "7": {"seen": 2, "unpaid": 1, "paid": 1}},
+        missing_fields={"invoice": ["pdf_attachment_id", "duedate"]},
+        clock_offset_seconds=-25200.2, clock_offset_measured_at="2026-12-05T10:00:00+00:00",
+        probe_errors=[{"call": "GET /api/Webhook", "message": "The HaloPSA API application lacks permission"}],
+    )
+    section = _shape_section(_detail(alice_client, mine).content.decode())
+    assert "HaloPSA 2.99.1 · checked <time" in section and "minutes ago</time>" in section
+    # Billing contacts: the rule in force and where the flag comes from.
+    assert "Accounts contact + users who can access invoices" in section
+    assert "Read from sendaccountsemails on each user&#x27;s own record (GET /Users/{id})" in section
+    # How each entity is read incrementally.
+    assert "Customers</dt><dd>Changed records only, filtered by lastupdatefromdate." in section
+    assert "Users</dt><dd class=\"error\">Full reads: HaloPSA ignores both lastupdatefromdate and order=ulastupdate." in section
+    assert "Invoices</dt><dd>Newest first (order=last_modified) until the last sync&#x27;s mark" in section
+    # Payments: the lookup, the list key, the clock.
+    assert "In the invoice&#x27;s own payments (GET /Invoice/{id}?includedetails=true)" in section
+    assert "A bare JSON array. Its invoice_id filter is ignored" in section
+    assert "7 h behind ours" in section and "Measured 2026-12-05 10:00 UTC" in section
+    # paymentstatus codes, each with what the amounts said and whether "unpaid" fetches it.
+    rows = section[section.index("<tbody>"):section.index("</tbody>")]
+    assert rows.index("<code>-1</code>") < rows.index("<code>2</code>") < rows.index("<code>7</code>")
+    assert "<td>unpaid</td><td>included</td>" in rows and "<td>mixed</td><td>included</td>" in rows
+    assert '<td>paid</td><td><span class="muted">not included</span>' in rows
+    assert "Invoices</dt><dd><code>pdf_attachment_id, duedate</code>" in section
+    assert "GET /api/Webhook</code>: The HaloPSA API application lacks permission" in section
+    assert "{&quot;" not in section and "Blocked" not in section  # words, not a JSON dump; nothing blocked
+
+
+def test_blocked_features_show_their_messages(alice_client, mine):
+    _learned(mine.connection, billing_flag_source="none", payments_lookup="none", problems=[
+        {"feature": "billing_contacts", "message": "HaloPSA shows no invoice-access flag on its users."},
+        {"feature": "payment_push", "message": "HaloPSA lists no invoice's payments exactly."}])
+    section = _shape_section(_detail(alice_client, mine).content.decode())
+    assert "<strong>Blocked:</strong> HaloPSA shows no invoice-access flag on its users." in section
+    assert "<strong>Blocked:</strong> HaloPSA lists no invoice&#x27;s payments exactly." in section
+    assert "Nowhere: HaloPSA shows no invoice-access flag" in section
+    assert "Nowhere: HaloPSA lists no invoice&#x27;s payments exactly, so payments are not posted." in section
+
+
+def test_an_unreadable_stored_shape_still_renders(alice_client, mine):
+    mine.connection.halo_shape = {"paymentstatus_codes": {"x": "junk", "0": {"seen": "2"}}, "missing_fields": {"a": "b"},
+                                  "clock_offset_seconds": "soon", "unknown_key": 1, "problems": ["junk", 3],
+                                  "probe_errors": {"a": 1}, "payments_lookup": ["invoice"]}
+    mine.connection.shape_checked_at = timezone.now()
+    mine.connection.save()
+    section = _shape_section(_detail(alice_client, mine).content.decode())
+    assert "Not measured yet" in section and "<code>0</code>" in section

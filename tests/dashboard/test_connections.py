@@ -209,3 +209,33 @@ def test_assignment_survives_a_later_sync(alice_client, partner, make_connection
         alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "full"})
     unknown.refresh_from_db()
     assert unknown.customer_id == target.pk and str(unknown.total) == "321.00"
+
+
+def test_connection_test_runs_the_shape_probe_and_shows_it(alice_client, partner, make_connection, halo_sandbox):
+    connection = make_connection(partner, halo_sandbox)
+    halo_sandbox.set_profile("flag_on_detail,payments_bare_array")
+    halo_sandbox.clear_request_log()
+    response = alice_client.post(reverse("connection_test", kwargs={"pk": connection.pk}), follow=True)
+    assert response.redirect_chain[-1][0].endswith("#halopsa-shape")
+    body = response.content.decode()
+    assert "Connected. HaloPSA version 2.130.1" in body
+    assert "Read from canaccessinvoices on each user&#x27;s own record" in body and "A bare JSON array." in body
+    connection.refresh_from_db()
+    assert connection.shape_checked_at is not None
+    assert halo_sandbox.count_requests() == 13  # the probe's calls, token included
+
+
+def test_connection_test_warns_about_blocked_features(alice_client, partner, make_connection, halo_sandbox, monkeypatch):
+    from integrations.services import connections as connection_services
+
+    real_probe = connection_services.probe_shape
+
+    def probe_finding_no_flag(client):
+        result = real_probe(client)
+        result.shape.problems = [{"feature": "billing_contacts", "message": "HaloPSA shows no invoice-access flag."}]
+        return result
+
+    monkeypatch.setattr(connection_services, "probe_shape", probe_finding_no_flag)
+    connection = make_connection(partner, halo_sandbox)
+    body = alice_client.post(reverse("connection_test", kwargs={"pk": connection.pk}), follow=True).content.decode()
+    assert "Connected." in body and body.count("HaloPSA shows no invoice-access flag.") == 2  # message + page
