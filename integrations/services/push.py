@@ -4,17 +4,21 @@ HaloPSA has no idempotency key, so exactly-once is built here (reliability.md §
 - a job is claimed with a conditional UPDATE (pending/retrying and due -> running); a duplicated
   task finds nothing to claim and returns;
 - jobs touching one invoice are serialised by a lease, so a delete never overtakes its post;
-- a payment post first looks HaloPSA up by the payment's stable reference, and
-  `HaloClient.create_payment` resolves an ambiguous POST (timeout, dropped connection, 5xx) by
-  the same lookup before it retries. Found = done; anything still ambiguous = NEEDS_REVIEW and a
-  person decides (a manual retry looks up again before posting);
-- before posting, HaloPSA's live amount due is re-read: a payment bigger than it (paid elsewhere
-  meanwhile) goes to NEEDS_REVIEW instead of overpaying the invoice in HaloPSA;
+- a payment post first looks HaloPSA up by the payment's stable reference, listing the invoice's
+  payments exactly (never `search`; client.py "Payments"), and `HaloClient.create_payment`
+  resolves an ambiguous POST (timeout, dropped connection, 5xx) by the same lookup before it
+  retries. Found = done; a lookup that cannot be trusted, or anything still ambiguous =
+  NEEDS_REVIEW and a person decides (a manual retry looks up again before posting);
+- before posting, HaloPSA's live amount due is re-read (the same read gives the invoice's
+  payments): a payment bigger than it (paid elsewhere meanwhile) goes to NEEDS_REVIEW instead of
+  overpaying the invoice in HaloPSA;
 - transient failures retry with capped exponential backoff and jitter; permanent ones need review;
 - a worker killed mid-push leaves the job "running"; `push_due_dispatch` (every minute) hands it
   back after LEASE_TIMEOUT, and the reference lookup makes the repeat safe.
 Status is two-way; `status_conflict_winner` is the rule the pull sync applies when both sides
-changed (docs/push-rules.md).
+changed (docs/push-rules.md). It compares times on one clock: HaloPSA's timestamps carry no
+offset, so the instance's clock offset is measured from HaloPSA's own stamp on our writes
+(`HaloShape.clock_offset_seconds`).
 """
 from __future__ import annotations
 
@@ -45,7 +49,9 @@ from integrations.halopsa.mapping import (
     invoice_status_to_halo,
     map_invoice,
     map_payment,
+    parse_halo_datetime,
 )
+from integrations.halopsa.shape import FEATURE_PAYMENT_PUSH, HaloShape
 from integrations.models import Incident, Invoice, Origin, Payment, PushJob
 from integrations.services.audit import audit_record
 from integrations.services.incidents import incident_open, incident_resolve
@@ -68,6 +74,8 @@ BUSY_DELAY = timedelta(seconds=10)
 PENDING_GRACE = timedelta(seconds=30)
 SWEEP_BATCH = 200
 SCHEDULE_NAME = "push-sweep"
+# A write whose round trip took longer than this says too little about when HaloPSA stamped it.
+CLOCK_MEASURE_MAX_WINDOW = timedelta(seconds=10)
 UNFINISHED = (PushJob.State.PENDING, PushJob.State.RUNNING, PushJob.State.RETRYING, PushJob.State.NEEDS_REVIEW)
 
 
@@ -229,10 +237,21 @@ def _payment_create(job: PushJob, client) -> Outcome:
         return Outcome(PushJob.State.CANCELLED, "The payment was deleted before it was posted.")
     if payment.halopsa_id is not None:
         return _done(f"Already in HaloPSA as payment {payment.halopsa_id}.")
-    found = client.find_payment_by_reference(invoice_id=invoice.halopsa_id, reference=payment.reference)
+    shape = HaloShape.of(job.connection)
+    blocked = shape.blocked(FEATURE_PAYMENT_PUSH)
+    if blocked:
+        return _review(blocked)
+    # One read serves the lookup (the invoice's own payments) and the balance check.
+    remote_body = client.get_invoice(invoice.halopsa_id, include_lines=True)
+    try:
+        found = client.find_payment_by_reference(invoice_id=invoice.halopsa_id, reference=payment.reference,
+                                                 lookup=shape.payments_lookup, invoice=remote_body)
+    finally:
+        _payments_shape_learn(job.connection, shape, client)
     if found is not None:
         return _adopt(payment, found, "Found in HaloPSA by its reference (an earlier attempt had posted it).")
-    remote = map_invoice(client.get_invoice(invoice.halopsa_id, include_lines=False))
+    # Only the amounts and state matter here: lines and payments are the pull's business.
+    remote = map_invoice({**remote_body, "lines": [], "payments": []})
     if remote["status"] == Invoice.Status.VOID:
         return _review(f"Invoice {invoice} is void in HaloPSA, so the payment of {payment.amount} was not posted. "
                        "Delete the payment here, or un-void the invoice in HaloPSA and retry.")
@@ -242,11 +261,33 @@ def _payment_create(job: PushJob, client) -> Outcome:
             f"posting {payment.amount} would overpay it, so nothing was posted. Check the invoice in HaloPSA, "
             "then delete this payment here or retry."
         )
-    created = client.create_payment(
-        invoice_id=invoice.halopsa_id, amount=payment.amount, paid_on=payment.paid_on,
-        reference=payment.reference, method_name=payment.method,
-    )
-    return _adopt(payment, created, "")
+    started = timezone.now()
+    try:
+        created = client.create_payment(
+            invoice_id=invoice.halopsa_id, amount=payment.amount, paid_on=payment.paid_on,
+            reference=payment.reference, method_name=payment.method, lookup=shape.payments_lookup, looked_up=True,
+        )
+    finally:
+        _payments_shape_learn(job.connection, shape, client)
+    outcome = _adopt(payment, created, "")
+    _clock_offset_learn(job.connection, shape, client, invoice.halopsa_id, before=remote_body, answer=None,
+                        started=started, ended=timezone.now())
+    return outcome
+
+
+def _payments_shape_learn(connection, shape: HaloShape, client) -> None:
+    """Record the payments lookup and list key that just worked, where they differ from the stored shape."""
+    from integrations.services.connections import connection_shape_update
+
+    learned = {}
+    if client.payments_lookup_used and client.payments_lookup_used != shape.payments_lookup:
+        learned["payments_lookup"] = client.payments_lookup_used
+    if client.payments_list_key and client.payments_list_key != shape.payments_list_key:
+        learned["payments_list_key"] = client.payments_list_key
+    if learned:
+        for name, value in learned.items():
+            setattr(shape, name, value)
+        connection_shape_update(connection=connection, **learned)
 
 
 def _adopt(payment: Payment, remote: dict, note: str) -> Outcome:
@@ -275,10 +316,18 @@ def _payment_delete(job: PushJob, client) -> Outcome:
     halopsa_id = payment.halopsa_id
     if halopsa_id is None:
         # Its post may have landed without us hearing back: whatever carries the reference goes.
+        shape = HaloShape.of(job.connection)
+        blocked = shape.blocked(FEATURE_PAYMENT_PUSH)
+        if blocked:
+            return _review(f"{blocked} Whether this payment reached HaloPSA cannot be checked: look for reference "
+                           f"{payment.reference!r} on invoice {invoice} in HaloPSA and delete it there if it is.")
         try:
-            found = client.find_payment_by_reference(invoice_id=invoice.halopsa_id, reference=payment.reference)
+            found = client.find_payment_by_reference(invoice_id=invoice.halopsa_id, reference=payment.reference,
+                                                     lookup=shape.payments_lookup)
         except HaloNotFound:
             return _done("The invoice no longer exists in HaloPSA; nothing to delete.")
+        finally:
+            _payments_shape_learn(job.connection, shape, client)
         if found is None:
             return _done("The payment never reached HaloPSA; nothing to delete.")
         mapped = map_payment(found)
@@ -295,14 +344,19 @@ def _invoice_status(job: PushJob, client) -> Outcome:
     if not _status_reached(target, invoice.status):
         # A later change here, or HaloPSA winning a conflict, replaced the status we were to send.
         return Outcome(PushJob.State.CANCELLED, f"Superseded: the invoice is now {invoice.status} here.")
-    remote = map_invoice(client.get_invoice(invoice.halopsa_id, include_lines=False))
+    remote_body = client.get_invoice(invoice.halopsa_id, include_lines=False)
+    remote = map_invoice({**remote_body, "lines": [], "payments": []})
     if _status_reached(target, remote["status"]):
         return _done(f"HaloPSA already shows the invoice as {remote['status']}.")  # "set to X if not already X"
     action, fields = invoice_status_to_halo(target)
+    started = timezone.now()
     if action == HALO_ACTION_VOID:
-        client.void_invoice(invoice.halopsa_id)
+        answer = client.void_invoice(invoice.halopsa_id)
     else:
-        client.update_invoice(invoice.halopsa_id, fields)
+        answer = client.update_invoice(invoice.halopsa_id, fields)
+    shape = HaloShape.of(job.connection)
+    _clock_offset_learn(job.connection, shape, client, invoice.halopsa_id, before=remote_body, answer=answer,
+                        started=started, ended=timezone.now())
     return _done(f"Set to {target} in HaloPSA.")
 
 
@@ -384,15 +438,20 @@ def push_schedule_ensure() -> None:
 # --- rules the pull sync applies --------------------------------------------------------------------
 
 
-def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modified_at: datetime | None) -> Literal["local", "remote"]:
+def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modified_at: datetime | None,
+                           shape: HaloShape | None = None) -> Literal["local", "remote"]:
     """Which status an invoice keeps when a pull brings HaloPSA's (docs/push-rules.md, "Status").
 
     - no status set here by a person (`status_changed_locally_at` empty): HaloPSA's;
     - HaloPSA's status has not moved since we last read it (`invoice.remote_status`): ours
       (a local change not pushed yet, or pushed but not visible in HaloPSA's status, is never
       overwritten by a pull that predates it);
-    - both moved: the later change wins, comparing HaloPSA's `last_modified` of the invoice with
-      `status_changed_locally_at`; a tie, or no HaloPSA time, keeps ours.
+    - both moved: the later change wins, on one clock. HaloPSA's `last_modified` (no offset; it
+      may be the instance's local time, reference §2) is moved onto ours with the measured
+      `HaloShape.clock_offset_seconds` and compared with `status_changed_locally_at`. A tie, no
+      HaloPSA time, or no offset measured yet keeps ours (HALOPSA_UNMEASURED_CLOCK=assume_utc
+      compares as if HaloPSA's clock were UTC instead).
+    `shape` is the connection's HaloShape (read from the invoice's connection when not given).
     When HaloPSA wins the pull should also clear `status_changed_locally_at`; an unsent status
     push is then cancelled by its own check (the invoice no longer has the status it carries).
     """
@@ -400,9 +459,55 @@ def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modif
         return "remote"
     if remote_status == invoice.remote_status or remote_status == invoice.status:
         return "local"
-    if remote_modified_at is not None and remote_modified_at > invoice.status_changed_locally_at:
-        return "remote"
-    return "local"
+    if remote_modified_at is None:
+        return "local"
+    shape = shape if shape is not None else HaloShape.of(invoice.connection)
+    remote_on_our_clock = shape.halo_time_on_our_clock(remote_modified_at)
+    if remote_on_our_clock is None:
+        if getattr(settings, "HALOPSA_UNMEASURED_CLOCK", "keep_local") != "assume_utc":
+            return "local"
+        remote_on_our_clock = remote_modified_at
+    return "remote" if remote_on_our_clock > invoice.status_changed_locally_at else "local"
+
+
+def _clock_offset_learn(connection, shape: HaloShape, client, halopsa_id: int, *, before: dict, answer: dict | None,
+                        started: datetime, ended: datetime) -> None:
+    """Measure how far the instance's clock is from ours: HaloPSA's `last_modified` on the invoice
+    right after our write, against our clock around that write. Only a stamp that changed across
+    the write counts (a write HaloPSA did not stamp says nothing). Never fails the push."""
+    from integrations.services.connections import connection_shape_update
+
+    measured_at = _parse_stamp(shape.clock_offset_measured_at)
+    refresh = timedelta(hours=getattr(settings, "HALOPSA_CLOCK_OFFSET_REFRESH_HOURS", 24))
+    if shape.clock_offset_seconds is not None and measured_at is not None and ended - measured_at < refresh:
+        return
+    if ended - started > CLOCK_MEASURE_MAX_WINDOW:
+        return
+    try:
+        previous = _halo_stamp(before)
+        stamp = _halo_stamp(answer)
+        if stamp is None or stamp == previous:
+            stamp = _halo_stamp(client.get_invoice(halopsa_id, include_lines=False))
+    except (HaloError, MappingError) as exc:
+        logger.info("clock offset of connection %s not measured: %s", connection.pk, getattr(exc, "message", exc))
+        return
+    if previous is None or stamp is None or stamp == previous:
+        return
+    offset = round((stamp - (started + (ended - started) / 2)).total_seconds(), 3)
+    shape.clock_offset_seconds, shape.clock_offset_measured_at = offset, ended.isoformat()
+    connection_shape_update(connection=connection, clock_offset_seconds=offset, clock_offset_measured_at=ended.isoformat())
+    logger.info("HaloPSA clock of connection %s is %+.3f s from ours (measured on invoice %s)", connection.pk, offset, halopsa_id)
+
+
+def _halo_stamp(body) -> datetime | None:
+    return parse_halo_datetime(body.get("last_modified"), "last_modified") if isinstance(body, dict) else None
+
+
+def _parse_stamp(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterable[int],

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from integrations.halopsa.mapping import map_invoice
+from integrations.halopsa.shape import HaloShape
 from integrations.models import Customer, Invoice, Origin, Payment
 
 
@@ -81,3 +82,14 @@ def assert_ledgers_agree(srv, invoice: Invoice) -> None:
     remote = halo_invoice(srv, invoice.halopsa_id)
     assert invoice.balance == remote["amountdue"]
     assert invoice.amount_paid == remote["amountpaid"]
+
+
+def clock_known(connection, srv) -> HaloShape:
+    """Store the sandbox's true clock offset on the connection, as an earlier push would have
+    measured it (tests/push/test_clock.py measures it for real)."""
+    from django.utils import timezone
+
+    from integrations.services.connections import connection_shape_update
+
+    return connection_shape_update(connection=connection, clock_offset_seconds=srv.profile.clock_offset_ms / 1000,
+                                   clock_offset_measured_at=timezone.now().isoformat())

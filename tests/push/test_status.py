@@ -8,10 +8,11 @@ import pytest
 from django.utils import timezone
 
 from integrations.halopsa.mapping import invoice_status_to_halo
+from integrations.halopsa.shape import HaloShape
 from integrations.models import AuditEvent, Invoice, PushJob
 from integrations.services.payments import StatusChangeRefused, invoice_status_change, payment_record
 from integrations.services.push import push_job_process, status_conflict_winner
-from tests.push.conftest import halo_invoice
+from tests.push.conftest import clock_known, halo_invoice
 
 pytestmark = pytest.mark.django_db
 
@@ -164,45 +165,94 @@ def _invoice(status: str, remote_status: str, changed_at) -> Invoice:
     return Invoice(status=status, remote_status=remote_status, status_changed_locally_at=changed_at)
 
 
+SAME_CLOCK = HaloShape(clock_offset_seconds=0.0)
+
+
+def winner(invoice, remote_status, remote_modified_at, shape=SAME_CLOCK):
+    return status_conflict_winner(invoice=invoice, remote_status=remote_status, remote_modified_at=remote_modified_at,
+                                  shape=shape)
+
+
 def test_conflict_rule_nothing_changed_here_halopsa_wins():
     invoice = _invoice("open", "open", None)
-    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=timezone.now()) == "remote"
+    assert winner(invoice, "paid", timezone.now()) == "remote"
 
 
 def test_conflict_rule_local_change_not_overwritten_when_halopsa_status_did_not_move():
     changed = timezone.now()
     invoice = _invoice("void", "open", changed)
     # Even a HaloPSA edit after ours (another field) keeps our status: HaloPSA's status is unchanged.
-    assert status_conflict_winner(invoice=invoice, remote_status="open", remote_modified_at=changed + timedelta(hours=1)) == "local"
-    assert status_conflict_winner(invoice=invoice, remote_status="open", remote_modified_at=changed - timedelta(hours=1)) == "local"
+    assert winner(invoice, "open", changed + timedelta(hours=1)) == "local"
+    assert winner(invoice, "open", changed - timedelta(hours=1)) == "local"
 
 
 def test_conflict_rule_both_changed_later_wins():
     changed = timezone.now()
     invoice = _invoice("void", "open", changed)
-    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=changed + timedelta(seconds=1)) == "remote"
-    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=changed - timedelta(seconds=1)) == "local"
-    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=changed) == "local"  # tie
-    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=None) == "local"
+    assert winner(invoice, "paid", changed + timedelta(seconds=1)) == "remote"
+    assert winner(invoice, "paid", changed - timedelta(seconds=1)) == "local"
+    assert winner(invoice, "paid", changed) == "local"  # tie
+    assert winner(invoice, "paid", None) == "local"
+
+
+@pytest.mark.parametrize("offset_minutes", [-420, -4320, 420])
+def test_conflict_rule_compares_on_one_clock(offset_minutes):
+    """HaloPSA's stamps are its own clock's (hours or days away): moved onto ours before comparing."""
+    changed = timezone.now()
+    invoice = _invoice("void", "open", changed)
+    shape = HaloShape(clock_offset_seconds=offset_minutes * 60.0)
+    halo_clock = timedelta(minutes=offset_minutes)
+    # HaloPSA's change a minute after ours, stamped on its clock.
+    assert winner(invoice, "paid", changed + timedelta(minutes=1) + halo_clock, shape) == "remote"
+    # HaloPSA's change a minute before ours.
+    assert winner(invoice, "paid", changed - timedelta(minutes=1) + halo_clock, shape) == "local"
+    # Read as if HaloPSA's clock were ours, one of the two would be decided wrongly.
+    naive = [winner(invoice, "paid", changed + delta + halo_clock) for delta in (timedelta(minutes=1), -timedelta(minutes=1))]
+    assert naive != ["remote", "local"]
+
+
+def test_conflict_rule_before_any_offset_is_measured_keeps_ours(settings):
+    changed = timezone.now()
+    invoice = _invoice("void", "open", changed)
+    unmeasured = HaloShape()
+    assert winner(invoice, "paid", changed + timedelta(days=3), unmeasured) == "local"
+    assert winner(invoice, "paid", changed - timedelta(days=3), unmeasured) == "local"
+    settings.HALOPSA_UNMEASURED_CLOCK = "assume_utc"  # compare as if HaloPSA's clock were UTC
+    assert winner(invoice, "paid", changed + timedelta(seconds=1), unmeasured) == "remote"
+    assert winner(invoice, "paid", changed - timedelta(seconds=1), unmeasured) == "local"
+
+
+def test_conflict_rule_reads_the_offset_of_the_invoices_connection(halo_sandbox, mirror, conn):
+    invoice = mirror(1)
+    Invoice.objects.filter(pk=invoice.pk).update(status="void", status_changed_locally_at=timezone.now())
+    invoice = Invoice.objects.get(pk=invoice.pk)
+    later_on_a_clock_7h_behind = invoice.status_changed_locally_at + timedelta(minutes=1) - timedelta(hours=7)
+    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=later_on_a_clock_7h_behind) == "local"
+    from integrations.services.connections import connection_shape_update
+
+    connection_shape_update(connection=conn, clock_offset_seconds=-7 * 3600.0)
+    invoice = Invoice.objects.get(pk=invoice.pk)
+    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=later_on_a_clock_7h_behind) == "remote"
 
 
 def test_conflict_rule_both_agree():
     changed = timezone.now()
     invoice = _invoice("void", "open", changed)
-    assert status_conflict_winner(invoice=invoice, remote_status="void", remote_modified_at=changed + timedelta(hours=1)) == "local"
+    assert winner(invoice, "void", changed + timedelta(hours=1)) == "local"
 
 
-def test_conflict_rule_against_the_sandbox(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_conflict_rule_against_the_sandbox(halo_sandbox, mirror, conn, django_capture_on_commit_callbacks):
     """Voided here while unsent; HaloPSA then gets a payment (its status moves later): HaloPSA wins."""
     from integrations.halopsa.mapping import map_invoice
 
+    shape = clock_known(conn, halo_sandbox)
     invoice = mirror(1)
     with django_capture_on_commit_callbacks(execute=False):
         invoice_status_change(invoice=invoice, status="void")
     invoice.refresh_from_db()
     # Without a later HaloPSA status change, a pull keeps ours.
-    remote = map_invoice(halo_invoice(halo_sandbox, 1))
-    assert status_conflict_winner(invoice=invoice, remote_status=remote["remote_status"], remote_modified_at=remote["remote_updated_at"]) == "local"
+    remote = map_invoice(halo_sandbox.store.invoice_json(halo_sandbox.store.get_invoice(1), include_lines=False))
+    assert winner(invoice, remote["remote_status"], remote["remote_updated_at"], shape) == "local"
     # HaloPSA changes its status after ours: the later change wins.
     halo_sandbox.store.add_payment(1, "10.00", reference="desk")
     remote = map_invoice(halo_invoice(halo_sandbox, 1))
@@ -210,4 +260,4 @@ def test_conflict_rule_against_the_sandbox(halo_sandbox, mirror, django_capture_
     assert remote["remote_updated_at"] >= invoice.status_changed_locally_at - timedelta(seconds=1)
     Invoice.objects.filter(pk=invoice.pk).update(status_changed_locally_at=remote["remote_updated_at"] - timedelta(seconds=1))
     invoice.refresh_from_db()
-    assert status_conflict_winner(invoice=invoice, remote_status=remote["remote_status"], remote_modified_at=remote["remote_updated_at"]) == "remote"
+    assert winner(invoice, remote["remote_status"], remote["remote_updated_at"], shape) == "remote"

@@ -8,7 +8,7 @@ import pytest
 from integrations.models import Invoice, Origin, Payment, PushJob, SyncRun
 from integrations.services.payments import invoice_status_change, payment_delete, payment_record
 from integrations.services.push import payment_unpushed_adjustment, push_job_process
-from tests.push.conftest import assert_ledgers_agree, halo_invoice, halo_payments
+from tests.push.conftest import assert_ledgers_agree, clock_known, halo_invoice, halo_payments
 
 pytestmark = pytest.mark.django_db
 
@@ -90,6 +90,7 @@ def test_local_status_change_survives_a_pull_that_predates_its_push(halo_sandbox
 
 
 def test_a_later_status_change_in_halopsa_wins_over_an_unsent_one(halo_sandbox, conn, django_capture_on_commit_callbacks):
+    clock_known(conn, halo_sandbox)  # an earlier push measured HaloPSA's clock (test_clock.py)
     invoice = pull(conn, 1)
     with django_capture_on_commit_callbacks(execute=False):
         job = invoice_status_change(invoice=invoice, status="void")
