@@ -9,8 +9,12 @@ and goes on with the rest of the batch.
 
 Rules that live here (documented in docs/sync-rules.md):
 - the billing-contact rule (`billing_contacts_for_client`, `billing_user_contact`,
-  `accounts_contact`);
-- invoice status from HaloPSA's paymentstatus/voided/amounts (`invoice_status`);
+  `accounts_contact`), where a user's billing flag that is not on the record is unknown, never
+  false (`billing_flag`, `BillingFlagUnknown`);
+- invoice status and balance from HaloPSA's paymentstatus/voided/amounts (`invoice_status`);
+- each record's last-change time, which cursors are made of (`updated_at`);
+- HaloPSA leaves null fields out: a missing key reads as null everywhere; only the fields a
+  record cannot be stored without are required (invoice: id, total; client: id, name; user: id).
 - what counts as a credit note (skipped as an invoice; its application shows up as a credit
   payment on the invoice it pays) and which embedded payments are kept (deposits are not).
 """
@@ -48,7 +52,19 @@ PAYMENT_TYPE_DEPOSIT = 2
 # InvoiceHeader.invoicetype: 1 = credit note (unverified guess shared with the sandbox).
 INVOICE_TYPE_CREDIT_NOTE = 1
 
+# InvoiceHeader.paymentstatus 2 is taken as paid (unverified, reference §11.3); -1 (the database
+# default) and 0 are unpaid: Halo's own "unpaid" view asks for paymentstatuses=0,-1 (§3.2, §3.6).
+PAYMENTSTATUS_PAID = 2
+
 INVOICE_NUMBER_FIELDS = ("invoicenumber", "thirdpartyinvoicenumber")
+# The user flag that makes a user a billing contact (reference §4.2; a connection's HaloShape may
+# name another one the probe found).
+BILLING_FLAG_FIELD = "canaccessinvoices"
+# Each record's last-change time (reference §3.3, §4.1, §4.2): cursors are high-water marks of these.
+CLIENT_UPDATED_AT = "alastupdate"
+USER_UPDATED_AT = "ulastupdate"
+INVOICE_UPDATED_AT = "last_modified"
+UPDATED_AT_FIELDS = {"client": CLIENT_UPDATED_AT, "user": USER_UPDATED_AT, "invoice": INVOICE_UPDATED_AT}
 _ISO_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -59,6 +75,12 @@ class MappingError(ValueError):
         super().__init__(message)
         self.message = message
         self.halopsa_id = halopsa_id
+
+
+class BillingFlagUnknown(MappingError):
+    """The user could be a billing contact, but the record does not carry the billing flag
+    (GET /Users list rows lack it in both specs, reference §4.2; HaloPSA leaves nulls out).
+    Unknown is not false: the sync finds the flag elsewhere or leaves the user's contacts alone."""
 
 
 # --- scalars -------------------------------------------------------------------------------
@@ -182,6 +204,17 @@ def parse_halo_date(value: Any, field: str = "date") -> date | None:
     return parsed.date() if parsed is not None else None
 
 
+def updated_at(record: Any, kind: str) -> datetime | None:
+    """A HaloPSA record's last-change time (`kind` "client", "user" or "invoice"), or None when
+    it has none we can read (missing, null, a sentinel, or not a date)."""
+    name = UPDATED_AT_FIELDS[kind]
+    value = record.get(name) if isinstance(record, Mapping) else None
+    try:
+        return parse_halo_datetime(value, name)
+    except MappingError:
+        return None
+
+
 def parse_id(value: Any, field: str = "id", *, required: bool = True) -> int | None:
     """A HaloPSA integer id; 0/None/"" mean "none" when not required."""
     if type(value) is int:  # what parse_json gives: no Decimal round trip
@@ -276,7 +309,7 @@ def map_client(payload: Any) -> dict[str, Any]:
             "halopsa_id": halopsa_id,
             "name": name,
             "inactive": _flag(record.get("inactive")),
-            "remote_updated_at": parse_halo_datetime(record.get("alastupdate"), "alastupdate"),
+            "remote_updated_at": parse_halo_datetime(record.get(CLIENT_UPDATED_AT), CLIENT_UPDATED_AT),
         }
         accounts = accounts_contact(record, RULE_ACCOUNTS_AND_INVOICE_USERS)
     except MappingError as exc:
@@ -304,10 +337,24 @@ def accounts_contact(client: Mapping[str, Any], rule: str) -> dict[str, Any] | N
     return _contact("accounts", None, "accounts_contact", name, email)
 
 
-def billing_user_contact(user: Mapping[str, Any], rule: str) -> dict[str, Any] | None:
+def billing_flag(user: Any, field: str = BILLING_FLAG_FIELD) -> bool | None:
+    """The user's billing flag: True or False, or None when the record does not carry it (the
+    key is missing or null): unknown, which is never read as false."""
+    value = user.get(field) if isinstance(user, Mapping) else None
+    if _missing(value):
+        return None
+    return _flag(value)
+
+
+def billing_user_contact(user: Mapping[str, Any], rule: str, *, can_access_invoices: bool | None = None,
+                         flag_field: str = BILLING_FLAG_FIELD) -> dict[str, Any] | None:
     """A HaloPSA user as a billing contact, or None when the rule says it is not one.
 
-    Default rule: an active user with `canaccessinvoices` and an e-mail address. Key "user:<id>".
+    Default rule: an active user with the billing flag (`canaccessinvoices`) and an e-mail
+    address. Key "user:<id>". The flag is `can_access_invoices` when given (read elsewhere, e.g.
+    from the user's detail), else the record's `flag_field`. A user who would qualify but whose
+    flag is unknown raises BillingFlagUnknown; one who cannot qualify anyway (inactive, no
+    address, the rule leaves users out) is None whatever the flag.
     """
     if rule not in BILLING_CONTACT_RULES:
         raise MappingError(f"unknown billing contact rule {rule!r}")
@@ -315,10 +362,16 @@ def billing_user_contact(user: Mapping[str, Any], rule: str) -> dict[str, Any] |
         return None
     user = _record(user, "user")
     user_id = parse_id(user.get("id"), "user id")
-    if _flag(user.get("inactive")) or not _flag(user.get("canaccessinvoices")):
+    if _flag(user.get("inactive")):
         return None
     email = _text(user.get("emailaddress"))
     if not email:
+        return None
+    flag = can_access_invoices if can_access_invoices is not None else billing_flag(user, flag_field)
+    if flag is None:
+        raise BillingFlagUnknown(f"user {user_id}: {flag_field} is not on the record (unknown, not false)",
+                                 halopsa_id=user_id)
+    if not flag:
         return None
     name = _text(user.get("name")) or f"{_text(user.get('firstname'))} {_text(user.get('surname'))}".strip()
     return _contact(f"user:{user_id}", user_id, "invoice_user", name, email)
@@ -334,7 +387,8 @@ def billing_contacts_for_client(client: Mapping[str, Any], users: Iterable[Mappi
     - `invoice_users_only`: the users only.
     Contacts without an e-mail address are skipped (we could not send them anything), and one
     address appears once (case-insensitive; the accounts contact wins). Sorted by e-mail.
-    Users of other clients in `users` are ignored.
+    Users of other clients in `users` are ignored. A user whose flag is unknown raises
+    BillingFlagUnknown (never read as false).
     """
     client = _record(client, "client")
     client_id = parse_id(client.get("id"), "client id")
@@ -366,12 +420,13 @@ def is_credit_note(payload: Mapping[str, Any]) -> bool:
 
 def invoice_status(*, total: Decimal, amount_paid: Decimal, balance: Decimal, voided: bool,
                    paymentstatus: int | None = None) -> str:
-    """open | partially_paid | paid | void, from HaloPSA's voided flag, paymentstatus (0 unpaid,
-    1 partially paid, 2 paid) and amounts: nothing (or less than nothing) left to collect is
-    paid, something paid but not all is partially paid."""
+    """open | partially_paid | paid | void, from HaloPSA's voided flag, paymentstatus (-1 and 0
+    unpaid, 1 partially paid, 2 paid) and amounts: nothing (or less than nothing) left to collect
+    is paid, something paid but not all is partially paid. `balance` is map_invoice's (never 0
+    just because HaloPSA left `amountdue` at 0 on an invoice nothing was paid on)."""
     if voided:
         return STATUS_VOID
-    if paymentstatus == 2 or balance == 0 or (balance < 0) != (total < 0):
+    if paymentstatus == PAYMENTSTATUS_PAID or balance == 0 or (balance < 0) != (total < 0):
         return STATUS_PAID
     if paymentstatus == 1 or amount_paid != 0:
         return STATUS_PARTIALLY_PAID
@@ -411,7 +466,7 @@ def map_payment(payload: Any) -> dict[str, Any] | None:
         raise MappingError(f"payment {halopsa_id} type is not a number: {row.get('type')!r}") from None
     if payment_type == PAYMENT_TYPE_DEPOSIT:
         return None
-    amount = parse_money(row.get("amount"), f"payment {halopsa_id} amount")
+    amount = parse_money(row.get("amount"), f"payment {halopsa_id} amount", default=ZERO)  # null: nothing applied
     if amount == 0:
         return None
     if amount < 0:
@@ -466,6 +521,10 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
         paymentstatus = int(record.get("paymentstatus")) if record.get("paymentstatus") not in (None, "") else None
     except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         raise MappingError(f"paymentstatus is not a number: {record.get('paymentstatus')!r}") from None
+    if balance == 0 and amount_paid == 0 and total > 0 and paymentstatus != PAYMENTSTATUS_PAID:
+        # amountdue 0 with nothing paid is HaloPSA's default (paymentstatus -1, the database
+        # default: reference §3.6), not "paid": the balance is what is not paid yet.
+        balance = total - amount_paid
     currency = _text(record.get("currency_code_name")).upper()
     if not _ISO_CURRENCY.match(currency):
         currency = _text(record.get("currency")).upper()
@@ -498,7 +557,7 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
         "is_credit_note": is_credit_note(record),
         "halopsa_client_id": parse_id(record.get("client_id"), "client_id", required=False),
         "pdf_attachment_id": parse_id(record.get("pdf_attachment_id"), "pdf_attachment_id", required=False),
-        "remote_updated_at": parse_halo_datetime(record.get("last_modified"), "last_modified"),
+        "remote_updated_at": parse_halo_datetime(record.get(INVOICE_UPDATED_AT), INVOICE_UPDATED_AT),
         "lines": lines,
         "payments": payments,
     }
