@@ -760,11 +760,14 @@ class HaloClient:
     # -----------------------------------------------------------------------------------------
     # Paging
 
-    def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[Page]:
+    def _pages(self, path: str, key: str, params: dict[str, Any], *, page_size: int = PAGE_SIZE) -> Iterator[Page]:
+        """The list's pages, each requested only when the one before it has been consumed (a
+        caller that stops early costs no further request)."""
+        page_size = max(1, min(int(page_size), PAGE_SIZE))
         page_no = 1
         seen = 0
         while True:
-            query = {**params, "pageinate": "true", "page_size": PAGE_SIZE, "page_no": page_no}
+            query = {**params, "pageinate": "true", "page_size": page_size, "page_no": page_no}
             body = self._request("GET", path, params=query)
             records, record_count = self._envelope(body, key, path)
             seen += len(records)
@@ -773,8 +776,8 @@ class HaloClient:
             # A page shorter than the size the server says it used is the last one. Trusting the
             # envelope's page_size (not ours) keeps a server with a smaller cap from ending early.
             served_size = body.get("page_size")
-            if isinstance(served_size, bool) or not isinstance(served_size, int) or not 0 < served_size <= PAGE_SIZE:
-                served_size = PAGE_SIZE
+            if isinstance(served_size, bool) or not isinstance(served_size, int) or not 0 < served_size <= page_size:
+                served_size = page_size
             if not records or len(records) < served_size or seen >= record_count:
                 return
             page_no += 1
@@ -792,13 +795,25 @@ class HaloClient:
             raise HaloBadResponse(f"HaloPSA's list of {key} ({path}) has an invalid record_count {record_count!r}.")
         return records, record_count
 
-    def client_pages(self, *, changed_since: datetime | None = None, include_inactive: bool = True) -> Iterator[Page]:
+    # Incremental reads (integrations/services/sync.py decides which one an instance gets):
+    # `changed_since` is a date filter whose support varies (GET /Invoice `datesearch` is SW25
+    # only, §3.2/§9; `lastupdatefromdate` on /Client and /Users is unverified as a filter,
+    # §4.1/§11.6), `newest_first` orders by the record's last-change time, descending (the
+    # fallback where the filter is ignored; `order`/`orderdesc` per §2). The date is sent in
+    # HaloPSA's own frame: it comes from HaloPSA's timestamps (format_query_datetime).
+
+    def client_pages(self, *, changed_since: datetime | None = None, include_inactive: bool = True,
+                     newest_first: bool = False, page_size: int = PAGE_SIZE) -> Iterator[Page]:
         params: dict[str, Any] = {"includeactive": "true", "includeinactive": "true" if include_inactive else "false"}
         if changed_since is not None:
             params["lastupdatefromdate"] = format_query_datetime(changed_since)
-        return self._pages("Client", ENVELOPE_CLIENTS, params)
+        if newest_first:
+            params.update(order="alastupdate", orderdesc="true")
+        return self._pages("Client", ENVELOPE_CLIENTS, params, page_size=page_size)
 
-    def user_pages(self, *, changed_since: datetime | None = None, client_id: int | None = None) -> Iterator[Page]:
+    def user_pages(self, *, changed_since: datetime | None = None, client_id: int | None = None,
+                   include_billing_info: bool = False, newest_first: bool = False,
+                   page_size: int = PAGE_SIZE) -> Iterator[Page]:
         # Inactive users are included on purpose: an incremental sync must see a billing contact
         # turn inactive; mapping.py decides who is a billing contact.
         params: dict[str, Any] = {"includeactive": "true", "includeinactive": "true"}
@@ -806,7 +821,13 @@ class HaloClient:
             params["lastupdatefromdate"] = format_query_datetime(changed_since)
         if client_id is not None:
             params["client_id"] = int(client_id)
-        return self._pages("Users", ENVELOPE_USERS, params)
+        if include_billing_info:
+            # "Include billing information in the response" (§4.2): on some instances the only way
+            # list rows carry canaccessinvoices (HaloShape.billing_flag_source "list_billinginfo").
+            params["includebillinginfo"] = "true"
+        if newest_first:
+            params.update(order="ulastupdate", orderdesc="true")
+        return self._pages("Users", ENVELOPE_USERS, params, page_size=page_size)
 
     def invoice_pages(
         self,
@@ -816,6 +837,8 @@ class HaloClient:
         payment_statuses: list[int] | tuple[int, ...] | None = None,
         client_id: int | None = None,
         include_credits: bool = False,
+        newest_first: bool = False,
+        page_size: int = PAGE_SIZE,
     ) -> Iterator[Page]:
         params: dict[str, Any] = {}
         if include_lines:
@@ -829,7 +852,9 @@ class HaloClient:
             params["client_id"] = int(client_id)
         if include_credits:
             params["includecredits"] = "true"
-        return self._pages("Invoice", ENVELOPE_INVOICES, params)
+        if newest_first:
+            params.update(order="last_modified", orderdesc="true")
+        return self._pages("Invoice", ENVELOPE_INVOICES, params, page_size=page_size)
 
     def iter_clients(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         for page in self.client_pages(**kwargs):
@@ -870,6 +895,13 @@ class HaloClient:
 
     def get_client(self, client_id: int) -> dict[str, Any]:
         return self._record(self._request("GET", f"Client/{int(client_id)}"), f"client {client_id}")
+
+    def get_user(self, user_id: int) -> dict[str, Any]:
+        """GET /Users/{id}: the full `Users` record, the one that has canaccessinvoices where list
+        rows do not (§4.2). includebillinginfo is sent in case the flag counts as billing
+        information there too (unverified)."""
+        return self._record(self._request("GET", f"Users/{int(user_id)}", params={"includebillinginfo": "true"}),
+                            f"user {user_id}")
 
     def get_invoice(self, invoice_id: int, include_lines: bool = True) -> dict[str, Any]:
         params = {"includedetails": "true"} if include_lines else None
