@@ -242,6 +242,15 @@ HALOPSA_PDF_PHASE_SECONDS = env.int("HALOPSA_PDF_PHASE_SECONDS", default=1200)
 # Invoices a sync writes per transaction (10 HaloPSA pages): fewer commits, and SQLite's write
 # lock is still held for only ~0.1 s at a time.
 HALOPSA_SYNC_WRITE_BATCH = env.int("HALOPSA_SYNC_WRITE_BATCH", default=1000)
+# Incremental reads start this long before each cursor (HaloPSA's own change times, see
+# docs/sync-rules.md); an instance on local time with daylight saving may want 4200 (70 min).
+HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS = env.int("HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS", default=600)
+# A cursor never goes further than this ahead of our clock (one record stamped in the far future
+# must not stop incremental reads; capping only makes a read longer).
+HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS = env.int("HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS", default=24)
+# Where users' list rows lack the billing flag (canaccessinvoices, reference §4.2): GET /Users/{id}
+# calls one run may make, for users whose list row changed; the rest wait for the next run.
+HALOPSA_SYNC_USER_DETAILS_PER_RUN = env.int("HALOPSA_SYNC_USER_DETAILS_PER_RUN", default=250)
 
 # --- Background jobs (django-q2) --------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

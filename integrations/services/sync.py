@@ -12,8 +12,13 @@ Shape of a run (`sync_execute`):
    so an interrupted run keeps what it wrote and a rerun (upserts keyed on (connection,
    halopsa_id)) creates no duplicates;
 4. a record that cannot be mapped becomes a SyncError with its payload; the rest commit ("partial");
-5. cursors advance only when the run completes; a full read that paged everything flags rows
-   HaloPSA no longer has (never deletes or archives them).
+5. cursors advance only when the run completes, to the newest change time seen in HaloPSA's own
+   records (never our clock); a full read that paged everything flags rows HaloPSA no longer has
+   (never deletes or archives them).
+
+What one HaloPSA instance supports (date filters, where the billing flag is) comes from its
+HaloShape (integrations/halopsa/shape.py); what is unknown is found out at run time and stored
+back, and until then the run takes the path that is correct whatever the answer.
 
 The rules (billing contacts, unknown customer, deletions, conflicts, PDFs, overlap) are written
 up in docs/sync-rules.md.
@@ -46,10 +51,20 @@ from integrations.halopsa.budget import RequestBudget
 from integrations.halopsa.client import HaloClient, Page, RequestStats
 from integrations.halopsa.exceptions import HaloAuthError, HaloError, HaloNotFound, HaloRateLimited
 from integrations.halopsa.mapping import MappingError
+from integrations.halopsa.shape import (
+    FILTER_IGNORED,
+    FILTER_WORKS,
+    FLAG_NOWHERE,
+    FLAG_ON_DETAIL,
+    FLAG_ON_LIST_WITH_BILLINGINFO,
+    UNKNOWN,
+    HaloShape,
+)
 from integrations.models import (
     Connection,
     Contact,
     Customer,
+    HaloUserFlag,
     Incident,
     Invoice,
     InvoiceLine,
@@ -73,11 +88,6 @@ ENTITY_INVOICES = "invoices"
 ENTITY_PDFS = "pdfs"
 ENTITIES = (ENTITY_CUSTOMERS, ENTITY_INVOICES, ENTITY_PDFS)
 
-# Incremental reads start this much before the cursor: clock skew between us and HaloPSA, and
-# records modified while the previous run was reading, are never skipped (re-reading costs no
-# writes thanks to fingerprints).
-CURSOR_OVERLAP = timedelta(minutes=10)
-RECENT_WINDOW = timedelta(hours=1)
 # The scheduled sync reads everything (and so detects deletions) when the last full read is older.
 FULL_SYNC_INTERVAL = timedelta(hours=24)
 # Renewed every lease_renew_interval() during a run; a killed worker's lease lapses after this
@@ -135,6 +145,27 @@ def lease_renew_interval() -> float:
 def write_batch_size() -> int:
     """Mapped invoices written per transaction (HALOPSA_SYNC_WRITE_BATCH, default 1,000 = 10 pages)."""
     return max(1, int(getattr(settings, "HALOPSA_SYNC_WRITE_BATCH", 1000)))
+
+
+def cursor_overlap() -> timedelta:
+    """Incremental reads start this long before the cursor (HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS,
+    default 10 min): equal timestamps and HaloPSA's own write delays are never skipped, and
+    re-reading a record costs no write (fingerprints)."""
+    return timedelta(seconds=float(getattr(settings, "HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS", 600)))
+
+
+def cursor_max_ahead() -> timedelta:
+    """A cursor never goes further than this ahead of our clock (HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS,
+    default 24): one record stamped in the far future must not stop incremental reads. Capping
+    only lowers a cursor, which makes a read longer, never miss anything."""
+    return timedelta(hours=float(getattr(settings, "HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS", 24)))
+
+
+def user_details_per_run() -> int:
+    """GET /Users/{id} calls one run may make for billing flags (HALOPSA_SYNC_USER_DETAILS_PER_RUN,
+    default 250, under a window of the usual 300-requests budget); users beyond it wait for the
+    next run and keep their billing contacts meanwhile."""
+    return max(0, int(getattr(settings, "HALOPSA_SYNC_USER_DETAILS_PER_RUN", 250)))
 
 
 def pdf_batch_size() -> int:
@@ -538,11 +569,39 @@ class _Counts:
 
 @dataclass
 class _Plan:
-    customers: str | None = None  # "full" | "since" | "one" | None
-    invoices: str | None = None  # "full" | "since" | "unpaid" | "one" | None
+    customers: str | None = None  # "read" (clients, then users) | "one" | None
+    invoices: str | None = None  # "read" | "unpaid" | "one" | None
     pdfs: bool = False
-    since: dict[str, datetime | None] = field(default_factory=dict)
+    # Where an entity's read starts (its cursor minus the overlap); an entity without one is read in full.
+    since: dict[str, datetime] = field(default_factory=dict)
     advance_cursors: bool = False
+    flag_deletions: bool = True  # after a read in full (never for "recent")
+
+
+@dataclass(frozen=True)
+class _Feed:
+    """How an entity's changed records are listed (`_Runner._changed_pages`)."""
+
+    entity: str
+    kind: str  # the record kind of mapping.updated_at
+    label: str
+    filter_fact: str  # the HaloShape field: is the list's date filter honoured
+    filter_name: str
+    order_fact: str  # the HaloShape field: is newest-first order honoured
+    order_name: str
+
+
+_FEEDS = {
+    ENTITY_CUSTOMERS: _Feed(ENTITY_CUSTOMERS, "client", "customers", "client_updated_filter",
+                            "lastupdatefromdate on GET /Client", "client_order_by_updated", "order=alastupdate"),
+    ENTITY_CONTACTS: _Feed(ENTITY_CONTACTS, "user", "billing contacts (users)", "user_updated_filter",
+                           "lastupdatefromdate on GET /Users", "user_order_by_updated", "order=ulastupdate"),
+    ENTITY_INVOICES: _Feed(ENTITY_INVOICES, "invoice", "invoices", "invoice_datesearch",
+                           "datesearch=last_modified on GET /Invoice", "invoice_order_by_modified", "order=last_modified"),
+}
+# The date filter check: a start this far ahead matches no record where the filter is honoured
+# (well inside SQL Server's smalldatetime, which ends in 2079).
+FILTER_CHECK_AHEAD = timedelta(days=3650)
 
 
 class _Runner:
@@ -575,6 +634,19 @@ class _Runner:
         self.pdf_updates = 0
         # PDFs the time limit left for a follow-up run.
         self.pdf_backlog = 0
+        self.shape = HaloShape.of(self.connection)
+        # Cursors (see _next_cursor): per entity, the newest change time seen in HaloPSA's records,
+        # how many records had none, and when (our monotonic clock) its records were last read.
+        self.started_monotonic = time.monotonic()
+        self.newest_change: dict[str, datetime] = {}
+        self.unstamped: dict[str, int] = {}
+        self.last_read: dict[str, float] = {}
+        # Billing flags read from user details: users still waiting for one keep their contacts.
+        self.user_details_left = user_details_per_run()
+        self.waiting_user_ids: set[int] = set()
+        self.flagless_user_ids: set[int] = set()
+        # What a person should know about how this run read HaloPSA (ends up in the run's message).
+        self.notes: list[str] = []
 
     @property
     def client(self) -> HaloClient:
@@ -600,6 +672,7 @@ class _Runner:
     def execute(self) -> None:
         error: BaseException | None = None
         try:
+            self._probe_on_first_sync()
             plan = self._plan()
             self._run_plan(plan)
         except HaloError as exc:
@@ -613,34 +686,49 @@ class _Runner:
             error = exc
             _finish(self.run, SyncRun.State.FAILED, f"Internal error during the sync ({type(exc).__name__}); the team has been notified.", self.stats)
         else:
+            cursors = self._cursors_after(plan)
+            self._note_waiting_users()
             state = SyncRun.State.PARTIAL if self.counts.failed else SyncRun.State.SUCCEEDED
-            message = f"{self.counts.failed} record(s) could not be synced; see the sync errors." if self.counts.failed else ""
+            parts = [f"{self.counts.failed} record(s) could not be synced; see the sync errors."] if self.counts.failed else []
             self._save_counts()
-            _finish(self.run, state, message, self.stats)
-            self._cursors_after(plan)
+            _finish(self.run, state, " ".join(parts + self.notes), self.stats)
+            for entity, values in cursors.items():
+                SyncCursor.objects.update_or_create(connection=self.connection, entity=entity, defaults=values)
         _incidents_after(self.run, error)
+
+    def _probe_on_first_sync(self) -> None:
+        """A connection's first sync learns its instance's shape first (services.connections.
+        connection_probe, about ten read-only calls). A probe that fails (or does not exist yet)
+        never fails the sync: what stays unknown is found out by the sync itself."""
+        if self.connection.shape_checked_at is not None or self.run.target_halopsa_id:
+            return
+        try:
+            from integrations.services.connections import connection_probe
+        except ImportError:
+            return
+        try:
+            connection_probe(connection=self.connection)
+        except Exception:  # noqa: BLE001 - whatever the probe met, the sync goes on without it
+            logger.warning("connection %s: the shape probe failed; the sync finds out what it needs itself",
+                           self.connection.pk, exc_info=True)
+        self.connection.refresh_from_db(fields=["halo_shape", "shape_checked_at"])
+        self.shape = HaloShape.of(self.connection)
 
     def _plan(self) -> _Plan:
         run, scope = self.run, self.run.scope
         plan = _Plan()
-        if scope in (SyncRun.Scope.FULL, SyncRun.Scope.INCREMENTAL):
-            plan.customers = plan.invoices = "full"
+        if scope in (SyncRun.Scope.FULL, SyncRun.Scope.INCREMENTAL, SyncRun.Scope.RECENT):
+            plan.customers = plan.invoices = "read"
             plan.pdfs = True
-            plan.advance_cursors = True
-            if scope == SyncRun.Scope.INCREMENTAL:
-                cursors = {c.entity: c for c in SyncCursor.objects.filter(connection=self.connection)}
-                for entity in (ENTITY_CUSTOMERS, ENTITY_CONTACTS, ENTITY_INVOICES):
-                    cursor = cursors.get(entity)
-                    if cursor is not None and cursor.changed_since is not None:
-                        plan.since[entity] = cursor.changed_since - CURSOR_OVERLAP
-                # Without a cursor the entity is read in full (first sync), which is also correct.
-                plan.customers = "since" if ENTITY_CUSTOMERS in plan.since else "full"
-                plan.invoices = "since" if ENTITY_INVOICES in plan.since else "full"
-        elif scope == SyncRun.Scope.RECENT:
-            since = self.started_at - RECENT_WINDOW
-            plan.customers = plan.invoices = "since"
-            plan.since = {ENTITY_CUSTOMERS: since, ENTITY_CONTACTS: since, ENTITY_INVOICES: since}
-            plan.pdfs = True
+            # "Fetch new data" (recent) reads what changed since the cursors like an incremental
+            # run, but leaves cursors and deletions to the scheduled runs.
+            plan.advance_cursors = plan.flag_deletions = scope != SyncRun.Scope.RECENT
+            if scope != SyncRun.Scope.FULL:
+                # Without a cursor an entity is read in full (first sync, or records without a
+                # change time), which is always correct.
+                for cursor in SyncCursor.objects.filter(connection=self.connection, changed_since__isnull=False):
+                    if cursor.entity in _FEEDS:
+                        plan.since[cursor.entity] = cursor.changed_since - cursor_overlap()
         elif scope == SyncRun.Scope.UNPAID:
             plan.invoices = "unpaid"
             plan.pdfs = True
@@ -648,10 +736,11 @@ class _Runner:
             plan.invoices = "one"
             plan.pdfs = True  # PDFs are real time too: a webhook's invoice comes with its new PDF
         elif scope == SyncRun.Scope.ENTITY:
+            plan.advance_cursors = True
             if run.entity == ENTITY_CUSTOMERS:
-                plan.customers = "one" if run.target_halopsa_id else "full"
+                plan.customers = "one" if run.target_halopsa_id else "read"
             elif run.entity == ENTITY_INVOICES:
-                plan.invoices = "one" if run.target_halopsa_id else "full"
+                plan.invoices = "one" if run.target_halopsa_id else "read"
             elif run.entity == ENTITY_PDFS:
                 plan.pdfs = True
             else:
@@ -662,59 +751,165 @@ class _Runner:
         if plan.customers == "one":
             self._one_customer(self.run.target_halopsa_id)
         elif plan.customers:
-            full = plan.customers == "full"
-            self._customers_phase(since=None if full else plan.since.get(ENTITY_CUSTOMERS), detect_deletions=full)
-            self._contacts_phase(since=None if full else plan.since.get(ENTITY_CONTACTS, plan.since.get(ENTITY_CUSTOMERS)),
-                                 prune=full)
+            since = plan.since.get(ENTITY_CUSTOMERS)
+            self._customers_phase(since=since, detect_deletions=since is None and plan.flag_deletions)
+            # Users have their own cursor; a complete read of them also removes contacts that no
+            # longer qualify.
+            users_since = plan.since.get(ENTITY_CONTACTS)
+            self._contacts_phase(since=users_since, prune=users_since is None)
         if plan.invoices == "one":
             self._one_invoice(self.run.target_halopsa_id, with_pdf=plan.pdfs)
             return
         if plan.invoices:
-            full = plan.invoices == "full"
+            since = plan.since.get(ENTITY_INVOICES) if plan.invoices == "read" else None
             self._invoices_phase(
-                since=plan.since.get(ENTITY_INVOICES) if plan.invoices == "since" else None,
-                payment_statuses=[0, 1] if plan.invoices == "unpaid" else None,
-                detect_deletions=full,
+                since=since,
+                # HaloPSA's own "unpaid" view asks for 0,-1 (-1 is the database default, reference
+                # §3.2, §3.6); the shape adds 1 and any code the probe saw on invoices with money due.
+                payment_statuses=list(self.shape.unpaid_codes) if plan.invoices == "unpaid" else None,
+                detect_deletions=plan.invoices == "read" and since is None and plan.flag_deletions,
             )
         if plan.pdfs and self.run.target_halopsa_id and self.run.entity == ENTITY_PDFS:
             self._one_pdf(self.run.target_halopsa_id)
         elif plan.pdfs:
             self._pdfs_phase(limit=pdf_batch_size())
 
-    def _cursors_after(self, plan: _Plan) -> None:
-        """Advance cursors and record successes, only now that the run has completed."""
+    def _cursors_after(self, plan: _Plan) -> dict[str, dict[str, Any]]:
+        """The cursor rows to write once the run has completed (and only then): successes
+        recorded, cursors advanced (`_next_cursor`) by runs that read everything changed."""
         now = timezone.now()
-        touched: dict[str, dict[str, Any]] = {}
-        full_customers = plan.customers == "full"
-        full_invoices = plan.invoices == "full"
-        if plan.customers in ("full", "since"):
+        current = dict(SyncCursor.objects.filter(connection=self.connection).values_list("entity", "changed_since"))
+        read: dict[str, bool] = {}  # entity -> read in full, deletions flagged
+        if plan.customers == "read":
             for entity in (ENTITY_CUSTOMERS, ENTITY_CONTACTS):
-                values: dict[str, Any] = {"last_success_at": now}
-                if plan.advance_cursors or full_customers:
-                    values["changed_since"] = self.started_at
-                if full_customers:
-                    values["last_full_sync_at"] = now
-                touched[entity] = values
-        if plan.invoices in ("full", "since", "unpaid"):
-            values = {"last_success_at": now}
-            if plan.advance_cursors or full_invoices:
-                values["changed_since"] = self.started_at
-            if full_invoices:
+                read[entity] = entity not in plan.since and plan.flag_deletions
+        if plan.invoices in ("read", "unpaid"):
+            read[ENTITY_INVOICES] = plan.invoices == "read" and ENTITY_INVOICES not in plan.since and plan.flag_deletions
+        touched: dict[str, dict[str, Any]] = {}
+        for entity, in_full in read.items():
+            values: dict[str, Any] = {"last_success_at": now}
+            if plan.advance_cursors and not (entity == ENTITY_INVOICES and plan.invoices == "unpaid"):
+                values["changed_since"] = self._next_cursor(entity, current.get(entity))
+            if in_full:
                 values["last_full_sync_at"] = now
-            touched[ENTITY_INVOICES] = values
+            touched[entity] = values
         if plan.pdfs and self.run.scope != SyncRun.Scope.INVOICE:
             touched[ENTITY_PDFS] = {"last_success_at": now}
-        for entity, values in touched.items():
-            SyncCursor.objects.update_or_create(connection=self.connection, entity=entity, defaults=values)
+        return touched
+
+    def _next_cursor(self, entity: str, current: datetime | None) -> datetime | None:
+        """An entity's cursor after a run that read everything changed since it: the newest change
+        time seen in HaloPSA's own records (a high-water mark, in HaloPSA's frame: its timestamps
+        carry no offset and may be its local time, reference §2) minus how long the run had been
+        reading by then, measured on our monotonic clock. A record changed after the run started
+        has a change time at or after that, so no read skips it. Never our clock, never
+        backwards; no records seen keeps the cursor. Records without a change time cannot be read
+        incrementally: the cursor is cleared, so the entity is read in full, and the run says so."""
+        feed = _FEEDS[entity]
+        if self.unstamped.get(entity):
+            self._note(f"{self.unstamped[entity]} {feed.label} record(s) in HaloPSA have no "
+                       f"{mapping.UPDATED_AT_FIELDS[feed.kind]}, so {feed.label} cannot be read incrementally: "
+                       "they are read in full until every record has one.")
+            return None
+        newest = self.newest_change.get(entity)
+        if newest is None:
+            return current
+        if entity == ENTITY_CONTACTS and self.waiting_user_ids:
+            return current  # the next run reads the same users again and goes on with their flags
+        reading = timedelta(seconds=self.last_read[entity] - self.started_monotonic)
+        candidate = min(newest - reading, timezone.now() + cursor_max_ahead())
+        return candidate if current is None or candidate > current else current
+
+    def _saw(self, entity: str, newest: datetime | None, unstamped: int) -> None:
+        """Records of `entity` were just read: `newest` is the newest change time among them,
+        `unstamped` how many had none."""
+        self.last_read[entity] = time.monotonic()
+        if newest is not None and (entity not in self.newest_change or newest > self.newest_change[entity]):
+            self.newest_change[entity] = newest
+        if unstamped:
+            self.unstamped[entity] = self.unstamped.get(entity, 0) + unstamped
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def _learn(self, **facts: Any) -> None:
+        """Store what this run found out about the instance on the connection's HaloShape (only
+        these fields: what the probe or a push wrote meanwhile stays)."""
+        from integrations.services.connections import connection_shape_update
+
+        for name, value in facts.items():
+            setattr(self.shape, name, value)
+        connection_shape_update(connection=self.connection, **facts)
+
+    # -- incremental reads -----------------------------------------------------------------------
+
+    def _changed_pages(self, feed: _Feed, since: datetime | None, list_pages: Callable[..., Iterator[Page]]) -> Iterator[Page]:
+        """Pages of `feed`'s records changed since `since` (all records when None), read the way
+        this instance supports (its HaloShape, found out here when unknown):
+        - its date filter when honoured (checked once with a start far in the future, which must
+          match nothing: one call; a row older than the start later means it is ignored after all);
+        - else newest first, stopping at `since`, the order checked as pages arrive (a row newer
+          than one before it means it is not honoured: everything is read this time);
+        - else everything. A read longer than asked for is said in the run's message."""
+        if since is None:
+            yield from self._pages(list_pages())
+            return
+        honoured = getattr(self.shape, feed.filter_fact)
+        if honoured == UNKNOWN:
+            first = next(iter(list_pages(changed_since=timezone.now() + FILTER_CHECK_AHEAD, page_size=1)), None)
+            honoured = FILTER_WORKS if first is None else FILTER_IGNORED
+            self._learn(**{feed.filter_fact: honoured})
+        if honoured != FILTER_IGNORED:
+            yield from self._filtered_pages(feed, since, list_pages)
+        elif getattr(self.shape, feed.order_fact) == FILTER_IGNORED:
+            self._note(f"HaloPSA ignores {feed.filter_name} and {feed.order_name}: {feed.label} are read in full.")
+            yield from self._pages(list_pages())
+        else:
+            yield from self._newest_first_pages(feed, since, list_pages)
+
+    def _filtered_pages(self, feed: _Feed, since: datetime, list_pages: Callable[..., Iterator[Page]]) -> Iterator[Page]:
+        earliest = since.replace(microsecond=0) - timedelta(seconds=1)  # the query sends whole seconds
+        checking = True
+        for page in self._pages(list_pages(changed_since=since)):
+            if checking and any(stamp is not None and stamp < earliest
+                                for stamp in (mapping.updated_at(record, feed.kind) for record in page.records)):
+                checking = False
+                self._learn(**{feed.filter_fact: FILTER_IGNORED})
+                self._note(f"HaloPSA ignored {feed.filter_name}: {feed.label} were read in full this time "
+                           f"(from the next run: newest first, {feed.order_name}).")
+            yield page
+
+    def _newest_first_pages(self, feed: _Feed, since: datetime, list_pages: Callable[..., Iterator[Page]]) -> Iterator[Page]:
+        honoured, previous = True, None
+        for page in self._pages(list_pages(newest_first=True), count_each_page=True):
+            oldest = None
+            for record in page.records:
+                stamp = mapping.updated_at(record, feed.kind)
+                if stamp is None:
+                    continue
+                if honoured and previous is not None and stamp > previous:
+                    honoured = False
+                    self._learn(**{feed.order_fact: FILTER_IGNORED})
+                    self._note(f"HaloPSA ignores {feed.filter_name} and {feed.order_name}: {feed.label} "
+                               "were read in full.")
+                previous = stamp
+                oldest = stamp if oldest is None or stamp < oldest else oldest
+            yield page
+            if honoured and oldest is not None and oldest < since:
+                return  # every later row is older than the cursor
 
     # -- page plumbing -----------------------------------------------------------------------
 
-    def _pages(self, pages: Iterator[Page]) -> Iterator[Page]:
-        """Yield pages, growing the progress total by each query's record_count; the lease is
-        checked (and renewed when due) as each page arrives, before anything of it is written."""
+    def _pages(self, pages: Iterator[Page], *, count_each_page: bool = False) -> Iterator[Page]:
+        """Yield pages, growing the progress total by each query's record_count (by each page's
+        rows for a read that may stop early); the lease is checked (and renewed when due) as each
+        page arrives, before anything of it is written."""
         first = True
         for page in pages:
-            if first:
+            if count_each_page:
+                self.progress_total += len(page.records)
+            elif first:
                 self.progress_total += page.record_count
                 first = False
             self._keep_lease()
@@ -820,7 +1015,8 @@ class _Runner:
 
     def _customers_phase(self, *, since: datetime | None, detect_deletions: bool) -> None:
         seen: set[int] = set()
-        for page in self._pages(self.client.client_pages(changed_since=since, include_inactive=True)):
+        list_pages = functools.partial(self.client.client_pages, include_inactive=True)
+        for page in self._changed_pages(_FEEDS[ENTITY_CUSTOMERS], since, list_pages):
             seen.update(self._customers_page(page.records))
         if detect_deletions:
             self._flag_missing(Customer, seen)
@@ -837,16 +1033,20 @@ class _Runner:
             return
         self.progress_total += 1
         self._customers_page([payload])
+        if self._user_contacts_blocked():
+            return
         # Its billing users, read in full so that ones that stopped qualifying are removed.
         kept: set[str] = set()
-        for page in self._pages(self.client.user_pages(client_id=halopsa_id)):
+        for page in self._pages(self._user_pages(client_id=halopsa_id)):
             kept.update(self._contacts_page(page.records))
         customer = Customer.objects.filter(connection=self.connection, halopsa_id=halopsa_id).first()
         if customer is not None and ENTITY_CONTACTS not in self.unidentified:
             with transaction.atomic():
                 removed = (
                     Contact.objects.filter(customer=customer, halopsa_key__startswith="user:")
-                    .exclude(halopsa_key__in=kept).exclude(halopsa_user_id__in=self.failed_user_ids).delete()[0]
+                    .exclude(halopsa_key__in=kept)
+                    .exclude(halopsa_user_id__in=self.failed_user_ids | self.waiting_user_ids | self.flagless_user_ids)
+                    .delete()[0]
                 )
                 self.counts.updated += removed
 
@@ -854,6 +1054,7 @@ class _Runner:
         """Upsert one page of HaloPSA clients (and their accounts contacts). Returns ids seen."""
         seen: set[int] = set()
         mapped: list[tuple[dict[str, Any], Any]] = []
+        newest, unstamped = None, 0
         for payload in records:
             try:
                 row = mapping.map_client(payload)
@@ -865,6 +1066,12 @@ class _Runner:
                 continue
             seen.add(row["halopsa_id"])
             mapped.append((row, payload))
+            stamp = row["remote_updated_at"]
+            if stamp is None:
+                unstamped += 1
+            elif newest is None or stamp > newest:
+                newest = stamp
+        self._saw(ENTITY_CUSTOMERS, newest, unstamped)
         self._store(self._write_customers, mapped, ENTITY_CUSTOMERS, page_records=len(records))
         return seen
 
@@ -932,9 +1139,27 @@ class _Runner:
 
     # -- billing contacts ------------------------------------------------------------------------
 
+    def _user_contacts_blocked(self) -> bool:
+        """Whether user billing contacts cannot be synced on this instance (the probe found the
+        billing flag nowhere): the run says why; accounts contacts still sync."""
+        if self.shape.billing_flag_source != FLAG_NOWHERE:
+            return False
+        self._note(self.shape.blocked("billing_contacts") or (
+            f"Billing contacts from HaloPSA users are not synced: this HaloPSA shows no {self.shape.billing_flag_field} "
+            "on users. Accounts contacts of customers are synced."))
+        return True
+
+    def _user_pages(self, **query: Any) -> Iterator[Page]:
+        # includebillinginfo=true where list rows carry the flag only with it, and while that is
+        # unknown (harmless where they carry it anyway: unknown parameters are ignored, reference §2).
+        ask = self.shape.billing_flag_source in (UNKNOWN, FLAG_ON_LIST_WITH_BILLINGINFO)
+        return self.client.user_pages(include_billing_info=ask, **query)
+
     def _contacts_phase(self, *, since: datetime | None, prune: bool) -> None:
+        if self._user_contacts_blocked():
+            return
         kept: set[str] = set()
-        for page in self._pages(self.client.user_pages(changed_since=since)):
+        for page in self._changed_pages(_FEEDS[ENTITY_CONTACTS], since, self._user_pages):
             kept.update(f"{customer_id}:{key}" for customer_id, key in self._contacts_page(page.records, with_customer=True))
         if prune and ENTITY_CONTACTS not in self.unidentified:
             if self.has_open_errors:  # every user was readable this time: earlier id-less errors are over
@@ -942,12 +1167,13 @@ class _Runner:
                                          resolved_at__isnull=True).update(resolved_at=self.now)
             # A complete read of the users: user contacts that no longer qualify (or whose user is
             # gone) are removed; accounts contacts belong to the customers phase. Users whose
-            # record could not be read this time keep their contacts.
+            # record could not be read, or whose billing flag is not known yet, keep their contacts.
+            keep_users = self.failed_user_ids | self.waiting_user_ids | self.flagless_user_ids
             stale = [
                 pk for pk, customer_id, key, user_id in Contact.objects.filter(
                     customer__connection=self.connection, customer__origin=Origin.HALOPSA, halopsa_key__startswith="user:",
                 ).values_list("pk", "customer_id", "halopsa_key", "halopsa_user_id").iterator(chunk_size=2000)
-                if f"{customer_id}:{key}" not in kept and user_id not in self.failed_user_ids
+                if f"{customer_id}:{key}" not in kept and user_id not in keep_users
             ]
             for start in range(0, len(stale), CHUNK):
                 with transaction.atomic():
@@ -956,25 +1182,57 @@ class _Runner:
 
     def _contacts_page(self, records: list[Any], *, with_customer: bool = False) -> set:
         """Apply one page of HaloPSA users to billing contacts. Returns the contact keys kept
-        (as (customer pk, key) pairs when `with_customer`, else keys)."""
+        (as (customer pk, key) pairs when `with_customer`, else keys). A user whose billing flag
+        is not on its row gets it from its detail (`_billing_flags`) or, until then, keeps the
+        contacts it has."""
         rule = self.connection.billing_contact_rule
+        flag_field = self.shape.billing_flag_field or mapping.BILLING_FLAG_FIELD
         desired: dict[int, tuple[int | None, dict[str, Any] | None]] = {}  # user id -> (client id, contact)
+        flag_unknown: dict[int, tuple[int | None, Any]] = {}  # user id -> (client id, row)
+        newest, unstamped = None, 0
         for payload in records:
             try:
                 user_id = mapping.parse_id(payload.get("id") if isinstance(payload, Mapping) else None, "user id")
                 client_id = mapping.parse_id(payload.get("client_id"), "user client_id", required=False)
-                desired[user_id] = (client_id, mapping.billing_user_contact(payload, rule))
+                try:
+                    desired[user_id] = (client_id, mapping.billing_user_contact(payload, rule, flag_field=flag_field))
+                except mapping.BillingFlagUnknown:
+                    flag_unknown[user_id] = (client_id, payload)
             except MappingError as exc:
                 user_id = _payload_id(payload)
                 if user_id is not None:
                     self.failed_user_ids.add(user_id)
                 self._record_error(ENTITY_CONTACTS, user_id, exc.message, payload)
+                continue
+            stamp = mapping.updated_at(payload, "user")
+            if stamp is None:
+                unstamped += 1
+            elif newest is None or stamp > newest:
+                newest = stamp
+        self._saw(ENTITY_CONTACTS, newest, unstamped)
+        if self.shape.billing_flag_source == UNKNOWN and records:
+            # Found out from the rows themselves (asked with includebillinginfo=true, _user_pages):
+            # rows without the key mean the flag is not on list rows.
+            on_rows = any(isinstance(row, Mapping) and flag_field in row for row in records)
+            self._learn(billing_flag_source=FLAG_ON_LIST_WITH_BILLINGINFO if on_rows else FLAG_ON_DETAIL)
+        client_ids = {client_id for client_id, contact in desired.values() if client_id and contact}
+        client_ids.update(client_id for client_id, _ in flag_unknown.values() if client_id)
+        customers = {
+            c.halopsa_id: c for c in Customer.objects.filter(connection=self.connection, halopsa_id__in=client_ids, origin=Origin.HALOPSA).order_by()
+        }
+        if flag_unknown:
+            # Only users who could be billing contacts of ours need the flag: inactive users and
+            # users without an address were decided above, users of clients we do not have here.
+            flags = self._billing_flags({user_id: row for user_id, (client_id, row) in flag_unknown.items() if client_id in customers},
+                                        flag_field)
+            for user_id, (client_id, row) in flag_unknown.items():
+                if client_id not in customers:
+                    desired[user_id] = (client_id, None)
+                elif flags.get(user_id) is not None:
+                    desired[user_id] = (client_id, mapping.billing_user_contact(
+                        row, rule, can_access_invoices=flags[user_id], flag_field=flag_field))
         kept: set = set()
         with transaction.atomic():
-            client_ids = {client_id for client_id, contact in desired.values() if client_id and contact}
-            customers = {
-                c.halopsa_id: c for c in Customer.objects.filter(connection=self.connection, halopsa_id__in=client_ids, origin=Origin.HALOPSA).order_by()
-            }
             existing = list(Contact.objects.filter(
                 Q(customer__connection=self.connection)
                 & (Q(halopsa_user_id__in=list(desired)) | Q(customer_id__in=[c.pk for c in customers.values()]))
@@ -1030,6 +1288,62 @@ class _Runner:
             self._page_done(len(records))
         return kept
 
+    def _billing_flags(self, rows: dict[int, Any], flag_field: str) -> dict[int, bool | None]:
+        """{user id: billing flag or None} for users whose list rows lack it, from GET /Users/{id}
+        (reference §4.2: only the full `Users` record has canaccessinvoices). A user's detail is
+        read again only when its list row changed since (HaloUserFlag keeps that row's
+        fingerprint), at most `user_details_per_run()` per run; users beyond that, or whose detail
+        lacks the flag too, are None: they keep the contacts they have."""
+        if not rows:
+            return {}
+        stored = {f.halopsa_user_id: f for f in HaloUserFlag.objects.filter(connection=self.connection, halopsa_user_id__in=list(rows))}
+        flags: dict[int, bool | None] = {}
+        to_create, to_update = [], []
+        for user_id, row in rows.items():
+            list_fingerprint = mapping.fingerprint({"flag": flag_field, "row": row})  # another flag: read again
+            known = stored.get(user_id)
+            if known is not None and known.checked_at is not None and known.list_fingerprint == list_fingerprint:
+                flags[user_id] = known.can_access_invoices
+            elif self.user_details_left <= 0:
+                flags[user_id] = None
+                self.waiting_user_ids.add(user_id)
+                continue
+            else:
+                self.user_details_left -= 1
+                try:
+                    detail = self.client.get_user(user_id)
+                except HaloNotFound:  # gone since the list was read: a complete read removes its contacts
+                    flags[user_id] = None
+                    self.waiting_user_ids.add(user_id)
+                    continue
+                except HaloRateLimited:  # out of budget: the rest wait for the next run
+                    self.user_details_left = 0
+                    flags[user_id] = None
+                    self.waiting_user_ids.add(user_id)
+                    continue
+                flags[user_id] = mapping.billing_flag(detail, flag_field)
+                if known is None:
+                    known = HaloUserFlag(connection=self.connection, halopsa_user_id=user_id)
+                    to_create.append(known)
+                else:
+                    to_update.append(known)
+                known.list_fingerprint, known.can_access_invoices, known.checked_at = list_fingerprint, flags[user_id], self.now
+            if flags[user_id] is None:
+                self.flagless_user_ids.add(user_id)
+        with transaction.atomic():
+            HaloUserFlag.objects.bulk_create(to_create)
+            HaloUserFlag.objects.bulk_update(to_update, ["list_fingerprint", "can_access_invoices", "checked_at"])
+        return flags
+
+    def _note_waiting_users(self) -> None:
+        if self.waiting_user_ids:
+            self._note(f"{len(self.waiting_user_ids)} HaloPSA user(s) wait for their billing flag (read from each "
+                       f"user's details, at most {user_details_per_run()} per run); they keep their billing contacts "
+                       "until the next sync reads it.")
+        if self.flagless_user_ids:
+            self._note(f"{len(self.flagless_user_ids)} HaloPSA user(s) show no {self.shape.billing_flag_field} even in "
+                       "their details; they keep the billing contacts they have.")
+
     # -- invoices ------------------------------------------------------------------------------
 
     def _invoices_phase(self, *, since: datetime | None, payment_statuses: list[int] | None, detect_deletions: bool) -> None:
@@ -1041,8 +1355,12 @@ class _Runner:
         seen: set[int] = set()
         pending: list[tuple[dict[str, Any], Any]] = []
         pending_records, pending_since, batch = 0, time.monotonic(), write_batch_size()
-        pages = iter(self._pages(self.client.invoice_pages(changed_since=since, include_lines=True,
-                                                           payment_statuses=payment_statuses)))
+        if payment_statuses:
+            source = self._pages(self.client.invoice_pages(include_lines=True, payment_statuses=payment_statuses))
+        else:
+            source = self._changed_pages(_FEEDS[ENTITY_INVOICES], since,
+                                         functools.partial(self.client.invoice_pages, include_lines=True))
+        pages = iter(source)
         while True:
             try:
                 page = next(pages)
@@ -1118,6 +1436,7 @@ class _Runner:
         connection's "created since" are left out."""
         connection = self.connection
         mapped: list[tuple[dict[str, Any], Any]] = []
+        newest, unstamped = None, 0
         for payload in records:
             try:
                 row = mapping.map_invoice(payload, number_field=connection.invoice_number_field,
@@ -1129,12 +1448,18 @@ class _Runner:
                 self._record_error(ENTITY_INVOICES, halopsa_id, exc.message, payload)
                 continue
             seen.add(row["halopsa_id"])
+            stamp = row["remote_updated_at"]
+            if stamp is None:
+                unstamped += 1
+            elif newest is None or stamp > newest:
+                newest = stamp
             if row["is_credit_note"]:
                 continue  # credit notes are not invoices here; applied credit shows as a credit payment
             if (connection.invoices_created_since and row["invoice_date"] is not None
                     and row["invoice_date"] < connection.invoices_created_since):
                 continue  # older than the connection's "invoices created since": never imported
             mapped.append((row, payload))
+        self._saw(ENTITY_INVOICES, newest, unstamped)
         return mapped
 
     def _store_invoices(self, mapped: list[tuple[dict[str, Any], Any]], records: int) -> None:

@@ -110,3 +110,46 @@ def assert_matches_truth(connection, srv, **kwargs) -> None:
     assert sorted(ours["invoices"]) == sorted(truth["invoices"])
     for halopsa_id, expected in truth["invoices"].items():
         assert ours["invoices"][halopsa_id] == expected, f"invoice {halopsa_id}"
+
+
+def export_snapshot(exported: dict[str, Any]) -> dict[str, Any]:
+    """`manage.py export_connection`'s JSON in the shape of `truth_snapshot`, for the fields the
+    export carries (rows deleted in HaloPSA and the "unknown" customer left out)."""
+    customers = {
+        c["halopsa_id"]: {"name": c["name"], "billing_contacts": sorted((b["name"], b["email"]) for b in c["billing_contacts"])}
+        for c in exported["customers"] if c["halopsa_id"] is not None and not c["deleted_in_halopsa"]
+    }
+    invoices = {}
+    for inv in exported["invoices"]:
+        if inv["halopsa_id"] is None or inv["deleted_in_halopsa"]:
+            continue
+        invoices[inv["halopsa_id"]] = {
+            "number": inv["number"], "customer_halopsa_id": inv["customer_halopsa_id"],
+            "invoice_date": inv["invoice_date"], "due_date": inv["due_date"], "currency": inv["currency"],
+            "total": Decimal(inv["total"]), "tax": Decimal(inv["tax"]), "amount_paid": Decimal(inv["amount_paid"]),
+            "balance": Decimal(inv["balance"]), "status": inv["status"],
+            "lines": [(line["halopsa_id"], line["description"], Decimal(line["quantity"]), Decimal(line["unit_price"]),
+                       Decimal(line["net_amount"]), Decimal(line["tax_amount"])) for line in inv["lines"]],
+            "payments": sorted((p["halopsa_id"], Decimal(p["amount"]), p["date"], p["reference"]) for p in inv["payments"]),
+        }
+    return {"customers": customers, "invoices": invoices}
+
+
+def truth_as_exported(srv) -> dict[str, Any]:
+    """`truth_snapshot` cut to what `export_snapshot` holds."""
+    truth = truth_snapshot(srv)
+    customers = {k: {"name": v["name"], "billing_contacts": v["billing_contacts"]} for k, v in truth["customers"].items()}
+    invoices = {}
+    for halopsa_id, inv in truth["invoices"].items():
+        invoices[halopsa_id] = {
+            **{k: inv[k] for k in ("number", "customer_halopsa_id", "invoice_date", "due_date", "currency", "total", "tax",
+                                   "amount_paid", "balance", "status")},
+            "lines": [line[:6] for line in inv["lines"]],
+            "payments": sorted((p[0], p[1], p[2], p[4]) for p in inv["payments"]),
+        }
+    return {"customers": customers, "invoices": invoices}
+
+
+def list_queries(srv, path: str) -> list[dict[str, str]]:
+    """The query strings of the sandbox's logged GETs of exactly `path` (a list, not /path/{id})."""
+    return [e["query"] for e in srv.request_log if e["method"] == "GET" and e["path"].lower() == path.lower()]
