@@ -214,9 +214,8 @@ class _Probe:
                 samples.append((FLAG_ON_LIST_WITH_BILLINGINFO, found[0][0]))
             if not any(BILLING_FLAG in row for _, row in samples):
                 user_id = list_row.get("id")
-                # The same request as the sync's read of a user's record, so the answer holds for it.
-                detail = self._call(f"GET /api/Users/{user_id}", self.client.get_json, f"Users/{int(user_id)}",
-                                    {"includebillinginfo": "true"}) \
+                # The record the sync reads for the flag (client.get_user), so the answer holds for it.
+                detail = self._call(f"GET /api/Users/{user_id}", self.client.get_user, user_id) \
                     if isinstance(user_id, int) and not isinstance(user_id, bool) else _FAILED
                 if detail is _FAILED or not isinstance(detail, dict):
                     return  # unknown: the detail could not be read
