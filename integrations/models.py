@@ -16,6 +16,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
@@ -42,6 +43,29 @@ def parse_version(text: str) -> tuple[int, ...] | None:
             break
         parts.append(int(digits))
     return tuple(parts) or None
+
+
+def halopsa_url_key(url: str) -> str:
+    """A HaloPSA URL as compared for "the same HaloPSA": scheme and host in lower case (the host
+    IDNA-encoded), the scheme's default port left out, no trailing slash, query or fragment.
+    'HTTPS://Acme.HaloPSA.com:443/' -> 'https://acme.halopsa.com'. An unparsable URL is returned
+    stripped (validation refuses it before anything is stored)."""
+    text = (url or "").strip()
+    try:
+        parts = urlsplit(text)
+        host, port = (parts.hostname or "").rstrip("."), parts.port
+    except ValueError:
+        return text
+    scheme = parts.scheme.lower()
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass  # not a name IDNA can encode: compared in lower case as it is
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    if port is not None and port != {"https": 443, "http": 80}.get(scheme):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{parts.path.rstrip('/')}"
 
 
 # --- Tenancy ------------------------------------------------------------------------------
@@ -97,6 +121,10 @@ class Connection(models.Model):
     )
     client_id = models.CharField(max_length=200)
     client_secret = EncryptedTextField()
+    # halopsa_url_key(base_url), set by the connection services (and kept current by save() once
+    # set): one connection per partner per HaloPSA and client id (the constraint below). Rows
+    # created with the ORM directly (tests, data loads) leave it empty and are not constrained.
+    base_url_key = models.CharField(max_length=300, null=True, blank=True, editable=False)
     tenant = models.CharField(max_length=200, blank=True)
     enabled = models.BooleanField(default=True, help_text="Disabled connections never sync or push.")
     paused = models.BooleanField(default=False, help_text="Paused connections skip scheduled syncs until resumed.")
@@ -114,6 +142,8 @@ class Connection(models.Model):
     last_test_ok = models.BooleanField(null=True, blank=True)
     last_test_at = models.DateTimeField(null=True, blank=True)
     last_test_message = models.TextField(blank=True)
+    # Why the last test failed (services.connections.ConnectionTestResult.failure; "" when it passed).
+    last_test_failure = models.CharField(max_length=30, blank=True)
     # What the shape probe learned about this instance's API (integrations/halopsa/shape.py).
     halo_shape = models.JSONField(default=dict, blank=True)
     shape_checked_at = models.DateTimeField(null=True, blank=True)
@@ -139,7 +169,11 @@ class Connection(models.Model):
 
     class Meta:
         ordering = ["partner__name", "name"]
-        constraints = [models.UniqueConstraint(fields=["partner", "name"], name="connection_name_unique_per_partner")]
+        constraints = [
+            models.UniqueConstraint(fields=["partner", "name"], name="connection_name_unique_per_partner"),
+            models.UniqueConstraint(fields=["partner", "base_url_key", "client_id"], condition=Q(base_url_key__isnull=False),
+                                    name="connection_endpoint_unique_per_partner"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.partner.name} / {self.name}"
@@ -149,6 +183,8 @@ class Connection(models.Model):
             self.webhook_username = f"halo-{secrets.token_hex(4)}"
         if not self.webhook_password:
             self.webhook_password = secrets.token_urlsafe(32)
+        if self.base_url_key is not None:  # an edit elsewhere (the admin) keeps the key true to the URL
+            self.base_url_key = halopsa_url_key(self.base_url)
         super().save(*args, **kwargs)
 
     @property
@@ -467,7 +503,7 @@ class SyncRun(models.Model):
     class Scope(models.TextChoices):
         INCREMENTAL = "incremental", "Changes since last sync"
         FULL = "full", "Full resync"
-        RECENT = "recent", "Fetch new data (last hour)"
+        RECENT = "recent", "Fetch new data (since the last sync)"
         UNPAID = "unpaid", "Fetch unpaid invoices"
         ENTITY = "entity", "One entity type"
         INVOICE = "invoice", "One invoice"
@@ -499,6 +535,10 @@ class SyncRun(models.Model):
     api_bytes = models.PositiveBigIntegerField(default=0)
     progress_done = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
+    # The run's phases in order (customers, contacts, invoices, pdfs...), each
+    # {"phase", "done", "total" (None until known, or for a read that stops at the cursor), "state"}:
+    # what the progress bar shows, so no total jumps when a later phase learns its size.
+    progress_phases = models.JSONField(default=list, blank=True)
     # Records a scheduled poll changed on a real-time connection: what its webhooks missed.
     fixed_by_poll = models.PositiveIntegerField(default=0)
     message = models.TextField(blank=True)
@@ -519,6 +559,25 @@ class SyncRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in (self.State.QUEUED, self.State.RUNNING)
+
+    @property
+    def is_single_record(self) -> bool:
+        return self.target_halopsa_id is not None
+
+    @property
+    def scope_label(self) -> str:
+        """What the run read, in a partner's words: "Invoice #123", "Resync of invoice PDFs",
+        "Full sync (daily)" for the scheduled full read, else the scope's label."""
+        if self.target_halopsa_id is not None:
+            noun = {"customers": "Customer", "pdfs": "PDF of invoice"}.get(self.entity, "Invoice")
+            return f"{noun} #{self.target_halopsa_id}"
+        if self.scope == self.Scope.ENTITY:
+            return f"Resync of {self.ENTITY_LABELS.get(self.entity, self.entity)}"
+        if self.scope == self.Scope.FULL and self.trigger == self.Trigger.SCHEDULE:
+            return "Full sync (daily)"
+        return self.get_scope_display()
+
+    ENTITY_LABELS = {"customers": "customers and billing contacts", "invoices": "invoices", "pdfs": "invoice PDFs"}
 
 
 class SyncError(models.Model):
