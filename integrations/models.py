@@ -172,7 +172,8 @@ class Connection(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["partner", "name"], name="connection_name_unique_per_partner"),
             models.UniqueConstraint(fields=["partner", "base_url_key", "client_id"], condition=Q(base_url_key__isnull=False),
-                                    name="connection_endpoint_unique_per_partner"),
+                                    name="connection_endpoint_unique_per_partner",
+                                    violation_error_message="You already have a connection to this HaloPSA with this client ID."),
         ]
 
     def __str__(self) -> str:

@@ -52,6 +52,6 @@ class Migration(migrations.Migration):
         migrations.RunPython(fill_base_url_keys, migrations.RunPython.noop),
         migrations.AddConstraint(
             model_name='connection',
-            constraint=models.UniqueConstraint(condition=models.Q(('base_url_key__isnull', False)), fields=('partner', 'base_url_key', 'client_id'), name='connection_endpoint_unique_per_partner'),
+            constraint=models.UniqueConstraint(condition=models.Q(('base_url_key__isnull', False)), fields=('partner', 'base_url_key', 'client_id'), name='connection_endpoint_unique_per_partner', violation_error_message='You already have a connection to this HaloPSA with this client ID.'),
         ),
     ]
