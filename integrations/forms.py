@@ -92,7 +92,7 @@ class ConnectionForm(forms.ModelForm):
             # Partner users create connections for their own partner only.
             del self.fields["partner"]
         if self.editing:
-            self.fields["client_secret"].help_text = "Leave blank to keep the stored secret."
+            self.fields["client_secret"].help_text = "Leave blank to keep the stored secret. Never shown again once saved."
         else:
             self.fields["client_secret"].required = True
         self.order_fields(["partner", "name", "base_url", "auth_url", "client_id", "client_secret", "tenant"])

@@ -1,8 +1,14 @@
 """Partner connections to HaloPSA: create, change, delete, enable/pause, test and probe them.
 
 Every change keeps the connection's hourly schedule in step (integrations/schedules.py) and is
-recorded in the audit trail when a person made it. Creating a connection never fails because
-HaloPSA is unreachable: the version is detected best-effort and the partner can test later.
+recorded in the audit trail when a person made it. Saving checks the URL with the outbound
+rules (integrations/halopsa/outbound.py: https unless private networks are allowed, no private
+or link-local address, no user:password@) and refuses a second connection of one partner to the
+same HaloPSA (normalised URL) and client id (also a database constraint on `base_url_key`).
+The dashboard's form also has the credentials checked before saving (`check_credentials`: token
+and version through HaloClient) and starts the first sync (`start_sync`); the `add_connection`
+command does neither, so it never fails because HaloPSA is unreachable (the version is detected
+best-effort and the partner can test later).
 Testing runs the shape probe (integrations/halopsa/probe.py) and stores what it learned on the
 connection (`halo_shape`), where the sync and the push read it.
 """
@@ -12,8 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from integrations.halopsa.client import HaloClient
@@ -30,9 +36,11 @@ from integrations.halopsa.exceptions import (
     HaloTimeout,
     UnsafeURLError,
 )
-from integrations.models import Connection, Partner
+from integrations.halopsa.outbound import validate_url
+from integrations.models import Connection, Incident, Partner, SyncRun, halopsa_url_key
 from integrations.schedules import schedule_ensure, schedule_minute_pick, schedule_remove
 from integrations.services.audit import audit_record
+from integrations.services.incidents import incident_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,23 @@ SECRET_FIELDS = ("client_secret",)
 ENDPOINT_FIELDS = ("base_url", "auth_url", "client_id", "client_secret", "tenant")
 
 
+# Why a test (or the check before saving) failed, in a partner's words.
+FAILURE_LABELS = {
+    "bad_url": "Bad URL",
+    "refused_address": "Address refused",
+    "bad_credentials": "Bad credentials",
+    "permission": "Missing API permission",
+    "timeout": "Timed out",
+    "unreachable": "Unreachable",
+    "bad_response": "Unexpected response",
+}
+# Failures only an edit of the connection (its URL or credentials) can fix: health "Reconnect".
+RECONNECT_FAILURES = ("bad_credentials", "bad_url", "refused_address")
+# The form field a failed check before saving belongs to (others are about the whole form).
+_FAILURE_FIELDS = {"bad_url": "base_url", "refused_address": "base_url", "unreachable": "base_url", "timeout": "base_url",
+                   "bad_response": "base_url", "bad_credentials": "client_secret"}
+
+
 @dataclass
 class ConnectionTestResult:
     ok: bool
@@ -56,6 +81,10 @@ class ConnectionTestResult:
     # Features the shape probe found blocked: [{"feature": ..., "message": ...}] (HaloShape.problems).
     problems: list[dict[str, str]] = field(default_factory=list)
 
+    @property
+    def failure_label(self) -> str:
+        return FAILURE_LABELS.get(self.failure, self.failure or "Failed")
+
 
 def _check_fields(fields: dict[str, Any]) -> None:
     unknown = sorted(set(fields) - set(EDITABLE_FIELDS))
@@ -63,44 +92,151 @@ def _check_fields(fields: dict[str, Any]) -> None:
         raise ValidationError(f"Unknown connection field(s): {', '.join(unknown)}.")
 
 
-def connection_create(*, partner: Partner, user=None, detect_version: bool = True, **fields: Any) -> Connection:
-    """Create a connection with its hourly schedule (spread over the hour); detect the HaloPSA
-    version if HaloPSA answers. Raises ValidationError for bad values."""
+def connection_create(*, partner: Partner, user=None, detect_version: bool = True, check_credentials: bool = False,
+                      start_sync: bool = False, **fields: Any) -> Connection:
+    """Create a connection with its hourly schedule (spread over the hour). Raises ValidationError
+    for bad values, an unsafe URL, or a HaloPSA (URL and client id) the partner is already
+    connected to. With `check_credentials`, HaloPSA must accept the credentials first (nothing is
+    saved otherwise); with `start_sync`, the first (full) sync is queued once it is saved.
+    Without a check, the version is detected best-effort when `detect_version`."""
     _check_fields(fields)
     connection = Connection(partner=partner, **fields)
+    connection.clean_fields()  # "Enter a valid URL" before the rules for the URLs we call
+    _check_endpoint(connection)
     connection.full_clean()
+    checked = _check_credentials_or_refuse(connection) if check_credentials else None
     with transaction.atomic():
-        connection.save()
+        _save_refusing_duplicates(connection)
         connection.schedule_minute = schedule_minute_pick(connection.pk)
         Connection.objects.filter(pk=connection.pk).update(schedule_minute=connection.schedule_minute)
         schedule_ensure(connection)
         if user is not None:
             audit_record(user=user, action="connection.create", obj=connection, partner=partner,
                          summary=f"Created HaloPSA connection {connection.name}", base_url=connection.base_url)
-    if detect_version:
+    if checked is not None:
+        _record_check(connection, checked)
+    elif detect_version:
         connection_detect_version(connection=connection)
+    if start_sync and connection.enabled:
+        from integrations.services.sync import sync_queue  # sync imports this module's probe lazily too
+
+        sync_queue(connection=connection, scope=SyncRun.Scope.FULL, trigger=SyncRun.Trigger.MANUAL, user=user)
     return connection
 
 
-def connection_update(*, connection: Connection, user=None, **fields: Any) -> Connection:
-    """Change a connection's settings. A changed billing-contact rule or invoice-number field
-    makes the next sync rewrite every record (their fingerprints are cleared)."""
+def connection_update(*, connection: Connection, user=None, check_credentials: bool = False, **fields: Any) -> Connection:
+    """Change a connection's settings. A changed URL is checked like a new one; with
+    `check_credentials`, a change of what identifies the HaloPSA or the API application (URL,
+    client id, secret, tenant) is saved only once HaloPSA accepts it. On a refusal nothing is
+    saved and `connection` keeps its stored values. A changed billing-contact rule or
+    invoice-number field makes the next sync rewrite every record (their fingerprints are cleared)."""
     _check_fields(fields)
     changed = [name for name, value in fields.items() if getattr(connection, name) != value]
+    before = {name: getattr(connection, name) for name in (*fields, "base_url_key")}
     for name, value in fields.items():
         setattr(connection, name, value)
-    connection.full_clean()
-    with transaction.atomic():
-        connection.save()
-        schedule_ensure(connection)
-        _reread_after_change(connection, changed)
-        if user is not None and changed:
-            audit_record(user=user, action="connection.update", obj=connection,
-                         summary=f"Changed HaloPSA connection {connection.name}: {', '.join(changed)}",
-                         fields=[n for n in changed], values={n: str(fields[n]) for n in changed if n not in SECRET_FIELDS})
-    if set(ENDPOINT_FIELDS) & set(changed):
+    endpoint_changed = bool(set(ENDPOINT_FIELDS) & set(changed))
+    try:
+        connection.clean_fields()
+        _check_endpoint(connection, urls=[name for name in ("base_url", "auth_url") if name in changed])
+        connection.full_clean()
+        checked = _check_credentials_or_refuse(connection) if check_credentials and endpoint_changed else None
+        with transaction.atomic():
+            _save_refusing_duplicates(connection)
+            schedule_ensure(connection)
+            _reread_after_change(connection, changed)
+            if user is not None and changed:
+                audit_record(user=user, action="connection.update", obj=connection,
+                             summary=f"Changed HaloPSA connection {connection.name}: {', '.join(changed)}",
+                             fields=[n for n in changed], values={n: str(fields[n]) for n in changed if n not in SECRET_FIELDS})
+    except ValidationError:
+        for name, value in before.items():  # the page goes on showing the stored connection
+            setattr(connection, name, value)
+        raise
+    if checked is not None:
+        _record_check(connection, checked)
+    elif endpoint_changed:
         connection_detect_version(connection=connection)
     return connection
+
+
+def _check_endpoint(connection: Connection, urls: list[str] | None = None) -> None:
+    """The URLs the portal will call pass the outbound rules, and the partner has no other
+    connection to this HaloPSA with this client id. Sets the normalised `base_url_key`."""
+    errors: dict[str, list[str]] = {}
+    for name in ("base_url", "auth_url") if urls is None else urls:
+        value = getattr(connection, name)
+        if not value:
+            continue
+        try:
+            validate_url(value)
+        except UnsafeURLError as exc:
+            errors.setdefault(name, []).append(exc.message if name == "base_url" else
+                                               exc.message.replace("The HaloPSA URL", "The authorisation server URL"))
+    connection.base_url_key = halopsa_url_key(connection.base_url)
+    twin = connection_endpoint_twin(connection)
+    if twin is not None:
+        errors.setdefault("base_url", []).append(
+            f"You already have a connection to this HaloPSA with this client ID: “{twin.name}”. Edit that one instead.")
+    if errors:
+        raise ValidationError(errors)
+
+
+def connection_endpoint_twin(connection: Connection) -> Connection | None:
+    """The partner's other connection to the same HaloPSA (normalised URL) with the same client
+    id, if any. Compared here rather than by `base_url_key` alone, so rows stored without a key
+    (created with the ORM directly, or duplicates older than the constraint) count too."""
+    if not connection.partner_id:
+        return None
+    key = halopsa_url_key(connection.base_url)
+    others = (Connection.objects.filter(partner_id=connection.partner_id, client_id=connection.client_id)
+              .exclude(pk=connection.pk).only("pk", "name", "base_url").order_by("pk"))
+    return next((other for other in others if halopsa_url_key(other.base_url) == key), None)
+
+
+def _save_refusing_duplicates(connection: Connection) -> None:
+    """Save; a twin saved meanwhile by another request trips the database constraint instead."""
+    try:
+        with transaction.atomic():
+            connection.save()
+    except IntegrityError as exc:
+        if "connection_endpoint_unique" in str(exc) or "base_url_key" in str(exc):
+            raise ValidationError({"base_url": "You already have a connection to this HaloPSA with this client ID."}) from None
+        if "connection_name_unique" in str(exc) or ".name" in str(exc):
+            raise ValidationError({"name": "You already have a connection with this name."}) from None
+        raise
+
+
+def connection_check_credentials(*, connection: Connection) -> ConnectionTestResult:
+    """Ask HaloPSA for a token and its version with the connection's values, saved or not (what a
+    sync does first). Stores nothing."""
+    # A connection not saved yet spends the request budget of its HaloPSA URL, not a shared one.
+    budget_key = f"conn:{connection.pk}" if connection.pk else f"check:{halopsa_url_key(connection.base_url)}"
+    try:
+        with HaloClient.for_connection(connection, max_retries=1, budget_key=budget_key) as client:
+            version = client.version()
+    except ValueError as exc:  # the URL cannot even be parsed
+        return ConnectionTestResult(ok=False, failure="bad_url", message=getattr(exc, "message", str(exc)))
+    except HaloError as exc:
+        kind = _failure_kind(exc)
+        return ConnectionTestResult(ok=False, failure=kind, message=_failure_message(kind, exc))
+    return ConnectionTestResult(ok=True, version=version, message=f"HaloPSA {version} accepted the credentials.")
+
+
+def _check_credentials_or_refuse(connection: Connection) -> ConnectionTestResult:
+    result = connection_check_credentials(connection=connection)
+    if not result.ok:
+        message = f"HaloPSA did not accept this connection — {result.failure_label}: {result.message}"
+        raise ValidationError({_FAILURE_FIELDS.get(result.failure, NON_FIELD_ERRORS): message})
+    return result
+
+
+def _record_check(connection: Connection, result: ConnectionTestResult) -> None:
+    """A passed check before saving counts as a passed test of the credentials: the version is
+    stored, and an open "credentials rejected" alert is over."""
+    _save_version(connection, result.version)
+    _save_test(connection, result)
+    incident_resolve(connection, Incident.Kind.CREDENTIALS_REJECTED)
 
 
 def _reread_after_change(connection: Connection, changed: list[str]) -> None:
@@ -220,10 +356,18 @@ def connection_test(*, connection: Connection) -> ConnectionTestResult:
         kind = _failure_kind(exc)
         result = ConnectionTestResult(ok=False, version=version, failure=kind, message=_failure_message(kind, exc),
                                       problems=problems)
-    now = timezone.now()
-    Connection.objects.filter(pk=connection.pk).update(last_test_ok=result.ok, last_test_at=now, last_test_message=result.message[:2000])
-    connection.last_test_ok, connection.last_test_at, connection.last_test_message = result.ok, now, result.message[:2000]
+    _save_test(connection, result)
+    if result.ok:  # HaloPSA accepted the credentials just now
+        incident_resolve(connection, Incident.Kind.CREDENTIALS_REJECTED)
     return result
+
+
+def _save_test(connection: Connection, result: ConnectionTestResult) -> None:
+    values = {"last_test_ok": result.ok, "last_test_at": timezone.now(), "last_test_message": result.message[:2000],
+              "last_test_failure": result.failure}
+    Connection.objects.filter(pk=connection.pk).update(**values)
+    for name, value in values.items():
+        setattr(connection, name, value)
 
 
 def connection_probe(*, connection: Connection, client: HaloClient | None = None) -> ProbeResult:

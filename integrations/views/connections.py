@@ -24,17 +24,6 @@ from integrations.views.charts import runs_chart
 
 logger = logging.getLogger(__name__)
 
-FAILURE_LABELS = {
-    "bad_url": "Bad URL",
-    "refused_address": "Address refused",
-    "bad_credentials": "Bad credentials",
-    "permission": "Missing API permission",
-    "timeout": "Timed out",
-    "unreachable": "Unreachable",
-    "bad_response": "Unexpected response",
-}
-
-
 def _apply_service_errors(form, exc: ValidationError) -> None:
     if hasattr(exc, "error_dict"):
         for name, errors in exc.error_dict.items():
@@ -51,11 +40,13 @@ def connection_create(request):
     form = ConnectionForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            connection = connection_services.connection_create(partner=form.partner_for_create(), user=request.user, **form.service_fields())
+            connection = connection_services.connection_create(partner=form.partner_for_create(), user=request.user,
+                                                               check_credentials=True, start_sync=True, **form.service_fields())
         except ValidationError as exc:
             _apply_service_errors(form, exc)
         else:
-            messages.success(request, f"Connection “{connection.name}” added. Test it, then run the first sync.")
+            messages.success(request, f"Connection “{connection.name}” added: HaloPSA {connection.halopsa_version} accepted "
+                                      "the credentials, and the first full sync has started.")
             return redirect("connection_detail", pk=connection.pk)
     return render(request, "integrations/connection_form.html", {"form": form, "connection": None})
 
@@ -67,7 +58,8 @@ def connection_edit(request, pk: int):
     form = ConnectionForm(request.POST or None, instance=connection, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            connection_services.connection_update(connection=connection, user=request.user, **form.service_fields())
+            connection_services.connection_update(connection=connection, user=request.user, check_credentials=True,
+                                                  **form.service_fields())
         except ValidationError as exc:
             _apply_service_errors(form, exc)
         else:
@@ -102,8 +94,7 @@ def connection_test(request, pk: int):
         mode = "real time (webhooks)" if connection.is_realtime else "hourly (HaloPSA older than 2.122.1)"
         messages.success(request, f"Connected. HaloPSA version {result.version}; sync mode: {mode}.")
     else:
-        label = FAILURE_LABELS.get(result.failure, result.failure or "Failed")
-        messages.error(request, f"Test failed — {label}: {result.message}")
+        messages.error(request, f"Test failed — {result.failure_label}: {result.message}")
     for problem in result.problems:
         messages.warning(request, problem.get("message", ""))
     return redirect(reverse("connection_detail", args=[connection.pk]) + "#halopsa-shape")
@@ -174,7 +165,6 @@ def connection_detail(request, pk: int):
         "webhook_setup": _webhook_setup(connection),
         "webhook_health": webhook_health(connection),
         "sync_form": SyncRequestForm(),
-        "failure_labels": FAILURE_LABELS,
     }
     return render(request, "integrations/connection_detail.html", context)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from integrations.models import AuditEvent, Connection, SyncRun
+from integrations.models import AuditEvent, Connection, Incident, SyncRun
 from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
 
@@ -46,17 +46,18 @@ def test_secret_is_write_only(alice_client, partner, make_connection):
     assert 'type="password"' in body
 
 
-def test_blank_secret_on_edit_keeps_the_old_one(alice_client, partner, make_connection):
-    connection = make_connection(partner, client_secret="old-secret")
-    response = alice_client.post(reverse("connection_edit", kwargs={"pk": connection.pk}),
-                                 _form("https://example.halopsa.com", name="Renamed", client_secret=""))
+def test_blank_secret_on_edit_keeps_the_old_one(alice_client, partner, make_connection, halo_sandbox):
+    connection = make_connection(partner, halo_sandbox, client_secret="old-secret")
+    url = reverse("connection_edit", kwargs={"pk": connection.pk})
+    # A rename changes nothing HaloPSA checks: saved as it is, the stored secret kept.
+    response = alice_client.post(url, _form(halo_sandbox.url, name="Renamed", client_secret=""))
     assert response.status_code == 302
     connection.refresh_from_db()
     assert connection.name == "Renamed" and connection.client_secret == "old-secret"
-    alice_client.post(reverse("connection_edit", kwargs={"pk": connection.pk}),
-                      _form("https://example.halopsa.com", name="Renamed", client_secret="new-secret"))
+    # A new secret is saved once HaloPSA accepts it.
+    alice_client.post(url, _form(halo_sandbox.url, name="Renamed", client_secret=SANDBOX_CLIENT_SECRET))
     connection.refresh_from_db()
-    assert connection.client_secret == "new-secret"
+    assert connection.client_secret == SANDBOX_CLIENT_SECRET and connection.last_test_ok is True
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -239,3 +240,98 @@ def test_connection_test_warns_about_blocked_features(alice_client, partner, mak
     connection = make_connection(partner, halo_sandbox)
     body = alice_client.post(reverse("connection_test", kwargs={"pk": connection.pk}), follow=True).content.decode()
     assert "Connected." in body and body.count("HaloPSA shows no invoice-access flag.") == 2  # message + page
+
+
+# --- saving checks the URL and the credentials, then starts the first sync (issue 17 item 7) ------
+
+
+def test_create_tests_the_credentials_before_saving(alice_client, partner, halo_sandbox):
+    """A secret HaloPSA refuses saves nothing; the form comes back with what was typed (the secret
+    aside) and says what failed."""
+    response = alice_client.post(reverse("connection_create"),
+                                 _form(halo_sandbox.url, name="Typed name", client_secret="not-the-secret"))
+    assert response.status_code == 200 and not Connection.objects.exists()
+    body = response.content.decode()
+    assert "HaloPSA did not accept this connection — Bad credentials" in body
+    assert 'value="Typed name"' in body and f'value="{halo_sandbox.url}"' in body and 'value="2024-01-01"' in body
+    assert "not-the-secret" not in body
+
+
+def test_create_saves_the_checked_connection_and_starts_the_first_sync(alice_client, partner_user, partner, halo_sandbox,
+                                                                       django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = alice_client.post(reverse("connection_create"), _form(halo_sandbox.url), follow=True)
+    connection = Connection.objects.get()
+    assert (connection.halopsa_version, connection.last_test_ok, connection.last_test_failure) == ("2.130.1", True, "")
+    run = SyncRun.objects.get(connection=connection)
+    assert (run.scope, run.trigger, run.state, run.requested_by) == ("full", "manual", "queued", partner_user)
+    assert len(callbacks) == 1  # the first sync's task, enqueued after the commit
+    assert "the first full sync has started" in response.content.decode()
+
+
+@pytest.mark.parametrize("url,message", [
+    ("http://acme.halopsa.com", "must start with https://"),
+    ("https://admin:pw@acme.halopsa.com", "must not contain a user name or password"),
+    ("https://10.1.2.3", "loopback, private, link-local or reserved address"),
+    ("https://[fe80::1]", "loopback, private, link-local or reserved address"),
+    ("https://169.254.169.254", "cloud metadata address"),
+    ("https://localhost:1", "resolves to an address the portal does not call"),
+])
+def test_unsafe_urls_are_refused_with_the_typed_values_kept(alice_client, partner, settings, url, message):
+    settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = False
+    response = alice_client.post(reverse("connection_create"), _form(url, name="Typed name"))
+    assert response.status_code == 200 and not Connection.objects.exists()
+    body = response.content.decode()
+    assert message in body and 'value="Typed name"' in body
+    assert SANDBOX_CLIENT_SECRET not in body
+
+
+def test_private_networks_allowed_by_the_setting_but_never_metadata(alice_client, partner, settings):
+    settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = True
+    body = alice_client.post(reverse("connection_create"), _form("http://169.254.169.254")).content.decode()
+    assert "cloud metadata address" in body and not Connection.objects.exists()
+
+
+def test_edit_refuses_an_unsafe_url_and_keeps_the_stored_one(alice_client, partner, make_connection, halo_sandbox, settings):
+    connection = make_connection(partner, halo_sandbox)
+    settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = False
+    response = alice_client.post(reverse("connection_edit", kwargs={"pk": connection.pk}),
+                                 _form("https://user@acme.halopsa.com", name="Typed name", client_secret=""))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "must not contain a user name or password" in body and 'value="Typed name"' in body
+    assert "Edit “Main HaloPSA”" in body  # the page still names the stored connection
+    connection.refresh_from_db()
+    assert (connection.name, connection.base_url) == ("Main HaloPSA", halo_sandbox.url)
+
+
+def test_edit_with_a_rejected_secret_keeps_the_stored_one(alice_client, partner, make_connection, halo_sandbox):
+    connection = make_connection(partner, halo_sandbox)
+    response = alice_client.post(reverse("connection_edit", kwargs={"pk": connection.pk}),
+                                 _form(halo_sandbox.url, client_secret="a-wrong-secret"))
+    assert response.status_code == 200 and "Bad credentials" in response.content.decode()
+    connection.refresh_from_db()
+    assert connection.client_secret == SANDBOX_CLIENT_SECRET
+
+
+def test_a_passed_check_on_edit_ends_the_credentials_alert(alice_client, partner, make_connection, halo_sandbox):
+    from integrations.services.incidents import incident_open
+
+    connection = make_connection(partner, halo_sandbox, client_secret="expired")
+    incident_open(connection, Incident.Kind.CREDENTIALS_REJECTED, "HaloPSA answered 401.")
+    alice_client.post(reverse("connection_edit", kwargs={"pk": connection.pk}),
+                      _form(halo_sandbox.url, client_secret=SANDBOX_CLIENT_SECRET))
+    assert not Incident.objects.filter(resolved_at__isnull=True).exists()
+
+
+@pytest.mark.parametrize("typed", ["{url}", "{url}/", "{upper}", "{upper}//"])
+def test_a_second_connection_to_the_same_halopsa_is_refused(alice_client, partner, make_connection, halo_sandbox, typed):
+    make_connection(partner, halo_sandbox, name="First")
+    upper = halo_sandbox.url.replace("http://", "HTTP://").replace("127.0.0.1", "127.0.0.1")
+    halo_sandbox.clear_request_log()
+    response = alice_client.post(reverse("connection_create"),
+                                 _form(typed.format(url=halo_sandbox.url, upper=upper), name="Second"))
+    assert response.status_code == 200
+    assert "You already have a connection to this HaloPSA with this client ID: “First”" in response.content.decode()
+    assert Connection.objects.count() == 1
+    assert halo_sandbox.count_requests() == 0  # refused before HaloPSA is asked anything

@@ -59,6 +59,26 @@ def test_add_connection_refuses_bad_input_clearly(db):
         _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://example.halopsa.com", "--client-id", "a", "--client-secret", "b")
 
 
+def test_add_connection_refuses_a_second_connection_to_the_same_halopsa(db):
+    _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://acme.halopsa.com", "--client-id", "a",
+          "--client-secret", "b")
+    with pytest.raises(CommandError, match="already have a connection to this HaloPSA with this client ID: “N”"):
+        _call("add_connection", "--partner", "P", "--name", "Twin", "--url", "https://ACME.halopsa.com/",
+              "--client-id", "a", "--client-secret", "b")
+    assert Connection.objects.count() == 1
+
+
+def test_add_connection_refuses_urls_the_portal_does_not_call(db, settings):
+    settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = False
+    with pytest.raises(CommandError, match="must start with https://"):
+        _call("add_connection", "--partner", "P", "--name", "N", "--url", "http://acme.halopsa.com", "--client-id", "a",
+              "--client-secret", "b")
+    with pytest.raises(CommandError, match="must not contain a user name or password"):
+        _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://u:p@acme.halopsa.com", "--client-id", "a",
+              "--client-secret", "b")
+    assert not Connection.objects.exists()
+
+
 def test_add_connection_never_fails_because_halopsa_is_unreachable(db):
     out, _ = _call("add_connection", "--partner", "P", "--name", "Offline", "--url", "https://127.0.0.1:9",
                    "--client-id", "a", "--client-secret", "b")

@@ -54,7 +54,7 @@ def test_create_refuses_bad_values(partner):
 
 
 def test_schedule_minutes_are_spread_deterministically(partner):
-    connections = [_create(partner, name=f"c{i}", detect_version=False) for i in range(6)]
+    connections = [_create(partner, name=f"c{i}", client_id=f"client-{i}", detect_version=False) for i in range(6)]
     minutes = [c.schedule_minute for c in connections]
     assert len(set(minutes)) == 6  # each took a minute nobody else uses
     # Recomputing gives the same minute (deterministic), and the schedules follow.
@@ -149,3 +149,97 @@ def test_scheduled_task_skips_paused_and_picks_scope(partner, make_connection, h
 
 def test_sync_run_task_with_a_missing_run(db):
     assert sync_run_task(424242) is None
+
+
+# --- one connection per HaloPSA and client id, URLs the portal may call (issue 17 item 7) ------
+
+
+@pytest.mark.parametrize("url,key", [
+    ("https://acme.halopsa.com", "https://acme.halopsa.com"),
+    ("HTTPS://Acme.HaloPSA.com:443/", "https://acme.halopsa.com"),
+    ("https://acme.halopsa.com.//", "https://acme.halopsa.com"),
+    ("https://acme.halopsa.com:8443/halo/", "https://acme.halopsa.com:8443/halo"),
+    ("http://127.0.0.1:80", "http://127.0.0.1"),
+    ("https://[::1]:443", "https://[::1]"),
+    ("https://bücher.example", "https://xn--bcher-kva.example"),
+])
+def test_halopsa_url_key_normalises_what_names_the_same_halopsa(url, key):
+    from integrations.models import halopsa_url_key
+
+    assert halopsa_url_key(url) == key
+
+
+def test_a_second_connection_to_the_same_halopsa_and_client_id_is_refused(partner, other_partner):
+    first = _create(partner, url="https://acme.halopsa.com", detect_version=False)
+    assert first.base_url_key == "https://acme.halopsa.com"
+    with pytest.raises(ValidationError, match="already have a connection to this HaloPSA with this client ID: “Main”"):
+        _create(partner, name="Again", url="HTTPS://ACME.halopsa.com:443/", detect_version=False)
+    # Another API application of the same HaloPSA, or another partner, is a different connection.
+    _create(partner, name="Second app", url="https://acme.halopsa.com/", client_id="another-app", detect_version=False)
+    _create(other_partner, url="https://acme.halopsa.com", detect_version=False)
+    assert Connection.objects.count() == 3
+
+
+def test_editing_into_a_twin_is_refused_and_changes_nothing(partner):
+    _create(partner, url="https://acme.halopsa.com", detect_version=False)
+    other = _create(partner, name="Other", url="https://other.halopsa.com", detect_version=False)
+    with pytest.raises(ValidationError, match="already have a connection to this HaloPSA"):
+        connection_update(connection=other, base_url="https://Acme.halopsa.com/")
+    other.refresh_from_db()
+    assert (other.base_url, other.base_url_key) == ("https://other.halopsa.com", "https://other.halopsa.com")
+
+
+def test_the_database_refuses_a_twin_written_around_the_service(partner):
+    from django.db import IntegrityError, transaction
+
+    first = _create(partner, url="https://acme.halopsa.com", detect_version=False)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Connection.objects.create(partner=partner, name="Raced", base_url="https://acme.halopsa.com/",
+                                  base_url_key=first.base_url_key, client_id=first.client_id, client_secret="x")
+
+
+def test_a_twin_saved_meanwhile_is_a_clear_error_not_a_500(partner, monkeypatch):
+    """Two requests checked at the same moment: the second save trips the constraint."""
+    from integrations.services import connections as service
+
+    _create(partner, url="https://acme.halopsa.com", detect_version=False)
+    monkeypatch.setattr(service, "connection_endpoint_twin", lambda connection: None)  # the check saw no twin yet
+    with pytest.raises(ValidationError, match="already have a connection to this HaloPSA"):
+        _create(partner, name="Raced", url="https://acme.halopsa.com", detect_version=False)
+
+
+@pytest.mark.parametrize("url,message", [
+    ("http://acme.halopsa.com", "must start with https://"),
+    ("https://me:pw@acme.halopsa.com", "must not contain a user name or password"),
+    ("https://192.168.1.10", "loopback, private, link-local or reserved address"),
+])
+def test_create_applies_the_outbound_url_rules(partner, settings, url, message):
+    settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = False
+    with pytest.raises(ValidationError, match=message):
+        _create(partner, url=url, detect_version=False)
+    with pytest.raises(ValidationError, match=message.replace("HaloPSA URL", "authorisation server URL")):
+        _create(partner, auth_url=url, detect_version=False)
+    assert not Connection.objects.exists()
+
+
+def test_check_credentials_refuses_before_saving(partner, halo_sandbox):
+    with pytest.raises(ValidationError) as refused:
+        _create(partner, url=halo_sandbox.url, client_secret="wrong", check_credentials=True)
+    assert "Bad credentials" in str(refused.value.message_dict["client_secret"]) and not Connection.objects.exists()
+    connection = _create(partner, url=halo_sandbox.url, check_credentials=True)
+    assert (connection.halopsa_version, connection.last_test_ok) == ("2.130.1", True)
+
+
+def test_connection_test_records_why_it_failed_and_a_pass_ends_the_credentials_alert(partner, make_connection, halo_sandbox):
+    from integrations.models import Incident
+    from integrations.services.incidents import incident_open
+
+    connection = make_connection(partner, halo_sandbox, client_secret="nope")
+    connection_test(connection=connection)
+    assert Connection.objects.get(pk=connection.pk).last_test_failure == "bad_credentials"
+    incident_open(connection, Incident.Kind.CREDENTIALS_REJECTED, "401")
+    Connection.objects.filter(pk=connection.pk).update(client_secret=SANDBOX_CLIENT_SECRET)
+    connection.refresh_from_db()
+    assert connection_test(connection=connection).ok
+    assert Connection.objects.get(pk=connection.pk).last_test_failure == ""
+    assert not Incident.objects.filter(resolved_at__isnull=True).exists()
