@@ -280,7 +280,7 @@ def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = N
         now = timezone.now()
         claimed = SyncRun.objects.filter(pk=run.pk, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).update(
             state=SyncRun.State.RUNNING, started_at=now, finished_at=None, message="", created=0, updated=0,
-            unchanged=0, failed=0, progress_done=0, progress_total=0, fixed_by_poll=0,
+            unchanged=0, failed=0, progress_done=0, progress_total=0, progress_phases=[], fixed_by_poll=0,
         )
         if not claimed:
             run.refresh_from_db()
@@ -622,6 +622,9 @@ class _Runner:
         self.has_open_errors = SyncError.objects.filter(connection=self.connection, resolved_at__isnull=True).exists()
         self.progress_done = 0
         self.progress_total = 0
+        # Progress per phase (SyncRun.progress_phases): what the dashboard shows, see _phase.
+        self.phases: list[dict[str, Any]] = []
+        self.current_phase: dict[str, Any] | None = None
         # Entities with a record that failed without a readable id: a full read then cannot tell
         # which row it was, so it flags nothing as deleted this time.
         self.unidentified: set[str] = set()
@@ -694,6 +697,7 @@ class _Runner:
             _finish(self.run, state, " ".join(parts + self.notes), self.stats)
             for entity, values in cursors.items():
                 SyncCursor.objects.update_or_create(connection=self.connection, entity=entity, defaults=values)
+        self._close_phases(failed=error is not None)
         _incidents_after(self.run, error)
 
     def _probe_on_first_sync(self) -> None:
@@ -748,19 +752,25 @@ class _Runner:
         return plan
 
     def _run_plan(self, plan: _Plan) -> None:
+        self._plan_phases(plan)
         if plan.customers == "one":
+            self._phase(ENTITY_CUSTOMERS)
             self._one_customer(self.run.target_halopsa_id)
         elif plan.customers:
             since = plan.since.get(ENTITY_CUSTOMERS)
+            self._phase(ENTITY_CUSTOMERS)
             self._customers_phase(since=since, detect_deletions=since is None and plan.flag_deletions)
             # Users have their own cursor; a complete read of them also removes contacts that no
             # longer qualify.
             users_since = plan.since.get(ENTITY_CONTACTS)
+            self._phase(ENTITY_CONTACTS)
             self._contacts_phase(since=users_since, prune=users_since is None)
         if plan.invoices == "one":
+            self._phase(ENTITY_INVOICES)
             self._one_invoice(self.run.target_halopsa_id, with_pdf=plan.pdfs)
             return
         if plan.invoices:
+            self._phase(ENTITY_INVOICES)
             since = plan.since.get(ENTITY_INVOICES) if plan.invoices == "read" else None
             self._invoices_phase(
                 since=since,
@@ -769,6 +779,8 @@ class _Runner:
                 payment_statuses=list(self.shape.unpaid_codes) if plan.invoices == "unpaid" else None,
                 detect_deletions=plan.invoices == "read" and since is None and plan.flag_deletions,
             )
+        if plan.pdfs:
+            self._phase(ENTITY_PDFS)
         if plan.pdfs and self.run.target_halopsa_id and self.run.entity == ENTITY_PDFS:
             self._one_pdf(self.run.target_halopsa_id)
         elif plan.pdfs:
@@ -903,14 +915,14 @@ class _Runner:
 
     def _pages(self, pages: Iterator[Page], *, count_each_page: bool = False) -> Iterator[Page]:
         """Yield pages, growing the progress total by each query's record_count (by each page's
-        rows for a read that may stop early); the lease is checked (and renewed when due) as each
-        page arrives, before anything of it is written."""
+        rows for a read that may stop early, whose phase has no total); the lease is checked (and
+        renewed when due) as each page arrives, before anything of it is written."""
         first = True
         for page in pages:
             if count_each_page:
-                self.progress_total += len(page.records)
+                self._grow_total(len(page.records), known=False)
             elif first:
-                self.progress_total += page.record_count
+                self._grow_total(page.record_count)
                 first = False
             self._keep_lease()
             yield page
@@ -928,9 +940,70 @@ class _Runner:
             raise SyncAborted("The sync lost its lock on the connection (it ran too long without progress); it will be retried.")
         self.lease_renewed = time.monotonic()
 
+    def _plan_phases(self, plan: _Plan) -> None:
+        """The phases this run goes through, in order, all waiting: the page shows "step 2 of 4"
+        from the start, and a phase's size is added when its read begins, never to a total that
+        was shown before."""
+        names = [ENTITY_CUSTOMERS, ENTITY_CONTACTS] if plan.customers else []
+        names += [ENTITY_INVOICES] if plan.invoices else []
+        names += [ENTITY_PDFS] if plan.pdfs and plan.invoices != "one" else []
+        self.phases = [{"phase": name, "done": 0, "total": None, "state": "waiting"} for name in names]
+
+    def _phase(self, name: str) -> None:
+        """`name`'s phase starts; the one before it is done."""
+        self._end_phase("done")
+        phase = next((p for p in self.phases if p["phase"] == name), None)
+        if phase is None:  # not planned (a PDF fetched with its invoice): progress goes on in the current list
+            phase = {"phase": name, "done": 0, "total": None, "state": "waiting"}
+            self.phases.append(phase)
+        phase["state"] = "running"
+        self.current_phase = phase
+
+    def _end_phase(self, state: str) -> None:
+        phase, self.current_phase = self.current_phase, None
+        if phase is not None:
+            phase["state"] = state
+            if state == "done" and phase["total"] is None:
+                phase["total"] = phase["done"]  # a read that stopped at the cursor: what it read is its size
+
+    def _close_phases(self, *, failed: bool) -> None:
+        """At the end of the run: the phase at work is done (or where the run failed); phases the
+        run never reached are skipped (or, after a failure, still waiting)."""
+        self._end_phase("failed" if failed else "done")
+        if not failed:
+            for phase in self.phases:
+                if phase["state"] == "waiting":
+                    phase["state"] = "skipped"
+        self.run.progress_phases = self.phases
+        SyncRun.objects.filter(pk=self.run.pk).update(progress_phases=self.phases)
+
+    @contextmanager
+    def _beside_phase(self, records: int) -> Iterator[None]:
+        """`records` written on the side (an invoice's customer fetched while the invoices are
+        read) count for the run, not for the step at work, whose "x of y" stays true."""
+        phase, self.current_phase = self.current_phase, None
+        self.progress_total += records
+        try:
+            yield
+        finally:
+            self.current_phase = phase
+
+    def _grow_total(self, records: int, *, known: bool = True) -> None:
+        """`records` more are to be read: the run's total and, when the phase's size is known
+        (a list's record_count, the PDFs chosen), the phase's."""
+        self.progress_total += records
+        phase = self.current_phase
+        if phase is not None and known:
+            phase["total"] = (phase["total"] or 0) + records
+
     def _page_done(self, records: int) -> None:
         """Called inside the page's transaction: counts and progress commit with the data."""
         self.progress_done += records
+        phase = self.current_phase
+        if phase is not None:
+            phase["done"] += records
+            if phase["total"] is not None and phase["done"] > phase["total"]:
+                phase["total"] = phase["done"]  # HaloPSA sent more than it announced: never "done > total"
         self._save_counts()
         if self.progress is not None:
             self.progress(self.run)
@@ -943,9 +1016,10 @@ class _Runner:
         self.run.api_requests, self.run.api_retries, self.run.api_bytes = numbers["requests"], numbers["retries"], numbers["bytes"]
         if self.realtime_poll:
             self.run.fixed_by_poll = self.counts.created + self.counts.updated - self.pdf_updates
+        self.run.progress_phases = self.phases
         SyncRun.objects.filter(pk=self.run.pk).update(
             created=self.run.created, updated=self.run.updated, unchanged=self.run.unchanged, failed=self.run.failed,
-            progress_done=self.run.progress_done, progress_total=self.run.progress_total,
+            progress_done=self.run.progress_done, progress_total=self.run.progress_total, progress_phases=self.phases,
             api_requests=self.run.api_requests, api_retries=self.run.api_retries, api_bytes=self.run.api_bytes,
             fixed_by_poll=self.run.fixed_by_poll,
         )
@@ -1031,11 +1105,12 @@ class _Runner:
                 ).update(deleted_in_halopsa_at=self.now, updated_at=self.now)
                 self._page_done(1)
             return
-        self.progress_total += 1
+        self._grow_total(1)
         self._customers_page([payload])
         if self._user_contacts_blocked():
             return
         # Its billing users, read in full so that ones that stopped qualifying are removed.
+        self._phase(ENTITY_CONTACTS)
         kept: set[str] = set()
         for page in self._pages(self._user_pages(client_id=halopsa_id)):
             kept.update(self._contacts_page(page.records))
@@ -1390,7 +1465,7 @@ class _Runner:
                 ).update(deleted_in_halopsa_at=self.now, updated_at=self.now)
                 self._page_done(1)
             return
-        self.progress_total += 1
+        self._grow_total(1)
         self._invoices_page([payload])
         if with_pdf:
             self._one_pdf(halopsa_id)
@@ -1413,7 +1488,8 @@ class _Runner:
                 )
                 self.counts.created += int(created)
             else:
-                self._customers_page([payload])
+                with self._beside_phase(1):
+                    self._customers_page([payload])
                 customer = Customer.objects.filter(connection=self.connection, halopsa_id=client_id).first()
             if customer is not None:
                 customers[client_id] = customer.pk
@@ -1636,13 +1712,15 @@ class _Runner:
         view (`invoice_pdf_ensure`)."""
         if limit <= 0:
             return
-        candidate_ids = list(
+        needed = (
             Invoice.objects.filter(
                 connection=self.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, pdf_attachment_id__isnull=False,
                 deleted_in_halopsa_at__isnull=True, archived_at__isnull=True,
             )
             .filter(Q(pdf__isnull=True) | ~Q(pdf__attachment_id=F("pdf_attachment_id")))
-            .annotate(unpaid_first=Case(
+        )
+        candidate_ids = list(
+            needed.annotate(unpaid_first=Case(
                 When(status__in=[Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID], then=Value(0)),
                 default=Value(1), output_field=IntegerField(),
             ))
@@ -1650,25 +1728,34 @@ class _Runner:
         )
         if not candidate_ids:
             return
-        self.progress_total += len(candidate_ids)
+        self._grow_total(len(candidate_ids))
+        # How many PDFs are missing in all (a first sync's backlog is more than one batch), for the page and the message.
+        needed_count = needed.count() if len(candidate_ids) == limit else len(candidate_ids)
+        if self.current_phase is not None:
+            self.current_phase["needed"] = needed_count
         share = pdf_budget(self.connection)
         deadline = time.monotonic() + pdf_phase_seconds()
+        stopped = (f"at most {limit:,} are fetched per run" if needed_count > len(candidate_ids)
+                   else "HaloPSA no longer had the file an invoice named; it is read again with the invoice")
         for fetched, invoice in enumerate(_pdf_candidates(candidate_ids)):
             if not self._pdf_slot(share, deadline):
                 # Out of time, not of work: a follow-up run continues, but only after progress
                 # (a run that fetched nothing would just queue the next one).
                 self.pdf_backlog = len(candidate_ids) - fetched if fetched else 0
+                stopped = f"the PDF phase's {pdf_phase_seconds() / 60:.0f} minutes ran out"
                 break
             try:
                 content = self.client.get_invoice_pdf(invoice.halopsa_id, attachment_id=invoice.pdf_attachment_id)
             except HaloNotFound:
                 continue  # the attachment changed since we read the invoice; the next invoice sync brings the new id
             except HaloRateLimited:
+                stopped = "HaloPSA's rate limit was reached"
                 break  # out of budget: the rest waits for the next run, invoice data is already in
             except HaloAuthError:
                 raise
             except HaloError as exc:
                 self._record_error(ENTITY_PDFS, invoice.halopsa_id, f"PDF of invoice {invoice.number}: {exc.message}", None)
+                stopped = "a download failed (see the sync errors)"
                 break
             with transaction.atomic():
                 pdf_store(invoice=invoice, content=content, attachment_id=invoice.pdf_attachment_id)
@@ -1677,6 +1764,25 @@ class _Runner:
                 self._resolve_errors(ENTITY_PDFS, [invoice.halopsa_id])  # an earlier failed download is over
                 self._page_done(1)
             self._keep_lease()
+        self._note_pdf_backlog(needed_count, stopped)
+
+    def _note_pdf_backlog(self, needed: int, stopped: str) -> None:
+        """A run that leaves PDFs to fetch says how many it fetched of those needed, why it
+        stopped, and when the next batch runs."""
+        fetched = self.current_phase["done"] if self.current_phase is not None else 0
+        left = needed - fetched
+        if left <= 0:
+            return
+        from integrations.schedules import next_run_at
+
+        if self.pdf_backlog:
+            when = "a PDF-only run was queued to continue now"
+        elif self.connection.enabled and not self.connection.paused:
+            when = f"the next batch runs with the hourly sync at {next_run_at(self.connection.schedule_minute):%H:%M} UTC"
+        else:
+            when = "the next batch runs with the next sync you start (scheduled syncs are paused or disabled)"
+        self._note(f"Invoice PDFs: {fetched:,} of {needed:,} needed were fetched ({stopped}); {left:,} still to fetch: {when}. "
+                   "Any PDF is also fetched when someone opens it.")
 
     def _pdf_slot(self, share: RequestBudget, deadline: float) -> bool:
         """Wait for a request slot in the PDFs' budget share; False when the phase's time runs out
