@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import BigIntegerField, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, prefetch_related_objects
+from django.db.models import BigIntegerField, Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Sum, prefetch_related_objects
 from django.db.models.functions import Cast, Coalesce, Round
 from django.utils import timezone
 from django_q.models import Schedule
@@ -21,6 +21,7 @@ from integrations.models import (
     AuditEvent,
     Connection,
     Customer,
+    Incident,
     Invoice,
     Payment,
     PushJob,
@@ -69,19 +70,116 @@ def paginate_ids_first(queryset: QuerySet, page_number: Any, per_page: int = PAG
 # --- Connections ---------------------------------------------------------------------------
 
 
-def connection_list(*, user) -> QuerySet[Connection]:
-    last_success = SyncRun.objects.filter(
-        connection=OuterRef("pk"), state__in=[SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL]
-    ).order_by("-finished_at").values("finished_at")[:1]
-    return (
-        Connection.objects.visible_to(user)
-        .select_related("partner")
-        .annotate(
-            open_errors=Count("sync_errors", filter=Q(sync_errors__resolved_at__isnull=True), distinct=True),
-            last_success_at=Subquery(last_success),
-            active_runs=Count("runs", filter=Q(runs__state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]), distinct=True),
-        )
+# --- Connection health: one state per connection, from the last test, the last run and open alerts.
+
+HEALTH_CONNECTED, HEALTH_ATTENTION, HEALTH_RECONNECT = "connected", "attention", "reconnect"
+HEALTH_LABELS = {HEALTH_CONNECTED: "Connected", HEALTH_ATTENTION: "Needs attention", HEALTH_RECONNECT: "Reconnect"}
+HEALTH_BADGES = {HEALTH_CONNECTED: "badge-ok", HEALTH_ATTENTION: "badge-warn", HEALTH_RECONNECT: "badge-err"}
+
+
+@dataclass(frozen=True)
+class HealthState:
+    """A connection's health: `level` is one of HEALTH_*; `reasons` say why (worst first) and
+    what to do. Enabled/paused is a separate fact (Connection.enabled / paused)."""
+
+    level: str
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return HEALTH_LABELS[self.level]
+
+    @property
+    def badge(self) -> str:
+        return HEALTH_BADGES[self.level]
+
+
+def _with_health_facts(connections: QuerySet[Connection]) -> QuerySet[Connection]:
+    """The facts `connection_health_state` reads, as correlated subqueries: the list costs one
+    query whatever the number of connections, runs or errors."""
+    from integrations.services.sync import LEASE_CONFLICT_MESSAGE
+
+    runs = SyncRun.objects.filter(connection=OuterRef("pk")).order_by("-queued_at", "-id")
+    # The latest finished run; "another sync is running" only means a run overlapped one.
+    finished = runs.filter(finished_at__isnull=False).exclude(message=LEASE_CONFLICT_MESSAGE)
+    good = runs.filter(state__in=[SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL])
+    incidents = Incident.objects.filter(connection=OuterRef("pk"), resolved_at__isnull=True)
+    return connections.annotate(
+        last_run_state=Subquery(finished.values("state")[:1]),
+        last_run_message=Subquery(finished.values("message")[:1]),
+        last_success_at=Subquery(good.values("finished_at")[:1]),
+        is_syncing=Exists(runs.filter(state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING])),
+        open_errors=_count_of(SyncError.objects.filter(connection=OuterRef("pk"), resolved_at__isnull=True), "connection_id"),
+        pushes_for_review=_count_of(PushJob.objects.filter(connection=OuterRef("pk"), state=PushJob.State.NEEDS_REVIEW),
+                                    "connection_id"),
+        credentials_alert=Exists(incidents.filter(kind=Incident.Kind.CREDENTIALS_REJECTED)),
+        sync_alert=Exists(incidents.filter(kind=Incident.Kind.SYNC_FAILING)),
+        push_alert=Exists(incidents.filter(kind=Incident.Kind.PUSH_FAILING)),
     )
+
+
+def connection_health_state(connection: Connection) -> HealthState:
+    """The rule (a connection from `_with_health_facts`):
+    - Reconnect: HaloPSA rejected the credentials during a sync (open alert), or the last test
+      failed on the credentials or the URL and no sync has succeeded since: only an edit fixes it;
+    - Needs attention: the last test failed otherwise (since the last good sync), the last run
+      failed or was partial, syncs keep failing, pushes keep failing or wait for review, the
+      probe found features blocked, or nothing has synced yet (never tested, first sync running);
+    - Connected otherwise."""
+    from integrations.services.connections import FAILURE_LABELS, RECONNECT_FAILURES
+
+    reconnect: list[str] = []
+    attention: list[str] = []
+    good_at = connection.last_success_at
+    if connection.credentials_alert:
+        reconnect.append("The credentials stopped working: HaloPSA refused them during a sync. Edit the connection and "
+                         "enter the client ID and secret again.")
+    if connection.last_test_ok is False and connection.last_test_at and (good_at is None or connection.last_test_at > good_at):
+        label = FAILURE_LABELS.get(connection.last_test_failure, "Failed")
+        text = f"The last test failed — {label}: {connection.last_test_message or 'no details'}"
+        if connection.last_test_failure in RECONNECT_FAILURES:
+            reconnect.append(f"{text} Edit the connection to fix it.")
+        else:
+            attention.append(text)
+    if connection.sync_alert:
+        attention.append(f"Syncs keep failing. Latest: {connection.last_run_message or 'no details'}")
+    elif connection.last_run_state == SyncRun.State.FAILED:
+        attention.append(f"The last sync failed: {connection.last_run_message or 'no details'}")
+    elif connection.last_run_state == SyncRun.State.PARTIAL:
+        attention.append("The last sync was partial: some records could not be synced (see “Records that failed to sync”).")
+    if connection.push_alert or connection.pushes_for_review:
+        waiting = f" {connection.pushes_for_review} wait for review." if connection.pushes_for_review else ""
+        attention.append(f"Pushes to HaloPSA are failing.{waiting}")
+    for problem in (connection.halo_shape or {}).get("problems") or []:
+        if isinstance(problem, dict) and problem.get("message"):
+            attention.append(f"Blocked in this HaloPSA: {problem['message']}")
+    if good_at is None:
+        if connection.is_syncing:
+            attention.append("The first sync has not finished yet.")
+        elif connection.last_test_at is None:
+            attention.append("Not tested or synced yet: test the connection, then run a full sync.")
+        else:
+            attention.append("No sync has succeeded yet: run a full sync.")
+    if reconnect:
+        return HealthState(HEALTH_RECONNECT, tuple(reconnect + attention))
+    if attention:
+        return HealthState(HEALTH_ATTENTION, tuple(attention))
+    return HealthState(HEALTH_CONNECTED)
+
+
+def connection_list(*, user) -> list[Connection]:
+    """The user's connections, each with its `health_state`, in one query."""
+    connections = list(_with_health_facts(Connection.objects.visible_to(user).select_related("partner")))
+    for connection in connections:
+        connection.health_state = connection_health_state(connection)
+    return connections
+
+
+def connection_for_page(*, user, pk: int) -> Connection:
+    """One connection the user may see (404 otherwise), with its `health_state`."""
+    connection = get_visible_or_404(_with_health_facts(Connection.objects.select_related("partner")), user, pk=pk)
+    connection.health_state = connection_health_state(connection)
+    return connection
 
 
 @dataclass
@@ -95,6 +193,9 @@ class ConnectionHealth:
     last_run: SyncRun | None
     unknown_invoices: int
     archive_queue: int
+    # When the last hourly or full sync finished: "Fetch new data" reads changes since the
+    # cursors that run left (services/sync.py, docs/sync-rules.md), less the overlap.
+    changes_read_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -126,6 +227,10 @@ def connection_health(*, connection: Connection) -> ConnectionHealth:
             Invoice.objects.filter(connection=connection, deleted_in_halopsa_at__isnull=False, archived_at__isnull=True).count()
             + Customer.objects.filter(connection=connection, deleted_in_halopsa_at__isnull=False, archived_at__isnull=True).count()
         ),
+        changes_read_at=SyncRun.objects.filter(
+            connection=connection, scope__in=[SyncRun.Scope.FULL, SyncRun.Scope.INCREMENTAL],
+            state__in=[SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL],
+        ).order_by("-queued_at", "-id").values_list("finished_at", flat=True).first(),
     )
 
 
@@ -136,8 +241,26 @@ def _next_scheduled_run(connection: Connection) -> datetime | None:
     return schedule.next_run if schedule is not None else None
 
 
+def connection_progress_run(*, connection: Connection) -> SyncRun | None:
+    """The run the connection page's progress bar follows: the running (or queued) sync, else the
+    last one. Webhook runs (one record, a moment each) are left out: they would hide the sync a
+    person started or the schedule ran."""
+    runs = SyncRun.objects.filter(connection=connection).exclude(trigger=SyncRun.Trigger.WEBHOOK)
+    return (runs.filter(state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).order_by("-queued_at", "-id").first()
+            or runs.order_by("-queued_at", "-id").first())
+
+
 def connection_runs(*, connection: Connection, limit: int = 25) -> list[SyncRun]:
-    return list(SyncRun.objects.filter(connection=connection).select_related("requested_by").order_by("-queued_at", "-id")[:limit])
+    """The latest scheduled, manual and command-line runs (webhook runs: `connection_webhook_runs`)."""
+    return list(SyncRun.objects.filter(connection=connection).exclude(trigger=SyncRun.Trigger.WEBHOOK)
+                .select_related("requested_by").order_by("-queued_at", "-id")[:limit])
+
+
+def connection_webhook_runs(*, connection: Connection, limit: int = 25) -> list[SyncRun]:
+    """The latest runs HaloPSA's webhooks triggered (one record each, many a day): kept apart so
+    they never push the scheduled and manual runs out of the history."""
+    return list(SyncRun.objects.filter(connection=connection, trigger=SyncRun.Trigger.WEBHOOK)
+                .order_by("-queued_at", "-id")[:limit])
 
 
 def connection_open_errors(*, connection: Connection, limit: int = 50) -> list[SyncError]:
@@ -157,23 +280,75 @@ def connection_push_jobs(*, connection: Connection, limit: int = 50) -> list[Pus
     )
 
 
+PHASE_LABELS = {"customers": "Customers", "contacts": "Billing contacts", "invoices": "Invoices", "pdfs": "Invoice PDFs"}
+
+
+def _phase_figures(phase: dict[str, Any]) -> str:
+    """One phase's figures: "300 of 1,200", "40 so far" (a read that stops at the last sync's
+    mark has no total), PDFs "300 of 2,340 needed"."""
+    done, total, state = int(phase.get("done") or 0), phase.get("total"), phase.get("state")
+    if state == "waiting":
+        return "waiting"
+    if state == "skipped":
+        return "not needed"
+    needed = phase.get("needed")
+    if isinstance(needed, int) and needed > (total or 0):
+        return f"{done:,} of {needed:,} needed"
+    if isinstance(total, int) and (state != "done" or total != done):
+        return f"{done:,} of {total:,}"
+    return {"running": f"{done:,} so far", "failed": f"{done:,} read"}.get(state, f"{done:,}")
+
+
+def _phase_percent(phase: dict[str, Any]) -> int:
+    total = phase.get("total")
+    if not isinstance(total, int) or total <= 0:
+        return 0
+    return min(100, int(int(phase.get("done") or 0) * 100 / total))
+
+
 def run_progress(run: SyncRun) -> dict[str, Any]:
-    """What the progress bar shows; also the JSON the page polls."""
-    total = run.progress_total
-    done = min(run.progress_done, total) if total else run.progress_done
-    if run.is_active:
-        percent = int(done * 100 / total) if total else 0
+    """What the progress bar shows; also the JSON the page polls. A run with phases
+    (`SyncRun.progress_phases`) shows the phase at work, "Step 3 of 4: invoices, 300 of 1,200",
+    with the bar for that step: a later phase's size is only known when its read starts, so an
+    overall total would jump. Runs without phases show their overall counts."""
+    phases = [p for p in (run.progress_phases or []) if isinstance(p, dict) and p.get("phase")]
+    finished_ok = run.state in (SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL)
+    if phases:
+        working = [i for i, p in enumerate(phases) if p.get("state") in ("running", "failed")]
+        started = [i for i, p in enumerate(phases) if p.get("state") != "waiting"]
+        index = working[-1] if working else (started[-1] if started else 0)
+        current = phases[index]
+        label = PHASE_LABELS.get(current["phase"], current["phase"])
+        done, total = int(current.get("done") or 0), current.get("total") if isinstance(current.get("total"), int) else 0
+        percent = 100 if finished_ok else _phase_percent(current)
+        if run.is_active or run.state == SyncRun.State.FAILED:
+            stopped = " (stopped here)" if run.state == SyncRun.State.FAILED else ""
+            text = f"Step {index + 1} of {len(phases)}: {label.lower()}, {_phase_figures(current)}{stopped}"
+        else:
+            text = f"{run.progress_done:,} record{'s' if run.progress_done != 1 else ''} in {len(started)} step{'s' if len(started) != 1 else ''}"
+        phase_rows = [{"phase": p["phase"], "label": PHASE_LABELS.get(p["phase"], p["phase"]), "state": p.get("state"),
+                       "figures": _phase_figures(p)} for p in phases]
     else:
-        percent = 100 if run.state in (SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL) else (int(done * 100 / total) if total else 0)
+        total = run.progress_total
+        done = min(run.progress_done, total) if total else run.progress_done
+        if run.is_active or not finished_ok:
+            percent = int(done * 100 / total) if total else 0
+        else:
+            percent = 100
+        text = f"{run.progress_done:,} / {total:,} records" if total else f"{run.progress_done:,} records"
+        phase_rows = []
     return {
         "id": run.pk,
         "state": run.state,
         "state_label": run.get_state_display(),
-        "scope": run.get_scope_display(),
+        "scope": run.scope_label,
         "active": run.is_active,
-        "done": run.progress_done,
+        "done": done,
         "total": total,
         "percent": percent,
+        "progress_text": text,
+        "phases": phase_rows,
+        "phases_text": " · ".join(f"{row['label']}: {row['figures']}" for row in phase_rows),
         "created": run.created,
         "updated": run.updated,
         "unchanged": run.unchanged,

@@ -119,7 +119,7 @@ def connection_state(request, pk: int):
 @login_required
 @require_POST
 def connection_sync(request, pk: int):
-    """Manual resync (full, one entity, last hour, unpaid); a second click reuses the active run."""
+    """Manual resync (full, one entity, new data since the last sync, unpaid); a second click reuses the active run."""
     connection = get_visible_or_404(Connection, request.user, pk=pk)
     form = SyncRequestForm(request.POST)
     if not form.is_valid():
@@ -138,24 +138,25 @@ def report_sync_queued(request, run, started: bool) -> None:
     """Tell the person what their resync click did (queued, already running, or already done inline)."""
     run.refresh_from_db()
     if not started:
-        messages.info(request, f"A sync is already {run.get_state_display().lower()} ({run.get_scope_display()}); "
+        messages.info(request, f"A sync is already {run.get_state_display().lower()} ({run.scope_label}); "
                                "no second one was started.")
     elif run.is_active:
-        messages.success(request, f"Sync queued: {run.get_scope_display()}.")
+        messages.success(request, f"Sync queued: {run.scope_label}.")
     else:
-        messages.success(request, f"Sync {run.get_state_display().lower()}: {run.get_scope_display()}.")
+        messages.success(request, f"Sync {run.get_state_display().lower()}: {run.scope_label}.")
 
 
 @login_required
 def connection_detail(request, pk: int):
-    connection = get_visible_or_404(Connection.objects.select_related("partner"), request.user, pk=pk)
+    connection = selectors.connection_for_page(user=request.user, pk=pk)
     health = selectors.connection_health(connection=connection)
     runs = selectors.connection_runs(connection=connection)
-    progress_run = health.current_run or health.last_run
+    progress_run = selectors.connection_progress_run(connection=connection)
     context = {
         "connection": connection,
         "health": health,
         "runs": runs,
+        "webhook_runs": selectors.connection_webhook_runs(connection=connection),
         "chart": runs_chart(runs[:20]),
         "progress": selectors.run_progress(progress_run) if progress_run else None,
         "errors": selectors.connection_open_errors(connection=connection),

@@ -37,10 +37,7 @@ def run_progress(request, pk: int):
 def connection_progress(request, pk: int):
     """The connection's running (or last) sync, for the progress bar on its page."""
     connection = get_visible_or_404(Connection, request.user, pk=pk)
-    run = (
-        SyncRun.objects.filter(connection=connection, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).order_by("-queued_at").first()
-        or SyncRun.objects.filter(connection=connection).order_by("-queued_at", "-id").first()
-    )
+    run = selectors.connection_progress_run(connection=connection)
     return JsonResponse({"run": selectors.run_progress(run) if run else None})
 
 

@@ -25,6 +25,9 @@
           set("done", run.done);
           set("total", run.total || "?");
           set("percent", run.percent);
+          set("progress_text", run.progress_text);
+          set("phases_text", run.phases_text);
+          if (bar && run.progress_text) bar.setAttribute("aria-valuetext", run.progress_text);
           if (run.active) {
             setTimeout(tick, 1500);
           } else {

@@ -239,7 +239,8 @@ def test_connection_test_warns_about_blocked_features(alice_client, partner, mak
     monkeypatch.setattr(connection_services, "probe_shape", probe_finding_no_flag)
     connection = make_connection(partner, halo_sandbox)
     body = alice_client.post(reverse("connection_test", kwargs={"pk": connection.pk}), follow=True).content.decode()
-    assert "Connected." in body and body.count("HaloPSA shows no invoice-access flag.") == 2  # message + page
+    # The message, the health summary (needs attention) and the shape section.
+    assert "Connected." in body and body.count("HaloPSA shows no invoice-access flag.") == 3
 
 
 # --- saving checks the URL and the credentials, then starts the first sync (issue 17 item 7) ------
