@@ -182,7 +182,6 @@ def test_run_page_names_the_run_and_its_steps(alice_client, partner, make_connec
     run, _ = _watch(connection, scope="entity", entity="invoices")
     body = alice_client.get(reverse("run_detail", kwargs={"pk": run.pk})).content.decode()
     assert "<h1>Resync of invoices</h1>" in body
-    steps = body[body.index('<ol class="phase-list">'):body.index("</ol>", body.index('<ol class="phase-list">'))]
     count = Invoice.objects.filter(connection=connection).count()
-    assert steps == f'<ol class="phase-list"><li class="phase-done">Invoices: {count}</li>'
+    assert f'data-field="phases_text">Invoices: {count}</p>' in body  # its one step
     assert "Trigger</dt><dd>Manual</dd>" in body
