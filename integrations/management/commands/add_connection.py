@@ -1,7 +1,11 @@
 """`manage.py add_connection --partner NAME --name NAME --url URL --client-id ID --client-secret SECRET [--tenant T]`
 
 Creates the partner if it does not exist and the connection (with its hourly schedule); prints
-the new connection's id as the last line.
+the new connection's id as the last line. Refuses (CommandError, nothing created) a URL the portal
+does not call (https only unless HALOPSA_ALLOW_PRIVATE_NETWORKS; no private address; no
+user:password@) and a second connection of the partner to the same HaloPSA URL and client id.
+Unlike the dashboard's form it does not ask HaloPSA first, so it works while HaloPSA is
+unreachable; the version is detected afterwards, best effort.
 """
 from __future__ import annotations
 
