@@ -178,14 +178,20 @@ def active_flags(query: Mapping[str, str]) -> tuple[bool, bool]:
     return bool(q_bool(query, "includeactive", True)), bool(q_bool(query, "includeinactive", False))
 
 
+# Set by the "page_drift" fault on the query it hands to the list handlers (faults.py).
+DRIFT_PARAM = "_sandbox_drift"
+
+
 def paged(query: Mapping[str, str], total: int) -> tuple[slice, dict[str, Any]]:
     """Rows to serve and the envelope's paging fields. Pages are capped at 100 rows."""
     if q_bool(query, "pageinate", False):
         size = q_int(query, "page_size")
         size = shapes.DEFAULT_PAGE_SIZE if not size or size < 1 else min(size, shapes.PAGE_CAP)
         page_no = max(q_int(query, "page_no") or 1, 1)
-        start = (page_no - 1) * size
-        return slice(start, start + size), {"page_no": page_no, "page_size": size, "record_count": total}
+        # page_drift: `drift` rows added before this page move it back (rows repeat), deleted ones forward.
+        drift = q_int(query, DRIFT_PARAM) or 0
+        start = max((page_no - 1) * size - drift, 0)
+        return slice(start, start + size), {"page_no": page_no, "page_size": size, "record_count": max(total + drift, 0)}
     count = q_int(query, "count")
     return slice(0, count if count and count > 0 else total), {"record_count": total}
 
@@ -863,6 +869,34 @@ def pdf_filename(invoice: Invoice) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_INVALID_UTF8_MARK = "\u0001sandbox-invalid-utf8\u0001"
+
+
+def _records_of(payload: Any) -> list[Any] | None:
+    """The records of a list envelope or bare array, or [the object] for a single record."""
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict):
+        rows = next((v for v in payload.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
+        if rows is None and "id" in payload:
+            return [payload]
+        return rows
+    return None
+
+
+def _with_invalid_utf8(response: Response, rng_value: int) -> bytes:
+    """The answer's JSON with one record's `client_name` (an invoice) or `name` holding "Caf" + 0xE9
+    (latin-1 é, not UTF-8); the rest of the body stays valid."""
+    payload = response.payload
+    rows = _records_of(payload)
+    if not rows or not isinstance(rows[0], dict):
+        return response.body()
+    row = rows[rng_value % len(rows)]
+    field_name = "client_name" if "client_name" in row or "invoicenumber" in row else "name"  # an invoice, else a client or user
+    row[field_name] = _INVALID_UTF8_MARK
+    return response.body().replace(shapes.dumps(_INVALID_UTF8_MARK), b'"Caf\xe9"')
+
+
 def _corrupt_one_record(payload: Any, rng_value: int) -> Any:
     """Break one record while the body stays valid JSON: a non-numeric amount ("abc") or a
     missing id. Works on list envelopes, bare arrays and single objects."""
@@ -937,6 +971,43 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _send_trickle(self, response: Response, chunk: int, delay: float) -> None:
+        """The headers at once, then the body `chunk` bytes every `delay` seconds (until the client leaves)."""
+        body = response.body()
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for start in range(0, len(body), chunk):
+                self.wfile.write(body[start:start + chunk])
+                self.wfile.flush()
+                time.sleep(delay)
+        except OSError:  # the client gave up
+            self.close_connection = True
+
+    def _send_huge(self, size: int, declare_length: bool) -> None:
+        """A 200 answer of `size` bytes of valid JSON, written 64 KB at a time (never built whole)."""
+        head, tail = b'{"record_count":1,"invoices":[{"id":1,"padding":"', b'"}]}'
+        padding = max(size - len(head) - len(tail), 0)
+        self.send_response(200)
+        self.send_header("Content-Type", JSON_TYPE)
+        if declare_length:
+            self.send_header("Content-Length", str(len(head) + padding + len(tail)))
+        else:
+            self.send_header("Connection", "close")  # the end of the body is the end of the connection
+            self.close_connection = True
+        self.end_headers()
+        block = b"x" * 65536
+        try:
+            self.wfile.write(head)
+            while padding > 0:
+                self.wfile.write(block[:padding])
+                padding -= min(padding, len(block))
+            self.wfile.write(tail)
+        except OSError:  # the client refused to read on
+            self.close_connection = True
+
     def _drop(self) -> None:
         self.close_connection = True
         try:
@@ -964,8 +1035,17 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._send(response)
             return
 
-        fault = sandbox.faults.pick(method, path)
+        fault = sandbox.faults.pick(method, path, query)
         mode = fault.mode if fault else None
+        served_query = query  # what the resource sees (faults may change it); the log keeps the request's
+        if mode == "huge_body":
+            sandbox._log(method, path, query, 200, started, mode)
+            self._send_huge(fault.size, fault.declare_length)
+            return
+        if mode == "endless_pages" and q_bool(query, "pageinate", False):
+            served_query = {**query, "page_no": "1"}
+        if mode == "page_drift" and (q_int(query, "page_no") or 1) >= 2:
+            served_query = {**query, DRIFT_PARAM: str(fault.shift)}
         if mode == "status":
             headers = {}
             if fault.retry_after is not None:
@@ -992,7 +1072,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             sandbox.expire_tokens()
 
         try:
-            response = sandbox.handle_halo(method, path, query, body, self.headers)
+            response = sandbox.handle_halo(method, path, served_query, body, self.headers)
         except Exception as exc:
             response = Response(500, {"ClassName": type(exc).__name__, "Message": "An error has occurred.",
                                       "ExceptionMessage": str(exc)})
@@ -1006,6 +1086,14 @@ class SandboxHandler(BaseHTTPRequestHandler):
             response = Response(200, raw=full[: max(1, len(full) // 2)], content_type=JSON_TYPE)
         elif mode == "malformed_record" and response.payload is not None:
             response.payload = _corrupt_one_record(response.payload, sandbox.faults._random.randrange(1 << 30))
+        elif mode == "endless_pages" and isinstance(response.payload, dict) and "record_count" in response.payload:
+            response.payload = {**response.payload, "page_no": q_int(query, "page_no") or 1,
+                                "record_count": response.payload["record_count"] * 1000}
+        elif mode == "invalid_utf8" and response.payload is not None:
+            response.raw = _with_invalid_utf8(response, sandbox.faults._random.randrange(1 << 30))
         # Logged before sending, so a client that got its answer always finds the entry.
         sandbox._log(method, path, query, response.status, started, mode)
+        if mode == "trickle":
+            self._send_trickle(response, fault.chunk, fault.delay)
+            return
         self._send(response)

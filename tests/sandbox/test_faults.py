@@ -151,3 +151,74 @@ def test_control_body_not_json_and_unknown_endpoint(halo_sandbox):
     assert response.status_code == 400
     assert requests.get(f"{halo_sandbox.url}/_sandbox/nothing", timeout=10).status_code == 404
     assert requests.delete(f"{halo_sandbox.url}/_sandbox/invoices/999", timeout=10).status_code == 404
+
+
+# --- a hostile or broken server (issue 17 items 9-12) ---------------------------------------------
+
+
+def _invoice_page(session, server, page_no, **params):
+    query = {"pageinate": "true", "page_size": 3, "page_no": page_no, **params}
+    return session.get(f"{server.url}/api/Invoice", params=query)
+
+
+def test_query_match_fires_only_on_the_named_parameters(halo_sandbox, halo_session):
+    _fault(halo_sandbox, mode="status", status=500, path="/api/Invoice", query={"page_no": "2"})
+    assert _invoice_page(halo_session, halo_sandbox, 1).status_code == 200
+    assert _invoice_page(halo_session, halo_sandbox, 2).status_code == 500
+
+
+def test_trickle_sends_the_same_body_a_few_bytes_at_a_time(halo_sandbox, halo_session):
+    expected = halo_session.get(f"{halo_sandbox.url}/api/InstanceInfo").content
+    _fault(halo_sandbox, mode="trickle", chunk=len(expected) // 4 + 1, delay=0.05)
+    started = time.monotonic()
+    response = halo_session.get(f"{halo_sandbox.url}/api/InstanceInfo", stream=True)
+    assert response.headers["Content-Length"] == str(len(expected))
+    pieces = list(response.iter_content(None))
+    assert b"".join(pieces) == expected and time.monotonic() - started >= 0.15  # 4 pieces, 0.05 s apart
+    assert halo_sandbox.request_log[-1]["fault"] == "trickle"
+
+
+@pytest.mark.parametrize("declare_length", [True, False])
+def test_huge_body_is_streamed_with_or_without_its_length(halo_sandbox, halo_session, declare_length):
+    _fault(halo_sandbox, mode="huge_body", size=300_000, declare_length=declare_length)
+    response = halo_session.get(f"{halo_sandbox.url}/api/Invoice")
+    assert response.status_code == 200 and len(response.content) == 300_000
+    assert ("Content-Length" in response.headers) is declare_length
+    assert response.json()["invoices"][0]["id"] == 1
+
+
+def test_endless_pages_repeat_the_first_page_and_claim_far_more(halo_sandbox, halo_session):
+    truth = _invoice_page(halo_session, halo_sandbox, 1).json()
+    _fault(halo_sandbox, mode="endless_pages", path="/api/Invoice", count=2)
+    second, third = (_invoice_page(halo_session, halo_sandbox, n).json() for n in (2, 3))
+    for page, number in ((second, 2), (third, 3)):
+        assert [r["id"] for r in page["invoices"]] == [r["id"] for r in truth["invoices"]]
+        assert page["page_no"] == number and page["record_count"] == truth["record_count"] * 1000
+
+
+@pytest.mark.parametrize("shift", [1, -1])
+def test_page_drift_moves_pages_from_the_second_on(halo_sandbox, halo_session, shift):
+    ids = [r["id"] for n in (1, 2, 3) for r in _invoice_page(halo_session, halo_sandbox, n).json()["invoices"]]
+    _fault(halo_sandbox, mode="page_drift", shift=shift, path="/api/Invoice", ratio=1)
+    first = _invoice_page(halo_session, halo_sandbox, 1).json()
+    second = _invoice_page(halo_session, halo_sandbox, 2).json()
+    assert [r["id"] for r in first["invoices"]] == ids[:3]  # page 1 as it was
+    # Added rows: the last row of page 1 comes again; deleted ones: the first row of page 2 is skipped.
+    assert [r["id"] for r in second["invoices"]] == (ids[2:5] if shift == 1 else ids[4:7])
+    assert second["record_count"] == first["record_count"] + shift
+    assert halo_sandbox.store.get_invoice(ids[3]) is not None  # the data did not change
+
+
+def test_invalid_utf8_breaks_one_record_of_a_valid_page(halo_sandbox, halo_session):
+    _fault(halo_sandbox, mode="invalid_utf8", path="/api/Invoice")
+    raw = halo_session.get(f"{halo_sandbox.url}/api/Invoice").content
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    assert raw.count(b'"Caf\xe9"') == 1
+    page = json.loads(raw.decode("utf-8", "replace"))
+    assert sum(r["client_name"] == "Caf\ufffd" for r in page["invoices"]) == 1
+
+
+def test_new_modes_validate_their_options(halo_sandbox):
+    for body in ({"mode": "trickle", "chunk": 0}, {"mode": "huge_body", "size": -1}, {"mode": "status", "query": "page_no=2"}):
+        assert requests.post(f"{halo_sandbox.url}/_sandbox/faults", json=body, timeout=10).status_code == 400
