@@ -187,6 +187,17 @@ HALOPSA_READ_TIMEOUT = env.float("HALOPSA_READ_TIMEOUT", default=60.0)
 HALOPSA_RATE_LIMIT = env.int("HALOPSA_RATE_LIMIT", default=300)
 HALOPSA_RATE_WINDOW = env.int("HALOPSA_RATE_WINDOW", default=300)
 HALOPSA_MAX_RETRIES = env.int("HALOPSA_MAX_RETRIES", default=5)
+# The partner types the HaloPSA URL, so the server may be slow or hostile on purpose
+# (docs/reliability.md, "Hostile or broken HaloPSA"). One whole request (connect, answer and body
+# together: a read timeout never trips on a body trickling a byte a second) may take this long;
+# HaloPSA's slowest healthy pages take tens of seconds.
+HALOPSA_REQUEST_DEADLINE = env.float("HALOPSA_REQUEST_DEADLINE", default=120.0)
+# Largest answer read, streamed and refused beyond this (never read whole first): a page of 100
+# invoices with their lines is a few MB, and parsed JSON takes several times its size in memory.
+HALOPSA_MAX_RESPONSE_BYTES = env.int("HALOPSA_MAX_RESPONSE_BYTES", default=64 * 1024 * 1024)
+# A list may run this many pages (or a tenth, if more) past what its first record_count said
+# before its read stops with an error: records added during a long read fit, an endless list not.
+HALOPSA_LIST_EXTRA_PAGES = env.int("HALOPSA_LIST_EXTRA_PAGES", default=10)
 HALOPSA_WEBHOOK_MAX_BODY = env.int("HALOPSA_WEBHOOK_MAX_BODY", default=256 * 1024)
 # Inbound webhooks (docs/webhooks.md). A connection authenticates them one way: Basic, or an HMAC
 # signature when it has an HMAC secret. The signature travels in this header: base64 HMAC-SHA256
@@ -251,6 +262,13 @@ HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS = env.int("HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOU
 # Where users' list rows lack the billing flag (canaccessinvoices, reference §4.2): GET /Users/{id}
 # calls one run may make, for users whose list row changed; the rest wait for the next run.
 HALOPSA_SYNC_USER_DETAILS_PER_RUN = env.int("HALOPSA_SYNC_USER_DETAILS_PER_RUN", default=250)
+# One sync run stops cleanly after this long (what it read is saved; the next run reads the rest),
+# and never later than 90 % of Q_TIMEOUT, so a slow HaloPSA never gets the worker killed.
+HALOPSA_SYNC_RUN_SECONDS = env.int("HALOPSA_SYNC_RUN_SECONDS", default=1500)
+# Records a full read did not list are flagged deleted only once HaloPSA confirms it (a list paged
+# while records are deleted skips live rows): up to this many are read one by one (a request
+# each), more are checked against one id-only list.
+HALOPSA_SYNC_DELETION_CHECKS = env.int("HALOPSA_SYNC_DELETION_CHECKS", default=20)
 
 # --- Background jobs (django-q2) --------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -11,6 +11,12 @@ What it owns:
 - resilience: timeouts on every call, retries with exponential backoff and full jitter on 429,
   500 (at most twice), 502/503/504, connection errors and timeouts of idempotent requests;
   Retry-After honoured (a long one raises HaloRateLimited so the caller reschedules);
+- limits a hostile or broken server cannot stretch (the URL is typed by a partner): each whole
+  exchange ends within `request_deadline` seconds (connect, answer and body together, however
+  slowly the bytes trickle), bodies are streamed and refused beyond `max_response_bytes` (never
+  read whole first), an optional `deadline` (a sync run's end) stops retries, waits and requests
+  that would pass it, and list paging stops with an error when pages repeat or run past what
+  `record_count` said by a margin;
 - exactly-once payments: `create_payment` looks the payment up by our reference before posting
   and after any ambiguous outcome, so it is safe to call again. The lookup lists the invoice's
   payments exactly and matches on our side (never `search`), or refuses to answer;
@@ -20,6 +26,8 @@ What it owns:
 - request statistics (`RequestStats`) a sync run can share.
 
 Records are returned as parsed JSON dicts (numbers as Decimal); mapping them is mapping.py's job.
+Text that is not valid UTF-8 fails only the records that hold it: they carry the fields it was in
+under `payloads.INVALID_TEXT_KEY` (the bad bytes shown as U+FFFD), and mapping.py refuses them.
 """
 from __future__ import annotations
 
@@ -51,6 +59,7 @@ from .exceptions import (
     HaloAuthError,
     HaloBadResponse,
     HaloConnectionError,
+    HaloDeadlineReached,
     HaloError,
     HaloNotFound,
     HaloPaymentsUnlistable,
@@ -61,7 +70,7 @@ from .exceptions import (
     HaloTimeout,
     UnsafeURLError,
 )
-from .outbound import safe_session, validate_url
+from .outbound import RequestDeadline, request_deadline, safe_session, validate_url
 from .shape import BARE_ARRAY, PAYMENTS_VIA_INVOICE, PAYMENTS_VIA_LIST, UNKNOWN
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,6 +83,10 @@ TOKEN_EARLY_REFRESH = 60.0  # seconds before expiry at which a cached token is r
 RETRY_AFTER_CAP = 120.0  # longer Retry-After values are handed to the caller (HaloRateLimited)
 BACKOFF_CAP = 60.0
 MAX_500_RETRIES = 2  # a 500 is usually a bug in HaloPSA for this request; retry it a little only
+# An answer that took its whole deadline is tried once more: a server that slow is rarely faster
+# the third time, and each try may hold the worker for the full deadline.
+MAX_DEADLINE_RETRIES = 1
+BODY_CHUNK = 64 * 1024  # bytes read from a streamed body at a time
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 EXCERPT_CHARS = 160
@@ -81,6 +94,12 @@ EXCERPT_CHARS = 160
 ENVELOPE_CLIENTS = "clients"
 ENVELOPE_USERS = "users"
 ENVELOPE_INVOICES = "invoices"
+# The id-only lists of the deletion sweep: the same filters as each list's full read.
+_ID_LISTS = {
+    ENVELOPE_CLIENTS: ("Client", {"includeactive": "true", "includeinactive": "true"}),
+    ENVELOPE_USERS: ("Users", {"includeactive": "true", "includeinactive": "true"}),
+    ENVELOPE_INVOICES: ("Invoice", {}),
+}
 # GET /InvoicePayment's list key is undocumented (reference §2, §11.7): these first, then any
 # single list-valued key (`payment_rows`).
 PAYMENT_LIST_KEYS = ("invoicepayments", "payments")
@@ -120,6 +139,9 @@ class Page:
     records: list[dict[str, Any]]
     record_count: int  # total rows matching the query, for progress
     page_no: int
+    # Rows of this page left out because an earlier page of the same read already had their id:
+    # the list changed while it was read (page drift). Each record is yielded once per read.
+    repeated: int = 0
 
 
 @dataclass
@@ -174,6 +196,30 @@ def dumps_json(payload: Any) -> bytes:
 
     text = json.dumps(payload, default=default, separators=(",", ":"))
     return _DECIMAL_MARK_RE.sub(r"\1", text).encode("utf-8")
+
+
+def list_extra_pages(record_count: int, page_size: int) -> int:
+    """How many pages a list may run past what its first record_count implies before the read
+    stops: HALOPSA_LIST_EXTRA_PAGES (default 10), or a tenth more when that is more (records
+    added while a long read runs)."""
+    extra = max(0, int(getattr(settings, "HALOPSA_LIST_EXTRA_PAGES", 10)))
+    return max(extra, -(-record_count // page_size) // 10)
+
+
+def _first_sightings(records: list[Any], read_ids: set[Any]) -> list[Any]:
+    """`records` less those whose id is already in `read_ids` (then adds the new ids). Records
+    without a usable id are always kept: mapping reports them."""
+    fresh = []
+    for record in records:
+        record_id = record.get("id") if type(record) is dict else None
+        if record_id is not None and type(record_id) is not int:
+            record_id = str(record_id) if isinstance(record_id, (str, Decimal)) else None
+        if record_id is None:
+            fresh.append(record)
+        elif record_id not in read_ids:
+            read_ids.add(record_id)
+            fresh.append(record)
+    return fresh
 
 
 def _same_id(value: Any, expected: int) -> bool:
@@ -318,6 +364,9 @@ class HaloClient:
         max_retries: int | None = None,
         retry_base_delay: float | None = None,
         sleep: Callable[[float], None] | None = None,
+        request_deadline: float | None = None,
+        max_response_bytes: int | None = None,
+        deadline: float | None = None,
     ):
         self.base_url = (base_url or "").strip().rstrip("/")
         self.auth_url = (auth_url or "").strip().rstrip("/")
@@ -332,6 +381,16 @@ class HaloClient:
             read_timeout if read_timeout is not None else getattr(settings, "HALOPSA_READ_TIMEOUT", 60.0)
         )
         self.max_retries = int(max_retries if max_retries is not None else getattr(settings, "HALOPSA_MAX_RETRIES", 5))
+        # One whole exchange (connect, answer, body), however slowly its bytes arrive.
+        self.request_deadline = float(
+            request_deadline if request_deadline is not None else getattr(settings, "HALOPSA_REQUEST_DEADLINE", 120.0)
+        )
+        self.max_response_bytes = int(
+            max_response_bytes if max_response_bytes is not None
+            else getattr(settings, "HALOPSA_MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+        )
+        # time.monotonic() by which the caller's work must end (a sync run's deadline), or None.
+        self.deadline = deadline
         self.retry_base_delay = float(
             retry_base_delay if retry_base_delay is not None else getattr(settings, "HALOPSA_RETRY_BASE_DELAY", 1.0)
         )
@@ -536,6 +595,7 @@ class HaloClient:
     ) -> Any:
         attempt = 0
         retries_500 = 0
+        retries_deadline = 0
         while True:
             attempt += 1
             try:
@@ -553,6 +613,9 @@ class HaloClient:
                 if error.status == 500:
                     retries_500 += 1
                     retryable = retryable and retries_500 <= MAX_500_RETRIES
+                if failure.kind == "deadline":
+                    retries_deadline += 1
+                    retryable = retryable and retries_deadline <= MAX_DEADLINE_RETRIES
                 if not retryable:
                     raise error from None
                 delay = self._backoff(attempt)
@@ -565,6 +628,8 @@ class HaloClient:
                         ) from None
                     # At least what HaloPSA asked for, plus a little jitter so workers do not stampede.
                     delay = failure.retry_after + random.uniform(0, self.retry_base_delay)
+                if self._time_left() is not None and delay >= self._time_left():
+                    raise self._deadline_reached(f"{method} {self._log_path(url)} failed ({error.message})") from None
                 self.stats.add(retries=1)
                 logger.info("halopsa retrying %s %s in %.2f s after: %s", method, self._log_path(url), delay, error.message)
                 self._sleep(delay)
@@ -572,6 +637,32 @@ class HaloClient:
     def _backoff(self, attempt: int) -> float:
         # Exponential backoff with full jitter (AWS Builders' Library).
         return random.uniform(0, min(BACKOFF_CAP, self.retry_base_delay * (2 ** (attempt - 1))))
+
+    def _time_left(self) -> float | None:
+        """Seconds until the caller's `deadline`, or None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def _deadline_reached(self, doing: str) -> HaloDeadlineReached:
+        return HaloDeadlineReached(f"The time allowed for this work ran out while HaloPSA was being called ({doing}).")
+
+    def _acquire_budget(self, doing: str) -> None:
+        """A slot of the request budget; never waited for past the caller's deadline."""
+        left = self._time_left()
+        if left is None:
+            self.budget.acquire()
+            return
+        if left <= 0:
+            raise self._deadline_reached(doing)
+        configured = self.budget.max_wait
+        self.budget.max_wait = min(configured, left)
+        try:
+            self.budget.acquire()
+        except HaloRateLimited:
+            if configured > left:  # the wait was cut short by the deadline, not by the budget's own limit
+                raise self._deadline_reached(f"{doing}, waiting for the request budget") from None
+            raise
+        finally:
+            self.budget.max_wait = configured
 
     def _attempt(
         self,
@@ -587,7 +678,8 @@ class HaloClient:
         kind: str,
         attempt: int,
     ) -> Any:
-        self.budget.acquire()
+        path = self._log_path(url)
+        self._acquire_budget(f"{method} {path}")
         headers = {"Accept": "application/json" if expect == "json" else "*/*"}
         body: bytes | None = None
         if token is not None:
@@ -595,51 +687,44 @@ class HaloClient:
         if json_body is not None:
             headers["Content-Type"] = "application/json"
             body = dumps_json(json_body)
+        # The whole exchange ends by the request deadline, or by the caller's deadline if sooner.
+        left = self._time_left()
+        limit = self.request_deadline if left is None else min(self.request_deadline, left)
+        if limit <= 0:
+            raise self._deadline_reached(f"{method} {path}")
         started = time.monotonic()
-        path = self._log_path(url)
         status: int | str = "-"
-        try:
-            response = self.session.request(
-                method, url, params=params, data=data if data is not None else body, headers=headers,
-                timeout=(self.connect_timeout, self.read_timeout), allow_redirects=False,
-            )
-            status = response.status_code
-            content = response.content  # read here so a cut-off body counts as this attempt's failure
-            self.stats.add(bytes=len(content))
-        except UnsafeURLError:
-            status = "refused"  # nothing was sent
-            raise
-        except requests.exceptions.ConnectTimeout:
-            status = "connect-timeout"
-            self.stats.add(errors=1)
-            raise _Retry(HaloTimeout(
-                f"HaloPSA at {self._display_url(url)} did not accept a connection within "
-                f"{self.connect_timeout:g} seconds. Check the HaloPSA URL and that the instance is online."
-            ), kind="connect") from None
-        except requests.exceptions.Timeout:
-            status = "timeout"
-            self.stats.add(errors=1)
-            raise _Retry(HaloTimeout(
-                f"HaloPSA did not answer within {self.read_timeout:g} seconds; the request will be retried later."
-            ), kind="timeout") from None
-        except requests.exceptions.ConnectionError as exc:
-            status = "connection-error"
-            self.stats.add(errors=1)
-            error, failure_kind = self._connection_error(exc)
-            raise _Retry(error, kind=failure_kind) from None
-        except requests.exceptions.RequestException as exc:
-            status = "error"
-            self.stats.add(errors=1)
-            raise _Retry(HaloConnectionError(
-                f"The connection to HaloPSA failed ({type(exc).__name__}); the request will be retried later."
-            ), kind="ambiguous") from None
-        finally:
-            if status != "refused":
-                self.stats.add(requests=1)
-            logger.info(
-                "halopsa %s %s status=%s duration_ms=%d attempt=%d",
-                method, path, status, (time.monotonic() - started) * 1000, attempt,
-            )
+        response: requests.Response | None = None
+        with request_deadline(limit) as deadline:
+            try:
+                response = self.session.request(
+                    method, url, params=params, data=data if data is not None else body, headers=headers,
+                    timeout=(min(self.connect_timeout, limit), min(self.read_timeout, limit)), allow_redirects=False,
+                    stream=True,
+                )
+                status = response.status_code
+                content = self._read_body(response, path)  # here, so a cut-off body counts as this attempt's failure
+                if deadline.expired:  # cut while reading headers can look like a complete, empty answer
+                    raise requests.exceptions.ConnectionError("the request deadline passed")
+            except UnsafeURLError:
+                status = "refused"  # nothing was sent
+                raise
+            except HaloBadResponse:
+                status = "too-large"
+                raise
+            except (requests.exceptions.RequestException, OSError) as exc:
+                status = "deadline" if deadline.expired else "error"
+                self.stats.add(errors=1)
+                raise self._transport_failure(exc, deadline, limit, url, cut_by_caller=limit < self.request_deadline) from None
+            finally:
+                if response is not None and response._content is False:  # not read to the end: the connection is not reused
+                    response.close()
+                if status != "refused":
+                    self.stats.add(requests=1)
+                logger.info(
+                    "halopsa %s %s status=%s duration_ms=%d attempt=%d",
+                    method, path, status, (time.monotonic() - started) * 1000, attempt,
+                )
 
         if response.status_code >= 400 or 300 <= response.status_code < 400:
             self.stats.add(errors=1)
@@ -671,12 +756,70 @@ class HaloClient:
         if not content.strip():
             return None
         try:
-            return parse_json(content)
+            # Invalid UTF-8 fails only the records holding it (marked; mapping.py refuses them).
+            return parse_json(content, mark_invalid_text=True)
         except ValueError:
             raise _Retry(HaloBadResponse(
                 f"HaloPSA sent malformed JSON for {path} (starts: {self._excerpt(content)!r}).",
                 status=response.status_code,
             ), kind="body") from None
+
+    def _read_body(self, response: requests.Response, path: str) -> bytes:
+        """The whole body, streamed: refused (HaloBadResponse) as soon as it passes
+        `max_response_bytes`, by its Content-Length before anything is read, else as it arrives
+        (decompressed bytes count, so a small gzip bomb is refused too). Kept on the response,
+        so `response.content`/`text` work as usual."""
+        limit = self.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.strip().isdecimal() and int(declared) > limit:
+            raise self._too_large(path, f"it announced {int(declared):,} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(BODY_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large(path, f"more than {limit:,} bytes had arrived")
+                chunks.append(chunk)
+        finally:
+            self.stats.add(bytes=size)
+        content = b"".join(chunks)
+        response._content = content
+        return content
+
+    def _too_large(self, path: str, why: str) -> HaloBadResponse:
+        limit_mb = self.max_response_bytes / (1024 * 1024)
+        return HaloBadResponse(
+            f"HaloPSA's answer to {path} was larger than the {limit_mb:g} MB the portal accepts ({why}); it was not read. "
+            "A real HaloPSA page stays far below this: check the HaloPSA URL, or raise HALOPSA_MAX_RESPONSE_BYTES."
+        )
+
+    def _transport_failure(self, exc: BaseException, deadline: RequestDeadline, limit: float, url: str, *,
+                           cut_by_caller: bool) -> _Retry | HaloError:
+        """What an exception from sending or reading means, as the retry loop sees it."""
+        path = self._log_path(url)
+        if deadline.expired:
+            if cut_by_caller:
+                return self._deadline_reached(f"{path} was still answering")
+            return _Retry(HaloTimeout(
+                f"HaloPSA took longer than {limit:g} seconds to send its whole answer to {path} (connecting, "
+                "answering and the body together); the request will be retried later."
+            ), kind="deadline")
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return _Retry(HaloTimeout(
+                f"HaloPSA at {self._display_url(url)} did not accept a connection within "
+                f"{self.connect_timeout:g} seconds. Check the HaloPSA URL and that the instance is online."
+            ), kind="connect")
+        if isinstance(exc, requests.exceptions.Timeout):
+            return _Retry(HaloTimeout(
+                f"HaloPSA did not answer within {self.read_timeout:g} seconds; the request will be retried later."
+            ), kind="timeout")
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            error, failure_kind = self._connection_error(exc)
+            return _Retry(error, kind=failure_kind)
+        return _Retry(HaloConnectionError(
+            f"The connection to HaloPSA failed ({type(exc).__name__}); the request will be retried later."
+        ), kind="ambiguous")
 
     @staticmethod
     def _looks_like_expired_token(response: requests.Response) -> bool:
@@ -762,23 +905,48 @@ class HaloClient:
 
     def _pages(self, path: str, key: str, params: dict[str, Any], *, page_size: int = PAGE_SIZE) -> Iterator[Page]:
         """The list's pages, each requested only when the one before it has been consumed (a
-        caller that stops early costs no further request)."""
+        caller that stops early costs no further request).
+
+        Each record is yielded once per read: a row whose id an earlier page already had (the list
+        changed while it was read, "page drift") is left out and counted in `Page.repeated`. The
+        read stops with HaloBadResponse when a page brings nothing new (HaloPSA ignores page_no,
+        or serves the same rows again), or when it runs past what the first page's record_count
+        implies by more than the margin (`list_extra_pages`): an endless or lying list can hold
+        a worker only that long."""
         page_size = max(1, min(int(page_size), PAGE_SIZE))
         page_no = 1
-        seen = 0
+        rows = 0
+        first_count: int | None = None
+        read_ids: set[Any] = set()
         while True:
             query = {**params, "pageinate": "true", "page_size": page_size, "page_no": page_no}
             body = self._request("GET", path, params=query)
             records, record_count = self._envelope(body, key, path)
-            seen += len(records)
-            if records:
-                yield Page(records=records, record_count=record_count, page_no=page_no)
+            rows += len(records)
             # A page shorter than the size the server says it used is the last one. Trusting the
             # envelope's page_size (not ours) keeps a server with a smaller cap from ending early.
             served_size = body.get("page_size")
             if isinstance(served_size, bool) or not isinstance(served_size, int) or not 0 < served_size <= page_size:
                 served_size = page_size
-            if not records or len(records) < served_size or seen >= record_count:
+            if first_count is None:
+                first_count = record_count
+            fresh = _first_sightings(records, read_ids)
+            if records and not fresh:
+                raise HaloBadResponse(
+                    f"HaloPSA answered page {page_no} of /api/{path} with only records it had already sent on earlier pages "
+                    "(it ignores page_no, or the list changed that much while it was read). The read stops here; "
+                    "nothing is flagged as deleted, and the next sync reads the list again."
+                )
+            allowed_pages = -(-first_count // served_size) + list_extra_pages(first_count, served_size)
+            if page_no > allowed_pages or rows > allowed_pages * served_size:
+                raise HaloBadResponse(
+                    f"HaloPSA's list /api/{path} went on past page {allowed_pages} ({rows:,} rows) although it said it "
+                    f"held {first_count:,} records; the portal stops reading a list that does not end. "
+                    "Nothing is flagged as deleted; the next sync reads the list again."
+                )
+            if fresh:
+                yield Page(records=fresh, record_count=record_count, page_no=page_no, repeated=len(records) - len(fresh))
+            if not records or len(records) < served_size or rows >= record_count:
                 return
             page_no += 1
 
@@ -855,6 +1023,26 @@ class HaloClient:
         if newest_first:
             params.update(order="last_modified", orderdesc="true")
         return self._pages("Invoice", ENVELOPE_INVOICES, params, page_size=page_size)
+
+    def listed_ids(self, entity: str) -> set[int]:
+        """Every id of a list (ENVELOPE_CLIENTS, _USERS or _INVOICES) in one id-only call, with the
+        filters of that list's full read: GET /Client, /Users or /Invoice with idonly=true and no
+        paging (idonly is documented as not compatible with paging, reference §2). For the
+        deletion sweep's second look at many candidates. Raises HaloBadResponse when the answer is
+        visibly not the whole list (fewer rows than its record_count)."""
+        path, params = _ID_LISTS[entity]
+        body = self._request("GET", path, params={**params, "idonly": "true"})
+        if isinstance(body, list):  # a bare array: nothing to check it against
+            records, record_count = body, len(body)
+        else:
+            records, record_count = self._envelope(body, entity, path, require_count=False)
+        if record_count > len(records):
+            raise HaloBadResponse(
+                f"HaloPSA's id-only list {path} held {len(records):,} of the {record_count:,} records it counted, "
+                "so it cannot tell which records are gone."
+            )
+        return {value for value in (r.get("id") if isinstance(r, dict) else None for r in records)
+                if type(value) is int}
 
     def iter_clients(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         for page in self.client_pages(**kwargs):

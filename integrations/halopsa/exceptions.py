@@ -74,6 +74,14 @@ class HaloTimeout(HaloError):
     default_message = "HaloPSA did not answer in time; the request will be retried later."
 
 
+class HaloDeadlineReached(HaloError):
+    """The caller's own time limit (`HaloClient(deadline=...)`, a sync run's end) came before the
+    work was done: no further request, retry or wait was started. The caller words the message
+    for its context (a sync run says what it saved and that the next run goes on)."""
+
+    default_message = "The time allowed for this work ran out before HaloPSA had answered."
+
+
 class HaloBadResponse(HaloError):
     """HaloPSA answered with something that is not what its API returns (malformed JSON, wrong shape)."""
 

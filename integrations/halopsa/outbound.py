@@ -11,11 +11,21 @@ The partner types the URL we call, so the URL is a way into our network. Rules (
 - redirects are never followed (the client passes allow_redirects=False and reports a 3xx).
 Environment proxies and .netrc are ignored (trust_env=False): a proxy would move the check to the
 proxy's address and .netrc could add credentials.
+
+A partner's server may also be slow on purpose: per-socket timeouts bound each read, not a whole
+answer (one byte a second never trips a 60 s read timeout). `request_deadline` bounds one whole
+exchange (connect, request, answer and body): when it passes, a watcher thread shuts the
+exchange's socket down, which ends any read blocked on it, TLS included (docs/reliability.md).
 """
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -150,6 +160,7 @@ def safe_create_connection(
         sock = None
         try:
             sock = socket.socket(family, socktype, proto)
+            _watch_socket(sock)  # the deadline covers the connect too
             _set_socket_options(sock, socket_options)
             if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
                 sock.settimeout(timeout)
@@ -167,6 +178,15 @@ def safe_create_connection(
 
 
 class _SafeConnectionMixin:
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _watch_socket(self.sock)  # type: ignore[attr-defined] # after TLS: the socket the answer is read from
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is not None:  # type: ignore[attr-defined] # a kept-alive connection, used again
+            _watch_socket(self.sock)  # type: ignore[attr-defined]
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
     def _new_conn(self) -> socket.socket:  # mirrors urllib3.connection.HTTPConnection._new_conn
         try:
             return safe_create_connection(
@@ -222,3 +242,105 @@ def safe_session() -> requests.Session:
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-exchange deadlines
+
+
+class RequestDeadline:
+    """The wall-clock limit of one HTTP exchange. `expired` turns True when the watcher cut it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expires_at = time.monotonic() + seconds
+        self.expired = False
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """`sock` carries the exchange from now on (a new connection, TLS on top, a reused one)."""
+        with self._lock:
+            self._socket = sock
+            if self.expired:
+                _shut_down(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            _shut_down(self._socket)
+
+
+def _shut_down(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        # socket.socket's own shutdown, also for an SSLSocket (whose override would drop its TLS
+        # state under the reading thread): the reader then sees the connection end.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _DeadlineWatcher:
+    """One daemon thread per process that cuts exchanges whose deadline passed. Only exchanges in
+    flight are held (a handful, one per thread making a request), so a scan per wake-up is cheap."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._active: set[RequestDeadline] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: RequestDeadline) -> None:
+        with self._condition:
+            self._active.add(deadline)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="halopsa-request-deadlines", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def discard(self, deadline: RequestDeadline) -> None:
+        with self._condition:
+            self._active.discard(deadline)
+
+    def _run(self) -> None:
+        with self._condition:
+            while True:
+                now = time.monotonic()
+                for deadline in [d for d in self._active if d.expires_at <= now]:
+                    self._active.discard(deadline)
+                    deadline.expire()
+                soonest = min((d.expires_at for d in self._active), default=None)
+                self._condition.wait(None if soonest is None else max(soonest - now, 0.001))
+
+
+_watcher = _DeadlineWatcher()
+_current = threading.local()
+
+
+def _new_watcher_after_fork() -> None:
+    # A forked worker has no watcher thread, and the parent's lock may have been held at the fork.
+    global _watcher, _current
+    _watcher, _current = _DeadlineWatcher(), threading.local()
+
+
+os.register_at_fork(after_in_child=_new_watcher_after_fork)
+
+
+def _watch_socket(sock: socket.socket | None) -> None:
+    deadline = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+@contextmanager
+def request_deadline(seconds: float) -> Iterator[RequestDeadline]:
+    """Bound the HTTP exchange made inside the block (by this thread) to `seconds` in all."""
+    deadline = RequestDeadline(seconds)
+    _current.deadline = deadline
+    _watcher.add(deadline)
+    try:
+        yield deadline
+    finally:
+        _current.deadline = None
+        _watcher.discard(deadline)

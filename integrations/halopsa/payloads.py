@@ -2,6 +2,8 @@
 
 - `parse_json`: every non-integer number becomes a Decimal (money never touches float), and text
   PostgreSQL cannot store (NUL, lone surrogates; both valid JSON escapes) is made storable once.
+  With `mark_invalid_text` (HaloPSA answers) bytes that are not UTF-8 fail only the records that
+  hold them: each such record lists the fields under INVALID_TEXT_KEY, the bytes shown as U+FFFD.
 - `storable`: that text clean-up, for values that did not come through `parse_json`.
 - `PayloadEncoder`: the encoder of every JSON column that holds payloads (raw records, sync-error
   and webhook payloads): Decimals as exact strings, in one pass of orjson (a full sync writes
@@ -21,19 +23,94 @@ from typing import Any
 import orjson
 
 _UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+# The key under which a record lists its fields that held bytes that are not UTF-8 (mapping.py
+# refuses such a record; it is stored as a sync error with that list). Not a HaloPSA field name.
+INVALID_TEXT_KEY = "_invalid_utf8_fields"
+# What bytes that are not UTF-8 decode to with errors="surrogateescape": never produced by valid
+# UTF-8 (in a page that needed it, only a JSON escape of such a lone surrogate looks the same, and
+# that is no text either).
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+REPLACEMENT = "\ufffd"
 
 
-def parse_json(content: bytes | str, *, allow_constants: bool = True) -> Any:
-    """Parse HaloPSA JSON. `allow_constants=False` refuses NaN/Infinity (webhook bodies)."""
+def parse_json(content: bytes | str, *, allow_constants: bool = True, mark_invalid_text: bool = False) -> Any:
+    """Parse HaloPSA JSON. `allow_constants=False` refuses NaN/Infinity (webhook bodies).
+
+    Bytes that are not UTF-8 raise ValueError, unless `mark_invalid_text`: the page is then decoded
+    anyway and every record holding such bytes gets INVALID_TEXT_KEY (`mark_invalid_records`), so
+    one bad byte fails its record, not the page. Valid pages take the strict decode only."""
+    escaped = False
     if isinstance(content, bytes):
-        content = content.decode("utf-8-sig")
+        try:
+            content = content.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            if not mark_invalid_text:
+                raise
+            content = content.decode("utf-8-sig", "surrogateescape")
+            escaped = True
     options: dict[str, Any] = {"parse_float": Decimal, "parse_constant": NonFiniteNumber}
     if not allow_constants:
         options["parse_constant"] = _refuse_constant
     parsed = json.loads(content, **options)
+    if escaped:
+        parsed = mark_invalid_records(parsed)
     if _UNSTORABLE_ESCAPE.search(content):
         parsed = storable(parsed)
     return parsed
+
+
+def mark_invalid_records(body: Any) -> Any:
+    """A parsed answer whose text may hold escaped bytes that were not UTF-8: each record holding
+    some lists the paths of those fields under INVALID_TEXT_KEY (e.g. ["client_name",
+    "lines[2].item_shortdescription"]) and the bytes become U+FFFD. Records are the elements of a
+    bare array, the object itself when it has an `id` (GET by id), else the objects in the
+    envelope's lists; such bytes elsewhere in an envelope are only replaced."""
+    if isinstance(body, list):
+        return [_mark_record(item) for item in body]
+    if isinstance(body, dict) and "id" in body:
+        return _mark_record(body)
+    if isinstance(body, dict):
+        return {_replaced(key): [_mark_record(item) for item in value] if isinstance(value, list) else _clean(value)
+                for key, value in body.items()}
+    return _clean(body)
+
+
+def _mark_record(record: Any) -> Any:
+    if not isinstance(record, dict):
+        return _clean(record)
+    paths: list[str] = []
+    cleaned = _clean(record, "", paths)
+    if paths:
+        cleaned[INVALID_TEXT_KEY] = paths
+    return cleaned
+
+
+def _clean(value: Any, path: str = "", paths: list[str] | None = None) -> Any:
+    """`value` with escaped bytes replaced by U+FFFD; the path of each field that held some is
+    appended to `paths`."""
+    if isinstance(value, str):
+        if _ESCAPED_BYTE.search(value) is None:
+            return value
+        if paths is not None:
+            paths.append(path or "(value)")
+        return _replaced(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _ESCAPED_BYTE.search(key) is not None:
+                if paths is not None:
+                    paths.append(f"{path}.{_replaced(key)}" if path else _replaced(key))
+                key = _replaced(key)
+            out[key] = _clean(item, name, paths)
+        return out
+    if isinstance(value, list):
+        return [_clean(item, f"{path}[{index}]", paths) for index, item in enumerate(value)]
+    return value
+
+
+def _replaced(text: Any) -> Any:
+    return _ESCAPED_BYTE.sub(REPLACEMENT, text) if isinstance(text, str) else text
 
 
 class NonFiniteNumber(float):
