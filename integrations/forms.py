@@ -5,12 +5,12 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib.auth.base_user import BaseUserManager
-from django.utils import timezone
 
 from integrations.ids import ID_MAX, parse_id
 from integrations.models import Connection, Invoice, Partner, SyncRun, User
 from integrations.selectors import INVOICE_SORTS, InvoiceFilters, PaymentFilters
-from integrations.services.payments import SETTABLE_STATUSES
+from integrations.services.payments import (EARLIEST_PAYMENT_DATE, SETTABLE_STATUSES, invoice_status_choices,
+                                             latest_payment_date, payment_date_problem)
 
 CONNECTION_FIELDS = [
     "name", "base_url", "auth_url", "client_id", "tenant",
@@ -157,21 +157,82 @@ class ConnectionStateForm(forms.Form):
 
 
 class PaymentForm(forms.Form):
-    amount = forms.DecimalField(max_digits=14, decimal_places=2, min_value=Decimal("0.01"))
-    paid_on = forms.DateField(widget=DateInput(), required=False, help_text="Defaults to today.")
-    method = forms.CharField(max_length=60, required=False)
+    """A payment on one invoice. Bound to the invoice so an amount above its balance is an error
+    next to the field; `payment_record` checks everything again (the command and races)."""
+
+    amount = forms.DecimalField(max_digits=14, decimal_places=2, min_value=Decimal("0.01"),
+                                widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
+                                error_messages={"invalid": "Enter an amount such as 12.34.",
+                                                "min_value": "A payment must be greater than zero.",
+                                                "max_decimal_places": "Use at most two decimal places (cents).",
+                                                "max_digits": "That amount is too large."})
+    paid_on = forms.DateField(label="Paid on", widget=DateInput(), required=False,
+                              help_text="Defaults to today. From 2000-01-01 to today.",
+                              error_messages={"invalid": "Enter a date as YYYY-MM-DD."})
+    method = forms.CharField(max_length=60, required=False, help_text="e.g. card, bank transfer.")
     reference = forms.CharField(max_length=100, required=False, help_text="Optional; one is generated when blank.")
+
+    def __init__(self, *args, invoice: Invoice | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.invoice = invoice
+        self.fields["paid_on"].widget.attrs.update(min=EARLIEST_PAYMENT_DATE.isoformat(),
+                                                   max=latest_payment_date().isoformat())
+        if invoice is not None and invoice.balance > 0:
+            self.fields["amount"].widget.attrs["placeholder"] = f"{invoice.balance}"
+
+    def clean_amount(self):
+        amount = self.cleaned_data["amount"]
+        if self.invoice is not None and amount > self.invoice.balance:
+            raise forms.ValidationError(
+                f"More than the balance ({self.invoice.balance:,.2f} {self.invoice.currency}); overpayments are refused.")
+        return amount
 
     def clean_paid_on(self):
         paid_on = self.cleaned_data.get("paid_on")
-        if paid_on and paid_on > timezone.now().date():
-            raise forms.ValidationError("A payment cannot be dated in the future.")
+        problem = payment_date_problem(paid_on) if paid_on is not None else ""
+        if problem:
+            raise forms.ValidationError(problem)
         return paid_on
 
 
 class InvoiceStatusForm(forms.Form):
+    """The status menu: pre-selects the invoice's status and offers only the changes that make
+    sense from it (payments.invoice_status_choices). Any status a person may set is accepted, so a
+    change the menu does not offer reaches the service and is refused there with the reason."""
+
     # Only what a person may set: "partially paid" follows from the payments, never chosen by hand.
-    status = forms.ChoiceField(choices=[(value, label) for value, label in Invoice.Status.choices if value in SETTABLE_STATUSES])
+    status = forms.ChoiceField(choices=[(value, label) for value, label in Invoice.Status.choices if value in SETTABLE_STATUSES],
+                               error_messages={"invalid_choice": "Choose a valid status.", "required": "Choose a status."})
+
+    ACTION_LABELS = {
+        Invoice.Status.PAID: "Paid (mark the balance as paid)",
+        Invoice.Status.VOID: "Void (owes nothing)",
+        Invoice.Status.OPEN: "Open",
+    }
+
+    def __init__(self, *args, invoice: Invoice | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.invoice = invoice
+        if invoice is None:
+            return
+        current = invoice.status
+        self.initial.setdefault("status", current)
+        menu = [(current, f"{invoice.get_status_display()} (now)")]
+        for status in invoice_status_choices(invoice):
+            label = self.ACTION_LABELS[status]
+            if status == Invoice.Status.OPEN:
+                label = "Open (un-void)" if current == Invoice.Status.VOID else "Open (cancel the mark as paid)"
+            menu.append((status, label))
+        field = self.fields["status"]
+        field.choices = [*field.choices, *([(current, menu[0][1])] if current not in SETTABLE_STATUSES else [])]
+        field.widget.choices = menu
+
+    def clean_status(self):
+        status = self.cleaned_data["status"]
+        if self.invoice is not None and status == self.invoice.status:
+            raise forms.ValidationError(f"It is already {self.invoice.get_status_display().lower()}; "
+                                        "choose the status to change it to.")
+        return status
 
 
 class ListFilterForm(forms.Form):

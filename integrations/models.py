@@ -454,7 +454,9 @@ class Payment(models.Model):
     source = models.CharField(max_length=10, choices=Origin.choices)
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PAYMENT)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
-    paid_on = models.DateField()
+    # None: HaloPSA's date could not be read (missing, a "no date" sentinel, junk): shown as unknown,
+    # never a reason to stop syncing the invoice. Platform payments always carry one (2000 to today).
+    paid_on = models.DateField(null=True, blank=True)
     method = models.CharField(max_length=60, blank=True)
     # For platform payments: the stable reference pushed to HaloPSA (found again on retries).
     reference = models.CharField(max_length=100, blank=True)

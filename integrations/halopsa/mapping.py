@@ -420,15 +420,19 @@ def is_credit_note(payload: Mapping[str, Any]) -> bool:
 
 def invoice_status(*, total: Decimal, amount_paid: Decimal, balance: Decimal, voided: bool,
                    paymentstatus: int | None = None) -> str:
-    """open | partially_paid | paid | void, from HaloPSA's voided flag, paymentstatus (-1 and 0
-    unpaid, 1 partially paid, 2 paid) and amounts: nothing (or less than nothing) left to collect
-    is paid, something paid but not all is partially paid. `balance` is map_invoice's (never 0
-    just because HaloPSA left `amountdue` at 0 on an invoice nothing was paid on)."""
+    """open | partially_paid | paid | void, from HaloPSA's voided flag and the amounts.
+
+    The amounts decide, never `paymentstatus` alone: the status shown must not contradict the
+    balance shown (issue 17). Nothing (or less than nothing) left to collect is paid; something
+    paid, or a balance below the total, is partially paid. `balance` is map_invoice's, which
+    already reads paymentstatus where HaloPSA's amountdue is ambiguous (0 with nothing paid).
+    `paymentstatus` is accepted for the callers' convenience and otherwise unused.
+    """
     if voided:
         return STATUS_VOID
-    if paymentstatus == PAYMENTSTATUS_PAID or balance == 0 or (balance < 0) != (total < 0):
+    if balance == 0 or (balance < 0) != (total < 0):
         return STATUS_PAID
-    if paymentstatus == 1 or amount_paid != 0:
+    if amount_paid != 0 or balance != total:
         return STATUS_PARTIALLY_PAID
     return STATUS_OPEN
 
@@ -457,7 +461,8 @@ def map_line(payload: Any, sequence: int) -> dict[str, Any]:
 
 def map_payment(payload: Any) -> dict[str, Any] | None:
     """An embedded InvoicePayment -> Payment fields; None for rows we do not mirror (deposits,
-    zero amounts). A credit application (credit_note_id set, or type 1) is kind "credit"."""
+    zero amounts). A credit application (credit_note_id set, or type 1) is kind "credit".
+    `paid_on` is None when HaloPSA's date cannot be read (`payment_date`)."""
     row = _record(payload, "payment")
     halopsa_id = parse_id(row.get("id"), "payment id")
     try:
@@ -473,9 +478,7 @@ def map_payment(payload: Any) -> dict[str, Any] | None:
         # Refunds would need their own type; the Payment model holds money applied to an invoice.
         raise MappingError(f"payment {halopsa_id} has a negative amount ({amount}); refunds are not supported")
     credit_note_id = parse_id(row.get("credit_note_id"), "payment credit_note_id", required=False)
-    paid_on = parse_halo_date(row.get("date"), f"payment {halopsa_id} date")
-    if paid_on is None:
-        raise MappingError(f"payment {halopsa_id} has no date")
+    paid_on = payment_date(row.get("date"))
     mapped = {
         "halopsa_id": halopsa_id,
         "kind": "credit" if (credit_note_id or payment_type == PAYMENT_TYPE_CREDIT) else "payment",
@@ -485,8 +488,22 @@ def map_payment(payload: Any) -> dict[str, Any] | None:
         "reference": _text(row.get("reference"), 100),
         "thirdpartyid": _text(row.get("thirdpartyid"), 100),
     }
+    if paid_on is None and not _missing(row.get("date")):
+        mapped["date_as_sent"] = _text(row.get("date"), 40)  # what HaloPSA sent, for the raw record
     mapped["fingerprint"] = fingerprint(mapped)
     return mapped
+
+
+def payment_date(value: Any) -> date | None:
+    """A HaloPSA payment's date, or None ("date unknown") when it is missing, one of HaloPSA's
+    "no date" sentinels (up to 1980, e.g. 0001-01-01) or not a date at all.
+
+    Never an error: a payment's date is not what its invoice's balance rests on, and one bad date
+    (a 0001-01-01 posted by hand once) must not stop that invoice from syncing ever again."""
+    try:
+        return parse_halo_date(value, "payment date")
+    except MappingError:
+        return None
 
 
 def map_invoice(payload: Any, *, number_field: str = "invoicenumber", default_currency: str = "USD") -> dict[str, Any]:

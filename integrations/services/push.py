@@ -15,10 +15,13 @@ HaloPSA has no idempotency key, so exactly-once is built here (reliability.md §
 - transient failures retry with capped exponential backoff and jitter; permanent ones need review;
 - a worker killed mid-push leaves the job "running"; `push_due_dispatch` (every minute) hands it
   back after LEASE_TIMEOUT, and the reference lookup makes the repeat safe.
-Status is two-way; `status_conflict_winner` is the rule the pull sync applies when both sides
-changed (docs/push-rules.md). It compares times on one clock: HaloPSA's timestamps carry no
-offset, so the instance's clock offset is measured from HaloPSA's own stamp on our writes
-(`HaloShape.clock_offset_seconds`).
+Status is two-way, and it always follows the money: a status set here counts only while its push
+is on the way (`status_push_on_the_way`); then HaloPSA's amounts and void flag decide. While one
+is on the way, `status_conflict_winner` is the rule the pull sync applies when both sides changed
+(docs/push-rules.md). It compares times on one clock: HaloPSA's timestamps carry no offset, so the
+instance's clock offset is measured from HaloPSA's own stamp on our writes
+(`HaloShape.clock_offset_seconds`). A status write is checked afterwards: HaloPSA still showing the
+old status (markaspaid and un-void are unverified) sends the job to review.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from integrations.models import Incident, Invoice, Origin, Payment, PushJob
 from integrations.services.audit import audit_record
 from integrations.services.incidents import incident_open, incident_resolve
 from integrations.services.leases import lease_acquire, lease_release
+from integrations.services.payments import EARLIEST_PAYMENT_DATE
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +241,10 @@ def _payment_create(job: PushJob, client) -> Outcome:
         return Outcome(PushJob.State.CANCELLED, "The payment was deleted before it was posted.")
     if payment.halopsa_id is not None:
         return _done(f"Already in HaloPSA as payment {payment.halopsa_id}.")
+    if payment.paid_on is None or payment.paid_on < EARLIEST_PAYMENT_DATE:
+        # Stored before dates were checked (0001-01-01 once reached HaloPSA): never send it on.
+        return _review(f"The payment's date ({payment.paid_on or 'none'}) is not a real payment date, so it was not "
+                       "posted. Delete the payment here and record it again with the right date.")
     shape = HaloShape.of(job.connection)
     blocked = shape.blocked(FEATURE_PAYMENT_PUSH)
     if blocked:
@@ -357,7 +365,25 @@ def _invoice_status(job: PushJob, client) -> Outcome:
     shape = HaloShape.of(job.connection)
     _clock_offset_learn(job.connection, shape, client, invoice.halopsa_id, before=remote_body, answer=answer,
                         started=started, ended=timezone.now())
+    # What markaspaid and un-void do in a real HaloPSA is unverified: check that the status took,
+    # from the write's answer when it is the whole invoice, else from a fresh read.
+    after = _invoice_status_after_write(client, invoice.halopsa_id, answer)
+    if not _status_reached(target, after):
+        return _review(
+            f"HaloPSA accepted the change of invoice {invoice} to {target} but still shows it as {after}. Check the "
+            "invoice in HaloPSA: set it there by hand, or change the status here again (the next sync follows HaloPSA "
+            "once this push is cancelled)."
+        )
     return _done(f"Set to {target} in HaloPSA.")
+
+
+def _invoice_status_after_write(client, halopsa_id: int, answer) -> str:
+    if isinstance(answer, dict) and answer.get("id") == halopsa_id and "total" in answer:
+        try:
+            return map_invoice({**answer, "lines": [], "payments": []})["status"]
+        except MappingError:
+            pass  # not the whole invoice after all: read it
+    return map_invoice({**client.get_invoice(halopsa_id, include_lines=False), "lines": [], "payments": []})["status"]
 
 
 def _status_reached(target: str, status: str) -> bool:
@@ -508,6 +534,24 @@ def _parse_stamp(text: str) -> datetime | None:
         return datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
+
+
+def status_push_on_the_way(*, invoice: Invoice, read_started_at: datetime | None = None) -> str | None:
+    """The status a person set here that HaloPSA may not show yet, or None when every status
+    change of the invoice has settled.
+
+    It is the target of the invoice's newest status push that is unfinished, or that finished after
+    `read_started_at` (a pull that read HaloPSA before that push landed). While one is on the way
+    the pull keeps the status set here (and, for "paid", the balance it settled) unless HaloPSA
+    changed later (`status_conflict_winner`); once none is, HaloPSA's amounts and void flag decide,
+    so a status set here never outlives what HaloPSA says about the money.
+    """
+    on_the_way = Q(state__in=UNFINISHED)
+    if read_started_at is not None:
+        on_the_way |= Q(state=PushJob.State.DONE, done_at__gte=read_started_at)
+    job = (PushJob.objects.filter(invoice_id=invoice.pk, kind=PushJob.Kind.INVOICE_STATUS).filter(on_the_way)
+           .order_by("-created_at", "-id").first())
+    return job.payload.get("status") if job is not None else None
 
 
 def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterable[int],

@@ -1583,7 +1583,8 @@ class _Runner:
                 adjustment = _unpushed_adjustment(invoice, row["payments"], local_payments) if invoice is not None else Decimal("0.00")
                 effective = row["fingerprint"] if adjustment == 0 else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment})
                 if (invoice is not None and invoice.fingerprint == effective and invoice.deleted_in_halopsa_at is None
-                        and not links and not _customer_outdated(invoice, row, customers)):
+                        and not links and not _customer_outdated(invoice, row, customers)
+                        and invoice.status_changed_locally_at is None):  # a status set here is re-checked: it may have settled
                     self.counts.unchanged += 1
                     continue
                 values = self._invoice_values(invoice, row, payload, customers, adjustment, effective)
@@ -1619,19 +1620,29 @@ class _Runner:
                 values.update(customer_id=halo_customer_id, customer_assigned_at=None, customer_assigned_by_id=None)
         else:
             values["customer_id"] = halo_customer_id or self.unknown_customer().pk
+        # Status follows the amounts (docs/push-rules.md, "Status"): HaloPSA's, corrected by
+        # pushes still on their way, and never contradicted by a status set here.
         amount_paid = row["amount_paid"] + adjustment
         balance = row["balance"] - adjustment
         remote_status = row["status"]
-        status = remote_status if adjustment == 0 else mapping.invoice_status(
-            total=row["total"], amount_paid=amount_paid, balance=balance, voided=row["status"] == mapping.STATUS_VOID)
+        voided = remote_status == mapping.STATUS_VOID
         if invoice is not None and invoice.status_changed_locally_at is not None:
-            from integrations.services.push import status_conflict_winner
+            from integrations.services.push import status_conflict_winner, status_push_on_the_way
 
-            winner = status_conflict_winner(invoice=invoice, remote_status=remote_status, remote_modified_at=row["remote_updated_at"])
-            if winner == "local":
-                status = invoice.status
+            # A status set here counts only while its push is on the way; once HaloPSA has had it,
+            # HaloPSA's amounts and void flag decide (a mark as paid whose payment was deleted
+            # there is open again).
+            pending = status_push_on_the_way(invoice=invoice, read_started_at=self.started_at)
+            if pending and status_conflict_winner(invoice=invoice, remote_status=remote_status,
+                                                  remote_modified_at=row["remote_updated_at"]) == "local":
+                voided = pending == mapping.STATUS_VOID
+                if pending == mapping.STATUS_PAID and balance > 0:
+                    amount_paid, balance = amount_paid + balance, Decimal("0.00")  # what the mark as paid settles
             else:
                 values["status_changed_locally_at"] = None
+        status = mapping.invoice_status(total=row["total"], amount_paid=amount_paid, balance=balance, voided=voided)
+        if voided:
+            balance = Decimal("0.00")  # a void invoice owes nothing; HaloPSA's amountdue stays in `raw`
         for name in ("number", "invoice_date", "due_date", "currency", "subtotal", "tax", "total", "is_credit_note",
                      "pdf_attachment_id", "remote_updated_at"):
             values[name] = row[name]

@@ -38,7 +38,7 @@ def pull(conn, halopsa_id: int) -> Invoice:
 
 def push_status(invoice, status: str, django_capture_on_commit_callbacks) -> PushJob:
     with django_capture_on_commit_callbacks(execute=True):
-        job = invoice_status_change(invoice=invoice, status=status)
+        job = invoice_status_change(invoice=invoice, status=status).job
     job.refresh_from_db()
     assert job.state == PushJob.State.DONE, job.last_error
     return job
@@ -105,7 +105,7 @@ def test_a_later_change_in_halopsa_wins_on_a_clock_hours_or_days_away(halo_sandb
     push_status(mirror(8), "void", django_capture_on_commit_callbacks)  # an earlier push measured the clock
     invoice = pull(conn, 1)
     with django_capture_on_commit_callbacks(execute=False):
-        job = invoice_status_change(invoice=invoice, status="void")
+        job = invoice_status_change(invoice=invoice, status="void").job
     Invoice.objects.filter(pk=invoice.pk).update(status_changed_locally_at=timezone.now() - timedelta(seconds=2))
     halo_sandbox.store.add_payment(1, "8950.37", reference="paid at the desk")  # HaloPSA: paid, 2 s after ours
     invoice = pull(conn, 1)
@@ -122,7 +122,7 @@ def test_a_later_change_here_wins_on_a_clock_hours_or_days_away(halo_sandbox, co
     invoice = pull(conn, 1)
     halo_sandbox.store.add_payment(1, "10.00", reference="desk")  # HaloPSA: partially paid, first
     with django_capture_on_commit_callbacks(execute=False):
-        job = invoice_status_change(invoice=invoice, status="void")
+        job = invoice_status_change(invoice=invoice, status="void").job
     Invoice.objects.filter(pk=invoice.pk).update(status_changed_locally_at=timezone.now() + timedelta(seconds=2))
     invoice = pull(conn, 1)
     assert invoice.status == Invoice.Status.VOID and invoice.status_changed_locally_at is not None

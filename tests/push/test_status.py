@@ -10,7 +10,7 @@ from django.utils import timezone
 from integrations.halopsa.mapping import invoice_status_to_halo
 from integrations.halopsa.shape import HaloShape
 from integrations.models import AuditEvent, Invoice, PushJob
-from integrations.services.payments import StatusChangeRefused, invoice_status_change, payment_record
+from integrations.services.payments import PaymentRefused, StatusChangeRefused, invoice_status_change, payment_record
 from integrations.services.push import push_job_process, status_conflict_winner
 from tests.push.conftest import clock_known, halo_invoice
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 def test_void_is_pushed(halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks):
     invoice = mirror(1)
     with django_capture_on_commit_callbacks(execute=True):
-        job = invoice_status_change(invoice=invoice, status="void", user=partner_user)
+        job = invoice_status_change(invoice=invoice, status="void", user=partner_user).job
     job.refresh_from_db()
     assert job.state == PushJob.State.DONE and job.payload == {"status": "void", "result": "Set to void in HaloPSA."}
     assert halo_invoice(halo_sandbox, 1)["voided"] is True
@@ -33,7 +33,7 @@ def test_void_is_pushed(halo_sandbox, mirror, partner_user, django_capture_on_co
 def test_paid_is_pushed_as_mark_as_paid(halo_sandbox, mirror, django_capture_on_commit_callbacks):
     invoice = mirror(2)
     with django_capture_on_commit_callbacks(execute=True):
-        job = invoice_status_change(invoice=invoice, status="paid")
+        job = invoice_status_change(invoice=invoice, status="paid").job
     job.refresh_from_db()
     assert job.state == PushJob.State.DONE
     remote = halo_invoice(halo_sandbox, 2)
@@ -45,7 +45,7 @@ def test_reopen_after_void_is_pushed_as_unvoid(halo_sandbox, mirror, django_capt
     invoice = mirror(7)  # void in HaloPSA
     assert invoice.status == Invoice.Status.VOID
     with django_capture_on_commit_callbacks(execute=True):
-        job = invoice_status_change(invoice=invoice, status="open")
+        job = invoice_status_change(invoice=invoice, status="open").job
     job.refresh_from_db()
     assert job.state == PushJob.State.DONE, job.last_error
     assert halo_invoice(halo_sandbox, 7)["voided"] is False
@@ -72,7 +72,7 @@ def test_reopening_a_void_invoice_that_is_paid_unvoids_it_and_stays_paid(halo_sa
         invoice_status_change(invoice=invoice, status="void")
     assert halo_invoice(halo_sandbox, 3)["voided"] is True
     with django_capture_on_commit_callbacks(execute=True):
-        job = invoice_status_change(invoice=invoice, status="open")
+        job = invoice_status_change(invoice=invoice, status="open").job
     job.refresh_from_db()
     assert invoice.status == Invoice.Status.PAID  # re-opened: the amounts say paid
     assert job.state == PushJob.State.DONE, job.last_error
@@ -85,7 +85,7 @@ def test_status_push_is_set_if_not_already(halo_sandbox, mirror, django_capture_
     halo_sandbox.store.void_invoice(1)  # HaloPSA already there
     halo_sandbox.clear_request_log()
     with django_capture_on_commit_callbacks(execute=True):
-        job = invoice_status_change(invoice=invoice, status="void")
+        job = invoice_status_change(invoice=invoice, status="void").job
     job.refresh_from_db()
     assert job.state == PushJob.State.DONE and "already" in job.payload["result"] and job.last_error == ""
     assert halo_sandbox.count_requests("/api/Invoice", method="POST") == 0
@@ -95,28 +95,34 @@ def test_same_status_twice_is_a_no_op(halo_sandbox, mirror, django_capture_on_co
     invoice = mirror(1)
     halo_sandbox.clear_request_log()
     with django_capture_on_commit_callbacks(execute=True):
-        assert invoice_status_change(invoice=invoice, status="open") is None
+        change = invoice_status_change(invoice=invoice, status="open")
+    assert change.changed is False and change.job is None and "already open" in change.message
     assert PushJob.objects.count() == 0 and halo_sandbox.count_requests() == 0
 
 
 def test_later_local_change_supersedes_an_unsent_one(halo_sandbox, mirror, django_capture_on_commit_callbacks):
-    invoice = mirror(1)
+    invoice = mirror(2)  # partly paid
+    before = (invoice.amount_paid, invoice.balance)
     with django_capture_on_commit_callbacks(execute=False):
-        first = invoice_status_change(invoice=invoice, status="void")
+        first = invoice_status_change(invoice=invoice, status="paid").job
+    assert invoice.balance == 0
     with django_capture_on_commit_callbacks(execute=True):
-        second = invoice_status_change(invoice=invoice, status="paid")
+        second = invoice_status_change(invoice=invoice, status="void").job
     first.refresh_from_db()
     second.refresh_from_db()
     assert first.state == PushJob.State.CANCELLED
     assert second.state == PushJob.State.DONE
-    remote = halo_invoice(halo_sandbox, 1)
-    assert remote["voided"] is False and remote["paymentstatus"] == 2
+    remote = halo_invoice(halo_sandbox, 2)
+    assert remote["voided"] is True and remote["amountpaid"] == before[0]  # the mark as paid never left
+    invoice.refresh_from_db()
+    # The settled balance is un-settled (it never reached HaloPSA); void owes nothing.
+    assert (invoice.status, invoice.amount_paid, invoice.balance) == ("void", before[0], Decimal("0.00"))
 
 
 def test_a_status_push_whose_status_was_replaced_by_a_pull_is_cancelled(halo_sandbox, mirror, django_capture_on_commit_callbacks):
     invoice = mirror(1)
     with django_capture_on_commit_callbacks(execute=False):
-        job = invoice_status_change(invoice=invoice, status="void")
+        job = invoice_status_change(invoice=invoice, status="void").job
     # A pull in which HaloPSA won the conflict put HaloPSA's status back.
     Invoice.objects.filter(pk=invoice.pk).update(status=Invoice.Status.OPEN, status_changed_locally_at=None)
     halo_sandbox.clear_request_log()
@@ -137,19 +143,20 @@ def test_statuses_a_person_cannot_set_are_refused(mirror, status):
 def test_portal_invoice_status_change_stays_local(halo_sandbox, portal_invoice, django_capture_on_commit_callbacks):
     halo_sandbox.clear_request_log()
     with django_capture_on_commit_callbacks(execute=True):
-        assert invoice_status_change(invoice=portal_invoice, status="void") is None
+        assert invoice_status_change(invoice=portal_invoice, status="void").job is None
     portal_invoice.refresh_from_db()
     assert portal_invoice.status == Invoice.Status.VOID
     assert PushJob.objects.count() == 0 and halo_sandbox.count_requests() == 0
 
 
-def test_marked_paid_by_a_person_stays_paid_after_a_partial_payment(mirror, django_capture_on_commit_callbacks):
+def test_marked_paid_by_a_person_takes_no_further_payment(mirror, django_capture_on_commit_callbacks):
     invoice = mirror(1)
     with django_capture_on_commit_callbacks(execute=False):
         invoice_status_change(invoice=invoice, status="paid")
-        payment_record(invoice=invoice, amount="1.00")
+        with pytest.raises(PaymentRefused, match="nothing left to pay"):
+            payment_record(invoice=invoice, amount="1.00")
     invoice.refresh_from_db()
-    assert invoice.status == Invoice.Status.PAID
+    assert (invoice.status, invoice.amount_paid, invoice.balance) == ("paid", invoice.total, Decimal("0.00"))
 
 
 def test_status_mapping_for_pushes():

@@ -81,7 +81,7 @@ def test_unpushed_adjustment_counts_a_payment_found_only_by_reference_once(halo_
 def test_local_status_change_survives_a_pull_that_predates_its_push(halo_sandbox, conn, django_capture_on_commit_callbacks):
     invoice = pull(conn, 1)
     with django_capture_on_commit_callbacks(execute=False):
-        job = invoice_status_change(invoice=invoice, status="void")
+        job = invoice_status_change(invoice=invoice, status="void").job
     invoice = pull(conn, 1)  # HaloPSA still says open
     assert invoice.status == Invoice.Status.VOID and invoice.status_changed_locally_at is not None
     push_job_process(job_id=job.pk)
@@ -93,7 +93,7 @@ def test_a_later_status_change_in_halopsa_wins_over_an_unsent_one(halo_sandbox, 
     clock_known(conn, halo_sandbox)  # an earlier push measured HaloPSA's clock (test_clock.py)
     invoice = pull(conn, 1)
     with django_capture_on_commit_callbacks(execute=False):
-        job = invoice_status_change(invoice=invoice, status="void")
+        job = invoice_status_change(invoice=invoice, status="void").job
     halo_sandbox.store.add_payment(1, "8950.37", reference="paid at the desk")  # HaloPSA: paid, later
     invoice = pull(conn, 1)
     assert invoice.status == Invoice.Status.PAID and invoice.status_changed_locally_at is None

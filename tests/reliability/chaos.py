@@ -67,7 +67,7 @@ def truth_view(truth: dict[str, Any]) -> dict[str, Any]:
             "number": inv["number"], "customer_halopsa_id": inv["customer_halopsa_id"],
             "invoice_date": inv["invoice_date"], "due_date": inv["due_date"], "currency": inv["currency"],
             "total": _money(inv["total"]), "tax": _money(inv["tax"]), "amount_paid": _money(inv["amount_paid"]),
-            "balance": _money(inv["balance"]),
+            "balance": "0.00" if inv["voided"] else _money(inv["balance"]),  # a void invoice owes nothing here
             "status": "void" if inv["voided"] else STATUS_BY_PAYMENTSTATUS[inv["paymentstatus"]],
             "lines": [
                 (line["halopsa_id"], line["description"], _qty(line["quantity"]), _qty(line["unit_price"]),

@@ -53,7 +53,8 @@ def truth_snapshot(srv, *, number_field: str = "number") -> dict[str, Any]:
             "customer_halopsa_id": inv["customer_halopsa_id"],
             "invoice_date": inv["invoice_date"], "due_date": inv["due_date"], "currency": inv["currency"],
             "total": _money(inv["total"]), "tax": _money(inv["tax"]), "amount_paid": _money(inv["amount_paid"]),
-            "balance": _money(inv["balance"]),
+            # A void invoice owes nothing here (issue 17); HaloPSA's amountdue stays in `raw`.
+            "balance": Decimal("0.00") if inv["voided"] else _money(inv["balance"]),
             "status": "void" if inv["voided"] else STATUS_BY_PAYMENTSTATUS[inv["paymentstatus"]],
             "pdf_attachment_id": inv["pdf_attachment_id"] or None,
             "lines": [

@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--amount", required=True, help="Amount with at most two decimals, e.g. 12.34.")
         parser.add_argument("--method", default="", help="Payment method shown in HaloPSA, e.g. card.")
         parser.add_argument("--reference", default="", help="Reference HaloPSA will carry (generated when omitted; must be unique).")
-        parser.add_argument("--paid-on", default="", help="Payment date YYYY-MM-DD (default: today, UTC).")
+        parser.add_argument("--paid-on", default="", help="Payment date YYYY-MM-DD, from 2000-01-01 to today (default: today, UTC).")
 
     def handle(self, *args, **options) -> None:
         invoice = Invoice.objects.select_related("connection").filter(pk=options["invoice"]).first()
