@@ -14,7 +14,12 @@ Rules that live here (documented in docs/sync-rules.md):
 - invoice status and balance from HaloPSA's paymentstatus/voided/amounts (`invoice_status`);
 - each record's last-change time, which cursors are made of (`updated_at`);
 - HaloPSA leaves null fields out: a missing key reads as null everywhere; only the fields a
-  record cannot be stored without are required (invoice: id, total; client: id, name; user: id).
+  record cannot be stored without are required (invoice: id, total, number, lines; client: id,
+  name; user: id);
+- an invoice that contradicts itself is refused, never stored as a guess (`_check_amounts`, `_currency`):
+  lines that are not there although every read asks for them, a negative amount paid, a balance
+  above the total, a currency that is not a currency; so is any record holding text that was not
+  UTF-8 (`refuse_invalid_text`).
 - what counts as a credit note (skipped as an invoice; its application shows up as a credit
   payment on the invoice it pays) and which embedded payments are kept (deposits are not).
 """
@@ -27,6 +32,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
 import orjson
+
+from .payloads import INVALID_TEXT_KEY
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -65,7 +72,18 @@ CLIENT_UPDATED_AT = "alastupdate"
 USER_UPDATED_AT = "ulastupdate"
 INVOICE_UPDATED_AT = "last_modified"
 UPDATED_AT_FIELDS = {"client": CLIENT_UPDATED_AT, "user": USER_UPDATED_AT, "invoice": INVOICE_UPDATED_AT}
-_ISO_CURRENCY = re.compile(r"^[A-Z]{3}$")
+# ISO 4217 currencies an invoice can be in (funds, metals and test codes left out), plus codes
+# retired since 2007 that old invoices may still carry.
+ISO_CURRENCIES = frozenset("""
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN
+    BZD CAD CDF CHF CLP CNY COP CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL
+    GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW
+    KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN
+    NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK
+    SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU
+    UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL
+    BYR EEK HRK LTL LVL MRO SKK STD VEF ZMK
+""".split())
 
 
 class MappingError(ValueError):
@@ -262,6 +280,23 @@ def _record(payload: Any, what: str) -> Mapping[str, Any]:
     return payload
 
 
+def refuse_invalid_text(record: Mapping[str, Any], what: str) -> None:
+    """A record in which HaloPSA sent bytes that are not UTF-8 (marked by the client,
+    payloads.INVALID_TEXT_KEY) is not stored: its text would be a guess. Says which fields."""
+    fields = record.get(INVALID_TEXT_KEY)
+    if fields:
+        listed = ", ".join(str(f) for f in fields[:5]) if isinstance(fields, list) else str(fields)
+        raise MappingError(f"{what}: HaloPSA sent text that is not valid UTF-8 in {listed} (shown as U+FFFD in the payload)",
+                           halopsa_id=_payload_halopsa_id(record))
+
+
+def _payload_halopsa_id(record: Mapping[str, Any]) -> int | None:
+    try:
+        return parse_id(record.get("id"), required=False)
+    except MappingError:
+        return None
+
+
 # --- fingerprints --------------------------------------------------------------------------
 
 
@@ -301,6 +336,7 @@ def map_client(payload: Any) -> dict[str, Any]:
     """
     record = _record(payload, "client")
     halopsa_id = parse_id(record.get("id"), "client id")
+    refuse_invalid_text(record, f"client {halopsa_id}")
     name = _text(record.get("name"), 300)
     if not name:
         raise MappingError(f"client {halopsa_id} has no name", halopsa_id=halopsa_id)
@@ -362,6 +398,7 @@ def billing_user_contact(user: Mapping[str, Any], rule: str, *, can_access_invoi
         return None
     user = _record(user, "user")
     user_id = parse_id(user.get("id"), "user id")
+    refuse_invalid_text(user, f"user {user_id}")
     if _flag(user.get("inactive")):
         return None
     email = _text(user.get("emailaddress"))
@@ -516,6 +553,7 @@ def map_invoice(payload: Any, *, number_field: str = "invoicenumber", default_cu
     """
     record = _record(payload, "invoice")
     halopsa_id = parse_id(record.get("id"), "invoice id")
+    refuse_invalid_text(record, f"invoice {halopsa_id}")
     try:
         return _map_invoice(record, halopsa_id, number_field, default_currency)
     except MappingError as exc:
@@ -528,6 +566,9 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     number = _text(record.get(number_field), 100)
     if not number and number_field != "invoicenumber":
         number = _text(record.get("invoicenumber"), 100)  # fall back rather than store no number
+    if not number:
+        # HaloPSA numbers every invoice when it is created; without one nobody could tell which it is.
+        raise MappingError("has no invoice number (invoicenumber)")
     total = parse_money(record.get("total"), "total")
     tax = parse_money(record.get("tax_total"), "tax_total", default=ZERO)
     amount_paid = parse_money(record.get("amountpaid"), "amountpaid", default=ZERO)
@@ -542,14 +583,13 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
         # amountdue 0 with nothing paid is HaloPSA's default (paymentstatus -1, the database
         # default: reference §3.6), not "paid": the balance is what is not paid yet.
         balance = total - amount_paid
-    currency = _text(record.get("currency_code_name")).upper()
-    if not _ISO_CURRENCY.match(currency):
-        currency = _text(record.get("currency")).upper()
-    if not _ISO_CURRENCY.match(currency):
-        currency = default_currency  # HaloPSA gave none (or a symbol such as "$")
+    currency = _currency(record, default_currency)
     raw_lines = record.get("lines")
     if raw_lines is None:
-        raw_lines = []
+        # Every read asks for the lines (includelines, includedetails) and lines are replaced as a
+        # whole: storing "none" would delete the invoice's lines here. A caller that does not want
+        # them passes [] (the push's balance check).
+        raise MappingError("lines are missing although they were asked for (includelines)")
     if not isinstance(raw_lines, list):
         raise MappingError(f"lines is not a list: {type(raw_lines).__name__}")
     lines = [map_line(line, index) for index, line in enumerate(raw_lines, start=1)]
@@ -557,6 +597,9 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     if not isinstance(raw_payments, list):
         raise MappingError(f"payments is not a list: {type(raw_payments).__name__}")
     payments = [p for p in (map_payment(row) for row in raw_payments) if p is not None]
+    credit_note = is_credit_note(record)
+    if not credit_note:  # credit notes are not stored; their amounts follow other rules
+        _check_amounts(total, amount_paid, balance)
     status = invoice_status(total=total, amount_paid=amount_paid, balance=balance, voided=voided, paymentstatus=paymentstatus)
     mapped: dict[str, Any] = {
         "halopsa_id": halopsa_id,
@@ -571,7 +614,7 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
         "balance": balance,
         "status": status,
         "remote_status": status,
-        "is_credit_note": is_credit_note(record),
+        "is_credit_note": credit_note,
         "halopsa_client_id": parse_id(record.get("client_id"), "client_id", required=False),
         "pdf_attachment_id": parse_id(record.get("pdf_attachment_id"), "pdf_attachment_id", required=False),
         "remote_updated_at": parse_halo_datetime(record.get(INVOICE_UPDATED_AT), INVOICE_UPDATED_AT),
@@ -580,6 +623,33 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     }
     mapped["fingerprint"] = fingerprint(mapped)
     return mapped
+
+
+def _currency(record: Mapping[str, Any], default_currency: str) -> str:
+    """`currency_code_name` when given (it must be an ISO 4217 code), else `currency` when it is
+    one, else the connection's default: `currency` may hold a symbol such as "$" (reference §3.3),
+    which says nothing certain. A code that is no currency is an error, never replaced by the
+    default (the amounts would be stored in the wrong money)."""
+    named = _text(record.get("currency_code_name"))
+    if named:
+        code = named.upper()
+        if code not in ISO_CURRENCIES:
+            raise MappingError(f"currency_code_name is not a currency: {named[:40]!r}")
+        return code
+    code = _text(record.get("currency")).upper()
+    if code in ISO_CURRENCIES:
+        return code
+    if len(code) == 3 and code.isascii() and code.isalpha():
+        raise MappingError(f"currency is not a currency: {code!r}")
+    return default_currency  # none given, or a symbol
+
+
+def _check_amounts(total: Decimal, amount_paid: Decimal, balance: Decimal) -> None:
+    """An invoice's amounts must not contradict each other (credit notes are not checked)."""
+    if total >= 0 and amount_paid < 0:
+        raise MappingError(f"amountpaid is negative ({amount_paid}) on an invoice of {total}")
+    if total > 0 and balance > total:
+        raise MappingError(f"the balance ({balance}) is more than the total ({total})")
 
 
 # --- status mapping for pushes (owned by the push engineer; used by integrations/services/push.py)

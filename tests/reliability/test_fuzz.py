@@ -9,6 +9,9 @@
   or raises MappingError, never anything else; what it maps fits our columns.
 - A sync against a sandbox serving such a record goes on: the run is succeeded or partial, at
   most that record fails, and every other record equals HaloPSA's.
+- HaloPSA answers holding bytes that are not UTF-8 (issue 17 item 12): parsed with the client's
+  tolerant decoding, they parse or raise ValueError, only records holding such bytes are marked,
+  and a marked record is refused by the mapping, never stored.
 
 Deterministic: `derandomize=True`, no example database; example counts stay modest.
 """
@@ -75,12 +78,10 @@ def _to_wire(value: Any) -> Any:
 
 def over_the_wire(payload: Any) -> Any:
     """What HaloPSA's JSON becomes in our hands: text (NaN/Infinity allowed, as .NET may send),
-    parsed by the client's parser (numbers as Decimal)."""
+    parsed by the client's parser (numbers as Decimal). A lone surrogate goes out as the bytes
+    surrogatepass gives, which are not UTF-8: the client marks the record holding them."""
     text = json.dumps(_to_wire(payload), allow_nan=True, ensure_ascii=False)
-    try:
-        return parse_json(text.encode("utf-8", "surrogatepass"))
-    except UnicodeDecodeError:
-        return parse_json(text.encode("utf-8", "replace"))
+    return parse_json(text.encode("utf-8", "surrogatepass"), mark_invalid_text=True)
 
 
 # --- HaloPSA-shaped payloads -----------------------------------------------------------------------
@@ -265,6 +266,39 @@ def test_every_field_set_to_every_nasty_value_maps_or_raises_mapping_error():
                     shown = "<deleted>" if value is DELETE else repr(value)[:40]
                     problems.append(f"{kind}{'.' + nested if nested else ''}.{name}={shown}: {type(exc).__name__}: {str(exc)[:80]}")
     assert not problems, "\n".join(problems)
+
+
+# --- bytes that are not UTF-8 ------------------------------------------------------------------------
+
+
+@FUZZ
+@given(records=st.lists(st.fixed_dictionaries({"id": st.integers(1, 10**6), "name": st.binary(max_size=12),
+                                                "client_name": st.binary(max_size=6)}), min_size=1, max_size=5))
+def test_invalid_utf8_fails_only_the_records_holding_it(records):
+    from integrations.halopsa.payloads import INVALID_TEXT_KEY
+
+    def quoted(raw: bytes) -> bytes:  # raw bytes inside a JSON string (quotes, backslashes, controls escaped)
+        return b'"' + b"".join(b"\\u%04x" % b if b < 0x20 or b in b'"\\' else bytes([b]) for b in raw) + b'"'
+
+    rows = b",".join(b'{"id":%d,"name":%s,"client_name":%s}' % (r["id"], quoted(r["name"]), quoted(r["client_name"]))
+                     for r in records)
+    body = b'{"record_count":%d,"clients":[%s]}' % (len(records), rows)
+    parsed = parse_json(body, mark_invalid_text=True)
+    for raw, row in zip(records, parsed["clients"]):
+        bad = [field for field in ("name", "client_name") if not _is_utf8(raw[field])]
+        assert row.get(INVALID_TEXT_KEY, []) == bad
+        if bad:
+            with pytest.raises(MappingError, match="not valid UTF-8"):
+                mapping.map_client(row)
+        json.dumps(row, ensure_ascii=False).encode("utf-8")  # storable text: no lone surrogate left
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # --- webhook endpoint fuzz -------------------------------------------------------------------------

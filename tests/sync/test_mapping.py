@@ -368,8 +368,9 @@ def test_negative_payment_is_a_clear_error():
         mapping.map_invoice(invoice_payload(payments=payments))
 
 
-def test_none_lines_and_missing_optional_fields():
-    payload = invoice_payload(lines=None, payments=None, tax_total=None, currency_code_name=None, client_id=0,
+def test_empty_lines_and_missing_optional_fields():
+    # (lines: null is refused: tests/sync/test_inconsistent_records.py)
+    payload = invoice_payload(lines=[], payments=None, tax_total=None, currency_code_name=None, client_id=0,
                               pdf_attachment_id=0, duedate="1900-01-01T00:00:00")
     mapped = mapping.map_invoice(payload, default_currency="EUR")
     assert mapped["lines"] == [] and mapped["payments"] == []

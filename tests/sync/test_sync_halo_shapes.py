@@ -503,16 +503,17 @@ def test_the_billing_flag_missing_is_unknown_and_only_matters_for_users_who_coul
     ({"paymentstatus": -1, "amountpaid": 0}, "120.00", "open"),  # amountdue left out
 ])
 def test_unpaid_minus_one_and_a_zero_amountdue_with_nothing_paid(fields, balance, status):
-    mapped = mapping.map_invoice({"id": 9, "total": 120, **fields})
+    mapped = mapping.map_invoice({"id": 9, "invoicenumber": "9", "total": 120, "lines": [], **fields})
     assert (mapped["balance"], mapped["status"]) == (Decimal(balance), status)
 
 
 def test_only_required_fields_are_required():
-    bare_invoice = mapping.map_invoice({"id": 9, "total": "10.00"})
-    assert (bare_invoice["number"], bare_invoice["invoice_date"], bare_invoice["halopsa_client_id"]) == ("", None, None)
+    # Required: id, total, a number and the lines asked for (issue 17 item 11: tests/sync/test_inconsistent_records.py).
+    bare_invoice = mapping.map_invoice({"id": 9, "invoicenumber": "9", "total": "10.00", "lines": []})
+    assert (bare_invoice["invoice_date"], bare_invoice["halopsa_client_id"]) == (None, None)
     assert bare_invoice["lines"] == [] and bare_invoice["payments"] == [] and bare_invoice["remote_updated_at"] is None
     with pytest.raises(mapping.MappingError, match="total"):
-        mapping.map_invoice({"id": 9})
+        mapping.map_invoice({"id": 9, "invoicenumber": "9", "lines": []})
     with pytest.raises(mapping.MappingError, match="invoice id is missing"):
         mapping.map_invoice({"total": 1})
     assert mapping.map_client({"id": 4, "name": "Bare"})["inactive"] is False
@@ -522,7 +523,8 @@ def test_only_required_fields_are_required():
     with pytest.raises(mapping.MappingError, match="user id is missing"):
         mapping.billing_user_contact({"emailaddress": "x@y.example"}, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS)
     # A line with nothing but an id, a payment without an amount (nothing applied: not mirrored).
-    mapped = mapping.map_invoice({"id": 9, "total": 1, "lines": [{"id": 1}], "payments": [{"id": 3, "date": "2026-10-01"}]})
+    mapped = mapping.map_invoice({"id": 9, "invoicenumber": "9", "total": 1, "lines": [{"id": 1}],
+                                  "payments": [{"id": 3, "date": "2026-10-01"}]})
     assert mapped["lines"][0]["net_amount"] == Decimal("0.00") and mapped["payments"] == []
 
 
