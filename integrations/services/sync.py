@@ -48,8 +48,15 @@ from django.utils import timezone
 
 from integrations.halopsa import mapping
 from integrations.halopsa.budget import RequestBudget
-from integrations.halopsa.client import HaloClient, Page, RequestStats
-from integrations.halopsa.exceptions import HaloAuthError, HaloError, HaloNotFound, HaloRateLimited
+from integrations.halopsa.client import (
+    ENVELOPE_CLIENTS,
+    ENVELOPE_INVOICES,
+    ENVELOPE_USERS,
+    HaloClient,
+    Page,
+    RequestStats,
+)
+from integrations.halopsa.exceptions import HaloAuthError, HaloDeadlineReached, HaloError, HaloNotFound, HaloRateLimited
 from integrations.halopsa.mapping import MappingError
 from integrations.halopsa.shape import (
     FILTER_IGNORED,
@@ -166,6 +173,21 @@ def user_details_per_run() -> int:
     default 250, under a window of the usual 300-requests budget); users beyond it wait for the
     next run and keep their billing contacts meanwhile."""
     return max(0, int(getattr(settings, "HALOPSA_SYNC_USER_DETAILS_PER_RUN", 250)))
+
+
+def run_seconds() -> float:
+    """How long one run may take (HALOPSA_SYNC_RUN_SECONDS, default 25 min), and never more than
+    90 % of the worker's task timeout: a run stops cleanly, with what it read saved, before the
+    worker would be killed; the next run reads the rest."""
+    configured = float(getattr(settings, "HALOPSA_SYNC_RUN_SECONDS", 1500))
+    task_timeout = float(settings.Q_CLUSTER.get("timeout") or configured)
+    return min(configured, task_timeout * 0.9)
+
+
+def deletion_checks() -> int:
+    """Records a deletion sweep confirms one by one (GET by id, one request each;
+    HALOPSA_SYNC_DELETION_CHECKS, default 20). More candidates are checked with one id-only list."""
+    return max(0, int(getattr(settings, "HALOPSA_SYNC_DELETION_CHECKS", 20)))
 
 
 def pdf_batch_size() -> int:
@@ -602,6 +624,8 @@ _FEEDS = {
 # The date filter check: a start this far ahead matches no record where the filter is honoured
 # (well inside SQL Server's smalldatetime, which ends in 2079).
 FILTER_CHECK_AHEAD = timedelta(days=3650)
+# The id-only list (HaloClient.listed_ids) that checks an entity's deletion candidates.
+_ID_LIST_OF = {ENTITY_CUSTOMERS: ENVELOPE_CLIENTS, ENTITY_CONTACTS: ENVELOPE_USERS, ENTITY_INVOICES: ENVELOPE_INVOICES}
 
 
 class _Runner:
@@ -641,6 +665,11 @@ class _Runner:
         # Cursors (see _next_cursor): per entity, the newest change time seen in HaloPSA's records,
         # how many records had none, and when (our monotonic clock) its records were last read.
         self.started_monotonic = time.monotonic()
+        # The run stops cleanly here (run_seconds): the client starts no request, retry or wait past it.
+        self.deadline = self.started_monotonic + run_seconds()
+        self.reading = "HaloPSA"  # what the run is reading, for the message when time runs out
+        # Per entity: rows a list sent twice while it was read (page drift; read once each).
+        self.repeated_rows: dict[str, int] = {}
         self.newest_change: dict[str, datetime] = {}
         self.unstamped: dict[str, int] = {}
         self.last_read: dict[str, float] = {}
@@ -654,7 +683,8 @@ class _Runner:
     @property
     def client(self) -> HaloClient:
         if self._client is None:
-            self._client = HaloClient.for_connection(self.connection, stats=self.stats, **self._budget_overrides())
+            self._client = HaloClient.for_connection(self.connection, stats=self.stats, deadline=self.deadline,
+                                                     **self._budget_overrides())
         return self._client
 
     def _budget_overrides(self) -> dict[str, Any]:
@@ -678,6 +708,9 @@ class _Runner:
             self._probe_on_first_sync()
             plan = self._plan()
             self._run_plan(plan)
+        except HaloDeadlineReached:
+            error = SyncAborted(self._out_of_time_message())
+            _finish(self.run, SyncRun.State.FAILED, error.message, self.stats)
         except HaloError as exc:
             error = exc
             _finish(self.run, SyncRun.State.FAILED, exc.message, self.stats)
@@ -699,6 +732,12 @@ class _Runner:
                 SyncCursor.objects.update_or_create(connection=self.connection, entity=entity, defaults=values)
         self._close_phases(failed=error is not None)
         _incidents_after(self.run, error)
+
+    def _out_of_time_message(self) -> str:
+        minutes = run_seconds() / 60
+        return (f"The sync stopped after {minutes:g} minutes, the most one run may take (HALOPSA_SYNC_RUN_SECONDS), "
+                f"while reading {self.reading}: HaloPSA answered too slowly to finish in one run. Everything read so far "
+                "is saved; the next sync reads the rest (what is saved already costs it no writes).")
 
     def _probe_on_first_sync(self) -> None:
         """A connection's first sync learns its instance's shape first (services.connections.
@@ -1065,7 +1104,8 @@ class _Runner:
             self._page_done(page_records)
 
     def _flag_missing(self, model: type[Customer] | type[Invoice], seen: set[int]) -> int:
-        """After a complete read: rows HaloPSA no longer lists get "deleted in HaloPSA"."""
+        """After a complete read: rows HaloPSA no longer lists, and confirms it no longer has
+        (`_confirmed_gone`), get "deleted in HaloPSA"."""
         entity = ENTITY_CUSTOMERS if model is Customer else ENTITY_INVOICES
         if entity in self.unidentified:
             logger.warning("connection %s: not flagging deleted %s (a record without id failed)", self.connection.pk, entity)
@@ -1073,25 +1113,94 @@ class _Runner:
         if self.has_open_errors:  # every record was readable this time: earlier id-less errors are over
             SyncError.objects.filter(connection=self.connection, entity=entity, halopsa_id__isnull=True,
                                      resolved_at__isnull=True).update(resolved_at=self.now)
-        missing = [
-            pk for pk, halopsa_id in model.objects.filter(
+        candidates = {
+            halopsa_id: pk for pk, halopsa_id in model.objects.filter(
                 connection=self.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, deleted_in_halopsa_at__isnull=True,
             ).values_list("pk", "halopsa_id").iterator(chunk_size=2000)
             if halopsa_id not in seen
-        ]
+        }
+        missing = [candidates[halopsa_id] for halopsa_id in self._confirmed_gone(entity, set(candidates), seen)]
         for start in range(0, len(missing), CHUNK):
             with transaction.atomic():
                 model.objects.filter(pk__in=missing[start:start + CHUNK]).update(deleted_in_halopsa_at=self.now, updated_at=self.now)
         self.counts.updated += len(missing)
         return len(missing)
 
+    def _confirmed_gone(self, entity: str, candidates: set[int], seen: set[int]) -> set[int]:
+        """Which of `candidates` (ours, but not in this complete read of `entity`) HaloPSA
+        confirms it no longer has. Not being listed alone is a guess: a record deleted while a
+        list is paged moves every later row up one place, so the next page skips a live record.
+
+        Up to `deletion_checks()` candidates are read one by one: a 404 confirms; a record that
+        is there was skipped while paging, and is written now. More are checked against one
+        id-only list of the entity, trusted only when it holds every record the read saw; a
+        candidate it holds is not flagged (the next full read brings it). What cannot be checked
+        is not flagged this time, and the run says so."""
+        if not candidates:
+            return set()
+        label = _FEEDS[entity].label
+        if len(candidates) <= deletion_checks():
+            gone: set[int] = set()
+            for halopsa_id in sorted(candidates):
+                try:
+                    payload = self._read_one(entity, halopsa_id)
+                except HaloNotFound:
+                    gone.add(halopsa_id)
+                except HaloError as exc:
+                    self._note(f"Some {label} missing from HaloPSA's list could not be checked ({exc.message}); "
+                               "they are not flagged as deleted this time.")
+                    break
+                else:
+                    self._write_found(entity, payload)
+            return gone
+        try:
+            listed = self.client.listed_ids(_ID_LIST_OF[entity])
+        except HaloError as exc:
+            self._note(f"{len(candidates)} {label} missing from HaloPSA's list could not be checked ({exc.message}); "
+                       "they are not flagged as deleted this time.")
+            return set()
+        if not seen <= listed:
+            self._note(f"HaloPSA's id-only list of {label} lacked records its full list had just shown, so the "
+                       f"{len(candidates)} missing from the full list are not flagged as deleted this time.")
+            return set()
+        return candidates - listed
+
+    def _read_one(self, entity: str, halopsa_id: int) -> Any:
+        if entity == ENTITY_CUSTOMERS:
+            return self.client.get_client(halopsa_id)
+        if entity == ENTITY_CONTACTS:
+            return self.client.get_user(halopsa_id)
+        return self.client.get_invoice(halopsa_id, include_lines=True)
+
+    def _write_found(self, entity: str, payload: Any) -> None:
+        """A record the list skipped but HaloPSA has: written as if listed (a user keeps its
+        contacts until the next full read)."""
+        if entity == ENTITY_CUSTOMERS:
+            self._customers_page([payload])
+        elif entity == ENTITY_INVOICES:
+            self._invoices_page([payload])
+
+    def _count_repeated(self, entity: str, page: Page) -> None:
+        if page.repeated:
+            self.repeated_rows[entity] = self.repeated_rows.get(entity, 0) + page.repeated
+
+    def _note_repeated(self, entity: str) -> None:
+        """After a read: rows the list sent twice (it changed while it was read; each record was
+        read once, and deletions are confirmed record by record anyway)."""
+        if self.repeated_rows.get(entity):
+            self._note(f"HaloPSA's list of {_FEEDS[entity].label} changed while it was read: "
+                       f"{self.repeated_rows[entity]} row(s) came twice and were read once.")
+
     # -- customers -----------------------------------------------------------------------------
 
     def _customers_phase(self, *, since: datetime | None, detect_deletions: bool) -> None:
+        self.reading = "customers"
         seen: set[int] = set()
         list_pages = functools.partial(self.client.client_pages, include_inactive=True)
         for page in self._changed_pages(_FEEDS[ENTITY_CUSTOMERS], since, list_pages):
+            self._count_repeated(ENTITY_CUSTOMERS, page)
             seen.update(self._customers_page(page.records))
+        self._note_repeated(ENTITY_CUSTOMERS)
         if detect_deletions:
             self._flag_missing(Customer, seen)
 
@@ -1233,9 +1342,14 @@ class _Runner:
     def _contacts_phase(self, *, since: datetime | None, prune: bool) -> None:
         if self._user_contacts_blocked():
             return
+        self.reading = "billing contacts (users)"
         kept: set[str] = set()
+        seen_users: set[int] = set()
         for page in self._changed_pages(_FEEDS[ENTITY_CONTACTS], since, self._user_pages):
+            self._count_repeated(ENTITY_CONTACTS, page)
+            seen_users.update(user_id for user_id in map(_payload_id, page.records) if user_id is not None)
             kept.update(f"{customer_id}:{key}" for customer_id, key in self._contacts_page(page.records, with_customer=True))
+        self._note_repeated(ENTITY_CONTACTS)
         if prune and ENTITY_CONTACTS not in self.unidentified:
             if self.has_open_errors:  # every user was readable this time: earlier id-less errors are over
                 SyncError.objects.filter(connection=self.connection, entity=ENTITY_CONTACTS, halopsa_id__isnull=True,
@@ -1244,12 +1358,17 @@ class _Runner:
             # gone) are removed; accounts contacts belong to the customers phase. Users whose
             # record could not be read, or whose billing flag is not known yet, keep their contacts.
             keep_users = self.failed_user_ids | self.waiting_user_ids | self.flagless_user_ids
-            stale = [
-                pk for pk, customer_id, key, user_id in Contact.objects.filter(
+            stale_users = {
+                pk: user_id for pk, customer_id, key, user_id in Contact.objects.filter(
                     customer__connection=self.connection, customer__origin=Origin.HALOPSA, halopsa_key__startswith="user:",
                 ).values_list("pk", "customer_id", "halopsa_key", "halopsa_user_id").iterator(chunk_size=2000)
                 if f"{customer_id}:{key}" not in kept and user_id not in keep_users
-            ]
+            }
+            # A user the list did not show at all may have been skipped while it was paged: only
+            # users HaloPSA confirms are gone lose their contacts that way (`_confirmed_gone`).
+            unseen = {user_id for user_id in stale_users.values() if user_id is not None and user_id not in seen_users}
+            still_there = unseen - self._confirmed_gone(ENTITY_CONTACTS, unseen, seen_users)
+            stale = [pk for pk, user_id in stale_users.items() if user_id not in still_there]
             for start in range(0, len(stale), CHUNK):
                 with transaction.atomic():
                     Contact.objects.filter(pk__in=stale[start:start + CHUNK]).delete()
@@ -1427,6 +1546,7 @@ class _Runner:
         inserting its rows. When HaloPSA fails mid-way the pages read so far are written before
         the run fails; a killed worker loses at most the pages not yet written (the rerun reads
         them again)."""
+        self.reading = "invoices"
         seen: set[int] = set()
         pending: list[tuple[dict[str, Any], Any]] = []
         pending_records, pending_since, batch = 0, time.monotonic(), write_batch_size()
@@ -1445,6 +1565,7 @@ class _Runner:
                 if pending_records:
                     self._store_invoices(pending, pending_records)
                 raise
+            self._count_repeated(ENTITY_INVOICES, page)
             pending.extend(self._map_invoices(page.records, seen))
             pending_records += len(page.records)
             if len(pending) >= batch or time.monotonic() - pending_since >= WRITE_BATCH_SECONDS:
@@ -1452,6 +1573,7 @@ class _Runner:
                 pending, pending_records, pending_since = [], 0, time.monotonic()
         if pending_records:
             self._store_invoices(pending, pending_records)
+        self._note_repeated(ENTITY_INVOICES)
         if detect_deletions:
             self._flag_missing(Invoice, seen)
 
@@ -1745,7 +1867,7 @@ class _Runner:
         if self.current_phase is not None:
             self.current_phase["needed"] = needed_count
         share = pdf_budget(self.connection)
-        deadline = time.monotonic() + pdf_phase_seconds()
+        deadline = min(time.monotonic() + pdf_phase_seconds(), self.deadline)  # the run's end comes first if sooner
         stopped = (f"at most {limit:,} are fetched per run" if needed_count > len(candidate_ids)
                    else "HaloPSA no longer had the file an invoice named; it is read again with the invoice")
         for fetched, invoice in enumerate(_pdf_candidates(candidate_ids)):
@@ -1762,6 +1884,10 @@ class _Runner:
             except HaloRateLimited:
                 stopped = "HaloPSA's rate limit was reached"
                 break  # out of budget: the rest waits for the next run, invoice data is already in
+            except HaloDeadlineReached:  # the run's time is up: like the phase's own limit
+                self.pdf_backlog = len(candidate_ids) - fetched if fetched else 0
+                stopped = "the run's time ran out"
+                break
             except HaloAuthError:
                 raise
             except HaloError as exc:
