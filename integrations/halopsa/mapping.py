@@ -567,7 +567,7 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     if not number and number_field != "invoicenumber":
         number = _text(record.get("invoicenumber"), 100)  # fall back rather than store no number
     if not number:
-        # HaloPSA numbers every invoice when it is created; without one nobody could tell which it is.
+        # Without a number nobody could tell which invoice it is (the sandbox numbers every one).
         raise MappingError("has no invoice number (invoicenumber)")
     total = parse_money(record.get("total"), "total")
     tax = parse_money(record.get("tax_total"), "tax_total", default=ZERO)

@@ -247,6 +247,7 @@ def test_a_billing_user_skipped_by_page_drift_keeps_the_contact(connection, halo
                    .values_list("halopsa_user_id", flat=True))
     target = next(index for index, user in enumerate(users) if index >= 100 and user.id in contacts)
     halo_sandbox.add_fault("page_drift", path="/api/Users", method="GET", shift=-(target - 99), ratio=1)
+    halo_sandbox.clear_request_log()
     run = run_sync(connection, "full")
     assert run.state == "succeeded", run.message
     assert set(Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False)
