@@ -86,8 +86,8 @@ def test_the_mapping_reads_an_unreadable_payment_date_as_unknown(sent):
     row = {"id": 9, "amount": Decimal("10.00"), "date": sent}
     mapped = map_payment(row)
     assert mapped["paid_on"] is None and mapped["amount"] == Decimal("10.00")
-    invoice = map_invoice({"id": 1, "total": Decimal("100"), "amountpaid": Decimal("10"), "amountdue": Decimal("90"),
-                           "payments": [row]})
+    invoice = map_invoice({"id": 1, "invoicenumber": "1", "total": Decimal("100"), "amountpaid": Decimal("10"),
+                           "amountdue": Decimal("90"), "lines": [], "payments": [row]})
     assert invoice["status"] == "partially_paid" and invoice["payments"][0]["paid_on"] is None
 
 

@@ -56,8 +56,8 @@ def arm_after_first_post(srv, mode: str, **options) -> None:
     original = srv.faults.pick
     armed = []
 
-    def pick(method: str, path: str):
-        rule = original(method, path)
+    def pick(method: str, path: str, *query):
+        rule = original(method, path, *query)
         if not armed and method == "POST" and path.lower().startswith("/api/invoicepayment"):
             armed.append(True)
             srv.add_fault(mode, **options)
