@@ -66,6 +66,7 @@ def secret_flow(partner, partner_user, make_connection, client, caplog):
 
         # A person replaces the secret through the dashboard form.
         new_secret = "cs2-" + pysecrets.token_urlsafe(24)
+        srv.auth.client_secret = new_secret  # HaloPSA rotated it: the form checks the new one before saving
         client.force_login(partner_user)
         form = {"name": connection.name, "base_url": connection.base_url, "auth_url": "", "client_id": connection.client_id,
                 "client_secret": new_secret, "tenant": "", "invoice_number_field": connection.invoice_number_field,
