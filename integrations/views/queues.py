@@ -14,6 +14,7 @@ from integrations.models import Connection, Customer, Invoice
 from integrations.services.archive import record_archive, record_unarchive
 from integrations.services.resolution import invoices_assign_customer
 from integrations.tenancy import get_visible_or_404
+from integrations.views.confirm import confirmed, confirmation_page
 
 
 @login_required
@@ -77,15 +78,17 @@ def archive_queue(request):
         data.setdefault("action", "unarchive" if show_archived else "archive")
         form = ArchiveForm(data, customers=customers, invoices=invoices)
         if form.is_valid():
-            from integrations.services.archive import record_archive, record_unarchive
-
-            action = record_unarchive if form.cleaned_data["action"] == "unarchive" else record_archive
-            done = sum(
-                action(obj=obj, user=request.user)
-                for obj in [*form.cleaned_data["customers"], *form.cleaned_data["invoices"]]
-            )
-            verb = "un-archived" if action is record_unarchive else "archived"
-            messages.success(request, f"{done} record{'s' if done != 1 else ''} {verb}.")
+            chosen = [*form.cleaned_data["customers"], *form.cleaned_data["invoices"]]
+            archiving = form.cleaned_data["action"] == "archive"
+            if archiving and not confirmed(request):
+                return _archive_confirmation(request, form.cleaned_data["customers"], form.cleaned_data["invoices"],
+                                             cancel_url=reverse("archive_queue"))
+            action = record_archive if archiving else record_unarchive
+            done = sum(action(obj=obj, user=request.user) for obj in chosen)
+            verb = "archived" if archiving else "un-archived"
+            unchanged = len(chosen) - done
+            messages.success(request, f"{done} record{'s' if done != 1 else ''} {verb}."
+                             + (f" {unchanged} already {verb}." if unchanged else ""))
         else:
             messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
         return redirect(reverse("archive_queue") + ("?show=archived" if show_archived else ""))
@@ -98,14 +101,35 @@ def archive_queue(request):
 @login_required
 @require_http_methods(["POST"])
 def record_archive_toggle(request, kind: str, pk: int):
-    """Archive or un-archive one customer/invoice from its own page."""
+    """Archive (after its confirmation) or un-archive one customer/invoice from its own page."""
     model = {"customers": Customer, "invoices": Invoice}[kind]
-    obj = get_visible_or_404(model, request.user, pk=pk)
-
+    related = ("connection", "customer") if model is Invoice else ("connection",)
+    obj = get_visible_or_404(model.objects.select_related(*related), request.user, pk=pk)
+    page = "customer_detail" if model is Customer else "invoice_detail"
     if request.POST.get("action") == "unarchive":
-        record_unarchive(obj=obj, user=request.user)
-        messages.success(request, f"{obj} un-archived.")
+        changed = record_unarchive(obj=obj, user=request.user)
+        messages.success(request, f"{obj} un-archived." if changed else f"{obj} was not archived.")
+    elif not confirmed(request):
+        customers, invoices = ([obj], []) if model is Customer else ([], [obj])
+        return _archive_confirmation(request, customers, invoices, cancel_url=reverse(page, kwargs={"pk": obj.pk}))
     else:
-        record_archive(obj=obj, user=request.user)
-        messages.success(request, f"{obj} archived.")
-    return redirect("customer_detail" if model is Customer else "invoice_detail", pk=obj.pk)
+        changed = record_archive(obj=obj, user=request.user)
+        messages.success(request, f"{obj} archived." if changed else f"{obj} was already archived.")
+    return redirect(page, pk=obj.pk)
+
+
+def _archive_confirmation(request, customers, invoices, *, cancel_url: str):
+    """Archiving takes records (and what they owe) out of the lists and totals: confirm it first."""
+    count = len(customers) + len(invoices)
+    rows = [["Customer", c.name, "—", ""] for c in customers]
+    rows += [["Invoice", str(i), i.customer.name, f"{i.balance:,.2f} {i.currency}"] for i in invoices]
+    if count == 1:
+        title = f"Archive {'customer' if customers else 'invoice'} {(customers or invoices)[0]}?"
+    else:
+        title = f"Archive these {count} records?"
+    return confirmation_page(
+        request, title=title, facts=[], rows=rows, row_headers=["", "Record", "Customer", "Balance"],
+        consequence="Archived records leave the default lists, totals and exports (“Archived only” shows them). "
+                    "Nothing is deleted and nothing is sent to HaloPSA; un-archiving brings them back.",
+        confirm_label=f"Archive {count} record{'s' if count != 1 else ''}", cancel_url=cancel_url,
+    )

@@ -106,7 +106,7 @@ def test_pdf_download_serves_stored_file(alice_client, mine):
 
 def test_record_payment_changes_balance(alice_client, mine, partner_user):
     response = alice_client.post(reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}),
-                                 {"amount": "20.00", "method": "card", "reference": "ACME-WEB-1"}, follow=True)
+                                 {"amount": "20.00", "method": "card", "reference": "ACME-WEB-1", "confirmed": "yes"}, follow=True)
     body = response.content.decode()
     assert "recorded" in body
     invoice = Invoice.objects.get(pk=mine.invoice.pk)
@@ -117,7 +117,7 @@ def test_record_payment_changes_balance(alice_client, mine, partner_user):
 
 def test_overpayment_is_refused_with_a_message(alice_client, mine):
     response = alice_client.post(reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}), {"amount": "999.00"}, follow=True)
-    assert "Payment refused" in response.content.decode()
+    assert "overpayments are refused" in response.content.decode()
     assert Invoice.objects.get(pk=mine.invoice.pk).balance == Decimal("120.00")
 
 
@@ -127,7 +127,7 @@ def test_bad_payment_form_is_an_error_not_a_500(alice_client, mine):
 
 
 def test_status_change_form(alice_client, mine):
-    alice_client.post(reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "void"})
+    alice_client.post(reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "void", "confirmed": "yes"})
     assert Invoice.objects.get(pk=mine.invoice.pk).status == Invoice.Status.VOID
     response = alice_client.post(reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "nonsense"}, follow=True)
     assert "Choose a valid status" in response.content.decode()
@@ -139,7 +139,7 @@ def test_status_change_refused_is_explained(alice_client, mine):
 
 
 def test_delete_platform_payment(alice_client, mine):
-    alice_client.post(reverse("payment_delete", kwargs={"pk": mine.payment.pk}))
+    alice_client.post(reverse("payment_delete", kwargs={"pk": mine.payment.pk}), {"confirmed": "yes"})
     assert Payment.objects.get(pk=mine.payment.pk).voided_at is not None
     response = alice_client.post(reverse("payment_delete", kwargs={"pk": mine.payment.pk}), follow=True)
     assert "already deleted" in response.content.decode()

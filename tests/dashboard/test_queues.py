@@ -63,7 +63,7 @@ def test_service_refuses_customer_of_another_connection(mine, theirs, partner_us
 
 def test_archive_one_then_it_leaves_default_lists(alice_client, mine, partner_user):
     assert "ACME-INV-102" in alice_client.get(reverse("invoice_list")).content.decode()
-    response = alice_client.post(reverse("archive_queue"), {"one": f"i{mine.deleted_invoice.pk}"})
+    response = alice_client.post(reverse("archive_queue"), {"one": f"i{mine.deleted_invoice.pk}", "confirmed": "yes"})
     assert response.status_code == 302
     invoice = Invoice.objects.get(pk=mine.deleted_invoice.pk)
     assert invoice.archived_at is not None and invoice.archived_by == partner_user
@@ -76,7 +76,7 @@ def test_archive_one_then_it_leaves_default_lists(alice_client, mine, partner_us
 
 def test_archive_selected_and_unarchive(alice_client, mine):
     alice_client.post(reverse("archive_queue"), {"action": "archive", "customers": [mine.deleted_customer.pk],
-                                                 "invoices": [mine.deleted_invoice.pk]})
+                                                 "invoices": [mine.deleted_invoice.pk], "confirmed": "yes"})
     assert Customer.objects.get(pk=mine.deleted_customer.pk).archived_at is not None
     assert "ACME Gone Customer" not in alice_client.get(reverse("customer_list")).content.decode()
     alice_client.post(reverse("archive_queue"), {"action": "unarchive", "show": "archived", "customers": [mine.deleted_customer.pk],
@@ -102,7 +102,7 @@ def test_archive_is_idempotent(mine, partner_user):
 
 
 def test_archive_from_invoice_page(alice_client, mine):
-    response = alice_client.post(reverse("invoice_archive", kwargs={"pk": mine.invoice.pk}), {"action": "archive"})
+    response = alice_client.post(reverse("invoice_archive", kwargs={"pk": mine.invoice.pk}), {"action": "archive", "confirmed": "yes"})
     assert response.status_code == 302
     assert Invoice.objects.get(pk=mine.invoice.pk).archived_at is not None
     alice_client.post(reverse("invoice_archive", kwargs={"pk": mine.invoice.pk}), {"action": "unarchive"})

@@ -130,6 +130,8 @@ def test_archive_an_invoice_deleted_in_halopsa(page, sign_in, shot, partner_user
     expect(row).to_contain_text(target.number)
     shot(page, "05-archive-queue")
     row.get_by_role("button", name="Archive").click()
+    expect(page.locator("main h1")).to_contain_text(f"Archive invoice {target.number}?")  # the confirmation step
+    page.get_by_role("button", name="Archive 1 record").click()
     expect(page.locator(".messages")).to_contain_text("1 record archived")
     expect(page.locator("tr", has_text=target.number)).to_have_count(0)
     page.get_by_role("link", name="Invoices", exact=True).click()
@@ -151,14 +153,18 @@ def test_record_a_payment_and_see_the_balance_change(page, sign_in, shot, partne
     page.get_by_label("Amount").fill("10.00")
     page.get_by_label("Method").fill("card")
     page.get_by_role("button", name="Record payment").click()
+    expect(page.get_by_test_id("confirm-amount")).to_contain_text("10.00")  # the confirmation step
+    page.locator(".confirm-actions").get_by_role("button").click()
     expect(page.locator(".messages")).to_contain_text("Payment of 10.00")
     expect(balance).to_have_text(f"{before - Decimal('10.00'):,.2f}")
     expect(page.get_by_test_id("invoice-status")).to_have_text("Partially paid")
     shot(page, "06-invoice-detail")
-    # An overpayment is refused with the service's message, and nothing changes.
+    # An overpayment is refused next to the amount (what was typed kept), and nothing changes.
     page.get_by_label("Amount").fill("999999.00")
     page.get_by_role("button", name="Record payment").click()
-    expect(page.locator(".messages .msg-error")).to_contain_text("Payment refused")
+    expect(page.locator(".messages .msg-error")).to_contain_text("Payment not recorded")
+    expect(page.locator(".payment-form")).to_contain_text("overpayments are refused")
+    expect(page.get_by_label("Amount")).to_have_value("999999.00")
     expect(balance).to_have_text(f"{before - Decimal('10.00'):,.2f}")
 
 
