@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from io import StringIO
 
@@ -93,7 +94,14 @@ def test_sync_connection_prints_json_summary(connection, halo_sandbox):
     assert list(summary) == ["run_id", "state", "api_requests", "created", "updated", "unchanged", "failed"]
     assert summary["state"] == "succeeded" and summary["created"] > 0 and summary["failed"] == 0
     assert summary["api_requests"] == halo_sandbox.count_requests()
-    assert "records" in err  # progress goes to stderr
+    # Progress goes to stderr, step by step: no line's total grows while its step runs.
+    steps = re.findall(r"Step (\d) of (\d): ([a-z ]+), ([\d,]+)(?: of ([\d,]+))?", err)
+    assert steps and {int(n) for _, n, _, _, _ in steps} == {int(steps[0][1])}
+    totals: dict[str, set[str]] = {}
+    for _, _, phase, _, total in steps:
+        totals.setdefault(phase, set()).add(total)
+    assert all(len(seen) == 1 for seen in totals.values()), totals
+    assert "invoices" in totals
     out, _ = _call("sync_connection", str(connection.pk))
     again = json.loads(_last_line(out))
     assert again["run_id"] != summary["run_id"]

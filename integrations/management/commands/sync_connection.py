@@ -11,6 +11,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from integrations.models import Connection, SyncRun
+from integrations.selectors import run_progress
 
 
 class Command(BaseCommand):
@@ -35,8 +36,9 @@ class Command(BaseCommand):
         self.stderr.write(f"Sync run {run.pk}: {run.get_scope_display()} of {connection}")
 
         def progress(current: SyncRun) -> None:
+            # The dashboard's words ("Step 3 of 4: invoices, 300 of 1,200"): per step, so no total grows mid-run.
             self.stderr.write(
-                f"  {current.progress_done}/{current.progress_total} records "
+                f"  {run_progress(current)['progress_text']} "
                 f"(created {current.created}, updated {current.updated}, unchanged {current.unchanged}, failed {current.failed})"
             )
 
