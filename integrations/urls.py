@@ -18,6 +18,7 @@ urlpatterns = [
     path("connections/<id:pk>/state/", connections.connection_state, name="connection_state"),
     path("connections/<id:pk>/sync/", connections.connection_sync, name="connection_sync"),
     path("connections/<id:pk>/webhook/", connections.connection_webhook_subscribe, name="connection_webhook_subscribe"),
+    path("connections/<id:pk>/webhook/auth/", connections.connection_webhook_auth, name="connection_webhook_auth"),
     path("connections/<id:pk>/progress/", runs.connection_progress, name="connection_progress"),
     # Runs and what failed in them
     path("runs/<id:pk>/", runs.run_detail, name="run_detail"),

@@ -17,10 +17,13 @@ from integrations.models import Connection, SyncRun
 from integrations.services import connections as connection_services
 from integrations.services.audit import audit_record
 from integrations.services.sync import sync_queue
-from integrations.services.webhooks import (WebhookError, webhook_health, webhook_setup_instructions,
-                                            webhook_subscription_create, webhook_subscription_outcome)
+from integrations.services.webhooks import (WEBHOOK_SCHEME_BASIC, WEBHOOK_SCHEME_HMAC, WebhookError,
+                                            webhook_auth_scheme, webhook_auth_scheme_set, webhook_health,
+                                            webhook_setup_instructions, webhook_subscription_create,
+                                            webhook_subscription_outcome)
 from integrations.tenancy import get_visible_or_404
 from integrations.views.charts import runs_chart
+from integrations.views.confirm import Fact, confirmation_page, confirmed
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +188,40 @@ def connection_webhook_subscribe(request, pk: int):
         complete, outcome = webhook_subscription_outcome(check)
         (messages.success if complete else messages.warning)(request, outcome)
     return redirect(reverse("connection_detail", args=[connection.pk]) + "#webhooks")
+
+
+WEBHOOK_SCHEME_LABELS = {WEBHOOK_SCHEME_BASIC: "Basic (username and password)",
+                         WEBHOOK_SCHEME_HMAC: "HMAC signature (a shared secret signs each delivery)"}
+
+
+@login_required
+@require_POST
+def connection_webhook_auth(request, pk: int):
+    """Switch how the connection's webhooks authenticate (one scheme at a time). Deliveries signed
+    the old way are refused from then on, so the switch is confirmed first."""
+    connection = get_visible_or_404(Connection, request.user, pk=pk)
+    scheme, current = request.POST.get("scheme", ""), webhook_auth_scheme(connection)
+    page = reverse("connection_detail", args=[connection.pk]) + "#webhooks"
+    if scheme not in WEBHOOK_SCHEME_LABELS:
+        messages.error(request, "Choose Basic or HMAC for the webhook authentication.")
+        return redirect(page)
+    if scheme == current:
+        messages.info(request, f"Webhooks already use {WEBHOOK_SCHEME_LABELS[scheme]}.")
+        return redirect(page)
+    if not confirmed(request):
+        return confirmation_page(
+            request, title=f"Switch the webhooks of {connection.name} to {scheme.upper()}?",
+            facts=[Fact("Connection", connection.name), Fact("Now", WEBHOOK_SCHEME_LABELS[current]),
+                   Fact("After", WEBHOOK_SCHEME_LABELS[scheme], emphasis=True)],
+            consequence="From now on deliveries authenticated the old way are refused (the hourly sync still "
+                        "catches up). Change the webhook in HaloPSA to match the new set-up shown on the "
+                        "connection page, or register it again.",
+            confirm_label=f"Switch to {scheme.upper()}", cancel_url=page, danger=True,
+        )
+    webhook_auth_scheme_set(connection=connection, scheme=scheme, user=request.user)
+    messages.success(request, f"Webhooks now authenticate with {WEBHOOK_SCHEME_LABELS[scheme]}; "
+                              "change the webhook in HaloPSA to match.")
+    return redirect(page)
 
 
 def _webhook_setup(connection: Connection):

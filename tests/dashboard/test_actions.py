@@ -69,3 +69,30 @@ def test_register_webhook_refused_for_old_version(alice_client, partner, make_co
     response = alice_client.post(reverse("connection_webhook_subscribe", kwargs={"pk": connection.pk}), follow=True)
     assert "Webhook not registered" in response.content.decode()
     assert halo_sandbox.store.list_webhooks() == []
+
+
+def test_switch_webhook_authentication_after_confirming(alice_client, partner, make_connection, halo_sandbox, partner_user):
+    connection = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
+    url = reverse("connection_webhook_auth", kwargs={"pk": connection.pk})
+    page = alice_client.get(reverse("connection_detail", kwargs={"pk": connection.pk})).content.decode()
+    assert url in page and "Use an HMAC signature instead" in page
+
+    asked = alice_client.post(url, {"scheme": "hmac"})
+    assert asked.status_code == 200 and "Switch to HMAC" in asked.content.decode()
+    connection.refresh_from_db()
+    assert connection.webhook_hmac_secret == ""  # nothing changes before the confirmation
+
+    done = alice_client.post(url, {"scheme": "hmac", "confirmed": "yes"}, follow=True).content.decode()
+    connection.refresh_from_db()
+    assert connection.webhook_hmac_secret and "Webhooks now authenticate with HMAC" in done
+    assert "Use Basic authentication instead" in done
+    assert AuditEvent.objects.filter(action="webhook.auth_scheme", user=partner_user).count() == 1
+
+    again = alice_client.post(url, {"scheme": "hmac", "confirmed": "yes"}, follow=True).content.decode()
+    assert "already use HMAC" in again
+    bad = alice_client.post(url, {"scheme": "none", "confirmed": "yes"}, follow=True).content.decode()
+    assert "Choose Basic or HMAC" in bad
+
+    alice_client.post(url, {"scheme": "basic", "confirmed": "yes"})
+    connection.refresh_from_db()
+    assert connection.webhook_hmac_secret == ""
