@@ -18,10 +18,11 @@ HaloPSA has no idempotency key, so exactly-once is built here (reliability.md §
 Status is two-way, and it always follows the money: a status set here counts only while its push
 is on the way (`status_push_on_the_way`); then HaloPSA's amounts and void flag decide. While one
 is on the way, `status_conflict_winner` is the rule the pull sync applies when both sides changed
-(docs/push-rules.md). It compares times on one clock: HaloPSA's timestamps carry no offset, so the
-instance's clock offset is measured from HaloPSA's own stamp on our writes
-(`HaloShape.clock_offset_seconds`). A status write is checked afterwards: HaloPSA still showing the
-old status (markaspaid and un-void are unverified) sends the job to review.
+(docs/push-rules.md); both rules, shared with the pull, are in services/reconcile.py. It
+compares times on one clock: HaloPSA's timestamps carry no offset, so the instance's clock offset
+is measured from HaloPSA's own stamp on our writes (`HaloShape.clock_offset_seconds`). A status
+write is checked afterwards: HaloPSA still showing the old status (markaspaid and un-void are
+unverified) sends the job to review.
 """
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
-from typing import Callable, Iterable, Literal
+from typing import Callable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -60,6 +60,12 @@ from integrations.services.audit import audit_record
 from integrations.services.incidents import incident_open, incident_resolve
 from integrations.services.leases import lease_acquire, lease_release
 from integrations.services.payments import EARLIEST_PAYMENT_DATE
+from integrations.services.reconcile import (  # the rules the pull applies too; importable from here as before
+    UNFINISHED,
+    payment_unpushed_adjustment,
+    status_conflict_winner,
+    status_push_on_the_way,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +86,6 @@ SWEEP_BATCH = 200
 SCHEDULE_NAME = "push-sweep"
 # A write whose round trip took longer than this says too little about when HaloPSA stamped it.
 CLOCK_MEASURE_MAX_WINDOW = timedelta(seconds=10)
-UNFINISHED = (PushJob.State.PENDING, PushJob.State.RUNNING, PushJob.State.RETRYING, PushJob.State.NEEDS_REVIEW)
 
 
 class PushJobRefused(ValueError):
@@ -461,39 +466,7 @@ def push_schedule_ensure() -> None:
     )
 
 
-# --- rules the pull sync applies --------------------------------------------------------------------
-
-
-def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modified_at: datetime | None,
-                           shape: HaloShape | None = None) -> Literal["local", "remote"]:
-    """Which status an invoice keeps when a pull brings HaloPSA's (docs/push-rules.md, "Status").
-
-    - no status set here by a person (`status_changed_locally_at` empty): HaloPSA's;
-    - HaloPSA's status has not moved since we last read it (`invoice.remote_status`): ours
-      (a local change not pushed yet, or pushed but not visible in HaloPSA's status, is never
-      overwritten by a pull that predates it);
-    - both moved: the later change wins, on one clock. HaloPSA's `last_modified` (no offset; it
-      may be the instance's local time, reference §2) is moved onto ours with the measured
-      `HaloShape.clock_offset_seconds` and compared with `status_changed_locally_at`. A tie, no
-      HaloPSA time, or no offset measured yet keeps ours (HALOPSA_UNMEASURED_CLOCK=assume_utc
-      compares as if HaloPSA's clock were UTC instead).
-    `shape` is the connection's HaloShape (read from the invoice's connection when not given).
-    When HaloPSA wins the pull should also clear `status_changed_locally_at`; an unsent status
-    push is then cancelled by its own check (the invoice no longer has the status it carries).
-    """
-    if invoice.status_changed_locally_at is None:
-        return "remote"
-    if remote_status == invoice.remote_status or remote_status == invoice.status:
-        return "local"
-    if remote_modified_at is None:
-        return "local"
-    shape = shape if shape is not None else HaloShape.of(invoice.connection)
-    remote_on_our_clock = shape.halo_time_on_our_clock(remote_modified_at)
-    if remote_on_our_clock is None:
-        if getattr(settings, "HALOPSA_UNMEASURED_CLOCK", "keep_local") != "assume_utc":
-            return "local"
-        remote_on_our_clock = remote_modified_at
-    return "remote" if remote_on_our_clock > invoice.status_changed_locally_at else "local"
+# --- the instance's clock ----------------------------------------------------------------------------
 
 
 def _clock_offset_learn(connection, shape: HaloShape, client, halopsa_id: int, *, before: dict, answer: dict | None,
@@ -534,52 +507,3 @@ def _parse_stamp(text: str) -> datetime | None:
         return datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
-
-
-def status_push_on_the_way(*, invoice: Invoice, read_started_at: datetime | None = None) -> str | None:
-    """The status a person set here that HaloPSA may not show yet, or None when every status
-    change of the invoice has settled.
-
-    It is the target of the invoice's newest status push that is unfinished, or that finished after
-    `read_started_at` (a pull that read HaloPSA before that push landed). While one is on the way
-    the pull keeps the status set here (and, for "paid", the balance it settled) unless HaloPSA
-    changed later (`status_conflict_winner`); once none is, HaloPSA's amounts and void flag decide,
-    so a status set here never outlives what HaloPSA says about the money.
-    """
-    on_the_way = Q(state__in=UNFINISHED)
-    if read_started_at is not None:
-        on_the_way |= Q(state=PushJob.State.DONE, done_at__gte=read_started_at)
-    job = (PushJob.objects.filter(invoice_id=invoice.pk, kind=PushJob.Kind.INVOICE_STATUS).filter(on_the_way)
-           .order_by("-created_at", "-id").first())
-    return job.payload.get("status") if job is not None else None
-
-
-def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterable[int],
-                                remote_references: Iterable[str] = (),
-                                payments: Iterable[Payment] | None = None) -> Decimal:
-    """How much more our copy has paid than HaloPSA reports, because of pushes still on the way.
-
-    Platform payments not yet in HaloPSA count as paid; platform payments deleted here whose
-    delete has not reached HaloPSA yet do not. A payment is "in HaloPSA" when HaloPSA lists its
-    id or, before its push recorded the id (lost response), its reference (pass the references
-    HaloPSA shows in `remote_references`). The pull adds this to HaloPSA's amountpaid and takes it
-    off HaloPSA's amountdue, so a pull between a payment and its push does not undo it.
-    """
-    remote_ids = set(remote_payment_ids)
-    references = {r for r in remote_references if r}
-    adjustment = Decimal("0.00")
-    if payments is None:  # callers that already hold the invoice's payments pass them
-        payments = Payment.objects.filter(invoice=invoice, source=Origin.PLATFORM)
-    for payment in payments:
-        if payment.source != Origin.PLATFORM:
-            continue
-        in_halopsa = (payment.halopsa_id is not None and payment.halopsa_id in remote_ids) or payment.reference in references
-        if payment.voided_at is None and not in_halopsa and _push_pending(payment, PushJob.Kind.PAYMENT_CREATE):
-            adjustment += payment.amount
-        elif payment.voided_at is not None and in_halopsa:
-            adjustment -= payment.amount
-    return adjustment
-
-
-def _push_pending(payment: Payment, kind: str) -> bool:
-    return PushJob.objects.filter(payment=payment, kind=kind, state__in=UNFINISHED).exists()

@@ -86,6 +86,12 @@ from integrations.models import (
 from integrations.services.audit import audit_record
 from integrations.services.incidents import incident_open, incident_resolve
 from integrations.services.leases import lease_acquire, lease_is_held, lease_release, lease_renew
+from integrations.services.reconcile import (
+    link_platform_payments,
+    payment_unpushed_adjustment,
+    status_conflict_winner,
+    status_push_on_the_way,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -1697,12 +1703,15 @@ class _Runner:
                     self.counts.unchanged += 1
                     continue
                 local_payments = payments_by_invoice.get(invoice.pk, []) if invoice is not None else []
-                links = _link_platform_payments(row["payments"], local_payments)
+                links = link_platform_payments(row["payments"], local_payments)
                 for halopsa_id, payment in links.items():
                     # Recorded now so the in-flight rule below already sees it as in HaloPSA.
                     Payment.objects.filter(pk=payment.pk, halopsa_id__isnull=True).update(halopsa_id=halopsa_id)
                     payment.halopsa_id = halopsa_id
-                adjustment = _unpushed_adjustment(invoice, row["payments"], local_payments) if invoice is not None else Decimal("0.00")
+                adjustment = Decimal("0.00") if invoice is None else payment_unpushed_adjustment(
+                    invoice=invoice, payments=local_payments,
+                    remote_payment_ids=(p["halopsa_id"] for p in row["payments"]),
+                    remote_references=(p.get("reference") or "" for p in row["payments"]))
                 effective = row["fingerprint"] if adjustment == 0 else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment})
                 if (invoice is not None and invoice.fingerprint == effective and invoice.deleted_in_halopsa_at is None
                         and not links and not _customer_outdated(invoice, row, customers)
@@ -1749,8 +1758,6 @@ class _Runner:
         remote_status = row["status"]
         voided = remote_status == mapping.STATUS_VOID
         if invoice is not None and invoice.status_changed_locally_at is not None:
-            from integrations.services.push import status_conflict_winner, status_push_on_the_way
-
             # A status set here counts only while its push is on the way; once HaloPSA has had it,
             # HaloPSA's amounts and void flag decide (a mark as paid whose payment was deleted
             # there is open again).
@@ -1986,37 +1993,3 @@ def _customer_outdated(invoice: Invoice, row: dict[str, Any], customers: dict[in
     (it could not be read when the invoice was written); a person's assignment is left alone."""
     customer_id = customers.get(row["halopsa_client_id"]) if row["halopsa_client_id"] else None
     return customer_id is not None and invoice.customer_assigned_at is None and invoice.customer_id != customer_id
-
-
-def _link_platform_payments(remote_payments: list[dict[str, Any]], local: list[Payment]) -> dict[int, Payment]:
-    """HaloPSA payments that are our platform payments posted before their push recorded the
-    HaloPSA id: matched by the reference we sent (reference or thirdpartyid). {halopsa_id: Payment}."""
-    linked_ids = {p.halopsa_id for p in local if p.halopsa_id is not None}
-    unlinked = {p.reference: p for p in local if p.source == Origin.PLATFORM and p.halopsa_id is None and p.reference}
-    links: dict[int, Payment] = {}
-    if not unlinked:
-        return links
-    for remote in remote_payments:
-        if remote["halopsa_id"] in linked_ids:
-            continue
-        for candidate in (remote["reference"], remote.get("thirdpartyid", "")):
-            payment = unlinked.get(candidate) if candidate else None
-            if payment is not None:
-                links[remote["halopsa_id"]] = payment
-                unlinked.pop(candidate)
-                break
-    return links
-
-
-def _unpushed_adjustment(invoice: Invoice, remote_payments: list[dict[str, Any]], local: list[Payment]) -> Decimal:
-    """How much more is paid here than HaloPSA reports because pushes are still on their way
-    (the rule is push.payment_unpushed_adjustment, given the page's already loaded payments)."""
-    platform = [p for p in local if p.source == Origin.PLATFORM]
-    if not platform:
-        return Decimal("0.00")
-    from integrations.services.push import payment_unpushed_adjustment
-
-    return payment_unpushed_adjustment(
-        invoice=invoice, remote_payment_ids={p["halopsa_id"] for p in remote_payments},
-        remote_references=[p.get("reference") or "" for p in remote_payments], payments=platform,
-    )
