@@ -28,9 +28,7 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
-import json
 import logging
-import operator
 import threading
 import time
 from collections import defaultdict
@@ -42,7 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Case, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
@@ -84,6 +82,7 @@ from integrations.models import (
     SyncRun,
 )
 from integrations.services.audit import audit_record
+from integrations.services.bulk_db import insert_rows
 from integrations.services.incidents import incident_open, incident_resolve
 from integrations.services.leases import lease_acquire, lease_is_held, lease_release, lease_renew
 from integrations.services.reconcile import (
@@ -497,72 +496,7 @@ def _incidents_after(run: SyncRun, error: BaseException | None) -> None:
                       f"The last {CONSECUTIVE_FAILURES_FOR_INCIDENT} syncs of {connection.name} failed. Latest: {run.message}")
 
 
-def _insert_rows(model: type[models.Model], rows: list[Mapping[str, Any]]) -> None:
-    """INSERT rows given as {attname: value} with one executemany (COPY on PostgreSQL); model
-    defaults and the auto timestamps (now) fill the columns a row leaves out.
-
-    The rows bulk_create would write, without building model instances or preparing every value:
-    the drivers take ints, text, bools and Decimals (quantized by mapping.py) as they are, so only
-    dates and times go through their fields' preparation (a value seen before in the batch reuses
-    its prepared form) and JSON through its field's encoder. A full sync writes its invoices,
-    lines and payments this way: 3-4x less work than bulk_create for the same rows."""
-    if not rows:
-        return
-    db = connections[router.db_for_write(model)]
-    now = timezone.now()
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    defaults: dict[str, Any] = {}
-    auto: dict[str, Any] = {}
-    for f in fields:
-        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
-            auto[f.attname] = now
-        elif f.has_default() and callable(f.default):
-            raise ValueError(f"{model.__name__}.{f.name} has a per-row default; _insert_rows does not compute those")
-        else:
-            defaults[f.attname] = f.get_default()
-    take = operator.itemgetter(*(f.attname for f in fields))
-    prepared = []  # (column index, preparation, cache of prepared values or None)
-    for index, f in enumerate(fields):
-        if isinstance(f, models.JSONField):
-            # What the field's preparation ends in (json.dumps(value, cls=encoder)) with one
-            # encoder for the batch; text serves PostgreSQL's COPY into jsonb as well.
-            prepared.append((index, (f.encoder or json.JSONEncoder)().encode, None))
-        elif isinstance(f, models.DateField):  # DateTimeField too
-            prepared.append((index, functools.partial(f.get_db_prep_save, connection=db), {}))
-    values = []
-    for row in rows:
-        if auto:
-            record = take({**defaults, **row, **auto})
-        else:
-            try:
-                record = take(row)  # a row that names every column (mapped lines) is used as it is
-            except KeyError:
-                record = take({**defaults, **row})
-        if prepared:
-            record = list(record)
-            for index, prepare, cache in prepared:
-                value = record[index]
-                if value is None:
-                    continue
-                if cache is None:
-                    record[index] = prepare(value)
-                else:
-                    if value not in cache:
-                        cache[value] = prepare(value)
-                    record[index] = cache[value]
-        values.append(record)
-    quote = db.ops.quote_name
-    table, columns = quote(model._meta.db_table), ", ".join(quote(f.column) for f in fields)
-    with db.cursor() as cursor:
-        if db.vendor == "postgresql":
-            # COPY: PostgreSQL's bulk load, ~2.3x faster than executemany for the same rows
-            # (benchmarks/README.md); psycopg adapts the values as it does for INSERTs, and its
-            # errors become Django's (a duplicate id still fails the batch with IntegrityError).
-            with db.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for record in values:
-                    copy.write_row(record)
-        else:
-            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})", values)
+_insert_rows = insert_rows  # the name tests/sync/test_insert_rows.py imports
 
 
 def _insert_invoices(connection_id: int, rows: list[Mapping[str, Any]]) -> dict[int, int]:
@@ -570,7 +504,7 @@ def _insert_invoices(connection_id: int, rows: list[Mapping[str, Any]]) -> dict[
     (connection, halopsa_id): executemany and COPY return none)."""
     if not rows:
         return {}
-    _insert_rows(Invoice, rows)
+    insert_rows(Invoice, rows)
     return dict(Invoice.objects.filter(connection_id=connection_id, halopsa_id__in=[r["halopsa_id"] for r in rows])
                 .order_by().values_list("halopsa_id", "pk"))
 
@@ -1790,7 +1724,7 @@ class _Runner:
             for line in row["lines"]:  # the mapped line becomes the row (no copy: lines are most rows)
                 line["invoice_id"] = invoice_id
                 lines.append(line)
-        _insert_rows(InvoiceLine, lines)
+        insert_rows(InvoiceLine, lines)
 
     def _write_payments(self, written: list[tuple[int, dict[str, Any], dict[int, Payment]]],
                         payments_by_invoice: dict[int, list[Payment]]) -> None:
@@ -1830,7 +1764,7 @@ class _Runner:
         if vanished_platform:
             self._void_platform_payments_deleted_in_halopsa(vanished_platform)
         Payment.objects.bulk_update(to_update, ["kind", "amount", "paid_on", "method", "reference", "fingerprint", "raw"])
-        _insert_rows(Payment, to_create)
+        insert_rows(Payment, to_create)
 
     def _void_platform_payments_deleted_in_halopsa(self, payment_ids: list[int]) -> None:
         """A platform payment HaloPSA no longer lists was deleted there: mark it voided (the
