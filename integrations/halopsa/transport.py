@@ -16,7 +16,7 @@ What it owns:
 - typed errors with messages a partner can act on (exceptions.py); one log line per request
   with method, path, status, duration and attempt, never a secret or a token;
 - request statistics (`RequestStats`) a sync run can share;
-- request bodies as JSON with Decimals as exact numbers (`dumps_json`).
+- request bodies as JSON with Decimals as exact numbers (`dumps_json`, written by orjson).
 
 Answers are parsed JSON (numbers as Decimal). Text that is not valid UTF-8 fails only the records
 that hold it: they carry the fields it was in under `payloads.INVALID_TEXT_KEY` (the bad bytes
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import json
 import logging
 import math
 import random
@@ -40,6 +39,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 from django.conf import settings
 from urllib3 import exceptions as urllib3_exceptions
@@ -138,26 +138,46 @@ def format_query_datetime(value: datetime | date) -> str:
     return f"{value.isoformat()}T00:00:00"
 
 
-_DECIMAL_MARK = "\u0000decimal:"
-_DECIMAL_MARK_RE = re.compile(r'"\\u0000decimal:(-?\d+(?:\.\d+)?)"')
+# Request bodies as the standard library wrote them with ensure_ascii (what HaloPSA has always
+# been sent): everything past printable ASCII as a \uXXXX escape. orjson writes UTF-8 instead,
+# and in its output such characters occur only inside strings.
+_NOT_PRINTABLE_ASCII = re.compile("[^\x20-\x7e]")
+_JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 
 
 def dumps_json(payload: Any) -> bytes:
-    """JSON with Decimals written as plain numbers with all their digits (never via float)."""
+    """JSON with Decimals written as plain numbers with all their digits (never via float), dates
+    and datetimes as HaloPSA's query form, compact and ASCII-only. A Decimal that is not finite
+    raises ValueError; what JSON cannot hold (lone surrogates, integers beyond 64 bits) raises
+    TypeError before anything is sent."""
+    try:
+        body = orjson.dumps(payload, default=_json_default, option=_JSON_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        if isinstance(exc.__cause__, ValueError):  # orjson wraps what its hook raises
+            raise exc.__cause__ from None
+        raise
+    if body.isascii() and b"\x7f" not in body:
+        return body
+    return _NOT_PRINTABLE_ASCII.sub(_ascii_escape, body.decode("utf-8")).encode("ascii")
 
-    def default(value: Any) -> Any:
-        if isinstance(value, Decimal):
-            if not value.is_finite():
-                raise ValueError(f"not a finite amount: {value}")
-            return _DECIMAL_MARK + format(value, "f")
-        if isinstance(value, datetime):
-            return format_query_datetime(value)
-        if isinstance(value, date):
-            return format_query_datetime(value)
-        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-    text = json.dumps(payload, default=default, separators=(",", ":"))
-    return _DECIMAL_MARK_RE.sub(r"\1", text).encode("utf-8")
+def _json_default(value: Any) -> Any:
+    """orjson's hook for request bodies: what it does not write itself, or is told to pass here."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"not a finite amount: {value}")
+        return orjson.Fragment(format(value, "f"))  # a bare number: orjson writes no Decimal itself
+    if isinstance(value, (datetime, date)):
+        return format_query_datetime(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _ascii_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # a UTF-16 surrogate pair, as JSON writes characters beyond the BMP
+    return f"\\u{0xD800 | (code >> 10):04x}\\u{0xDC00 | (code & 0x3FF):04x}"
 
 
 def _first_text(value: Any) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from email.utils import format_datetime
 
@@ -82,6 +82,20 @@ def test_json_numbers_are_decimal_both_ways():
     assert body == b'[{"amount":1234.10,"n":0.10000000000000001,"ref":"x"}]'
     with pytest.raises(ValueError):
         dumps_json({"amount": Decimal("NaN")})
+
+
+def test_request_bodies_keep_the_bytes_the_standard_library_wrote():
+    # orjson writes the body; HaloPSA still gets what json.dumps(ensure_ascii) sent: text past
+    # printable ASCII escaped (surrogate pairs beyond the BMP), dates in the query form, key order.
+    payload = [{"reference": "Zoë \u2028 \x7f \U0001f600", "date": date(2026, 3, 1), 7: True,
+                "when": datetime(2026, 3, 1, 14, 30, tzinfo=timezone(timedelta(hours=2))), "none": None,
+                "amounts": (Decimal("-0.00"), Decimal("1E+3"), Decimal("5E-8"))}]
+    assert dumps_json(payload) == (
+        b'[{"reference":"Zo\\u00eb \\u2028 \\u007f \\ud83d\\ude00","date":"2026-03-01T00:00:00","7":true,'
+        b'"when":"2026-03-01T12:30:00","none":null,"amounts":[-0.00,1000,0.00000005]}]'
+    )
+    with pytest.raises(TypeError):
+        dumps_json({"at": time(9, 0)})
 
 
 @pytest.mark.parametrize(
