@@ -426,7 +426,7 @@ class HaloClient(HaloTransport):
     def _note_payments_key(self, key: str) -> None:
         if key and key != self.payments_list_key:
             self.payments_list_key = key
-            logger.info("halopsa GET /api/InvoicePayment lists its rows %s",
+            logger.info("halopsa %s GET /api/InvoicePayment lists its rows %s", self._log_where(),
                         "as a bare array" if key == BARE_ARRAY else f"under the key {key!r}")
 
     def list_invoice_payments(self, invoice_id: int) -> list[dict[str, Any]]:
@@ -564,7 +564,7 @@ class HaloClient(HaloTransport):
                         status=exc.status,
                     ) from lookup_error
                 if found is not None:
-                    logger.info("halopsa payment %s found after an unconfirmed POST", reference)
+                    logger.info("halopsa %s payment %s found after an unconfirmed POST", self._log_where(), reference)
                     return found
                 if isinstance(exc, HaloTimeout) or attempts > self.max_retries:
                     raise

@@ -14,7 +14,8 @@ What it owns:
   requests that would pass it;
 - a client-side request budget (budget.py) and SSRF-safe outbound connections (outbound.py);
 - typed errors with messages a partner can act on (exceptions.py); one log line per request
-  with method, path, status, duration and attempt, never a secret or a token;
+  with the connection id, host, method, path, status, duration and attempt, never a secret or a
+  token;
 - request statistics (`RequestStats`) a sync run can share;
 - request bodies as JSON with Decimals as exact numbers (`dumps_json`, written by orjson).
 
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 import requests
@@ -290,6 +291,7 @@ class HaloTransport:
         tenant: str = "",
         stats: RequestStats | None = None,
         budget_key: str | None = None,
+        connection_id: int | None = None,
         rate_limit: int | None = None,
         rate_window: float | None = None,
         budget_max_wait: float | None = None,
@@ -307,6 +309,7 @@ class HaloTransport:
         self.client_id = (client_id or "").strip()
         self._client_secret = client_secret or ""
         self.tenant = (tenant or "").strip()
+        self.connection_id = connection_id  # our Connection's id, for the log lines (None: not saved yet)
         self.stats = stats if stats is not None else RequestStats()
         self.connect_timeout = float(
             connect_timeout if connect_timeout is not None else getattr(settings, "HALOPSA_CONNECT_TIMEOUT", 5.0)
@@ -353,6 +356,7 @@ class HaloTransport:
             "tenant": connection.tenant,
             "stats": stats,
             "budget_key": f"conn:{connection.pk}",
+            "connection_id": connection.pk,
         }
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -562,7 +566,8 @@ class HaloTransport:
                 if self._time_left() is not None and delay >= self._time_left():
                     raise self._deadline_reached(f"{method} {self._log_path(url)} failed ({error.message})") from None
                 self.stats.add(retries=1)
-                logger.info("halopsa retrying %s %s in %.2f s after: %s", method, self._log_path(url), delay, error.message)
+                logger.info("halopsa %s retrying %s %s in %.2f s after: %s",
+                            self._log_where(url), method, self._log_path(url), delay, error.message)
                 self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
@@ -653,8 +658,8 @@ class HaloTransport:
                 if status != "refused":
                     self.stats.add(requests=1)
                 logger.info(
-                    "halopsa %s %s status=%s duration_ms=%d attempt=%d",
-                    method, path, status, (time.monotonic() - started) * 1000, attempt,
+                    "halopsa %s %s %s status=%s duration_ms=%d attempt=%d",
+                    self._log_where(url), method, path, status, (time.monotonic() - started) * 1000, attempt,
                 )
 
         if response.status_code >= 400 or 300 <= response.status_code < 400:
@@ -822,6 +827,12 @@ class HaloTransport:
     def _excerpt(self, content: bytes) -> str:
         return self._scrub(content[:EXCERPT_CHARS].decode("utf-8", "replace"))
 
+    def _log_where(self, url: str | None = None) -> str:
+        """`connection=<id> host=<host[:port]>` for the log lines: which partner's HaloPSA was called
+        (the token may come from another host than the API). Never the query, user info or a secret."""
+        connection = "-" if self.connection_id is None else self.connection_id
+        return f"connection={connection} host={_host(urlsplit(url or self.base_url)) or '-'}"
+
     @staticmethod
     def _log_path(url: str) -> str:
         return urlsplit(url).path or "/"
@@ -829,7 +840,11 @@ class HaloTransport:
     @staticmethod
     def _display_url(url: str) -> str:
         parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+        return f"{parts.scheme}://{_host(parts)}{parts.path}"
+
+
+def _host(parts: SplitResult) -> str:
+    return f"{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}"
 
 
 class _ExpiredToken(Exception):

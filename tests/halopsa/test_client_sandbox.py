@@ -334,7 +334,28 @@ def test_one_log_line_per_request(halo_sandbox, make_client, caplog):
     list(client.iter_invoices())
     lines = [r.getMessage() for r in caplog.records if r.name == "integrations.halopsa.client"]
     assert len(lines) == 2
-    assert lines[0].startswith("halopsa POST /auth/token status=200 duration_ms=")
-    assert lines[1].startswith("halopsa GET /api/Invoice status=200 duration_ms=")
+    where = f"connection=- host={halo_sandbox.url.split('://')[1]}"  # a client made without a connection
+    assert lines[0].startswith(f"halopsa {where} POST /auth/token status=200 duration_ms=")
+    assert lines[1].startswith(f"halopsa {where} GET /api/Invoice status=200 duration_ms=")
     assert lines[1].endswith("attempt=1")
     assert "page_no" not in lines[1] and "?" not in lines[1]
+
+
+def test_every_request_log_line_names_the_connection_and_host(halo_sandbox, make_connection, partner, sleeps, caplog):
+    caplog.set_level(logging.INFO, logger="integrations.halopsa.client")
+    connection = make_connection(partner, halo_sandbox)
+    halo_sandbox.add_fault("status", status=503, path="/api/InstanceInfo", count=1)  # a retry line too
+    halo_sandbox.add_fault("expire_token", path="/api/Invoice", count=1)  # and a second token request
+    with HaloClient.for_connection(connection, sleep=sleeps, retry_base_delay=0.001) as client:
+        assert client.connection_id == connection.pk
+        client.version()
+        list(client.iter_invoices())
+        client.list_invoice_payments(2)  # says which list key HaloPSA used
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "integrations.halopsa.client" and r.module in ("client", "transport")]
+    where = f"halopsa connection={connection.pk} host={halo_sandbox.url.split('://')[1]} "
+    assert [line for line in lines if not line.startswith(where)] == []
+    assert sum(" status=" in line for line in lines) == len(halo_sandbox.request_log) >= 6
+    assert any(" retrying GET /api/InstanceInfo " in line for line in lines)
+    assert any("lists its rows" in line for line in lines)
+    assert all(SANDBOX_CLIENT_SECRET not in line and "Bearer" not in line for line in lines)

@@ -155,6 +155,6 @@ def test_secrets_and_tokens_never_reach_the_logs(halo_sandbox_factory, caplog):
             errors.append(str(exc))
     assert pages == 3 and len(issued) == 2 and errors
     text = caplog.text + "\n".join(errors) + repr(client)
-    assert "halopsa GET /api/Invoice status=200" in caplog.text
+    assert f"halopsa connection=- host={sandbox.url.split('://')[1]} GET /api/Invoice status=200" in caplog.text
     for secret in (SANDBOX_CLIENT_SECRET, "x" * 40, *issued):
         assert secret not in text
