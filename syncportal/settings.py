@@ -183,7 +183,7 @@ if not FIELD_ENCRYPTION_KEYS:
 HALOPSA_ALLOW_PRIVATE_NETWORKS = env.bool("HALOPSA_ALLOW_PRIVATE_NETWORKS", default=False)
 HALOPSA_CONNECT_TIMEOUT = env.float("HALOPSA_CONNECT_TIMEOUT", default=5.0)
 HALOPSA_READ_TIMEOUT = env.float("HALOPSA_READ_TIMEOUT", default=60.0)
-# Published hosted limit is about 300 requests per rolling 5 minutes (reference §8; sources vary).
+# Hosted HaloPSA allows about 300 requests per rolling 5 minutes (docs/halopsa-facts.md §8; reports vary).
 HALOPSA_RATE_LIMIT = env.int("HALOPSA_RATE_LIMIT", default=300)
 HALOPSA_RATE_WINDOW = env.int("HALOPSA_RATE_WINDOW", default=300)
 HALOPSA_MAX_RETRIES = env.int("HALOPSA_MAX_RETRIES", default=5)
@@ -202,9 +202,9 @@ HALOPSA_WEBHOOK_MAX_BODY = env.int("HALOPSA_WEBHOOK_MAX_BODY", default=256 * 102
 # Inbound webhooks (docs/webhooks.md). A connection authenticates them one way: Basic, or an HMAC
 # signature when it has an HMAC secret. The signature travels in this header: base64 HMAC-SHA256
 # of the raw body, keyed by the secret; "Token" as DJPSA registers HaloPSA's authentication_type 3
-# (reference §6).
+# (halopsa-facts §6).
 HALOPSA_WEBHOOK_HMAC_HEADER = env.str("HALOPSA_WEBHOOK_HMAC_HEADER", default="Token")
-# HaloPSA's authentication_type number for Basic: unconfirmed (reference §11 item 3 knows only
+# HaloPSA's authentication_type number for Basic: unconfirmed (halopsa-facts §11.3 knows only
 # 0 = none and 3 = HMAC), so the webhook registered through the API uses this one.
 HALOPSA_WEBHOOK_BASIC_AUTH_TYPE = env.int("HALOPSA_WEBHOOK_BASIC_AUTH_TYPE", default=1)
 
@@ -223,13 +223,13 @@ def _webhook_eventnos(text: str) -> dict[str, int]:
 
 
 # HaloPSA's eventno of each event the portal subscribes to. Unknown for invoice, client, user and
-# payment events (reference §11 item 4), so empty by default: registering through the API then
+# payment events (halopsa-facts §11.4), so empty by default: registering through the API then
 # attaches no events and the connection page lists the ones to tick by hand in HaloPSA.
 HALOPSA_WEBHOOK_EVENTNOS = _webhook_eventnos(env.str("HALOPSA_WEBHOOK_EVENTNOS", default=""))
 # After a payment POST whose outcome is unknown (timeout, dropped connection, 5xx), wait this long
 # before looking it up and posting again, so HaloPSA has surely finished committing it.
 HALOPSA_PUSH_SETTLE_SECONDS = env.int("HALOPSA_PUSH_SETTLE_SECONDS", default=300)
-# HaloPSA's timestamps carry no offset and may be the instance's local time (reference §2): the
+# HaloPSA's timestamps carry no offset and may be the instance's local time (halopsa-facts §2): the
 # push measures the instance's clock from HaloPSA's stamp on our writes, again after this many
 # hours (a DST change). Until one is measured, the status conflict rule keeps the status set here
 # ("keep_local"), or compares as if HaloPSA's clock were UTC ("assume_utc"); docs/push-rules.md.
@@ -239,7 +239,7 @@ if HALOPSA_UNMEASURED_CLOCK not in ("keep_local", "assume_utc"):
     raise ImproperlyConfigured(f"HALOPSA_UNMEASURED_CLOCK must be keep_local or assume_utc, not {HALOPSA_UNMEASURED_CLOCK!r}.")
 # The shape probe (integrations/halopsa/probe.py): invoices sampled for their paymentstatus codes
 # and the newest-first check, and the user fields taken as the invoice-access flag when
-# canaccessinvoices is nowhere (how HaloPSA flags a billing contact is unverified, reference §11.8).
+# canaccessinvoices is nowhere (how HaloPSA flags a billing contact is unverified, halopsa-facts §11.8).
 HALOPSA_PROBE_INVOICE_SAMPLE = env.int("HALOPSA_PROBE_INVOICE_SAMPLE", default=50)
 HALOPSA_BILLING_FLAG_ALTERNATIVES = env.list(
     "HALOPSA_BILLING_FLAG_ALTERNATIVES", default=["sendaccountsemails", "invoice_access_level"]
@@ -259,7 +259,7 @@ HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS = env.int("HALOPSA_SYNC_CURSOR_OVERLAP_SECON
 # A cursor never goes further than this ahead of our clock (one record stamped in the far future
 # must not stop incremental reads; capping only makes a read longer).
 HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS = env.int("HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS", default=24)
-# Where users' list rows lack the billing flag (canaccessinvoices, reference §4.2): GET /Users/{id}
+# Where users' list rows lack the billing flag (canaccessinvoices, halopsa-facts §4.2): GET /Users/{id}
 # calls one run may make, for users whose list row changed; the rest wait for the next run.
 HALOPSA_SYNC_USER_DETAILS_PER_RUN = env.int("HALOPSA_SYNC_USER_DETAILS_PER_RUN", default=250)
 # One sync run stops cleanly after this long (what it read is saved; the next run reads the rest),
