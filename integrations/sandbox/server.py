@@ -415,7 +415,7 @@ class SandboxServer:
 
     @staticmethod
     def _single_or_list(rows: list[Any]) -> Any:
-        # POST /Invoice and /Webhook answer the object for a one-item array (unverified, §11 item 7).
+        # POST /Invoice and /Webhook answer the object for a one-item array (unverified, docs/halopsa-facts.md §11.7).
         return rows[0] if len(rows) == 1 else rows
 
     def _instance_info(self, method: str, rest: list[str], query: dict[str, str], body: bytes) -> Response:
@@ -531,7 +531,7 @@ class SandboxServer:
             invoice = store.get_invoice(_path_id(rest[1]))
             if invoice is None:
                 raise NotFound(f"Invoice {rest[1]} not found")
-            # Response format undocumented (§3.5, §11 item 5): we answer the attachment id.
+            # Response format undocumented (halopsa-facts §3.5, §11.5): we answer the attachment id.
             return Response(200, {"id": invoice.pdf_attachment_id,
                                   "filename": pdf_filename(invoice), "invoice_id": invoice.id})
         if rest:
@@ -633,7 +633,7 @@ class SandboxServer:
                     items.append(store.payment_json(*found))
             return Response(200, {**envelope, envelope_key: items} if envelope_key else items)
         if method == "POST":
-            # Always an array back, one created payment per row (unverified, §11 item 7).
+            # Always an array back, one created payment per row (unverified, halopsa-facts §11.7).
             return Response(201, store.add_payments(self._body_rows(body)))
         return _json_error(405, f"The requested resource does not support http method '{method}'.")
 

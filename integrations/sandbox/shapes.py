@@ -1,11 +1,11 @@
 """Every HaloPSA wire-shape decision the sandbox makes, in one place.
 
-The reference (`../shared/reference/halopsa-api.md`) confirms paths, parameter names and most field
-names, but several details are marked "unverified" there. Each guess below says so and cites the
+`docs/halopsa-facts.md` ("halopsa-facts §N" below) confirms paths, parameter names and most field
+names, but several details are marked unverified there. Each guess below says so and cites the
 section, so that correcting the simulator after meeting a real tenant means editing this file only.
 
 This module is pure standard library (no Django) and holds:
-- profiles: the plausible variants of a real instance the reference cannot rule out (issue 16),
+- profiles: the plausible variants of a real instance halopsa-facts cannot rule out (issue 16),
 - enums (payment status, payment type, webhook auth type),
 - envelope keys of list endpoints,
 - date and money formatting,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 SANDBOX_CLIENT_ID = "5c0a7e6e-2f4b-4d0b-9a55-3d9a1f6c2b10"
 SANDBOX_CLIENT_SECRET = "8b0f3c2e-91a4-4c7e-b5d2-6e1f0a9c3d47-2d6e9f10-7a3b-4e58-8c21-b94f05d7e6a3"
 DEFAULT_VERSION = "2.130.1"
-#: Real-time (webhook) sync exists only from this version on, per [ALT] (§6 "Version gating").
+#: Real-time (webhook) sync exists only from this version on, per [ALT] (halopsa-facts §6 "Version gating").
 #: No Halo release note confirms it; the sandbox gates every webhook on it.
 WEBHOOK_MIN_VERSION = "2.122.1"
 
@@ -49,7 +49,7 @@ def version_supports_webhooks(version: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Enums (reference §11 item 3: none of these integers is confirmed by Halo)
+# Enums (halopsa-facts §11.3: none of these integers is confirmed by Halo)
 
 #: `InvoiceHeader.paymentstatus`. Only "0 (and -1) = unpaid" is hinted by Halo's UI filter
 #: `paymentstatuses=0,-1` [HAPI #33]; 1 and 2 are our guess. Only the `unpaid_minus_one` profile
@@ -60,13 +60,13 @@ PAYMENTSTATUS_PARTIALLY_PAID = 1
 PAYMENTSTATUS_PAID = 2
 
 #: `InvoicePayment.type` (SW25 field, values unverified). 0 = money received, 1 = credit note
-#: applied (row carries `credit_note_id`, inferred from field names, §5). 2 would be a deposit:
+#: applied (row carries `credit_note_id`, inferred from field names, halopsa-facts §5). 2 would be a deposit:
 #: deposits are out of scope ([ALT] does not sync them) and the sandbox never generates any.
 PAYMENT_TYPE_PAYMENT = 0
 PAYMENT_TYPE_CREDIT = 1
 PAYMENT_TYPE_DEPOSIT = 2  # documented only; never produced
 
-#: `Webhook.authentication_type` (§6; only 0 and 3 are confirmed, §11 item 3): 0 = no
+#: `Webhook.authentication_type` (halopsa-facts §6; only 0 and 3 are confirmed, §11.3): 0 = no
 #: authentication; 1 = Basic (`basic_username`/`basic_password`; the guide names the option, its
 #: number is a guess); 3 = HMAC-SHA256 of the raw body, base64, in the header named by
 #: `authentication_header`, keyed by `basic_password` [DJPSA]. Each type sends only its own proof:
@@ -75,40 +75,41 @@ WEBHOOK_AUTH_NONE = 0
 WEBHOOK_AUTH_BASIC = 1
 WEBHOOK_AUTH_HMAC = 3
 
-#: Invoices with no customer: Halo stores client id 0 and an empty name (unverified; §3.3 gives no
+#: Invoices with no customer: Halo stores client id 0 and an empty name (unverified; halopsa-facts §3.3 gives no
 #: example). Clients that treat 0/"" as "no customer" work against either guess.
 NO_CLIENT_ID = 0
 NO_CLIENT_NAME = ""
 
 # ---------------------------------------------------------------------------------------------
-# Lists and paging (§2)
+# Lists and paging (halopsa-facts §2)
 
 #: Array keys inside list envelopes. `invoicepayments` is a guess: GET /InvoicePayment has no
-#: declared response schema (§2, §11 item 7; profiles `payments_key_payments`, `payments_bare_array`). `webhooks` is a guess too (GET /Webhook is a bare
-#: array in some clients) - the sandbox returns a bare array for /Webhook, see server.py.
+#: declared response schema (halopsa-facts §2, §11.7; profiles `payments_key_payments`,
+#: `payments_bare_array`). `webhooks` is a guess too (GET /Webhook is a bare array in some
+#: clients) - the sandbox returns a bare array for /Webhook, see server.py.
 ENVELOPE_KEYS = {
     "clients": "clients",
     "users": "users",
     "invoices": "invoices",
     "payments": "invoicepayments",
 }
-#: Observed server-side page cap (HAPI #90, seen on /tickets; assumed for every list, §11 item 10).
+#: Observed server-side page cap (HAPI #90, seen on /tickets; assumed for every list, halopsa-facts §11.10).
 PAGE_CAP = 100
 #: Page size used when `pageinate=true` comes without `page_size` (unverified).
 DEFAULT_PAGE_SIZE = 50
 
 # Filter semantics (implemented in server.py/store.py; documented here with the other guesses):
 # - `lastupdatefromdate`/`lastupdatetodate` on /Client and /Users filter `alastupdate`/`ulastupdate`,
-#   inclusive. The specs type them oddly as bool; their use as date filters is unverified (§11 item 6).
+#   inclusive. The specs type them oddly as bool; their use as date filters is unverified (halopsa-facts §11.6).
 # - /Invoice `datesearch` in {invoice_date, last_modified, duedate} with `start_date`/`end_date`
 #   (inclusive, compared to the millisecond; a bare date means midnight UTC). Unknown datesearch
 #   values are ignored; dates without datesearch filter invoice_date (unverified).
 # - `paymentstatuses` is a comma list matched literally (-1 matches nothing; 0,-1 = unpaid view).
 # - Default order is by id ascending; `order` accepts id, invoice_date, duedate, last_modified,
 #   client_id, client_name, date_created (invoices) / name, alastupdate, ulastupdate (others);
-#   anything else falls back to id. Deleted records simply disappear (no `includedeleted`, §3.6).
+#   anything else falls back to id. Deleted records simply disappear (no `includedeleted`, halopsa-facts §3.6).
 # - POST creates answer 201, updates 200; POST /Invoice and /Webhook answer a single object for a
-#   one-item array, POST /InvoicePayment always an array (unverified, §11 item 7). DELETEs answer
+#   one-item array, POST /InvoicePayment always an array (unverified, halopsa-facts §11.7). DELETEs answer
 #   200 with an empty body.
 
 #: Halo's hosted throttle text [WR51]. The number follows the configured limit.
@@ -122,7 +123,7 @@ def rate_limit_message(limit: int, window_seconds: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dates. Halo sends local-style timestamps without an offset (§2); the sandbox's clock is UTC, so
+# Dates. Halo sends local-style timestamps without an offset (halopsa-facts §2); the sandbox's clock is UTC, so
 # every timestamp it serves is UTC without a suffix (the `local_clock` profile moves them). `invoice_date`/`duedate`/`date` come without
 # fractions, `last_modified`/`alastupdate`/`ulastupdate`/`datecreated` with milliseconds ([PYH]
 # parses the former with `%Y-%m-%dT%H:%M:%S` and `last_modified` with `.%f`).
@@ -232,7 +233,7 @@ def dumps(payload: Any) -> bytes:
 
 
 def client_to_api(client: Client) -> dict[str, Any]:
-    """`Area` fields the portal needs (§4.1)."""
+    """`Area` fields the portal needs (halopsa-facts §4.1)."""
     return {
         "id": client.id,
         "name": client.name,
@@ -258,7 +259,7 @@ def client_to_api(client: Client) -> dict[str, Any]:
 
 
 def user_to_api(user: User, client_name: str, site_name: str = "Main") -> dict[str, Any]:
-    """`Users_List` + the `Users` fields the billing-contact rule reads (§4.2). `site_id` is a
+    """`Users_List` + the `Users` fields the billing-contact rule reads (halopsa-facts §4.2). `site_id` is a
     double in the spec, hence `12.0`, with `site_id_int` beside it."""
     return {
         "id": user.id,
@@ -287,7 +288,7 @@ def user_to_api(user: User, client_name: str, site_name: str = "Main") -> dict[s
 
 
 def line_to_api(line: Line, invoice_id: int) -> dict[str, Any]:
-    """`InvoiceDetail` (§3.4)."""
+    """`InvoiceDetail` (halopsa-facts §3.4)."""
     return {
         "id": line.id,
         "ihid": invoice_id,
@@ -310,8 +311,8 @@ PAYMENT_METHOD_NAMES = {0: "Bank Transfer", 1: "Credit Card", 2: "Cheque", 3: "C
 
 
 def payment_to_api(payment: Payment, invoice: Invoice, client_name: str) -> dict[str, Any]:
-    """`InvoicePayment_List` (SW25, §5). Credit applications are rows with `type` 1 and
-    `credit_note_id` set (inferred, §5 last bullet)."""
+    """`InvoicePayment_List` (SW25, halopsa-facts §5). Credit applications are rows with `type` 1 and
+    `credit_note_id` set (inferred, halopsa-facts §5 last bullet)."""
     return {
         "id": payment.id,
         "invoice_id": payment.invoice_id,
@@ -333,7 +334,7 @@ def payment_to_api(payment: Payment, invoice: Invoice, client_name: str) -> dict
 
 
 def invoice_to_api(invoice: Invoice, client_name: str, *, include_lines: bool) -> dict[str, Any]:
-    """`InvoiceHeader` fields the portal needs (§3.3). `payments` is always embedded; `lines`
+    """`InvoiceHeader` fields the portal needs (halopsa-facts §3.3). `payments` is always embedded; `lines`
     only when asked for (`includelines` on the list, `includedetails` on GET by id)."""
     total = invoice.total
     amountpaid = invoice.amountpaid
@@ -359,7 +360,7 @@ def invoice_to_api(invoice: Invoice, client_name: str, *, include_lines: bool) -
         "posted": invoice.posted,
         "disabled": False,
         # Credit notes are invoice records with a negative total; `invoicetype` values are
-        # unverified (§11 item 3) - 0 invoice, 1 credit note is our guess.
+        # unverified (halopsa-facts §11.3) - 0 invoice, 1 credit note is our guess.
         "invoicetype": 1 if invoice.is_credit_note else 0,
         "creditlinkedtoinvoiceid": invoice.creditlinkedtoinvoiceid,
         "pdf_attachment_id": invoice.pdf_attachment_id,
@@ -372,41 +373,41 @@ def invoice_to_api(invoice: Invoice, client_name: str, *, include_lines: bool) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Profiles (issue 16): the plausible real-HaloPSA variants where the reference is unsure. A
+# Profiles (issue 16): the plausible real-HaloPSA variants where halopsa-facts is unsure. A
 # profile is a set of variant names; the default profile (no variant) is the shape above. The
 # data never changes with the profile (the ground truth is the same), only what the wire shows.
 # Each variant names its evidence; server.py applies them (`to_wire` below does the record shapes).
 
 PROFILE_VARIANTS: dict[str, str] = {
     # Both specs' `Users_List` lacks `canaccessinvoices`; only the full `Users` (GET /Users/{id})
-    # has it (§4.2).
+    # has it (halopsa-facts §4.2).
     "flag_on_detail": "GET /Users list rows have no canaccessinvoices (whatever includebillinginfo "
                       "says); GET /Users/{id} has it",
-    # `includebillinginfo` on GET /Users is "Include billing information in the response" (§4.2);
+    # `includebillinginfo` on GET /Users is "Include billing information in the response" (halopsa-facts §4.2);
     # that it adds this flag is a guess.
     "flag_with_billinginfo": "GET /Users list rows carry canaccessinvoices only with includebillinginfo=true; "
                              "the detail always does",
-    # GET /InvoicePayment has no declared response schema (§2, §11 item 7); Status/Priority/Agent
+    # GET /InvoicePayment has no declared response schema (halopsa-facts §2, §11.7); Status/Priority/Agent
     # lists are bare arrays [DJPSA].
     "payments_bare_array": "GET /InvoicePayment answers a bare array of every matching row (no envelope, "
                            "no record_count, paging ignored)",
     "payments_key_payments": "GET /InvoicePayment's envelope key is `payments`, not `invoicepayments`",
-    # What `search` matches is undocumented (§2 "Search", §5).
+    # What `search` matches is undocumented (halopsa-facts §2 "Search", §5).
     "search_ignores_reference": "GET /InvoicePayment search matches the invoice number and client name, "
                                 "never reference/thirdpartyid",
-    # Unknown or unbound parameters are silently ignored (§2); `invoice_id` on /InvoicePayment is
-    # spec text only (§5).
+    # Unknown or unbound parameters are silently ignored (halopsa-facts §2); `invoice_id` on /InvoicePayment is
+    # spec text only (halopsa-facts §5).
     "payment_invoice_filter_ignored": "GET /InvoicePayment ignores invoice_id (answers every payment)",
-    # Fields can be omitted (§2 last bullet); HaloPSA leaves null fields out (issue 16 item 8).
+    # Fields can be omitted (halopsa-facts §2 last bullet); HaloPSA leaves null fields out (issue 16 item 8).
     "nulls_omitted": "every object the API returns leaves out keys whose value is null or \"\"",
-    # Halo's own unpaid view sends paymentstatuses=0,-1 [HAPI #33] (§3.2, §3.6, §11 item 3).
+    # Halo's own unpaid view sends paymentstatuses=0,-1 [HAPI #33] (halopsa-facts §3.2, §3.6, §11.3).
     "unpaid_minus_one": "invoices with nothing paid carry paymentstatus -1, amountdue 0 and no "
                         "amount_remaining; paymentstatuses=-1 matches them, 0 does not",
-    # `datesearch`/`start_date`/`end_date` are SW25 only (§3.2, §9); older instances ignore them.
+    # `datesearch`/`start_date`/`end_date` are SW25 only (halopsa-facts §3.2, §9); older instances ignore them.
     "no_datesearch": "GET /Invoice ignores datesearch/start_date/end_date (order=last_modified works)",
-    # The specs type these as bool with an odd description; use as filters unverified (§4.1, §11 item 6).
+    # The specs type these as bool with an odd description; use as filters unverified (halopsa-facts §4.1, §11.6).
     "no_lastupdate_filter": "GET /Client and /Users ignore lastupdatefromdate/lastupdatetodate",
-    # Timestamps come without an offset (§2 "Date formats"), so they are in whatever frame the
+    # Timestamps come without an offset (halopsa-facts §2 "Date formats"), so they are in whatever frame the
     # instance's clock is.
     "local_clock": "every timestamp served is UTC + clock_offset_minutes (no offset written) and query "
                    "dates are read in that frame; calendar dates and webhook `timestamp` unaffected",
@@ -516,7 +517,7 @@ def parse_instance_date(text: str | None, profile: Profile) -> int | None:
     """A query-string date as the instance reads it, in epoch ms UTC. With `local_clock` the
     instance reads every date as its own wall-clock time: an offset or `Z` is not converted
     (a clock that merely disagrees with ours could not be corrected by it anyway; unverified,
-    §2 "Query-string dates", §11 item 6)."""
+    halopsa-facts §2 "Query-string dates", §11.6)."""
     if not text:
         return None
     offset = profile.clock_offset_ms
@@ -569,9 +570,9 @@ def _to_wire(value: Any, offset_ms: int, unpaid_minus_one: bool, omit_empty: boo
 
 
 # ---------------------------------------------------------------------------------------------
-# Webhooks (§6). Event names are lower-case words like the live "ticket status changed"
+# Webhooks (halopsa-facts §6). Event names are lower-case words like the live "ticket status changed"
 # [DOTMARC]; invoice/client/user/payment names, their `eventno` values and the entity keys are
-# unverified (§11 item 4).
+# unverified (halopsa-facts §11.4).
 #
 # How the sandbox's /api/Webhook treats `events` (both specs: an array of `UnameNotification`
 # objects, whose event is the integer `eventno`; DJPSA attaches events by `eventno` too):
@@ -588,7 +589,7 @@ def _to_wire(value: Any, offset_ms: int, unpaid_minus_one: bool, omit_empty: boo
 # A webhook with no events delivers nothing (HaloPSA requires at least one, [WHG]).
 
 #: The sandbox's own event catalogue: event name -> `eventno`. The numbers are the sandbox's
-#: guesses (real ones are unknown, §11 item 4; "61" = "Ticket updated" is the only one seen, in
+#: guesses (real ones are unknown, halopsa-facts §11.4; "61" = "Ticket updated" is the only one seen, in
 #: DJPSA), chosen far from it so they cannot be mistaken for real values. "payment updated" can be
 #: attached but the sandbox never emits it (its payments are created or deleted, never edited).
 WEBHOOK_EVENTNOS = {
@@ -681,7 +682,7 @@ def payment_webhook_object(payment: Payment) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Error bodies (§8: Halo's bodies are not uniform; these are the common forms)
+# Error bodies (halopsa-facts §8: Halo's bodies are not uniform; these are the common forms)
 
 
 def error_message(message: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ connection errors, timeouts) are retried with a short backoff, reusing the deliv
 real sender's retry would.
 
 Always sent as POST with a JSON body (the subscription's `method`/`content_type` values are not
-interpreted: their integer meanings are unverified, reference §11 item 3). A subscription gets the
+interpreted: their integer meanings are unverified, docs/halopsa-facts.md §11.3). A subscription gets the
 events attached to it (by `eventno`, see shapes.py) and nothing else; authentication follows
 `authentication_type`: 1 Basic only, 3 the HMAC signature only, 0 nothing.
 """
