@@ -6,7 +6,7 @@ import os
 import pytest
 
 # Playwright's sync API keeps an event loop in the main thread; Django refuses ORM calls there
-# without this (see reference/style.md §4).
+# without this (SynchronousOnlyOperation, e.g. in the live server's transactional flush).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytest_plugins = ["tests.plugins.sandbox"]
