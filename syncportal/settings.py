@@ -95,11 +95,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # when the web server and the qcluster write at the same time.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
     # WAL: pages stay readable while a sync writes, and a commit appends to one log instead of
-    # creating and deleting a rollback journal (benchmarks/README.md). synchronous stays FULL: a
-    # committed payment survives a power cut. Checkpoints every 10,000 pages (40 MB) rather than
-    # 1,000: a full sync rewrites the same index pages batch after batch, and fewer, larger
-    # checkpoints copy each of them once (-8 % of a 100k-invoice sync). The file needs a local
-    # disk (WAL's shared memory does not work over NFS).
+    # creating and deleting a rollback journal. synchronous stays FULL: a committed payment
+    # survives a power cut. Checkpoints every 10,000 pages (40 MB) rather than 1,000: a full sync
+    # rewrites the same index pages batch after batch, and fewer, larger checkpoints copy each of
+    # them once (figures: benchmarks/README.md, "History"). The file needs a local disk (WAL's
+    # shared memory does not work over NFS).
     DATABASES["default"]["OPTIONS"].setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=10000;")
     if DATABASES["default"]["NAME"] not in ("", ":memory:"):
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
@@ -250,8 +250,8 @@ HALOPSA_BILLING_FLAG_ALTERNATIVES = env.list(
 HALOPSA_PDF_BATCH = env.int("HALOPSA_PDF_BATCH", default=2000)
 HALOPSA_PDF_BUDGET_SHARE = env.float("HALOPSA_PDF_BUDGET_SHARE", default=0.9)
 HALOPSA_PDF_PHASE_SECONDS = env.int("HALOPSA_PDF_PHASE_SECONDS", default=1200)
-# Invoices a sync writes per transaction (10 HaloPSA pages): fewer commits, and SQLite's write
-# lock is still held for only ~0.1 s at a time.
+# Invoices a sync writes per transaction (10 HaloPSA pages): fewer commits, while SQLite's write
+# lock is still held only briefly each time (benchmarks/README.md, "History").
 HALOPSA_SYNC_WRITE_BATCH = env.int("HALOPSA_SYNC_WRITE_BATCH", default=1000)
 # Incremental reads start this long before each cursor (HaloPSA's own change times, see
 # docs/sync-rules.md); an instance on local time with daylight saving may want 4200 (70 min).

@@ -23,7 +23,7 @@ benchmarks::
 Datasets: "tiny" (every case, 3 customers / 8 contacts / 8 invoice records), "demo" (25 / 90 /
 120), "bench" (2,000 / 10,000 / 100,000, ~430k lines) or a dict of sizes (`customers`,
 `contacts`, `billing_contacts`, `invoices`, `max_lines`). Invoices are derived on demand from
-(seed, id), so bench size costs ~50 MB and ~0.6 s to start.
+(seed, id), so even bench size is cheap to start (figures: benchmarks/README.md, "History").
 
 HaloPSA API served: POST /auth/token; GET /api/authinfo; GET /api/InstanceInfo;
 GET/POST /api/Client[/{id}]; GET /api/Users[/{id}]; GET/POST /api/Invoice, GET/DELETE

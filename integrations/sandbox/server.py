@@ -15,8 +15,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 from urllib.parse import parse_qs, urlsplit
 
 from . import shapes
@@ -354,7 +355,7 @@ class SandboxServer:
     # HaloPSA API
 
     def handle_halo(self, method: str, path: str, query: dict[str, str], body: bytes,
-                    headers: Mapping[str, str]) -> Response:
+                    headers: Mapping[str, str] | Message) -> Response:
         lowered = path.lower().rstrip("/")
         if lowered == "/auth/token":
             return self._token(method, query, body) if method == "POST" else _json_error(405, "Method not allowed")
@@ -403,8 +404,8 @@ class SandboxServer:
         """Halo's POST bodies are JSON arrays; a single object is accepted too."""
         try:
             data = json.loads(body or b"null", parse_float=Decimal)
-        except ValueError:
-            raise SandboxError("The request body is not valid JSON")
+        except ValueError as exc:
+            raise SandboxError("The request body is not valid JSON") from exc
         if isinstance(data, dict):
             data = [data]
         if not isinstance(data, list) or not data:
@@ -510,7 +511,7 @@ class SandboxServer:
     _INVOICE_WRITE_FIELDS = ("voided", "markaspaid", "duedate", "invoice_date", "client_id", "thirdpartyinvoicenumber")
 
     @staticmethod
-    def _api_lines(lines: Any) -> list[dict[str, Any]] | None:
+    def _api_lines(lines: Any) -> list[Mapping[str, Any]] | None:
         if lines is None:
             return None
         if not isinstance(lines, list):
@@ -572,8 +573,9 @@ class SandboxServer:
     def _invoice_list(self, query: dict[str, str]) -> Response:
         store = self.store
         client_ids = None
-        if q_int(query, "client_id"):
-            client_ids = frozenset({q_int(query, "client_id")})
+        client_id = q_int(query, "client_id")
+        if client_id:
+            client_ids = frozenset({client_id})
         elif q_int_set(query, "client_ids"):
             client_ids = q_int_set(query, "client_ids")
         profile = self.profile
@@ -666,8 +668,8 @@ class SandboxServer:
             f"Total: {invoice.total} {invoice.currency}",
             f"Paid: {invoice.amountpaid} {invoice.currency}",
             f"Balance: {invoice.amountdue} {invoice.currency}",
-            f"Document {invoice.pdf_attachment_id} generated "
-            f"{shapes.format_timestamp(invoice.pdf_created_ms + self.profile.clock_offset_ms)}",
+            (f"Document {invoice.pdf_attachment_id} generated "
+             f"{shapes.format_timestamp(invoice.pdf_created_ms + self.profile.clock_offset_ms)}"),
         ]
         return render_text_pdf(lines, title=f"{kind} {invoice.invoicenumber}")
 
@@ -760,7 +762,7 @@ class SandboxServer:
                 try:
                     self.set_profile(data["profile"], data.get("clock_offset_minutes"))
                 except ValueError as exc:
-                    raise SandboxError(str(exc))
+                    raise SandboxError(str(exc)) from exc
                 return Response(200, self.profile.as_dict())
             if method == "GET":
                 return Response(200, self.profile.as_dict())
@@ -774,7 +776,7 @@ class SandboxServer:
         if head == "tokens" and ident == "expire" and method == "POST":
             return Response(200, {"expired": self.expire_tokens()})
         if head == "token_lifetime" and method == "PUT":
-            self.set_token_lifetime(float(data.get("seconds", data.get("token_lifetime", data.get("lifetime")))))
+            self.set_token_lifetime(float(data.get("seconds", data.get("token_lifetime", data.get("lifetime")))))  # type: ignore[arg-type]
             return Response(200, {"token_lifetime": self.auth.lifetime})
         if head == "faults":
             if method == "POST":
@@ -858,8 +860,8 @@ class SandboxServer:
 def _path_id(text: str) -> int:
     try:
         return int(text)
-    except ValueError:
-        raise SandboxError(f"The value '{text}' is not valid.")
+    except ValueError as exc:
+        raise SandboxError(f"The value '{text}' is not valid.") from exc
 
 
 def pdf_filename(invoice: Invoice) -> str:
@@ -928,7 +930,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm and
-        # the client's delayed ACK stall every keep-alive response by ~40 ms.
+        # the client's delayed ACK stall every keep-alive response (benchmarks/README.md, "History").
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.sandbox._connections_lock:
             self.sandbox._connections.add(self.connection)
@@ -1035,8 +1037,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._send(response)
             return
 
-        fault = sandbox.faults.pick(method, path, query)
-        mode = fault.mode if fault else None
+        picked = sandbox.faults.pick(method, path, query)
+        mode = picked.mode if picked else None
+        fault = cast(FaultRule, picked)  # read below only under a mode, i.e. when a rule was picked
         served_query = query  # what the resource sees (faults may change it); the log keeps the request's
         if mode == "huge_body":
             sandbox._log(method, path, query, 200, started, mode)
