@@ -81,7 +81,7 @@ def test_the_run_limit_stays_inside_the_workers_task_timeout(settings):
 @pytest.mark.sandbox(dataset=BATCHED)
 def test_pdfs_stop_at_the_run_limit_without_errors_and_a_follow_up_continues(connection, halo_sandbox, run_sync,
                                                                             settings, monkeypatch):
-    from integrations.services import sync as sync_service
+    from integrations.services.sync import run as sync_service  # where sync_execute queues the follow-up
 
     settings.HALOPSA_PDF_BATCH = 50
     original = HaloClient.get_invoice_pdf

@@ -114,7 +114,7 @@ def test_pages_read_before_halopsa_fails_are_written_although_their_write_batch_
 
 @pytest.mark.sandbox(dataset=BATCHED)
 def test_a_run_that_lost_its_lease_writes_none_of_its_pending_pages(connection, run_sync, monkeypatch, settings):
-    from integrations.services import sync as sync_service
+    from integrations.services.sync import context as sync_service  # where the run renews its lease
 
     settings.HALOPSA_SYNC_LEASE_RENEW_SECONDS = 0  # renew as every page arrives
     renewals = []
@@ -136,7 +136,7 @@ def test_a_run_that_lost_its_lease_writes_none_of_its_pending_pages(connection, 
 @pytest.mark.sandbox(dataset=BATCHED)
 @pytest.mark.parametrize(("interval", "expected"), [(None, 0), (0, 7)])
 def test_the_lease_is_renewed_when_due_not_on_every_page(connection, run_sync, monkeypatch, settings, interval, expected):
-    from integrations.services import sync as sync_service
+    from integrations.services.sync import context as sync_service  # where the run renews its lease
 
     settings.HALOPSA_PDF_BATCH = 0
     if interval is not None:
@@ -169,7 +169,7 @@ def test_invoices_commit_once_per_write_batch(connection, halo_sandbox, settings
 
 @pytest.mark.sandbox(dataset=BATCHED)
 def test_pages_that_arrive_slowly_are_written_without_waiting_for_a_full_batch(connection, settings, monkeypatch):
-    from integrations.services import sync as sync_service
+    from integrations.services.sync import invoices as sync_service  # where the invoice phase batches its writes
 
     settings.HALOPSA_PDF_BATCH = 0
     monkeypatch.setattr(sync_service, "WRITE_BATCH_SECONDS", 0.0)  # every page counts as slow
