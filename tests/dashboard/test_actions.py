@@ -75,7 +75,7 @@ def test_switch_webhook_authentication_after_confirming(alice_client, partner, m
     connection = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
     url = reverse("connection_webhook_auth", kwargs={"pk": connection.pk})
     page = alice_client.get(reverse("connection_detail", kwargs={"pk": connection.pk})).content.decode()
-    assert url in page and "Use an HMAC signature instead" in page
+    assert url in page and "Sign deliveries with a shared secret instead" in page
 
     asked = alice_client.post(url, {"scheme": "hmac"})
     assert asked.status_code == 200 and "Switch to HMAC" in asked.content.decode()
