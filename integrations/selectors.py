@@ -271,6 +271,55 @@ def connection_webhook_events(*, connection: Connection, limit: int = 25) -> lis
     return list(WebhookEvent.objects.filter(connection=connection).order_by("-received_at", "-id")[:limit])
 
 
+def webhook_health(connection: Connection, *, now: datetime | None = None, polls: int = 5) -> dict[str, Any]:
+    """Is real time working? Last event, events of the last 24 h by state, what the polls fixed.
+
+    A real-time connection whose hourly polls keep fixing records is missing webhooks.
+    """
+    now = now or timezone.now()
+    since = now - timedelta(hours=24)
+    last = WebhookEvent.objects.filter(connection=connection).order_by("-received_at", "-id").first()
+    by_state = dict.fromkeys(WebhookEvent.State.values, 0)
+    for row in (WebhookEvent.objects.filter(connection=connection, received_at__gte=since)
+                .values("state").annotate(n=Count("id"))):
+        by_state[row["state"]] = row["n"]
+    finished = (SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL, SyncRun.State.FAILED)
+    scheduled = SyncRun.objects.filter(connection=connection, trigger=SyncRun.Trigger.SCHEDULE, state__in=finished)
+    recent_polls = [
+        {"run_id": run.pk, "finished_at": run.finished_at, "state": run.state, "fixed_by_poll": run.fixed_by_poll}
+        for run in scheduled.order_by("-queued_at", "-id")[:polls]
+    ]
+    fixed_24h = scheduled.filter(queued_at__gte=since).aggregate(total=Sum("fixed_by_poll"))["total"] or 0
+    fixed_last = recent_polls[0]["fixed_by_poll"] if recent_polls else 0
+    warnings = []
+    if connection.is_realtime:
+        if fixed_last:
+            warnings.append(
+                f"The last hourly sync fixed {fixed_last} record(s) that webhooks missed: check the webhook in "
+                "HaloPSA (Configuration > Integrations > Webhooks > Deliveries)."
+            )
+        if last is None:
+            warnings.append("No webhook received yet: set up the webhook in HaloPSA.")
+        if by_state[WebhookEvent.State.FAILED]:
+            warnings.append(f"{by_state[WebhookEvent.State.FAILED]} webhook event(s) failed in the last 24 hours; replay them.")
+    return {
+        "realtime": connection.is_realtime,
+        "mode": "real time" if connection.is_realtime else "hourly",
+        "version": connection.halopsa_version,
+        "subscription_id": connection.webhook_subscription_id,
+        "last_event_at": last.received_at if last else None,
+        "last_event": ({"id": last.pk, "event": last.event, "entity": last.entity, "object_id": last.object_id,
+                        "state": last.state} if last else None),
+        "events_24h": by_state,
+        "events_24h_total": sum(by_state.values()),
+        "recent_polls": recent_polls,
+        "fixed_by_last_poll": fixed_last,
+        "fixed_by_polls_24h": fixed_24h,
+        "warnings": warnings,
+        "healthy": not warnings,
+    }
+
+
 def connection_push_jobs(*, connection: Connection, limit: int = 50) -> list[PushJob]:
     """Pushes still waiting or failed (done/cancelled ones are history, not work)."""
     return list(

@@ -243,7 +243,7 @@ class TestDeliveryRobustness:
         assert event.state == WebhookEvent.State.IGNORED and "invoice is unknown" in event.error
 
     def test_busy_connection_puts_the_event_back_for_the_sweep(self, conn, settings):
-        from integrations.services import webhooks as service
+        from integrations.services.webhooks import processing as service  # where the event waits for the lease
         from integrations.services.leases import lease_acquire, lease_release
         from integrations.services.sync import lease_name
 

@@ -324,7 +324,7 @@ def test_unreachable_queue_still_accepts_and_leaves_the_event_for_the_sweep(
         post_webhook, realtime_connection, monkeypatch, django_capture_on_commit_callbacks):
     from django_q.models import Schedule
 
-    from integrations.services import webhooks as service
+    from integrations.services.webhooks import processing as service  # where the event's task is queued
 
     def broken_broker(*args, **kwargs):
         raise ConnectionError("broker down")
