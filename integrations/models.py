@@ -623,6 +623,12 @@ class PushJob(models.Model):
         NEEDS_REVIEW = "needs_review", "Needs review"
         CANCELLED = "cancelled", "Cancelled"
 
+    class DeferredReason(models.TextChoices):
+        """Why a retrying job waits without its attempt counting as a failure."""
+
+        NONE = "", "Not deferred"
+        INVOICE_BUSY = "invoice_busy", "Another push to the same invoice was running"
+
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="push_jobs")
     kind = models.CharField(max_length=20, choices=Kind.choices)
     key = models.CharField(max_length=100, unique=True)
@@ -633,6 +639,9 @@ class PushJob(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     last_error = models.TextField(blank=True)
+    # Set by each attempt's outcome: the last one was put off (not a failure), so it opens no incident.
+    deferred_reason = models.CharField(max_length=20, choices=DeferredReason.choices, default=DeferredReason.NONE,
+                                       blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -102,6 +102,8 @@ class Outcome:
     # The write may have reached HaloPSA (timeout, dropped connection, 5xx after sending): the
     # next attempt's look-up must wait until HaloPSA has surely finished committing it.
     maybe_written: bool = False
+    # The attempt was put off, not failed (PushJob.DeferredReason): it opens no incident.
+    deferred_reason: str = PushJob.DeferredReason.NONE
 
 
 def push_settle_delay() -> timedelta:
@@ -141,7 +143,8 @@ def push_job_process(*, job_id: int) -> PushJob | None:
     lease_name = f"push:invoice:{job.invoice_id}"
     owner = lease_acquire(lease_name, LEASE_TIMEOUT.total_seconds())
     if owner is None:
-        outcome = Outcome(PushJob.State.RETRYING, "Waiting for another push to the same invoice to finish.", BUSY_DELAY)
+        outcome = Outcome(PushJob.State.RETRYING, "Waiting for another push to the same invoice to finish.", BUSY_DELAY,
+                          deferred_reason=PushJob.DeferredReason.INVOICE_BUSY)
     else:
         try:
             outcome = _run(job)
@@ -183,7 +186,8 @@ def _run(job: PushJob) -> Outcome:
 
 def _finish(job: PushJob, outcome: Outcome) -> PushJob:
     now = timezone.now()
-    fields: dict = {"state": outcome.state, "last_error": outcome.message[:2000], "updated_at": now}
+    fields: dict = {"state": outcome.state, "last_error": outcome.message[:2000], "updated_at": now,
+                    "deferred_reason": outcome.deferred_reason}
     if outcome.state == PushJob.State.DONE:
         # What happened goes with the job's data; last_error stays for errors (the dashboard shows it).
         fields.update(done_at=now, last_error="", payload={**job.payload, "result": outcome.message})
@@ -216,7 +220,7 @@ def push_backoff(attempts: int) -> timedelta:
 def _incident_update(job: PushJob) -> None:
     connection = job.connection
     if job.state == PushJob.State.NEEDS_REVIEW or (
-        job.state == PushJob.State.RETRYING and job.attempts >= INCIDENT_AFTER_FAILURES and not _was_deferred(job)
+        job.state == PushJob.State.RETRYING and job.attempts >= INCIDENT_AFTER_FAILURES and not job.deferred_reason
     ):
         incident_open(
             connection, Incident.Kind.PUSH_FAILING,
@@ -229,10 +233,6 @@ def _incident_update(job: PushJob) -> None:
         )
         if not still_failing.exists():
             incident_resolve(connection, Incident.Kind.PUSH_FAILING)
-
-
-def _was_deferred(job: PushJob) -> bool:
-    return job.last_error.startswith("Waiting for another push")
 
 
 # --- handlers ------------------------------------------------------------------------------------
@@ -421,7 +421,7 @@ def push_due_dispatch() -> int:
     """
     now = timezone.now()
     PushJob.objects.filter(state=PushJob.State.RUNNING, updated_at__lt=now - LEASE_TIMEOUT).update(
-        state=PushJob.State.RETRYING, next_attempt_at=now, updated_at=now,
+        state=PushJob.State.RETRYING, next_attempt_at=now, updated_at=now, deferred_reason=PushJob.DeferredReason.NONE,
         last_error="The worker stopped in the middle of this push; retrying (HaloPSA is checked for the reference first).",
     )
     due = (
