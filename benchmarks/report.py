@@ -15,8 +15,8 @@ def table(path: Path) -> str:
     data = json.loads(path.read_text())
     m = data.get("machine", {})
     lines = [
-        f"Run of {data.get('started_at', '?')}: size `{data.get('size')}`, database `{data.get('db', 'sqlite')}`, "
-        f"{data.get('elapsed_seconds', 0) / 60:.0f} min; {m.get('nproc')} CPUs ({m.get('cpu')}), Python {m.get('python')}.",
+        (f"Run of {data.get('started_at', '?')}: size `{data.get('size')}`, database `{data.get('db', 'sqlite')}`, "
+         f"{data.get('elapsed_seconds', 0) / 60:.0f} min; {m.get('nproc')} CPUs ({m.get('cpu')}), Python {m.get('python')}."),
         "",
         "| # | target | result | figure |",
         "|---|--------|--------|--------|",

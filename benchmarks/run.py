@@ -92,7 +92,7 @@ class Bench:
         env.update(extra)
         return env
 
-    def worker(self, step: str, db: Path | None, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    def worker(self, step: str, db: Path | str | None, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         cmd = ["nice", "-n", str(self.nice), PY, str(WORKER), step, *args]
         done = subprocess.run(cmd, cwd=ROOT, env={**self.env(db), **(env or {})}, capture_output=True, text=True)
         if done.returncode != 0:
@@ -127,7 +127,7 @@ class Bench:
             con.execute(f"CREATE DATABASE bench_{name} TEMPLATE bench_template")
         return url(f"bench_{name}")
 
-    def sandbox(self, dataset: Any, *, rate_limit: int = 0, rate_window: float = 300) -> "Sandbox":
+    def sandbox(self, dataset: Any, *, rate_limit: int = 0, rate_window: float = 300) -> Sandbox:
         port = free_port()
         cmd = ["nice", "-n", str(self.nice), PY, "manage.py", "halopsa_sandbox", "--port", str(port),
                "--dataset", json.dumps(dataset) if isinstance(dataset, dict) else dataset,
@@ -140,9 +140,10 @@ class Bench:
             try:
                 urllib.request.urlopen(f"{url}/_sandbox/", timeout=2).read()
                 return Sandbox(url, proc)
-            except OSError:
+            except OSError as exc:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"sandbox exited: {proc.stdout.read()[-2000:]}")
+                    output = proc.stdout.read() if proc.stdout else ""
+                    raise RuntimeError(f"sandbox exited: {output[-2000:]}") from exc
                 time.sleep(0.3)
         raise RuntimeError("sandbox did not start")
 
@@ -194,7 +195,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def minimum_requests(records: dict[str, int], unpaid_pdfs: int) -> dict[str, int]:
+def minimum_requests(records: dict[str, int], unpaid_pdfs: int) -> dict[str, Any]:
     pages = {name: max(1, math.ceil(n / PAGE)) for name, n in records.items()}
     return {"pages": pages, "auth": 1, "pdfs": unpaid_pdfs, "total": sum(pages.values()) + 1 + unpaid_pdfs}
 
@@ -204,8 +205,8 @@ def sqlite_rows(db: Path | str, sql: str) -> list[tuple]:
     if isinstance(db, str):
         import psycopg
 
-        with psycopg.connect(db) as con:
-            return con.execute(sql).fetchall()
+        with psycopg.connect(db) as pg:
+            return pg.execute(sql).fetchall()
     con = sqlite3.connect(db)
     try:
         return con.execute(sql).fetchall()
@@ -239,11 +240,13 @@ def part_sync(b: Bench, size: str, results: dict[str, Any], want: set[str]) -> N
                 replay_db = b.fresh_db(f"replay{attempt}")
                 b.worker("setup", replay_db, "--url", sb.url)
                 replay = b.worker("sync", replay_db, "--scope", "full", "--replay", str(pages_dir), "--pdfs", "0")
-                log(f"replayed sync: {replay['seconds']:.1f} s ({replay['local_seconds']:.1f} s local work), rss {replay['peak_rss_mb']:.0f} MB, rows {replay['rows']}")
+                log(f"replayed sync: {replay['seconds']:.1f} s ({replay['local_seconds']:.1f} s local work), "
+                    f"rss {replay['peak_rss_mb']:.0f} MB, rows {replay['rows']}")
                 log("plain bulk insert of the same rows into the same tables")
                 base_db = b.fresh_db(f"baseline{attempt}")
                 baseline = b.worker("baseline", base_db, "--source", str(replay_db))
-                log(f"bulk insert: {baseline['seconds']:.1f} s {baseline['by_table']}; ratio x{replay['local_seconds'] / baseline['seconds']:.2f}")
+                log(f"bulk insert: {baseline['seconds']:.1f} s {baseline['by_table']}; "
+                    f"ratio x{replay['local_seconds'] / baseline['seconds']:.2f}")
                 pairs.append({"replay_db": replay_db, "replayed_sync": replay, "bulk_insert": baseline,
                               "ratio": replay["local_seconds"] / baseline["seconds"]})
                 if isinstance(base_db, Path):
@@ -455,8 +458,8 @@ def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         proj = bud.get("projection")
         if proj:
             rows.append(("6", "unscaled projection (300 req / 5 min)",
-                         f"{proj['requests']} requests: invoice data after ~{proj['invoice_data_complete_minutes']:.0f} min, "
-                         f"all unpaid PDFs after ~{proj['projected_hours']:.1f} h", "info"))
+                         (f"{proj['requests']} requests: invoice data after ~{proj['invoice_data_complete_minutes']:.0f} min, "
+                          f"all unpaid PDFs after ~{proj['projected_hours']:.1f} h"), "info"))
     return rows
 
 

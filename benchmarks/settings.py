@@ -5,6 +5,7 @@ file, or DATABASE_URL for PostgreSQL), BENCH_MEDIA, BENCH_CACHE ("locmem" for on
 "db" when a web server and workers share the request budget).
 """
 import os
+from pathlib import Path
 
 os.environ.setdefault("SECRET_KEY", "bench-secret-key-not-for-production-" + "x" * 20)
 os.environ.setdefault("FIELD_ENCRYPTION_KEYS", "SuMCpLIgGZXqCXPzgv95lF0pY0NyFe8vqn4HFGgXmhc=")
@@ -13,8 +14,8 @@ os.environ.setdefault("PRODUCTION", "true")  # never write a local .env
 if os.environ.get("BENCH_DB") and not os.environ.get("DATABASE_URL"):
     os.environ["DATABASE_URL"] = "sqlite:///" + os.environ["BENCH_DB"]
 
-from syncportal.settings import *  # noqa: E402,F401,F403
-from syncportal.settings import STORAGES  # noqa: E402
+from syncportal.settings import *  # noqa: F403
+from syncportal.settings import STORAGES
 
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
@@ -24,7 +25,7 @@ STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.s
 HALOPSA_ALLOW_PRIVATE_NETWORKS = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-MEDIA_ROOT = os.environ.get("BENCH_MEDIA", "/tmp/syncportal-bench-media")
+MEDIA_ROOT = Path(os.environ.get("BENCH_MEDIA", "/tmp/syncportal-bench-media"))
 if os.environ.get("BENCH_CACHE", "locmem") == "locmem":
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 HALOPSA_PDF_BATCH = int(os.environ.get("BENCH_PDF_BATCH", "50"))

@@ -39,7 +39,9 @@ def peak_rss_mb() -> float:
 
 
 def the_connection() -> Connection:
-    return Connection.objects.order_by("pk").first()
+    connection = Connection.objects.order_by("pk").first()
+    assert connection is not None, "no connection: run the setup step first"
+    return connection
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
         marks["pdfs_stored"] = marks.get("pdfs_stored", 0) + 1
         return result
 
-    sync_service._Runner._pdfs_phase = pdfs_phase
+    sync_service._Runner._pdfs_phase = pdfs_phase  # type: ignore[method-assign]
     sync_service.pdf_store = store
     breakdown = _instrument() if args.breakdown else None
     conn = the_connection()
@@ -243,7 +245,7 @@ def _instrument() -> dict[str, float]:
             if len(page_times) % 10 == 0:
                 totals[f"invoice_batches_{len(page_times) - 9:04d}_{len(page_times):04d}"] = sum(page_times[-10:])
 
-    sync_service._Runner._store_invoices = store_invoices
+    sync_service._Runner._store_invoices = store_invoices  # type: ignore[method-assign]
 
     def slow_sql(execute, sql, params, many, context):  # queries over 5 ms, by statement shape
         t0 = time.perf_counter()
@@ -295,6 +297,7 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
     the two per table counts. Timed: the inserts only."""
     import sqlite3
 
+    src: Any  # a psycopg or sqlite3 connection
     if "://" in args.source:
         import psycopg
         from psycopg.types.json import Jsonb
@@ -327,21 +330,20 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
         head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
         batch = max(1, min(1000, limit // len(columns)))
         started, cpu0 = time.perf_counter(), time.process_time()
-        with transaction.atomic():
-            with db.cursor() as cur:
-                if method == "copy":  # PostgreSQL's bulk load (not an INSERT statement): reported apart
-                    with cur.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                        for row in rows:
-                            copy.write_row(row)
-                elif method == "executemany":
-                    for start in range(0, len(rows), 5000):
-                        cur.executemany(head + one, rows[start:start + 5000])
-                else:  # multi-row VALUES, as bulk_create sends them, without the ORM
-                    full_sql = head + ", ".join([one] * batch)
-                    for start in range(0, len(rows), batch):
-                        part = rows[start:start + batch]
-                        sql = full_sql if len(part) == batch else head + ", ".join([one] * len(part))
-                        cur.execute(sql, [value for row in part for value in row])
+        with transaction.atomic(), db.cursor() as cur:
+            if method == "copy":  # PostgreSQL's bulk load (not an INSERT statement): reported apart
+                with cur.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            elif method == "executemany":
+                for start in range(0, len(rows), 5000):
+                    cur.executemany(head + one, rows[start:start + 5000])
+            else:  # multi-row VALUES, as bulk_create sends them, without the ORM
+                full_sql = head + ", ".join([one] * batch)
+                for start in range(0, len(rows), batch):
+                    part = rows[start:start + batch]
+                    sql = full_sql if len(part) == batch else head + ", ".join([one] * len(part))
+                    cur.execute(sql, [value for row in part for value in row])
         return time.perf_counter() - started, time.process_time() - cpu0, len(rows)
 
     by_method: dict[str, dict[str, tuple[float, float]]] = {}
@@ -406,6 +408,7 @@ def step_dashboard(args: argparse.Namespace) -> dict[str, Any]:
 
     invoice = (Invoice.objects.filter(connection=conn).annotate(n=Count("lines")).filter(payments__isnull=False)
                .order_by("-n", "pk").first() or Invoice.objects.filter(connection=conn).first())
+    assert invoice is not None, "no invoice: run the sync step first"
     pages = {
         "invoice_list": reverse("invoice_list"),
         "invoice_detail": reverse("invoice_detail", args=[invoice.pk]),

@@ -8,7 +8,7 @@ from integrations import models as portal
 
 @admin.register(portal.User)
 class PortalUserAdmin(UserAdmin):
-    fieldsets = UserAdmin.fieldsets + (("Partner", {"fields": ("partner",)}),)
+    fieldsets = UserAdmin.fieldsets + (("Partner", {"fields": ("partner",)}),)  # type: ignore[operator]
     list_display = ("username", "email", "partner", "is_staff", "is_active")
     list_filter = ("partner", "is_staff", "is_active")
 

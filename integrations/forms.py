@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django import forms
 from django.contrib.auth.base_user import BaseUserManager
@@ -60,7 +61,8 @@ class ConnectionForm(forms.ModelForm):
     )
     auth_url = forms.URLField(
         label="Authorisation server URL", assume_scheme="https", required=False,
-        help_text="Leave blank to use the HaloPSA URL followed by /auth. Hosted instances show it under Configuration > Integrations > HaloPSA API.",
+        help_text=("Leave blank to use the HaloPSA URL followed by /auth. Hosted instances show it under "
+                   "Configuration > Integrations > HaloPSA API."),
     )
     client_secret = forms.CharField(
         label="Client secret",
@@ -204,7 +206,7 @@ class InvoiceStatusForm(forms.Form):
     status = forms.ChoiceField(choices=[(value, label) for value, label in Invoice.Status.choices if value in SETTABLE_STATUSES],
                                error_messages={"invalid_choice": "Choose a valid status.", "required": "Choose a status."})
 
-    ACTION_LABELS = {
+    ACTION_LABELS: dict[str, str] = {
         Invoice.Status.PAID: "Paid (mark the balance as paid)",
         Invoice.Status.VOID: "Void (owes nothing)",
         Invoice.Status.OPEN: "Open",
@@ -223,7 +225,7 @@ class InvoiceStatusForm(forms.Form):
             if status == Invoice.Status.OPEN:
                 label = "Open (un-void)" if current == Invoice.Status.VOID else "Open (cancel the mark as paid)"
             menu.append((status, label))
-        field = self.fields["status"]
+        field: Any = self.fields["status"]  # a ChoiceField: choices and widget.choices are set below
         field.choices = [*field.choices, *([(current, menu[0][1])] if current not in SETTABLE_STATUSES else [])]
         field.widget.choices = menu
 

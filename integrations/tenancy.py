@@ -15,17 +15,17 @@ M = TypeVar("M", bound=models.Model)
 
 
 class PartnerScopedQuerySet(models.QuerySet):
-    def visible_to(self, user) -> "PartnerScopedQuerySet":
+    def visible_to(self, user) -> PartnerScopedQuerySet:
         if user is None or not user.is_authenticated or not user.is_active:
             return self.none()
         if user.is_staff:
             return self
         if user.partner_id is None:
             return self.none()
-        return self.filter(**{self.model.partner_lookup: user.partner_id})
+        return self.filter(**{self.model.partner_lookup: user.partner_id})  # type: ignore[attr-defined]
 
-    def for_partner(self, partner_id: int) -> "PartnerScopedQuerySet":
-        return self.filter(**{self.model.partner_lookup: partner_id})
+    def for_partner(self, partner_id: int) -> PartnerScopedQuerySet:
+        return self.filter(**{self.model.partner_lookup: partner_id})  # type: ignore[attr-defined]
 
 
 def get_visible_or_404(queryset_or_model, user, **lookup):

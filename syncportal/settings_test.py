@@ -7,8 +7,8 @@ os.environ.setdefault("FIELD_ENCRYPTION_KEYS", "SuMCpLIgGZXqCXPzgv95lF0pY0NyFe8v
 os.environ.setdefault("SYNCPORTAL_ENV_FILE", "/nonexistent/syncportal-test.env")
 os.environ.setdefault("PRODUCTION", "true")  # never write a local .env from tests
 
-from syncportal.settings import *  # noqa: E402,F401,F403
-from syncportal.settings import BASE_DIR, Q_CLUSTER, STORAGES  # noqa: E402
+from syncportal.settings import *  # noqa: F403
+from syncportal.settings import BASE_DIR, Q_CLUSTER, STORAGES
 
 # Manifest storage needs collectstatic; tests use the finders instead.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}

@@ -44,8 +44,7 @@ def make_user(db):
     from integrations.models import User
 
     def _make(username: str, partner=None, *, staff: bool = False, password: str = "correct-horse-battery"):
-        user = User.objects.create_user(username=username, password=password, partner=partner, is_staff=staff)
-        return user
+        return User.objects.create_user(username=username, password=password, partner=partner, is_staff=staff)
 
     return _make
 

@@ -156,8 +156,8 @@ def resolve_dataset(dataset: str | Mapping[str, Any] | DatasetSpec) -> DatasetSp
     if isinstance(dataset, str):
         try:
             return PRESETS[dataset.lower()]
-        except KeyError:
-            raise ValueError(f"unknown dataset {dataset!r}; use one of {sorted(PRESETS)} or a dict of sizes")
+        except KeyError as exc:
+            raise ValueError(f"unknown dataset {dataset!r}; use one of {sorted(PRESETS)} or a dict of sizes") from exc
     if isinstance(dataset, Mapping):
         known = {"customers", "contacts", "billing_contacts", "invoices", "max_lines", "anchor", "history_days", "name"}
         unknown = set(dataset) - known

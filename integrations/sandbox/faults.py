@@ -61,7 +61,7 @@ class FaultRule:
             return False
         if self.method and method.upper() != self.method.upper():
             return False
-        if self.query and any((query or {}).get(k.lower()) != str(v) for k, v in self.query.items()):
+        if self.query and any((query or {}).get(k.lower()) != str(v) for k, v in self.query.items()):  # noqa: SIM103
             return False
         return True
 

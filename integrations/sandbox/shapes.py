@@ -477,8 +477,8 @@ def parse_profile(text: str | None, clock_offset_minutes: Any = None) -> Profile
     else:
         try:
             offset = int(clock_offset_minutes)
-        except ValueError:
-            raise ValueError(f"clock_offset_minutes must be a whole number of minutes, not {clock_offset_minutes!r}")
+        except ValueError as exc:
+            raise ValueError(f"clock_offset_minutes must be a whole number of minutes, not {clock_offset_minutes!r}") from exc
     if abs(offset) > MAX_CLOCK_OFFSET_MINUTES:
         raise ValueError(f"clock_offset_minutes must be within ±{MAX_CLOCK_OFFSET_MINUTES} (30 days), not {offset}")
     return Profile(frozenset(variants), offset)

@@ -68,8 +68,8 @@ def _bool(value: Any) -> bool:
 def _decimal(value: Any, name: str) -> Decimal:
     try:
         return Decimal(str(value))
-    except Exception:
-        raise SandboxError(f"{name} is not a number: {value!r}")
+    except Exception as exc:
+        raise SandboxError(f"{name} is not a number: {value!r}") from exc
 
 
 def _date_ms(value: Any, name: str) -> int:
@@ -80,6 +80,9 @@ def _date_ms(value: Any, name: str) -> int:
 
 
 class Store:
+    spec: DatasetSpec  # set by reset()
+    seed: int
+
     def __init__(self, dataset: str | Mapping[str, Any] | DatasetSpec = "tiny", seed: int = 1,
                  version: str = shapes.DEFAULT_VERSION) -> None:
         self.lock = threading.RLock()
@@ -302,7 +305,7 @@ class Store:
             if include_credits:
                 kinds.add(KIND_CREDIT_NOTE)
             date_column = {"invoice_date": h.invoice_date, "duedate": h.duedate,
-                           "last_modified": h.last_modified}.get(date_field or "", None)
+                           "last_modified": h.last_modified}.get(date_field or "")
             needle = (search or "").lower()
             client_names = {cid: c.name.lower() for cid, c in {**self.deleted_clients, **self.clients}.items()}
             result = array("l")
@@ -570,13 +573,13 @@ class Store:
     def _check_payment(self, invoice_id: Any, amount: Any) -> None:
         try:
             invoice_id = int(invoice_id)
-        except (TypeError, ValueError):
-            raise SandboxError(f"invoice_id is not an id: {invoice_id!r}")
+        except (TypeError, ValueError) as exc:
+            raise SandboxError(f"invoice_id is not an id: {invoice_id!r}") from exc
         invoice = self._require_invoice(invoice_id)
         try:
             value = money(amount)
         except ValueError as exc:
-            raise SandboxError(str(exc))
+            raise SandboxError(str(exc)) from exc
         if invoice.is_credit_note:
             raise SandboxError(f"Invoice {invoice_id} is a credit note")
         if invoice.voided:
@@ -822,9 +825,10 @@ class Store:
                     raise SandboxError(f"unknown event {item!r}; known: {', '.join(shapes.WEBHOOK_EVENTS)}")
                 number = shapes.WEBHOOK_EVENTNOS[item]
             elif isinstance(item, Mapping):
-                number = shapes.webhook_eventno(item.get("eventno"))
-                if number not in shapes.WEBHOOK_EVENT_NAMES_BY_NUMBER:
+                eventno = shapes.webhook_eventno(item.get("eventno"))
+                if eventno is None or eventno not in shapes.WEBHOOK_EVENT_NAMES_BY_NUMBER:
                     continue  # not an event this instance has: dropped (see shapes.py)
+                number = eventno
             else:
                 raise SandboxError("each event must be an object with an eventno")
             if number not in numbers:

@@ -147,7 +147,8 @@ class WebhookDispatcher:
         try:
             parts = urlsplit(url)
             connection_class = HTTPSConnection if parts.scheme == "https" else HTTPConnection
-            connection = connection_class(parts.hostname, parts.port, timeout=self.timeout)
+            # A URL without a host fails here, recorded as the delivery's error below.
+            connection = connection_class(parts.hostname, parts.port, timeout=self.timeout)  # type: ignore[arg-type]
             try:
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
                 connection.request("POST", path, body=delivery.body,

@@ -1,6 +1,8 @@
 """The audit trail: every action a person takes in the portal, visible to their partner."""
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 
 from integrations.models import AuditEvent, Partner
@@ -18,7 +20,7 @@ def audit_record(*, user, action: str, summary: str, obj: models.Model | None = 
         partner_id=partner_id,
         user=user if (user is not None and user.is_authenticated) else None,
         action=action,
-        object_type=obj._meta.model_name if obj is not None else "",
+        object_type=(obj._meta.model_name or "") if obj is not None else "",
         object_id=str(obj.pk) if obj is not None else "",
         summary=summary[:500],
         details=details,
@@ -31,7 +33,7 @@ def _partner_id_of(obj: models.Model) -> int | None:
         return None
     if lookup == "pk":
         return obj.pk
-    value = obj
+    value: Any = obj
     for part in lookup.removesuffix("_id").split("__"):
         value = getattr(value, part, None)
         if value is None:

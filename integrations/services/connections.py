@@ -148,7 +148,7 @@ def connection_update(*, connection: Connection, user=None, check_credentials: b
             if user is not None and changed:
                 audit_record(user=user, action="connection.update", obj=connection,
                              summary=f"Changed HaloPSA connection {connection.name}: {', '.join(changed)}",
-                             fields=[n for n in changed], values={n: str(fields[n]) for n in changed if n not in SECRET_FIELDS})
+                             fields=list(changed), values={n: str(fields[n]) for n in changed if n not in SECRET_FIELDS})
     except ValidationError:
         for name, value in before.items():  # the page goes on showing the stored connection
             setattr(connection, name, value)

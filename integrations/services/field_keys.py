@@ -8,11 +8,12 @@ it still holds the token that was read: a secret a person changed meanwhile is n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.apps import apps
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 
 from integrations.crypto import EncryptedTextField, rotate
 
@@ -25,7 +26,7 @@ class RotationResult:
     undecryptable: list[str] = field(default_factory=list)
 
 
-def encrypted_fields() -> list[tuple[type, EncryptedTextField]]:
+def encrypted_fields() -> list[tuple[type[models.Model], EncryptedTextField]]:
     return [
         (model, model_field)
         for model in apps.get_models()
@@ -40,7 +41,9 @@ def field_keys_rotate(*, batch_size: int = 500) -> RotationResult:
     newest = Fernet(settings.FIELD_ENCRYPTION_KEYS[0].encode())
     quote = connection.ops.quote_name
     for model, model_field in encrypted_fields():
-        table, column, pk_column = quote(model._meta.db_table), quote(model_field.column), quote(model._meta.pk.column)
+        # Concrete fields always have a column (the stubs allow None).
+        table, column = quote(model._meta.db_table), quote(cast(str, model_field.column))
+        pk_column = quote(cast(str, model._meta.pk.column))
         # Raw SQL: the ORM would hand back plaintext, and rotation works on the stored tokens.
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT {pk_column}, {column} FROM {table} WHERE {column} <> '' ORDER BY {pk_column}")

@@ -278,7 +278,8 @@ def payment_delete(*, payment: Payment, user=None) -> Payment:
                 PushJob.objects.filter(
                     payment=payment, kind=PushJob.Kind.PAYMENT_CREATE,
                     state__in=[PushJob.State.PENDING, PushJob.State.RETRYING, PushJob.State.NEEDS_REVIEW],
-                ).update(state=PushJob.State.CANCELLED, last_error="Payment deleted; the delete job removes anything posted.", updated_at=now)
+                ).update(state=PushJob.State.CANCELLED, last_error="Payment deleted; the delete job removes anything posted.",
+                         updated_at=now)
                 job = PushJob.objects.create(
                     connection=written.connection, kind=PushJob.Kind.PAYMENT_DELETE, key=f"payment_delete:{payment.pk}",
                     payment=payment, invoice=written, payload={"reference": payment.reference},
@@ -313,7 +314,7 @@ class PushState:
 
 def payment_push_states(payments: list[Payment]) -> dict[int, PushState]:
     """Each payment's PushState, from its push jobs (one query for all of them)."""
-    jobs: dict[tuple[int, str], PushJob] = {}
+    jobs: dict[tuple[int | None, str], PushJob] = {}
     platform = [p.pk for p in payments if p.source == Origin.PLATFORM]
     if platform:
         for job in PushJob.objects.filter(payment_id__in=platform).order_by("created_at", "id"):
@@ -480,6 +481,7 @@ def _status_change_once(*, invoice_id: int, target: str, user) -> StatusChange:
     amount_paid, balance = current.amount_paid - unsettled, current.balance + unsettled
     payload: dict[str, str] = {"status": target}
     currency = current.currency
+    new_status: str
     if target == Invoice.Status.VOID:
         new_status, balance = Invoice.Status.VOID, ZERO  # a void invoice owes nothing
         message = f"Invoice {current} is now void: it owes nothing."

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from typing import cast
 
 from django import template
 
@@ -22,7 +23,7 @@ def unit_amount(value) -> str:
     number = _decimal(value)
     if number is None:
         return ""
-    places = max(2, -number.normalize().as_tuple().exponent)
+    places = max(2, -cast(int, number.normalize().as_tuple().exponent))
     return f"{number:,.{places}f}"
 
 

@@ -126,7 +126,7 @@ def connection_sync(request, pk: int):
     connection = get_visible_or_404(Connection, request.user, pk=pk)
     form = SyncRequestForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Choose what to sync: " + "; ".join(e for errs in form.errors.values() for e in errs))
+        messages.error(request, "Choose what to sync: " + "; ".join(str(e) for errs in form.errors.values() for e in errs))
         return redirect("connection_detail", pk=connection.pk)
     if not connection.enabled:
         messages.error(request, "This connection is disabled; enable it before syncing.")

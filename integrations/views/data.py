@@ -80,7 +80,7 @@ def _invoice_page(request, invoice: Invoice, *, payment_form: PaymentForm | None
     payments = selectors.invoice_payments(invoice=invoice)
     states = payment_push_states(payments)
     for payment in payments:
-        payment.push_state = states[payment.pk]
+        payment.push_state = states[payment.pk]  # type: ignore[attr-defined]
     context = {
         "invoice": invoice,
         "lines": invoice.lines.all(),
@@ -129,7 +129,7 @@ def invoice_pdf(request, pk: int):
     except PdfUnavailable as exc:
         messages.error(request, f"No PDF: {exc.message}")
         return redirect("invoice_detail", pk=invoice.pk)
-    if not pdf.file or not pdf.file.storage.exists(pdf.file.name):
+    if not pdf.file or not pdf.file.storage.exists(pdf.file.name):  # type: ignore[arg-type]
         messages.error(request, "The stored PDF file is missing; it is downloaded again by the next sync.")
         return redirect("invoice_detail", pk=invoice.pk)
     filename = f"invoice-{slugify(invoice.number) or invoice.pk}.pdf"
@@ -142,7 +142,7 @@ def invoice_status(request, pk: int):
     invoice = selectors.invoice_detail(user=request.user, pk=pk)
     form = InvoiceStatusForm(request.POST, invoice=invoice)
     if not form.is_valid():
-        messages.error(request, "Status not changed: " + " ".join(form.errors.get("status", ["choose a status."])))
+        messages.error(request, "Status not changed: " + " ".join(form.errors.get("status", ["choose a status."])))  # type: ignore[arg-type]
         return _invoice_page(request, invoice, status_form=form)
     status = form.cleaned_data["status"]
     # A change the menu offers is confirmed first; anything else goes straight to the service,

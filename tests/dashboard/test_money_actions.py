@@ -136,7 +136,7 @@ def test_the_same_status_again_is_explained_not_reported_as_a_change(alice_clien
 def test_no_payment_form_on_paid_or_void_invoices_and_the_server_refuses_too(alice_client, mine, status, reason):
     Invoice.objects.filter(pk=mine.invoice.pk).update(status=status, balance=Decimal("0.00"))
     body = alice_client.get(reverse("invoice_detail", kwargs={"pk": mine.invoice.pk})).content.decode()
-    assert 'action="%s"' % reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}) not in body
+    assert f'action="{reverse("invoice_payment", kwargs={"pk": mine.invoice.pk})}"' not in body
     assert reason in body
     before = Payment.objects.count()
     response = alice_client.post(reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}),

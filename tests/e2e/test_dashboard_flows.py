@@ -144,7 +144,8 @@ def test_archive_an_invoice_deleted_in_halopsa(page, sign_in, shot, partner_user
 def test_record_a_payment_and_see_the_balance_change(page, sign_in, shot, partner_user, synced, halo_sandbox):
     from integrations.models import Invoice
 
-    invoice = Invoice.objects.filter(connection=synced, status="open", is_credit_note=False, balance__gt=Decimal("10")).order_by("halopsa_id").first()
+    invoice = (Invoice.objects.filter(connection=synced, status="open", is_credit_note=False, balance__gt=Decimal("10"))
+               .order_by("halopsa_id").first())
     before = invoice.balance
     sign_in(partner_user)
     page.goto(f"/invoices/{invoice.pk}/")

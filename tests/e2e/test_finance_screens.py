@@ -98,7 +98,8 @@ def test_finance_overview_filters_and_export_at_desktop(page, shot, partner_user
     shot(page, "finance-invoices-desktop")
     with page.expect_download() as download:
         page.get_by_role("link", name="Export CSV").click()
-    rows = list(csv.reader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+    with open(download.value.path(), encoding="utf-8") as exported:
+        rows = list(csv.reader(io.StringIO(exported.read())))
     assert [row[0] for row in rows[1:]] == ["INV-1003", "INV-1004"]
     assert rows[0][5:9] == ["Currency", "Total", "Amount paid", "Balance"] and rows[1][5:9] == ["USD", "2200.00", "0.00", "2200.00"]
 

@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         config.halo_profile = parse_profile(profile).name  # type: ignore[attr-defined]
     except ValueError as exc:
-        raise pytest.UsageError(f"--halo-profile / {PROFILE_ENV}: {exc}")
+        raise pytest.UsageError(f"--halo-profile / {PROFILE_ENV}: {exc}") from exc
 
 
 def pytest_report_header(config: pytest.Config) -> str:

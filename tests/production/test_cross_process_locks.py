@@ -50,7 +50,7 @@ def race(tmp_path: Path, db_settings: dict, *, name: str, use_lock: bool = True)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     holds = [tuple(int(part) for part in line.split()) for line in (tmp_path / "holds.log").read_text().splitlines()]

@@ -177,5 +177,5 @@ def test_the_web_process_runs_asgi_workers_with_the_stuck_view_watchdog():
     class Arbiter:
         app = SimpleNamespace(app_uri="syncportal.wsgi")
         cfg = SimpleNamespace(worker_class_str="asgi")
-    with pytest.raises(RuntimeError, match="syncportal.asgi"):
+    with pytest.raises(RuntimeError, match=r"syncportal.asgi"):
         config["on_starting"](Arbiter())

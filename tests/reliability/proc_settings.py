@@ -7,7 +7,7 @@ in memory (the console backend would mix incident mails into the commands' stdou
 """
 import os
 
-from syncportal.settings import *  # noqa: F401,F403
+from syncportal.settings import *  # noqa: F403
 
 HALOPSA_RETRY_BASE_DELAY = float(os.environ.get("TEST_HALOPSA_RETRY_BASE_DELAY", "0.05"))
 HALOPSA_SYNC_LEASE_TTL = int(os.environ.get("TEST_HALOPSA_SYNC_LEASE_TTL", "600"))

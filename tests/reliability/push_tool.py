@@ -26,7 +26,8 @@ def record(connection_id: int, plan_file: str) -> dict:
 
     from integrations.models import Invoice
 
-    plan = json.loads(open(plan_file).read())
+    with open(plan_file) as plan_json:
+        plan = json.loads(plan_json.read())
     recorded = []
     for row in plan:
         invoice = Invoice.objects.get(connection_id=connection_id, halopsa_id=row["invoice"])
@@ -63,7 +64,7 @@ def work(connection_id: int, rounds: int, settle: float) -> dict:
     from integrations.services.push import UNFINISHED, push_due_dispatch
 
     dispatched = 0
-    for done_rounds in range(1, rounds + 1):
+    for done_rounds in range(1, rounds + 1):  # noqa: B007 - the rounds done are the result
         _time_passes(connection_id, settle)
         dispatched += push_due_dispatch()
         waiting = PushJob.objects.filter(connection_id=connection_id, state__in=UNFINISHED).exclude(

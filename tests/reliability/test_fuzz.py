@@ -122,9 +122,11 @@ def mutated(draw, kind: str) -> Any:
         target, names = record, fields
         if kind == "invoice":
             where = draw(st.sampled_from(["top", "top", "line", "payment"]))
-            if where == "line" and isinstance(record.get("lines"), list) and record["lines"] and isinstance(record["lines"][0], dict):
+            if (where == "line" and isinstance(record.get("lines"), list) and record["lines"]
+                    and isinstance(record["lines"][0], dict)):
                 target, names = record["lines"][draw(st.integers(0, len(record["lines"]) - 1))], LINE_FIELDS
-            elif where == "payment" and isinstance(record.get("payments"), list) and record["payments"] and isinstance(record["payments"][0], dict):
+            elif (where == "payment" and isinstance(record.get("payments"), list) and record["payments"]
+                    and isinstance(record["payments"][0], dict)):
                 target, names = record["payments"][draw(st.integers(0, len(record["payments"]) - 1))], PAYMENT_FIELDS
         name = draw(st.sampled_from(names))
         value = draw(mutation_value)

@@ -19,7 +19,6 @@ from django.core.management import CommandError, call_command
 from integrations.sandbox import SandboxServer
 from integrations.sandbox.shapes import (
     PAYMENTSTATUS_PARTIALLY_PAID,
-    PAYMENTSTATUS_UNPAID,
     PROFILE_VARIANTS,
     format_date,
     format_timestamp,
@@ -87,7 +86,7 @@ def test_profile_names_parse_and_unknown_names_are_refused():
     assert parse_profile("all").variants == frozenset(PROFILE_VARIANTS)
     assert parse_profile(" Local_Clock , nulls_omitted").name == "nulls_omitted,local_clock"
     assert parse_profile(",".join(PROFILE_VARIANTS)).name == "all"
-    with pytest.raises(ValueError, match="unknown HaloPSA profile 'nulls_ommitted'.*nulls_omitted"):
+    with pytest.raises(ValueError, match=r"unknown HaloPSA profile 'nulls_ommitted'.*nulls_omitted"):
         parse_profile("nulls_omitted,nulls_ommitted")
     for offset in (True, 1.5, "soon", 60 * 24 * 31):
         with pytest.raises(ValueError, match="clock_offset_minutes"):
