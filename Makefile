@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test venv deps dev-deps browser services-up services-down test-sqlite test-postgres clean
+.PHONY: run test lint venv deps dev-deps browser services-up services-down test-sqlite test-postgres clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)."; exit 1; }
@@ -32,6 +32,9 @@ run: deps
 
 test: dev-deps browser
 	@scripts/test.sh
+
+lint: dev-deps
+	@scripts/lint.sh
 
 clean:
 	rm -rf $(VENV) staticfiles var/test-media test-artifacts
