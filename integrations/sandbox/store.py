@@ -890,7 +890,7 @@ class Store:
 
         Inactive customers are included (flag `inactive`); voided invoices are included (flag
         `voided`); credit notes are listed separately (the default /api/Invoice list excludes
-        them). Deposits do not exist in the sandbox. Cost: builds every invoice (~3 s at 100k).
+        them). Deposits do not exist in the sandbox. Costly: builds every invoice (benchmarks/README.md, "History").
         """
         with self.lock:
             customers = [
