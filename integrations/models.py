@@ -29,7 +29,7 @@ from integrations.halopsa.payloads import PayloadEncoder
 from integrations.tenancy import PartnerScopedQuerySet
 
 MONEY = {"max_digits": 14, "decimal_places": 2, "default": Decimal("0.00")}
-# First HaloPSA release whose webhooks cover invoices (integration document).
+# First HaloPSA release whose webhooks cover invoices (docs/requirements.md).
 REALTIME_MIN_VERSION = (2, 122, 1)
 
 
@@ -156,7 +156,7 @@ class Connection(models.Model):
     webhook_hmac_secret = EncryptedTextField(blank=True, default="")
     webhook_subscription_id = models.CharField(max_length=64, blank=True)
     # What GET /Webhook/{id} showed after the last registration through the API: events attached,
-    # events still to tick by hand, problems (services/webhooks.py, webhook_subscription_create).
+    # events still to tick by hand, problems (services/webhooks/setup.py, webhook_subscription_create).
     webhook_subscription_check = models.JSONField(default=dict, blank=True)
 
     # Minute of the hour for the hourly sync, spread so connections do not all start at :00.

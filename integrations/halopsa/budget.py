@@ -1,6 +1,6 @@
 """Client-side request budget: keep each HaloPSA connection under its rolling rate limit.
 
-Hosted HaloPSA allows about 300 requests per rolling 5 minutes (reference §8) and answers 429
+Hosted HaloPSA allows about 300 requests per rolling 5 minutes (docs/halopsa-facts.md §8) and answers 429
 beyond that. The web process and every qcluster worker may call the same connection at once, so
 the count lives in Django's cache (Redis or the database cache in production), in time buckets:
 a request increments the bucket of "now"; the window's usage is the sum of the buckets that

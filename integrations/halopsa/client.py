@@ -60,7 +60,7 @@ from .transport import (  # noqa: F401 - re-exported: callers import these from 
 
 logger = logging.getLogger("integrations.halopsa.client")
 
-PAGE_SIZE = 100  # HaloPSA returns at most 100 rows per page whatever page_size asks for (reference §2)
+PAGE_SIZE = 100  # HaloPSA returns at most 100 rows per page whatever page_size asks for (docs/halopsa-facts.md §2)
 
 ENVELOPE_CLIENTS = "clients"
 ENVELOPE_USERS = "users"
@@ -71,7 +71,7 @@ _ID_LISTS = {
     ENVELOPE_USERS: ("Users", {"includeactive": "true", "includeinactive": "true"}),
     ENVELOPE_INVOICES: ("Invoice", {}),
 }
-# GET /InvoicePayment's list key is undocumented (reference §2, §11.7): these first, then any
+# GET /InvoicePayment's list key is undocumented (halopsa-facts §2, §11.7): these first, then any
 # single list-valued key (`payment_rows`).
 PAYMENT_LIST_KEYS = ("invoicepayments", "payments")
 # One invoice's payments fill at most this many pages; more means something is wrong.
@@ -222,9 +222,9 @@ class HaloClient(HaloTransport):
 
     # Incremental reads (integrations/services/sync.py decides which one an instance gets):
     # `changed_since` is a date filter whose support varies (GET /Invoice `datesearch` is SW25
-    # only, §3.2/§9; `lastupdatefromdate` on /Client and /Users is unverified as a filter,
-    # §4.1/§11.6), `newest_first` orders by the record's last-change time, descending (the
-    # fallback where the filter is ignored; `order`/`orderdesc` per §2). The date is sent in
+    # only, halopsa-facts §3.2/§9; `lastupdatefromdate` on /Client and /Users is unverified as a filter,
+    # halopsa-facts §4.1/§11.6), `newest_first` orders by the record's last-change time, descending (the
+    # fallback where the filter is ignored; `order`/`orderdesc` per halopsa-facts §2). The date is sent in
     # HaloPSA's own frame: it comes from HaloPSA's timestamps (format_query_datetime).
 
     def client_pages(self, *, changed_since: datetime | None = None, include_inactive: bool = True,
@@ -247,7 +247,7 @@ class HaloClient(HaloTransport):
         if client_id is not None:
             params["client_id"] = int(client_id)
         if include_billing_info:
-            # "Include billing information in the response" (§4.2): on some instances the only way
+            # "Include billing information in the response" (halopsa-facts §4.2): on some instances the only way
             # list rows carry canaccessinvoices (HaloShape.billing_flag_source "list_billinginfo").
             params["includebillinginfo"] = "true"
         if newest_first:
@@ -284,7 +284,7 @@ class HaloClient(HaloTransport):
     def listed_ids(self, entity: str) -> set[int]:
         """Every id of a list (ENVELOPE_CLIENTS, _USERS or _INVOICES) in one id-only call, with the
         filters of that list's full read: GET /Client, /Users or /Invoice with idonly=true and no
-        paging (idonly is documented as not compatible with paging, reference §2). For the
+        paging (idonly is documented as not compatible with paging, halopsa-facts §2). For the
         deletion sweep's second look at many candidates. Raises HaloBadResponse when the answer is
         visibly not the whole list (fewer rows than its record_count)."""
         path, params = _ID_LISTS[entity]
@@ -343,7 +343,7 @@ class HaloClient(HaloTransport):
 
     def get_user(self, user_id: int) -> dict[str, Any]:
         """GET /Users/{id}: the full `Users` record, the one that has canaccessinvoices where list
-        rows do not (§4.2). includebillinginfo is sent in case the flag counts as billing
+        rows do not (halopsa-facts §4.2). includebillinginfo is sent in case the flag counts as billing
         information there too (unverified)."""
         return self._record(self._request("GET", f"Users/{int(user_id)}", params={"includebillinginfo": "true"}),
                             f"user {user_id}")
@@ -374,13 +374,13 @@ class HaloClient(HaloTransport):
     #
     # Exactly-once rests on listing one invoice's payments *exactly* and matching our reference
     # on our side, never on `search`: what it matches on /InvoicePayment is undocumented
-    # (reference §2 "Search", §5). Two sources, each checked before it is trusted:
-    # - `payments` of GET /Invoice/{id}?includedetails=true (InvoiceHeader.payments, §3.3, §5),
+    # (halopsa-facts §2 "Search", §5). Two sources, each checked before it is trusted:
+    # - `payments` of GET /Invoice/{id}?includedetails=true (InvoiceHeader.payments, halopsa-facts §3.3, §5),
     #   only when the key is there and holds a list: an absent key never means "no payments";
-    # - GET /InvoicePayment?invoice_id=N, paged, without `search` (§5). Unknown parameters are
-    #   silently ignored (§2), so every row must carry invoice_id N: one row of another invoice
+    # - GET /InvoicePayment?invoice_id=N, paged, without `search` (halopsa-facts §5). Unknown parameters are
+    #   silently ignored (halopsa-facts §2), so every row must carry invoice_id N: one row of another invoice
     #   means the filter is ignored, and the source is dropped at once rather than scanning the
-    #   whole instance. Its list key is undocumented too (§2, §11.7): see `payment_rows`.
+    #   whole instance. Its list key is undocumented too (halopsa-facts §2, §11.7): see `payment_rows`.
 
     def payments_in_invoice(self, invoice: Any, invoice_id: int) -> list[dict[str, Any]] | None:
         """The payments embedded in a GET /Invoice/{id}?includedetails=true answer, or None when the
@@ -397,7 +397,7 @@ class HaloClient(HaloTransport):
 
     def payment_rows(self, body: Any) -> tuple[list[Any], int | None, str]:
         """The rows of a GET /InvoicePayment answer, its `record_count` (None when absent) and the key
-        they came under (BARE_ARRAY for a bare array). The envelope is undocumented (§2, §11.7): a bare
+        they came under (BARE_ARRAY for a bare array). The envelope is undocumented (halopsa-facts §2, §11.7): a bare
         array, `invoicepayments`, `payments`, or else the one list-valued key of the object."""
         if isinstance(body, list):
             return body, None, BARE_ARRAY
@@ -411,7 +411,7 @@ class HaloClient(HaloTransport):
         for key in PAYMENT_LIST_KEYS:
             if isinstance(body.get(key), list):
                 return body[key], record_count, key
-        # `columns` and its kin are view metadata on Halo's list envelopes (§2), never the rows.
+        # `columns` and its kin are view metadata on Halo's list envelopes (halopsa-facts §2), never the rows.
         lists = sorted(str(k) for k, v in body.items() if isinstance(v, list) and not str(k).lower().startswith("columns"))
         if len(lists) == 1:
             return body[lists[0]], record_count, lists[0]
@@ -612,7 +612,7 @@ class HaloClient(HaloTransport):
         return [w for w in body if isinstance(w, dict)]
 
     def get_webhook(self, webhook_id: str) -> dict[str, Any]:
-        """One webhook with its attached events (`includedetails`, reference §6)."""
+        """One webhook with its attached events (`includedetails`, halopsa-facts §6)."""
         body = self._request("GET", f"Webhook/{webhook_id}", params={"includedetails": "true"})
         return self._record(body, f"webhook {webhook_id}")
 

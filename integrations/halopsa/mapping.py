@@ -59,15 +59,15 @@ PAYMENT_TYPE_DEPOSIT = 2
 # InvoiceHeader.invoicetype: 1 = credit note (unverified guess shared with the sandbox).
 INVOICE_TYPE_CREDIT_NOTE = 1
 
-# InvoiceHeader.paymentstatus 2 is taken as paid (unverified, reference §11.3); -1 (the database
-# default) and 0 are unpaid: Halo's own "unpaid" view asks for paymentstatuses=0,-1 (§3.2, §3.6).
+# InvoiceHeader.paymentstatus 2 is taken as paid (unverified, docs/halopsa-facts.md §11.3); -1 (the database
+# default) and 0 are unpaid: Halo's own "unpaid" view asks for paymentstatuses=0,-1 (halopsa-facts §3.2, §3.6).
 PAYMENTSTATUS_PAID = 2
 
 INVOICE_NUMBER_FIELDS = ("invoicenumber", "thirdpartyinvoicenumber")
-# The user flag that makes a user a billing contact (reference §4.2; a connection's HaloShape may
+# The user flag that makes a user a billing contact (halopsa-facts §4.2; a connection's HaloShape may
 # name another one the probe found).
 BILLING_FLAG_FIELD = "canaccessinvoices"
-# Each record's last-change time (reference §3.3, §4.1, §4.2): cursors are high-water marks of these.
+# Each record's last-change time (halopsa-facts §3.3, §4.1, §4.2): cursors are high-water marks of these.
 CLIENT_UPDATED_AT = "alastupdate"
 USER_UPDATED_AT = "ulastupdate"
 INVOICE_UPDATED_AT = "last_modified"
@@ -97,7 +97,7 @@ class MappingError(ValueError):
 
 class BillingFlagUnknown(MappingError):
     """The user could be a billing contact, but the record does not carry the billing flag
-    (GET /Users list rows lack it in both specs, reference §4.2; HaloPSA leaves nulls out).
+    (GET /Users list rows lack it in both specs, halopsa-facts §4.2; HaloPSA leaves nulls out).
     Unknown is not false: the sync finds the flag elsewhere or leaves the user's contacts alone."""
 
 
@@ -581,7 +581,7 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
         raise MappingError(f"paymentstatus is not a number: {record.get('paymentstatus')!r}") from None
     if balance == 0 and amount_paid == 0 and total > 0 and paymentstatus != PAYMENTSTATUS_PAID:
         # amountdue 0 with nothing paid is HaloPSA's default (paymentstatus -1, the database
-        # default: reference §3.6), not "paid": the balance is what is not paid yet.
+        # default: halopsa-facts §3.6), not "paid": the balance is what is not paid yet.
         balance = total - amount_paid
     currency = _currency(record, default_currency)
     raw_lines = record.get("lines")
@@ -627,7 +627,7 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
 
 def _currency(record: Mapping[str, Any], default_currency: str) -> str:
     """`currency_code_name` when given (it must be an ISO 4217 code), else `currency` when it is
-    one, else the connection's default: `currency` may hold a symbol such as "$" (reference §3.3),
+    one, else the connection's default: `currency` may hold a symbol such as "$" (halopsa-facts §3.3),
     which says nothing certain. A code that is no currency is an error, never replaced by the
     default (the amounts would be stored in the wrong money)."""
     named = _text(record.get("currency_code_name"))
@@ -662,7 +662,7 @@ def invoice_status_to_halo(status: str) -> tuple[str, dict[str, Any]]:
     """How HaloPSA is told that an invoice has our `status` (open | paid | void).
 
     - void: the SW25 void route;
-    - paid: `markaspaid` on the invoice (reference §3.6: semantics unverified; the sandbox records
+    - paid: `markaspaid` on the invoice (halopsa-facts §3.6: semantics unverified; the sandbox records
       a payment of the amount due, which the next pull mirrors);
     - open (also partially paid): un-void with `voided: false` (unverified; a paid invoice is
       re-opened in HaloPSA only by deleting its payments, which the push service refuses to guess).

@@ -1,6 +1,6 @@
 """SSRF-safe HTTP transport for partner-supplied HaloPSA URLs.
 
-The partner types the URL we call, so the URL is a way into our network. Rules (reliability.md §4):
+The partner types the URL we call, so the URL is a way into our network. Rules:
 - https only; plain http only with HALOPSA_ALLOW_PRIVATE_NETWORKS (local sandbox and tests);
 - no user:password@ in the URL;
 - every address the host resolves to must be public. The check runs on the exact addresses the

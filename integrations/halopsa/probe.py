@@ -1,22 +1,22 @@
 """The shape probe: a dozen read-only calls that find out what one HaloPSA instance's API looks like.
 
-HaloPSA documents its shapes only in part (../shared/reference/halopsa-api.md §2, §11): list
+HaloPSA documents its shapes only in part (docs/halopsa-facts.md §2, §11): list
 envelopes, where the billing flag lives, which filters an instance honours, what its
 paymentstatus codes mean. `probe_shape` asks the instance itself and returns a HaloShape
 (shape.py) for `services.connections.connection_probe` to store. The calls, in order:
 
  1. token and GET /InstanceInfo (the version); a failure here raises: nothing can be learned;
  2. GET /Client, a few rows newest first (`order=alastupdate&orderdesc=true`: does the order hold),
-    then with `lastupdatefromdate` far in the future, which must match nothing (§4.1, §11.6);
+    then with `lastupdatefromdate` far in the future, which must match nothing (halopsa-facts §4.1, §11.6);
  3. GET /Users the same way (`order=ulastupdate`): is `canaccessinvoices` on list rows? If not,
-    with `includebillinginfo=true`, then GET /Users/{id} (§4.2); if it is nowhere, an
+    with `includebillinginfo=true`, then GET /Users/{id} (halopsa-facts §4.2); if it is nowhere, an
     alternative flag (setting HALOPSA_BILLING_FLAG_ALTERNATIVES); then `lastupdatefromdate`;
  4. GET /Invoice with lines, newest first (`order=last_modified&orderdesc=true`): does the order
-    hold, which paymentstatus codes appear and do the amounts say paid or unpaid (§3.6, §11.3);
-    then `datesearch=last_modified` with a far-future `start_date`, which must match nothing (§3.2, §9);
+    hold, which paymentstatus codes appear and do the amounts say paid or unpaid (halopsa-facts §3.6, §11.3);
+    then `datesearch=last_modified` with a far-future `start_date`, which must match nothing (halopsa-facts §3.2, §9);
  5. the payments lookup of a payment push (client.py "Payments"): GET /Invoice/{id}?includedetails=true
-    and GET /InvoicePayment?invoice_id=N, each checked as the push checks it (§5, §11.7);
- 6. GET /Webhook (§6).
+    and GET /InvoicePayment?invoice_id=N, each checked as the push checks it (halopsa-facts §5, §11.7);
+ 6. GET /Webhook (halopsa-facts §6).
 A filter probed where there is nothing to filter (no clients, no invoices) stays UNKNOWN: unknown
 is never "no". Every other failing call is recorded in `probe_errors` and leaves what depended on
 it UNKNOWN; the probe goes on. Features that cannot work are listed in `problems` with a message a
@@ -60,7 +60,7 @@ BILLING_FLAG = "canaccessinvoices"
 PEOPLE_SAMPLE = 10  # clients and users sampled (enough rows to see an order)
 
 # Top-level fields the portal reads (halopsa/mapping.py), per sampled entity. A field that every
-# sampled record lacks is reported in `missing_fields` (HaloPSA leaves null fields out, §2).
+# sampled record lacks is reported in `missing_fields` (HaloPSA leaves null fields out, halopsa-facts §2).
 FIELDS_READ: dict[str, tuple[str, ...]] = {
     "client": ("id", "name", "inactive", "accountsemailaddress", "accountsfirstname", "accountslastname",
                "alastupdate"),
@@ -202,7 +202,7 @@ class _Probe:
                 "Users", "users", {**active, "lastupdatefromdate": format_query_datetime(FAR_FUTURE)})
 
     def _billing_flag(self, list_row: dict[str, Any], active: dict[str, str]) -> None:
-        """Where a user's invoice-access flag is found. An absent flag is never read as false (§4.2:
+        """Where a user's invoice-access flag is found. An absent flag is never read as false (halopsa-facts §4.2:
         the specs' Users_List lacks canaccessinvoices, only GET /Users/{id} has it)."""
         shape = self.shape
         samples: list[tuple[str, dict[str, Any]]] = [(FLAG_ON_LIST, list_row)]
@@ -279,7 +279,7 @@ class _Probe:
     def _paymentstatus_codes(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
         """Each paymentstatus code seen, with how many of its invoices the amounts call unpaid (money
         still due, partial included) or paid. The amounts are total and amountpaid: amountdue is 0 on
-        invoices an instance has not computed yet (paymentstatus -1, §3.6)."""
+        invoices an instance has not computed yet (paymentstatus -1, halopsa-facts §3.6)."""
         codes: dict[str, dict[str, int]] = {}
         for row in rows:
             raw = row.get("paymentstatus")

@@ -54,7 +54,7 @@ class HaloShape:
     invoice_datesearch: str = UNKNOWN
     # GET /Invoice `order=last_modified&orderdesc=true` (the fallback when datesearch is ignored)
     invoice_order_by_modified: str = UNKNOWN
-    # GET /Client and /Users `lastupdatefromdate=...` (unverified as date filters, reference §11.6)
+    # GET /Client and /Users `lastupdatefromdate=...` (unverified as date filters, halopsa-facts §11.6)
     client_updated_filter: str = UNKNOWN
     user_updated_filter: str = UNKNOWN
     # GET /Client `order=alastupdate` and /Users `order=ulastupdate` with orderdesc=true (their

@@ -186,7 +186,7 @@ def _first_text(value: Any) -> str:
 
 
 def extract_error_message(body: Any) -> str:
-    """HaloPSA's message from any of its error body shapes (reference §8), or "".
+    """HaloPSA's message from any of its error body shapes (docs/halopsa-facts.md §8), or "".
 
     Shapes: {"error", "error_description"} (OAuth), {"ClassName", "Message"} (.NET exception),
     {"Message"}, {"resultCode", "errorMessage"}, a bare JSON string, {"<field>": "<message>"},

@@ -1,6 +1,6 @@
 """Carrying PushJobs (the outbox) to HaloPSA with exactly-once effect.
 
-HaloPSA has no idempotency key, so exactly-once is built here (reliability.md §2):
+HaloPSA has no idempotency key, so exactly-once is built here (docs/push-rules.md, "Exactly-once"):
 - a job is claimed with a conditional UPDATE (pending/retrying and due -> running); a duplicated
   task finds nothing to claim and returns;
 - jobs touching one invoice are serialised by a lease, so a delete never overtakes its post;

@@ -35,7 +35,7 @@ def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modif
       (a local change not pushed yet, or pushed but not visible in HaloPSA's status, is never
       overwritten by a pull that predates it);
     - both moved: the later change wins, on one clock. HaloPSA's `last_modified` (no offset; it
-      may be the instance's local time, reference §2) is moved onto ours with the measured
+      may be the instance's local time, docs/halopsa-facts.md §2) is moved onto ours with the measured
       `HaloShape.clock_offset_seconds` and compared with `status_changed_locally_at`. A tie, no
       HaloPSA time, or no offset measured yet keeps ours (HALOPSA_UNMEASURED_CLOCK=assume_utc
       compares as if HaloPSA's clock were UTC instead).

@@ -1,9 +1,9 @@
 """The exact payments lookup behind exactly-once payment pushes (client.py "Payments").
 
-It never rests on `search` (what it matches on /InvoicePayment is undocumented, reference §2, §5):
+It never rests on `search` (what it matches on /InvoicePayment is undocumented, docs/halopsa-facts.md §2, §5):
 it lists one invoice's payments exactly, from the invoice's own `payments` or from GET
 /InvoicePayment?invoice_id=N checked row by row, and matches the reference on our side. It
-accepts any list key GET /InvoicePayment may use (§2, §11.7) and refuses to answer rather than
+accepts any list key GET /InvoicePayment may use (halopsa-facts §2, §11.7) and refuses to answer rather than
 guess (HaloPaymentsUnlistable), so a caller never posts blind.
 """
 from __future__ import annotations

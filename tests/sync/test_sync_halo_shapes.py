@@ -195,7 +195,7 @@ def test_a_change_time_far_ahead_does_not_push_the_cursor_beyond_a_day_from_now(
     assert _cursor(connection, "invoices") <= timezone.now() + timedelta(hours=24)
 
 
-# --- filters an instance ignores (reference §3.2, §9, §11.6) ------------------------------------
+# --- filters an instance ignores (docs/halopsa-facts.md §3.2, §9, §11.6) ------------------------
 
 
 def test_without_datesearch_the_incremental_reads_newest_first_and_stops_at_the_cursor(
@@ -281,7 +281,7 @@ def test_without_lastupdate_filters_clients_and_users_are_read_newest_first(unpr
     assert_matches_truth(connection, srv)
 
 
-# --- the billing flag (reference §4.2) -----------------------------------------------------------
+# --- the billing flag (halopsa-facts §4.2) -------------------------------------------------------
 
 
 @pytest.mark.parametrize("probed", [True, False], ids=["probed", "unprobed"])
@@ -391,7 +391,7 @@ def test_no_billing_flag_anywhere_syncs_accounts_contacts_only_and_says_why(unpr
                .values_list("pk", flat=True)) == user_contacts
 
 
-# --- unpaid invoices (reference §3.6) -------------------------------------------------------------
+# --- unpaid invoices (halopsa-facts §3.6) ---------------------------------------------------------
 
 
 def test_fetch_unpaid_includes_minus_one_and_never_calls_an_unpaid_invoice_paid(partner, make_connection,
@@ -414,7 +414,7 @@ def test_fetch_unpaid_includes_minus_one_and_never_calls_an_unpaid_invoice_paid(
     assert Invoice.objects.get(connection=connection, halopsa_id=open_ids[0]).due_date.isoformat() == "2027-05-05"
 
 
-# --- null fields left out (reference §2) -----------------------------------------------------------
+# --- null fields left out (halopsa-facts §2) -------------------------------------------------------
 
 
 def test_missing_required_fields_are_per_record_errors_and_the_rest_is_stored(partner, make_connection,

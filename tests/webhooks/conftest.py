@@ -1,4 +1,4 @@
-"""Helpers for webhook tests: signed deliveries shaped like HaloPSA's (reference §6)."""
+"""Helpers for webhook tests: signed deliveries shaped like HaloPSA's (docs/halopsa-facts.md §6)."""
 from __future__ import annotations
 
 import base64

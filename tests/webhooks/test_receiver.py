@@ -78,7 +78,7 @@ def test_each_connection_gets_its_own_credentials(make_connection, partner):
 
 class TestHmac:
     """An HMAC connection accepts the signature alone, as HaloPSA's type-3 webhook sends it
-    (reference §6), and nothing else; a Basic connection accepts Basic credentials alone."""
+    (docs/halopsa-facts.md §6), and nothing else; a Basic connection accepts Basic credentials alone."""
 
     @pytest.fixture
     def conn(self, make_connection, partner):

@@ -69,7 +69,8 @@ class TestSubscription:
 
     def test_without_known_eventnos_nothing_is_attached_and_everything_is_left_to_tick(
             self, halo_sandbox, make_connection, partner, partner_user, settings):
-        settings.HALOPSA_WEBHOOK_EVENTNOS = {}  # the default: HaloPSA's numbers are unknown (§11 item 4)
+        # The default: HaloPSA's numbers are unknown (docs/halopsa-facts.md §11.4).
+        settings.HALOPSA_WEBHOOK_EVENTNOS = {}
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
         check = webhook_subscription_create(connection=conn, user=partner_user)
         [hook] = halo_sandbox.store.list_webhooks()

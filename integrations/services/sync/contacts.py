@@ -55,7 +55,7 @@ class ContactsSync:
 
     def _user_pages(self, **query: Any) -> Iterator[Page]:
         # includebillinginfo=true where list rows carry the flag only with it, and while that is
-        # unknown (harmless where they carry it anyway: unknown parameters are ignored, reference §2).
+        # unknown (harmless where they carry it anyway: unknown parameters are ignored, docs/halopsa-facts.md §2).
         ask = self.ctx.shape.billing_flag_source in (UNKNOWN, FLAG_ON_LIST_WITH_BILLINGINFO)
         return self.ctx.client.user_pages(include_billing_info=ask, **query)
 
@@ -253,7 +253,7 @@ class ContactsSync:
 
     def _billing_flags(self, rows: dict[int, Any], flag_field: str) -> dict[int, bool | None]:
         """{user id: billing flag or None} for users whose list rows lack it, from GET /Users/{id}
-        (reference §4.2: only the full `Users` record has canaccessinvoices). A user's detail is
+        (halopsa-facts §4.2: only the full `Users` record has canaccessinvoices). A user's detail is
         read again only when its list row changed since (HaloUserFlag keeps that row's
         fingerprint), at most `user_details_per_run()` per run; users beyond that, or whose detail
         lacks the flag too, are None: they keep the contacts they have."""

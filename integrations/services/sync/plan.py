@@ -103,7 +103,7 @@ def cursors_after(ctx: RunContext, plan: Plan, *, users_waiting: bool) -> dict[s
 def next_cursor(ctx: RunContext, entity: str, current: datetime | None, *, users_waiting: bool) -> datetime | None:
     """An entity's cursor after a run that read everything changed since it: the newest change
     time seen in HaloPSA's own records (a high-water mark, in HaloPSA's frame: its timestamps
-    carry no offset and may be its local time, reference §2) minus how long the run had been
+    carry no offset and may be its local time, docs/halopsa-facts.md §2) minus how long the run had been
     reading by then, measured on our monotonic clock. A record changed after the run started
     has a change time at or after that, so no read skips it. Never our clock, never
     backwards; no records seen keeps the cursor. Records without a change time cannot be read

@@ -386,7 +386,7 @@ class _Runner:
             since = plan.since.get(ENTITY_INVOICES) if plan.invoices == "read" else None
             self.invoices.read(
                 since=since,
-                # HaloPSA's own "unpaid" view asks for 0,-1 (-1 is the database default, reference
+                # HaloPSA's own "unpaid" view asks for 0,-1 (-1 is the database default, docs/halopsa-facts.md
                 # §3.2, §3.6); the shape adds 1 and any code the probe saw on invoices with money due.
                 payment_statuses=list(ctx.shape.unpaid_codes) if plan.invoices == "unpaid" else None,
                 detect_deletions=plan.invoices == "read" and since is None and plan.flag_deletions,

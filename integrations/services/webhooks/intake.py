@@ -41,7 +41,7 @@ _MAX_HEADER_VALUE = 500
 
 
 def webhook_hmac_header() -> str:
-    """Header carrying base64(HMAC-SHA256(secret, raw body)); "Token" as in DJPSA (reference §6)."""
+    """Header carrying base64(HMAC-SHA256(secret, raw body)); "Token" as in DJPSA (docs/halopsa-facts.md §6)."""
     return settings.HALOPSA_WEBHOOK_HMAC_HEADER
 
 
@@ -58,7 +58,7 @@ def webhook_request_authenticate(*, connection: Connection, authorization: str, 
     """True when the delivery carries the proof of the connection's scheme, and only that counts.
 
     HMAC: a valid signature of the raw body. HaloPSA's type-3 webhook sends the signature and no
-    Basic credentials [DJPSA] (reference §6), so Basic credentials are neither needed nor enough.
+    Basic credentials [DJPSA] (halopsa-facts §6), so Basic credentials are neither needed nor enough.
     Basic: the right username and password; a signature header is not looked at.
     Comparisons are constant-time, and both Basic parts are always compared, so neither the
     response nor its timing tells which part was wrong.

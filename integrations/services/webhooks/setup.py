@@ -31,12 +31,12 @@ from integrations.services.webhooks.intake import (
 from integrations.services.webhooks.processing import webhook_sweep_schedule_ensure
 
 URL_NAME = "halopsa-webhook"
-# HaloPSA's Webhook.authentication_type for an HMAC signature in a named header [DJPSA] (reference
+# HaloPSA's Webhook.authentication_type for an HMAC signature in a named header [DJPSA] (docs/halopsa-facts.md
 # §6). The number for Basic is unconfirmed: settings.HALOPSA_WEBHOOK_BASIC_AUTH_TYPE.
 HALO_AUTH_TYPE_HMAC = 3
 
 # The HaloPSA events the portal subscribes to. Names follow the live "ticket status changed" form
-# (lower-case words, reference §6); the invoice/client/user/payment names are UNVERIFIED against a
+# (lower-case words, halopsa-facts §6); the invoice/client/user/payment names are UNVERIFIED against a
 # real tenant - correct them here (and in docs/webhooks.md) once confirmed. HaloPSA attaches events
 # to a webhook by number (`eventno`), also unknown: settings.HALOPSA_WEBHOOK_EVENTNOS.
 SUBSCRIBED_EVENTS: tuple[str, ...] = (
@@ -45,7 +45,7 @@ SUBSCRIBED_EVENTS: tuple[str, ...] = (
     "user created", "user updated", "user deleted",
     "payment created", "payment updated", "payment deleted",
 )
-# HaloPSA's webhook ids are GUIDs (reference §6); anything else is not put into a URL.
+# HaloPSA's webhook ids are GUIDs (halopsa-facts §6); anything else is not put into a URL.
 _SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -81,7 +81,7 @@ def webhook_auth_scheme_set(*, connection: Connection, scheme: str, user=None) -
 def webhook_event_numbers() -> dict[str, int]:
     """HaloPSA's eventno per subscribed event, as far as known (settings.HALOPSA_WEBHOOK_EVENTNOS).
 
-    Real numbers are unknown (reference §11 item 4); events without one are ticked by hand. A
+    Real numbers are unknown (halopsa-facts §11.4); events without one are ticked by hand. A
     configured name the portal does not subscribe to is refused, so a typo is not silently lost.
     """
     configured = dict(settings.HALOPSA_WEBHOOK_EVENTNOS or {})
@@ -96,12 +96,12 @@ def webhook_event_numbers() -> dict[str, int]:
 
 def _halo_event(eventno: int) -> dict[str, Any]:
     # A UnameNotification (SW24/SW25 `Webhook.events`); type -2 and delivery_method 6 are what
-    # DJPSA sends when it attaches an event to a webhook through /api/Notification (reference §6).
+    # DJPSA sends when it attaches an event to a webhook through /api/Notification (halopsa-facts §6).
     return {"eventno": eventno, "type": -2, "delivery_method": 6}
 
 
 def webhook_subscription_spec(connection: Connection, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The HaloPSA `Webhook` object for this connection (fields: reference §6). `events` omitted
+    """The HaloPSA `Webhook` object for this connection (fields: halopsa-facts §6). `events` omitted
     when None, so an update leaves the events a person ticked in HaloPSA alone."""
     spec: dict[str, Any] = {
         "name": "syncportal",
@@ -115,7 +115,7 @@ def webhook_subscription_spec(connection: Connection, events: list[dict[str, Any
     }
     if webhook_auth_scheme(connection) == WEBHOOK_SCHEME_HMAC:
         # Type 3 signs the raw body with HMAC-SHA256 keyed by `basic_password` into the named
-        # header, and sends no Basic credentials [DJPSA] (reference §6).
+        # header, and sends no Basic credentials [DJPSA] (halopsa-facts §6).
         spec.update(authentication_header=webhook_hmac_header(), basic_username="",
                     basic_password=connection.webhook_hmac_secret)
     else:
