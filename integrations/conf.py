@@ -90,7 +90,7 @@ class HaloSettings:
     pdf_budget_share: float = 0.9
     pdf_phase_seconds: float = 1200.0
     # Invoices written per transaction (10 HaloPSA pages): fewer commits, and SQLite's write lock
-    # is still held for only ~0.1 s at a time.
+    # is still held only briefly each time (benchmarks/README.md, "History").
     sync_write_batch: int = 1000
     # Incremental reads start this long before each cursor (HaloPSA's own change times); an
     # instance on local time with daylight saving may want 4200 (70 min).

@@ -399,8 +399,8 @@ class Invoice(HaloMirror):
             models.Index(fields=["connection", "number"]),
             models.Index(fields=["customer", "invoice_date"]),
             # The invoice list (not archived, newest first), its count and its per-currency totals read
-            # only this index (totals: 185 -> 31 ms over 80k invoices on SQLite, whose rows carry
-            # the raw payload before the amounts; no measurable cost to bulk inserts).
+            # only this index, never the rows, which carry the raw payload before the amounts (figures:
+            # benchmarks/README.md, "History").
             models.Index(fields=["connection", "archived_at", "invoice_date", "currency", "total", "balance"],
                          name="invoice_list_idx"),
             # The archive-queue count: the few invoices HaloPSA deleted.

@@ -58,8 +58,7 @@ def paginate(queryset: QuerySet, page_number: Any, per_page: int = PAGE_SIZE) ->
 def paginate_ids_first(queryset: QuerySet, page_number: Any, per_page: int = PAGE_SIZE) -> Page:
     """`paginate` for big tables: the page's ids first (sorted from an index when the order's
     columns are in one), then only those rows. Sorting whole rows to keep 50 reads every row's
-    payload: the newest invoices of a partner with two connections took ~420 ms at 100k
-    invoices on SQLite, ~40 ms this way. One query more than `paginate`."""
+    payload (figures: benchmarks/README.md, "History"). One query more than `paginate`."""
     page = paginate(queryset.values_list("pk", flat=True), page_number, per_page)
     ids = list(page.object_list)
     rows = {row.pk: row for row in queryset.filter(pk__in=ids)}
@@ -461,7 +460,7 @@ def visible_connection_ids(*, user) -> list[int]:
 def _partner_invoices(user, connection_ids: list[int] | None = None) -> QuerySet[Invoice]:
     """The user's invoices. The partner's connection ids as values (not only a join) let the
     database read straight from the (connection, ...) indexes instead of every invoice of the
-    partner: ~1 s -> ~1 ms for the newest page at 100k invoices. Pass `connection_ids` when the
+    partner (figures: benchmarks/README.md, "History"). Pass `connection_ids` when the
     caller has already read the user's connections."""
     if connection_ids is None:
         connection_ids = visible_connection_ids(user=user)
@@ -653,7 +652,7 @@ def payment_list(*, user, filters: PaymentFilters | None = None) -> QuerySet[Pay
 def _unknown_customer_ids(customers: QuerySet[Customer]) -> list[int]:
     """The "unknown" customers' ids (one per connection) as values: queries over their invoices
     then start from the customer's invoice index, not from every invoice of the connection
-    (~300 ms -> a few ms at 100k invoices)."""
+    (figures: benchmarks/README.md, "History")."""
     return list(customers.filter(is_unknown=True).values_list("pk", flat=True))
 
 

@@ -169,7 +169,8 @@ _DATETIME_RE = re.compile(
     re.IGNORECASE,
 )
 # The shape HaloPSA sends, which datetime.fromisoformat reads as _DATETIME_RE does (ASCII digits,
-# no offset, hours 0-23, fromisoformat truncates a 7th fraction digit too); ~10x faster.
+# no offset, hours 0-23, fromisoformat truncates a 7th fraction digit too), many times faster
+# (figures: benchmarks/README.md, "History").
 _PLAIN_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}[T ](?:[01]\d|2[0-3]):\d{2}:\d{2}(?:\.\d{1,7})?\Z", re.ASCII)
 
 
@@ -185,7 +186,7 @@ def parse_halo_datetime(value: Any, field: str = "date") -> datetime | None:
     parsed = None
     if type(value) is str and _PLAIN_DATETIME_RE.match(value):
         try:
-            parsed = datetime.fromisoformat(value + "+00:00")  # naive is UTC; ~8x cheaper than .replace(tzinfo=)
+            parsed = datetime.fromisoformat(value + "+00:00")  # naive is UTC; cheaper than .replace(tzinfo=)
         except ValueError:  # e.g. February 30th: the general parser words the error
             pass
     if parsed is None:
@@ -307,7 +308,7 @@ def fingerprint(content: Mapping[str, Any]) -> str:
 
     The text keeps every distinction we store: Decimal exponents ("1.50" vs "1.5"), a date vs a
     datetime and its offset, None vs "", text exactly. orjson writes it in C, which a full sync
-    of 100k invoices with their lines feels (about 40 % less time than repr). Content orjson
+    of invoices with their lines feels (benchmarks/README.md, "History"). Content orjson
     refuses (a lone surrogate in text, an integer beyond 64 bits) is fingerprinted through its
     repr instead, which is as stable. A change of this format only makes the next sync rewrite
     each record once."""

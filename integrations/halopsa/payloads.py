@@ -6,8 +6,8 @@
   hold them: each such record lists the fields under INVALID_TEXT_KEY, the bytes shown as U+FFFD.
 - `storable`: that text clean-up, for values that did not come through `parse_json`.
 - `PayloadEncoder`: the encoder of every JSON column that holds payloads (raw records, sync-error
-  and webhook payloads): Decimals as exact strings, in one pass of orjson (a full sync writes
-  ~200 MB of raw payloads); what orjson refuses takes `json_safe`, the same rule as a walk.
+  and webhook payloads): Decimals as exact strings, in one pass of orjson (raw payloads are most
+  of what a full sync writes); what orjson refuses takes `json_safe`, the same rule as a walk.
 Used by the client (API responses), the models' payload columns and the webhook receiver
 (delivery bodies and headers).
 """
@@ -173,9 +173,10 @@ class PayloadEncoder(json.JSONEncoder):
     """JSON columns holding HaloPSA payloads (`models.JSONField(encoder=PayloadEncoder)`).
 
     Stores what `json_safe` gives (Decimals and NaN/Infinity as exact text) through orjson: raw
-    payloads are most of what a full sync writes, and orjson encodes them ~2.5x faster than the
-    standard library. What orjson refuses (keys that are not text, integers beyond 64 bits) takes
-    the json_safe walk. A plain float NaN, which parse_json never produces, would be stored as null.
+    payloads are most of what a full sync writes, and orjson encodes them faster than the
+    standard library (figures: benchmarks/README.md, "History"). What orjson refuses (keys that
+    are not text, integers beyond 64 bits) takes the json_safe walk. A plain float NaN, which
+    parse_json never produces, would be stored as null.
     """
 
     def encode(self, o: Any) -> str:

@@ -4,7 +4,7 @@ The rows bulk_create would write, without building model instances or preparing 
 the drivers take ints, text, bools and Decimals (quantized by mapping.py) as they are, so only
 dates and times go through their fields' preparation (a value seen before in the batch reuses its
 prepared form) and JSON through its field's encoder. A full sync writes its invoices, lines and
-payments this way: 3-4x less work than bulk_create for the same rows (benchmarks/README.md).
+payments this way: far less work than bulk_create for the same rows (benchmarks/README.md, "History").
 """
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ def _write(db, model: type[models.Model], fields: list[models.Field], values: li
     table, columns = quote(model._meta.db_table), ", ".join(quote(f.column) for f in fields)
     with db.cursor() as cursor:
         if db.vendor == "postgresql":
-            # COPY: PostgreSQL's bulk load, ~2.3x faster than executemany for the same rows
-            # (benchmarks/README.md); psycopg adapts the values as it does for INSERTs, and its
+            # COPY: PostgreSQL's bulk load, faster than executemany for the same rows
+            # (benchmarks/README.md, "History"); psycopg adapts the values as it does for INSERTs, and its
             # errors become Django's (a duplicate id still fails the batch with IntegrityError).
             with db.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for record in values:

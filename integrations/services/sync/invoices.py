@@ -207,7 +207,7 @@ class InvoicesSync:
                 # raw is only ever replaced (a changed invoice gets the new payload), never read.
                 # No ORDER BY: the model's default (-invoice_date) made SQLite walk the
                 # (connection, invoice_date) index through every invoice of the connection on
-                # every page, which made a full sync quadratic (100k invoices: 63 s of 113 s).
+                # every page, which made a full sync quadratic (benchmarks/README.md, "History").
                 i.halopsa_id: i for i in Invoice.objects.filter(
                     connection=connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped]).defer("raw").order_by()
             }

@@ -105,7 +105,8 @@ def pdf_store(*, invoice: Invoice, content: bytes, attachment_id: int | None) ->
 def _pdf_candidates(ids: list[int]) -> Iterator[Invoice]:
     """The invoices of `ids`, in that order, loaded a chunk at a time with only what a PDF
     download needs: a first sync's backlog (or a large HALOPSA_PDF_BATCH) never holds tens of
-    thousands of full invoices with their raw payloads in memory (66k: 1.2 GB)."""
+    thousands of full invoices with their raw payloads in memory (figures: benchmarks/README.md,
+    "History")."""
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start:start + CHUNK]
         loaded = Invoice.objects.only("pk", "connection_id", "halopsa_id", "pdf_attachment_id", "number", "status").in_bulk(chunk)

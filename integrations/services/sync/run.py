@@ -178,8 +178,8 @@ def _claim(run: SyncRun) -> bool:
 class _RareCycleCollection:
     """A run allocates millions of short-lived containers (parsed payloads, mapped rows) that hold
     no reference cycles; at Python's default thresholds the cycle collector still runs thousands of
-    times per run and now and then walks every long-lived object of the worker (11 % of a
-    100k-invoice full sync). It runs less often while any run executes in this process; the
+    times per run and now and then walks every long-lived object of the worker (figures:
+    benchmarks/README.md, "History"). It runs less often while any run executes in this process; the
     thresholds come back when the last one ends (runs may overlap in threads: the thresholds are
     the process's, so they are set by the first and restored by the last)."""
 
