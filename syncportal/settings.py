@@ -12,6 +12,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from integrations.conf import settings_from_env
 from syncportal.client_ip import trusted_networks
 from syncportal.localenv import ensure_local_env
 
@@ -178,97 +179,9 @@ if not FIELD_ENCRYPTION_KEYS:
     raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS is not set (comma-separated Fernet keys, newest first).")
 
 # --- HaloPSA ------------------------------------------------------------------------------
-# Plain http and loopback/private addresses are refused for partner-supplied HaloPSA URLs unless
-# this is on (local sandbox and tests only; the deploy check refuses it in production).
-HALOPSA_ALLOW_PRIVATE_NETWORKS = env.bool("HALOPSA_ALLOW_PRIVATE_NETWORKS", default=False)
-HALOPSA_CONNECT_TIMEOUT = env.float("HALOPSA_CONNECT_TIMEOUT", default=5.0)
-HALOPSA_READ_TIMEOUT = env.float("HALOPSA_READ_TIMEOUT", default=60.0)
-# Hosted HaloPSA allows about 300 requests per rolling 5 minutes (docs/halopsa-facts.md §8; reports vary).
-HALOPSA_RATE_LIMIT = env.int("HALOPSA_RATE_LIMIT", default=300)
-HALOPSA_RATE_WINDOW = env.int("HALOPSA_RATE_WINDOW", default=300)
-HALOPSA_MAX_RETRIES = env.int("HALOPSA_MAX_RETRIES", default=5)
-# The partner types the HaloPSA URL, so the server may be slow or hostile on purpose
-# (docs/reliability.md, "Hostile or broken HaloPSA"). One whole request (connect, answer and body
-# together: a read timeout never trips on a body trickling a byte a second) may take this long;
-# HaloPSA's slowest healthy pages take tens of seconds.
-HALOPSA_REQUEST_DEADLINE = env.float("HALOPSA_REQUEST_DEADLINE", default=120.0)
-# Largest answer read, streamed and refused beyond this (never read whole first): a page of 100
-# invoices with their lines is a few MB, and parsed JSON takes several times its size in memory.
-HALOPSA_MAX_RESPONSE_BYTES = env.int("HALOPSA_MAX_RESPONSE_BYTES", default=64 * 1024 * 1024)
-# A list may run this many pages (or a tenth, if more) past what its first record_count said
-# before its read stops with an error: records added during a long read fit, an endless list not.
-HALOPSA_LIST_EXTRA_PAGES = env.int("HALOPSA_LIST_EXTRA_PAGES", default=10)
-HALOPSA_WEBHOOK_MAX_BODY = env.int("HALOPSA_WEBHOOK_MAX_BODY", default=256 * 1024)
-# Inbound webhooks (docs/webhooks.md). A connection authenticates them one way: Basic, or an HMAC
-# signature when it has an HMAC secret. The signature travels in this header: base64 HMAC-SHA256
-# of the raw body, keyed by the secret; "Token" as DJPSA registers HaloPSA's authentication_type 3
-# (halopsa-facts §6).
-HALOPSA_WEBHOOK_HMAC_HEADER = env.str("HALOPSA_WEBHOOK_HMAC_HEADER", default="Token")
-# HaloPSA's authentication_type number for Basic: unconfirmed (halopsa-facts §11.3 knows only
-# 0 = none and 3 = HMAC), so the webhook registered through the API uses this one.
-HALOPSA_WEBHOOK_BASIC_AUTH_TYPE = env.int("HALOPSA_WEBHOOK_BASIC_AUTH_TYPE", default=1)
-
-
-def _webhook_eventnos(text: str) -> dict[str, int]:
-    """"invoice updated=123, client created=45" -> {"invoice updated": 123, "client created": 45}."""
-    numbers: dict[str, int] = {}
-    for pair in filter(None, (part.strip() for part in text.split(","))):
-        name, separator, number = pair.rpartition("=")
-        if not separator or not name.strip() or not number.strip().isdigit():
-            raise ImproperlyConfigured(
-                f"HALOPSA_WEBHOOK_EVENTNOS: {pair!r} is not 'event name=number' (e.g. 'invoice updated=123')."
-            )
-        numbers[" ".join(name.lower().split())] = int(number)
-    return numbers
-
-
-# HaloPSA's eventno of each event the portal subscribes to. Unknown for invoice, client, user and
-# payment events (halopsa-facts §11.4), so empty by default: registering through the API then
-# attaches no events and the connection page lists the ones to tick by hand in HaloPSA.
-HALOPSA_WEBHOOK_EVENTNOS = _webhook_eventnos(env.str("HALOPSA_WEBHOOK_EVENTNOS", default=""))
-# After a payment POST whose outcome is unknown (timeout, dropped connection, 5xx), wait this long
-# before looking it up and posting again, so HaloPSA has surely finished committing it.
-HALOPSA_PUSH_SETTLE_SECONDS = env.int("HALOPSA_PUSH_SETTLE_SECONDS", default=300)
-# HaloPSA's timestamps carry no offset and may be the instance's local time (halopsa-facts §2): the
-# push measures the instance's clock from HaloPSA's stamp on our writes, again after this many
-# hours (a DST change). Until one is measured, the status conflict rule keeps the status set here
-# ("keep_local"), or compares as if HaloPSA's clock were UTC ("assume_utc"); docs/push-rules.md.
-HALOPSA_CLOCK_OFFSET_REFRESH_HOURS = env.float("HALOPSA_CLOCK_OFFSET_REFRESH_HOURS", default=24.0)
-HALOPSA_UNMEASURED_CLOCK = env.str("HALOPSA_UNMEASURED_CLOCK", default="keep_local")
-if HALOPSA_UNMEASURED_CLOCK not in ("keep_local", "assume_utc"):
-    raise ImproperlyConfigured(f"HALOPSA_UNMEASURED_CLOCK must be keep_local or assume_utc, not {HALOPSA_UNMEASURED_CLOCK!r}.")
-# The shape probe (integrations/halopsa/probe.py): invoices sampled for their paymentstatus codes
-# and the newest-first check, and the user fields taken as the invoice-access flag when
-# canaccessinvoices is nowhere (how HaloPSA flags a billing contact is unverified, halopsa-facts §11.8).
-HALOPSA_PROBE_INVOICE_SAMPLE = env.int("HALOPSA_PROBE_INVOICE_SAMPLE", default=50)
-HALOPSA_BILLING_FLAG_ALTERNATIVES = env.list(
-    "HALOPSA_BILLING_FLAG_ALTERNATIVES", default=["sendaccountsemails", "invoice_access_level"]
-)
-# Invoice PDFs cost one request each and come last in a sync: at most this many per run, at most
-# this share of the request budget (the rest stays free for payment pushes and webhook fetches),
-# and at most this long per run (a backlog continues in a follow-up run).
-HALOPSA_PDF_BATCH = env.int("HALOPSA_PDF_BATCH", default=2000)
-HALOPSA_PDF_BUDGET_SHARE = env.float("HALOPSA_PDF_BUDGET_SHARE", default=0.9)
-HALOPSA_PDF_PHASE_SECONDS = env.int("HALOPSA_PDF_PHASE_SECONDS", default=1200)
-# Invoices a sync writes per transaction (10 HaloPSA pages): fewer commits, while SQLite's write
-# lock is still held only briefly each time (benchmarks/README.md, "History").
-HALOPSA_SYNC_WRITE_BATCH = env.int("HALOPSA_SYNC_WRITE_BATCH", default=1000)
-# Incremental reads start this long before each cursor (HaloPSA's own change times, see
-# docs/sync-rules.md); an instance on local time with daylight saving may want 4200 (70 min).
-HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS = env.int("HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS", default=600)
-# A cursor never goes further than this ahead of our clock (one record stamped in the far future
-# must not stop incremental reads; capping only makes a read longer).
-HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS = env.int("HALOPSA_SYNC_CURSOR_MAX_AHEAD_HOURS", default=24)
-# Where users' list rows lack the billing flag (canaccessinvoices, halopsa-facts §4.2): GET /Users/{id}
-# calls one run may make, for users whose list row changed; the rest wait for the next run.
-HALOPSA_SYNC_USER_DETAILS_PER_RUN = env.int("HALOPSA_SYNC_USER_DETAILS_PER_RUN", default=250)
-# One sync run stops cleanly after this long (what it read is saved; the next run reads the rest),
-# and never later than 90 % of Q_TIMEOUT, so a slow HaloPSA never gets the worker killed.
-HALOPSA_SYNC_RUN_SECONDS = env.int("HALOPSA_SYNC_RUN_SECONDS", default=1500)
-# Records a full read did not list are flagged deleted only once HaloPSA confirms it (a list paged
-# while records are deleted skips live rows): up to this many are read one by one (a request
-# each), more are checked against one id-only list.
-HALOPSA_SYNC_DELETION_CHECKS = env.int("HALOPSA_SYNC_DELETION_CHECKS", default=20)
+# Every HALOPSA_* setting, its type, default and reason live in integrations/conf.py; a variable
+# in the environment overrides its default (parsed and checked here: a bad value stops start-up).
+globals().update(settings_from_env(os.environ))
 
 # --- Background jobs (django-q2) --------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

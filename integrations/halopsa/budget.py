@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
+
+from integrations.conf import halo_settings
 
 from .exceptions import HaloRateLimited
 
@@ -49,9 +50,10 @@ class RequestBudget:
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.key = key
-        self.limit = int(limit if limit is not None else getattr(settings, "HALOPSA_RATE_LIMIT", 300))
-        self.window = float(window if window is not None else getattr(settings, "HALOPSA_RATE_WINDOW", 300))
-        self.max_wait = float(max_wait if max_wait is not None else getattr(settings, "HALOPSA_BUDGET_MAX_WAIT", 30.0))
+        configured = halo_settings()
+        self.limit = int(limit if limit is not None else configured.rate_limit)
+        self.window = float(window if window is not None else configured.rate_window)
+        self.max_wait = float(max_wait if max_wait is not None else configured.budget_max_wait)
         # 300 -> 285 requests; never below 1 so tiny test limits still work.
         self.capacity = max(1, math.floor(self.limit * (1 - headroom)))
         self.bucket_seconds = max(self.window / BUCKETS_PER_WINDOW, 0.01)

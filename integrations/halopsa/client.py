@@ -25,7 +25,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
+
+from integrations.conf import halo_settings
 
 from .exceptions import (
     HaloAmbiguousWrite,
@@ -100,7 +101,7 @@ def list_extra_pages(record_count: int, page_size: int) -> int:
     """How many pages a list may run past what its first record_count implies before the read
     stops: HALOPSA_LIST_EXTRA_PAGES (default 10), or a tenth more when that is more (records
     added while a long read runs)."""
-    extra = max(0, int(getattr(settings, "HALOPSA_LIST_EXTRA_PAGES", 10)))
+    extra = halo_settings().list_extra_pages
     return max(extra, -(-record_count // page_size) // 10)
 
 

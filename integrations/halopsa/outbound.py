@@ -30,7 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from django.conf import settings
+
+from integrations.conf import halo_settings
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -63,8 +64,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def allow_private_networks() -> bool:
-    # Read at call time so a settings override (tests) takes effect on the next connection.
-    return bool(getattr(settings, "HALOPSA_ALLOW_PRIVATE_NETWORKS", False))
+    return halo_settings().allow_private_networks
 
 
 def _embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:

@@ -30,8 +30,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable
 
-from django.conf import settings
 from django.utils import timezone
+
+from integrations.conf import halo_settings
 
 from .client import HaloClient, format_query_datetime
 from .exceptions import HaloError, HaloPaymentsUnlistable
@@ -220,7 +221,7 @@ class _Probe:
                 if detail is _FAILED or not isinstance(detail, dict):
                     return  # unknown: the detail could not be read
                 samples.append((FLAG_ON_DETAIL, detail))
-        alternatives = [name.strip() for name in getattr(settings, "HALOPSA_BILLING_FLAG_ALTERNATIVES", ()) if name.strip()]
+        alternatives = list(halo_settings().billing_flag_alternatives)
         for name in [BILLING_FLAG, *alternatives]:
             for source, row in samples:
                 if name in row:
@@ -236,7 +237,7 @@ class _Probe:
         ))
 
     def _invoices(self) -> None:
-        size = max(2, min(int(getattr(settings, "HALOPSA_PROBE_INVOICE_SAMPLE", 50)), 100))
+        size = max(2, min(halo_settings().probe_invoice_sample, 100))
         query = {"includelines": "true", "pageinate": "true", "page_size": size, "page_no": 1,
                  "order": "last_modified", "orderdesc": "true"}
         try:

@@ -43,6 +43,8 @@ from urllib.parse import SplitResult, urlsplit
 import orjson
 import requests
 from django.conf import settings
+
+from integrations.conf import halo_settings
 from urllib3 import exceptions as urllib3_exceptions
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
@@ -311,26 +313,17 @@ class HaloTransport:
         self.tenant = (tenant or "").strip()
         self.connection_id = connection_id  # our Connection's id, for the log lines (None: not saved yet)
         self.stats = stats if stats is not None else RequestStats()
-        self.connect_timeout = float(
-            connect_timeout if connect_timeout is not None else getattr(settings, "HALOPSA_CONNECT_TIMEOUT", 5.0)
-        )
-        self.read_timeout = float(
-            read_timeout if read_timeout is not None else getattr(settings, "HALOPSA_READ_TIMEOUT", 60.0)
-        )
-        self.max_retries = int(max_retries if max_retries is not None else getattr(settings, "HALOPSA_MAX_RETRIES", 5))
+        configured = halo_settings()
+        self.connect_timeout = float(connect_timeout if connect_timeout is not None else configured.connect_timeout)
+        self.read_timeout = float(read_timeout if read_timeout is not None else configured.read_timeout)
+        self.max_retries = int(max_retries if max_retries is not None else configured.max_retries)
         # One whole exchange (connect, answer, body), however slowly its bytes arrive.
-        self.request_deadline = float(
-            request_deadline if request_deadline is not None else getattr(settings, "HALOPSA_REQUEST_DEADLINE", 120.0)
-        )
+        self.request_deadline = float(request_deadline if request_deadline is not None else configured.request_deadline)
         self.max_response_bytes = int(
-            max_response_bytes if max_response_bytes is not None
-            else getattr(settings, "HALOPSA_MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
-        )
+            max_response_bytes if max_response_bytes is not None else configured.max_response_bytes)
         # time.monotonic() by which the caller's work must end (a sync run's deadline), or None.
         self.deadline = deadline
-        self.retry_base_delay = float(
-            retry_base_delay if retry_base_delay is not None else getattr(settings, "HALOPSA_RETRY_BASE_DELAY", 1.0)
-        )
+        self.retry_base_delay = float(retry_base_delay if retry_base_delay is not None else configured.retry_base_delay)
         self._sleep = sleep or time.sleep
         self.budget = RequestBudget(
             budget_key or f"url:{self.base_url}:{self.client_id}",

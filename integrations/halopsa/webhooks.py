@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+
+from integrations.conf import halo_settings
 
 from integrations.services.webhooks import (
     WebhookError,
@@ -49,7 +50,7 @@ def _receive(request: HttpRequest, key) -> JsonResponse:
     if connection is None:
         return _error(404, "unknown webhook endpoint")
 
-    limit = settings.HALOPSA_WEBHOOK_MAX_BODY
+    limit = halo_settings().webhook_max_body
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:

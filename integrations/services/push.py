@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from integrations.conf import halo_settings
 from integrations.halopsa.exceptions import (
     HaloAmbiguousWrite,
     HaloConnectionError,
@@ -112,7 +112,7 @@ def push_settle_delay() -> timedelta:
     HaloPSA documents nothing about how long a request whose answer we lost may still commit;
     the default (5 minutes, far beyond the client's read timeout) is a guess, hence a setting.
     """
-    return timedelta(seconds=getattr(settings, "HALOPSA_PUSH_SETTLE_SECONDS", 300))
+    return timedelta(seconds=halo_settings().push_settle_seconds)
 
 
 def _done(message: str = "") -> Outcome:
@@ -477,7 +477,7 @@ def _clock_offset_learn(connection, shape: HaloShape, client, halopsa_id: int, *
     from integrations.services.connections import connection_shape_update
 
     measured_at = _parse_stamp(shape.clock_offset_measured_at)
-    refresh = timedelta(hours=getattr(settings, "HALOPSA_CLOCK_OFFSET_REFRESH_HOURS", 24))
+    refresh = timedelta(hours=halo_settings().clock_offset_refresh_hours)
     if shape.clock_offset_seconds is not None and measured_at is not None and ended - measured_at < refresh:
         return
     if ended - started > CLOCK_MEASURE_MAX_WINDOW:

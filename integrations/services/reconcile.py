@@ -16,9 +16,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Iterable, Literal
 
-from django.conf import settings
 from django.db.models import Q
 
+from integrations.conf import halo_settings
 from integrations.halopsa.shape import HaloShape
 from integrations.models import Invoice, Origin, Payment, PushJob
 
@@ -52,7 +52,7 @@ def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modif
     shape = shape if shape is not None else HaloShape.of(invoice.connection)
     remote_on_our_clock = shape.halo_time_on_our_clock(remote_modified_at)
     if remote_on_our_clock is None:
-        if getattr(settings, "HALOPSA_UNMEASURED_CLOCK", "keep_local") != "assume_utc":
+        if halo_settings().unmeasured_clock != "assume_utc":
             return "local"
         remote_on_our_clock = remote_modified_at
     return "remote" if remote_on_our_clock > invoice.status_changed_locally_at else "local"

@@ -8,7 +8,7 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from integrations.conf import HaloSettings, halo_settings, parse_webhook_eventnos, setting_name, settings_from_env
+from integrations.conf import HaloSettings, halo_settings, setting_name, settings_from_env
 
 
 def test_the_environment_overrides_only_what_it_names():
@@ -37,15 +37,6 @@ def test_the_environment_overrides_only_what_it_names():
 def test_a_bad_value_is_refused_naming_the_setting(environ, named):
     with pytest.raises(ImproperlyConfigured, match=named):
         settings_from_env(environ)
-
-
-def test_webhook_event_numbers_parse():
-    assert parse_webhook_eventnos("") == {}
-    assert parse_webhook_eventnos(" Invoice  Updated = 124 ,client created=45,") == {"invoice updated": 124,
-                                                                                     "client created": 45}
-    for bad in ("invoice updated", "invoice updated=abc", "=12", "invoice updated=-1"):
-        with pytest.raises(ImproperlyConfigured, match="HALOPSA_WEBHOOK_EVENTNOS"):
-            parse_webhook_eventnos(bad)
 
 
 def test_read_once_and_again_after_a_test_changes_a_setting(settings):

@@ -350,7 +350,7 @@ class TestHealth:
 def test_eventnos_setting_is_read_strictly():
     from django.core.exceptions import ImproperlyConfigured
 
-    from syncportal.settings import _webhook_eventnos
+    from integrations.conf import parse_webhook_eventnos as _webhook_eventnos
 
     assert _webhook_eventnos("") == {}
     assert _webhook_eventnos(" Invoice  Updated = 124 ,client created=45,") == {"invoice updated": 124,

@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from django.conf import settings
 from django.db import DatabaseError, models, transaction
 from django.utils import timezone
 
+from integrations.conf import halo_settings
 from integrations.halopsa import mapping
 from integrations.halopsa.client import HaloClient, Page, RequestStats
 from integrations.halopsa.mapping import MappingError
@@ -117,10 +117,9 @@ class RunContext:
         page arrives, see keep_lease). Single-record runs (webhooks) keep the short wait: their callers retry."""
         if self.run.target_halopsa_id:
             return {}
-        window = float(getattr(settings, "HALOPSA_RATE_WINDOW", 300))
-        wait = min(window * 1.1 + 1, lease_ttl() / 2)
-        default = float(getattr(settings, "HALOPSA_BUDGET_MAX_WAIT", 30.0))
-        return {"budget_max_wait": wait} if wait > default else {}
+        configured = halo_settings()
+        wait = min(configured.rate_window * 1.1 + 1, lease_ttl() / 2)
+        return {"budget_max_wait": wait} if wait > configured.budget_max_wait else {}
 
     # -- what the run learns and says ------------------------------------------------------------
 

@@ -10,9 +10,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Mapping
 
-from django.conf import settings
 from django.db import transaction
 
+from integrations.conf import halo_settings
 from integrations.halopsa import mapping
 from integrations.halopsa.exceptions import HaloError, HaloNotFound
 from integrations.models import Customer, Invoice, InvoiceLine, Origin, Payment, PushJob
@@ -48,7 +48,7 @@ Written = list[tuple[int, dict[str, Any], dict[int, Payment]]]
 
 def write_batch_size() -> int:
     """Mapped invoices written per transaction (HALOPSA_SYNC_WRITE_BATCH, default 1,000 = 10 pages)."""
-    return max(1, int(getattr(settings, "HALOPSA_SYNC_WRITE_BATCH", 1000)))
+    return max(1, halo_settings().sync_write_batch)
 
 
 def insert_invoices(connection_id: int, rows: list[Mapping[str, Any]]) -> dict[int, int]:

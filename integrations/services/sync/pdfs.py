@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 
+from integrations.conf import halo_settings
 from integrations.halopsa.budget import RequestBudget
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.exceptions import HaloAuthError, HaloDeadlineReached, HaloError, HaloNotFound, HaloRateLimited
@@ -29,13 +30,13 @@ class PdfUnavailable(Exception):
 
 
 def pdf_batch_size() -> int:
-    return int(getattr(settings, "HALOPSA_PDF_BATCH", 2000))
+    return halo_settings().pdf_batch
 
 
 def pdf_phase_seconds() -> float:
     """How long one run may spend on PDFs: inside the worker's timeout, with room for the lists
     that ran before (a longer backlog continues in a follow-up run)."""
-    configured = float(getattr(settings, "HALOPSA_PDF_PHASE_SECONDS", 1200))
+    configured = halo_settings().pdf_phase_seconds
     task_timeout = float(settings.Q_CLUSTER.get("timeout") or configured)
     return min(configured, task_timeout * 0.6)
 
@@ -43,8 +44,7 @@ def pdf_phase_seconds() -> float:
 def pdf_budget(connection: Connection) -> RequestBudget:
     """PDFs spend at most this share of the connection's request budget, so payment pushes,
     webhook fetches and the next lists always find room in every window."""
-    limit = int(getattr(settings, "HALOPSA_RATE_LIMIT", 300))
-    share = float(getattr(settings, "HALOPSA_PDF_BUDGET_SHARE", 0.9))
+    limit, share = halo_settings().rate_limit, halo_settings().pdf_budget_share
     return RequestBudget(f"conn:{connection.pk}:pdfs", limit=max(1, int(limit * share)) if limit > 0 else 0)
 
 

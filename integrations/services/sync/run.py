@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from integrations.conf import halo_settings
 from integrations.halopsa.client import RequestStats
 from integrations.halopsa.exceptions import HaloAuthError, HaloDeadlineReached, HaloError
 from integrations.halopsa.shape import HaloShape
@@ -151,7 +152,7 @@ def _lease_take(name: str, *, wait: bool) -> str | None:
     if owner is None and wait:
         # Single-record syncs (webhooks) hold the lease for a moment: a whole-connection run waits
         # that long rather than failing, so a burst of webhooks cannot make the hourly sync miss.
-        deadline = time.monotonic() + float(getattr(settings, "HALOPSA_SYNC_LEASE_WAIT", 5.0))
+        deadline = time.monotonic() + halo_settings().sync_lease_wait
         while owner is None and time.monotonic() < deadline:
             time.sleep(0.2)
             owner = lease_acquire(name, lease_ttl())

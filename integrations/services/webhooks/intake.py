@@ -10,10 +10,10 @@ import hmac
 import time
 from typing import Any, Callable, TypeVar
 
-from django.conf import settings
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
+from integrations.conf import halo_settings
 from integrations.halopsa.payloads import parse_json, storable
 from integrations.models import Connection, WebhookEvent
 from integrations.services.webhooks.common import REALTIME_MIN_VERSION_TEXT, WebhookError, as_halo_id
@@ -42,7 +42,7 @@ _MAX_HEADER_VALUE = 500
 
 def webhook_hmac_header() -> str:
     """Header carrying base64(HMAC-SHA256(secret, raw body)); "Token" as in DJPSA (docs/halopsa-facts.md §6)."""
-    return settings.HALOPSA_WEBHOOK_HMAC_HEADER
+    return halo_settings().webhook_hmac_header
 
 
 def webhook_auth_scheme(connection: Connection) -> str:

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from integrations.conf import halo_settings
 from integrations.halopsa.exceptions import HaloError, HaloNotFound
 from integrations.halopsa.payloads import storable
 from integrations.models import Connection
@@ -53,7 +54,7 @@ def webhook_halo_auth_type(connection: Connection) -> int:
     """HaloPSA's `authentication_type` for the connection's scheme."""
     if webhook_auth_scheme(connection) == WEBHOOK_SCHEME_HMAC:
         return HALO_AUTH_TYPE_HMAC
-    return settings.HALOPSA_WEBHOOK_BASIC_AUTH_TYPE
+    return halo_settings().webhook_basic_auth_type
 
 
 def webhook_endpoint_url(connection: Connection) -> str:
@@ -84,7 +85,7 @@ def webhook_event_numbers() -> dict[str, int]:
     Real numbers are unknown (halopsa-facts §11.4); events without one are ticked by hand. A
     configured name the portal does not subscribe to is refused, so a typo is not silently lost.
     """
-    configured = dict(settings.HALOPSA_WEBHOOK_EVENTNOS or {})
+    configured = dict(halo_settings().webhook_eventnos)
     unknown = sorted(set(configured) - set(SUBSCRIBED_EVENTS))
     if unknown:
         raise WebhookError(
