@@ -114,6 +114,7 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
     so the run's time less reading those files is its local work; otherwise time inside the
     client is measured apart."""
     from integrations.services import sync as sync_service
+    from integrations.services.sync import pdfs as sync_pdfs
 
     client_seconds = [0.0, 0.0]  # wall, and CPU when replaying
     client_calls = [0]
@@ -144,23 +145,23 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
         # limit is their count (production fetches HALOPSA_PDF_BATCH per run instead).
         from django.db.models import F, Q
 
-        sync_service.pdf_batch_size = lambda: Invoice.objects.filter(
+        sync_pdfs.pdf_batch_size = lambda: Invoice.objects.filter(
             connection=the_connection(), origin="halopsa", halopsa_id__isnull=False,
             status__in=[Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID], pdf_attachment_id__isnull=False,
             deleted_in_halopsa_at__isnull=True, archived_at__isnull=True,
         ).filter(Q(pdf__isnull=True) | ~Q(pdf__attachment_id=F("pdf_attachment_id"))).count()
     elif args.pdfs is not None:
         limit = int(args.pdfs)
-        sync_service.pdf_batch_size = lambda: limit
+        sync_pdfs.pdf_batch_size = lambda: limit
     # Milestones: when invoice data is complete and when the last unpaid invoice got its PDF.
     marks: dict[str, float] = {}
-    original_pdfs_phase = sync_service._Runner._pdfs_phase
-    original_store = sync_service.pdf_store
+    original_pdfs_read = sync_pdfs.PdfsSync.read
+    original_store = sync_pdfs.pdf_store
     t_start = [0.0]
 
-    def pdfs_phase(self, *, limit):
+    def pdfs_read(self, *, limit=None):  # the PDF phase starts once invoice data is complete
         marks["invoices_done_s"] = time.perf_counter() - t_start[0]
-        return original_pdfs_phase(self, limit=limit)
+        return original_pdfs_read(self, limit=limit)
 
     def store(*, invoice, content, attachment_id):
         t0 = time.perf_counter()
@@ -171,8 +172,8 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
         marks["pdfs_stored"] = marks.get("pdfs_stored", 0) + 1
         return result
 
-    sync_service._Runner._pdfs_phase = pdfs_phase  # type: ignore[method-assign]
-    sync_service.pdf_store = store
+    sync_pdfs.PdfsSync.read = pdfs_read  # type: ignore[method-assign]
+    sync_pdfs.pdf_store = store
     breakdown = _instrument() if args.breakdown else None
     conn = the_connection()
     run = SyncRun.objects.create(connection=conn, scope=args.scope, trigger=SyncRun.Trigger.CLI)
@@ -218,9 +219,9 @@ def _instrument() -> dict[str, float]:
     wrap(QuerySet, "bulk_update", "bulk_update")
     wrap(BaseDatabaseWrapper, "commit", "commit")
     wrap(mapping, "map_invoice", "map_invoice")
-    from integrations.services import sync as sync_service
+    from integrations.services.sync.invoices import InvoicesSync
 
-    original_store = sync_service._Runner._store_invoices
+    original_store = InvoicesSync.store
     page_times: list[float] = []  # per invoice write batch (HALOPSA_SYNC_WRITE_BATCH records)
 
     window = os.environ.get("BENCH_PROFILE_PAGES", "")  # "70:75": cProfile those invoice write batches
@@ -245,7 +246,7 @@ def _instrument() -> dict[str, float]:
             if len(page_times) % 10 == 0:
                 totals[f"invoice_batches_{len(page_times) - 9:04d}_{len(page_times):04d}"] = sum(page_times[-10:])
 
-    sync_service._Runner._store_invoices = store_invoices  # type: ignore[method-assign]
+    InvoicesSync.store = store_invoices  # type: ignore[method-assign]
 
     def slow_sql(execute, sql, params, many, context):  # queries over 5 ms, by statement shape
         t0 = time.perf_counter()
