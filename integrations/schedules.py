@@ -3,21 +3,75 @@
 Each connection runs at its own `schedule_minute`, chosen when the connection is created as the
 least-used minute (ties broken by a fixed order derived from the connection id), so a hundred
 partners do not all hit HaloPSA and our workers at :00. Rows are keyed by name and written with
-update_or_create, so every function here is idempotent; `ensure_schedules` (run by `make run` and
+`schedule_named_ensure` (also used for the push and webhook sweeps), so every function here is
+idempotent, also when several processes call it at once; `ensure_schedules` (run by `make run` and
 deploys) re-creates the whole set from the connections table.
 """
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from datetime import datetime, timedelta
+from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 from django_q.models import Schedule
 
 from integrations.models import Connection
+from integrations.services.leases import lease_acquire, lease_release
+
+logger = logging.getLogger(__name__)
 
 SYNC_TASK = "integrations.tasks.sync.sync_scheduled_task"
 NAME_PREFIX = "sync-connection-"
+# One lease for every schedule row, held only for a check and a write; a caller waits at most this
+# long for it (by then a dead holder's lease has expired).
+SCHEDULE_LEASE = "django-q-schedules"
+SCHEDULE_LEASE_SECONDS = 10.0
+
+
+def schedule_named_ensure(*, name: str, defaults: dict[str, Any], update: bool = True) -> Schedule:
+    """The one django-q2 schedule called `name`: created from `defaults` when there is none; an
+    existing one is set to `defaults` when `update` (as update_or_create), else left as it is (as
+    get_or_create).
+
+    django-q2's Schedule.name is not unique, so get_or_create on it let two workers each create a
+    'webhook-sweep' row 2 ms apart, after which every call raised MultipleObjectsReturned. Here the
+    check and the write run under a lease (a row, so it works on SQLite too), and rows of the name
+    beyond the oldest (left by such a race) are deleted instead of raising.
+    """
+    owner = _lease_wait()
+    try:
+        with transaction.atomic():
+            rows = list(Schedule.objects.filter(name=name).order_by("pk"))
+            if not rows:
+                return Schedule.objects.create(name=name, **defaults)
+            schedule, duplicates = rows[0], rows[1:]
+            if duplicates:
+                logger.warning("%d duplicate django-q2 schedule(s) named %r deleted; kept the oldest (id %s)",
+                               len(duplicates), name, schedule.pk)
+                Schedule.objects.filter(pk__in=[row.pk for row in duplicates]).delete()
+            if update:
+                for field, value in defaults.items():
+                    setattr(schedule, field, value)
+                schedule.save(update_fields=list(defaults))
+            return schedule
+    finally:
+        if owner is not None:
+            lease_release(SCHEDULE_LEASE, owner)
+
+
+def _lease_wait() -> str | None:
+    """The lease, once its holder is done; None if it could not be had in time, in which case the
+    caller goes on without it (a duplicate that makes is deleted by the next call)."""
+    deadline = time.monotonic() + SCHEDULE_LEASE_SECONDS
+    while True:
+        owner = lease_acquire(SCHEDULE_LEASE, SCHEDULE_LEASE_SECONDS)
+        if owner is not None or time.monotonic() >= deadline:
+            return owner
+        time.sleep(0.02)
 
 
 def schedule_name(connection_id: int) -> str:
@@ -51,7 +105,7 @@ def schedule_ensure(connection: Connection) -> Schedule | None:
     if not connection.enabled:
         schedule_remove(connection.pk)
         return None
-    schedule, _ = Schedule.objects.update_or_create(
+    return schedule_named_ensure(
         name=schedule_name(connection.pk),
         defaults={
             "func": SYNC_TASK,
@@ -61,7 +115,6 @@ def schedule_ensure(connection: Connection) -> Schedule | None:
             "next_run": next_run_at(connection.schedule_minute),
         },
     )
-    return schedule
 
 
 def schedule_remove(connection_id: int) -> int:

@@ -459,7 +459,9 @@ def push_schedule_ensure() -> None:
     """Create or update the every-minute sweep (idempotent; called by `ensure_schedules`)."""
     from django_q.models import Schedule
 
-    Schedule.objects.update_or_create(
+    from integrations.schedules import schedule_named_ensure
+
+    schedule_named_ensure(
         name=SCHEDULE_NAME,
         defaults={"func": "integrations.tasks.push.push_sweep_task", "schedule_type": Schedule.MINUTES,
                   "minutes": 1, "repeats": -1},

@@ -199,3 +199,25 @@ def test_ensure_schedules_is_idempotent(partner, make_connection):
     assert names == {f"sync-connection-{enabled.pk}"}
     assert f"sync-connection-{disabled.pk}" not in names
     assert "1 ensured" in out
+
+
+def test_ensure_schedules_collapses_duplicate_rows(partner, make_connection):
+    """django-q2's Schedule.name is not unique, so racing workers (or an older version) can leave two
+    rows of one name: ensure_schedules keeps the oldest of each and deletes the rest instead of
+    failing with MultipleObjectsReturned."""
+    connection = make_connection(partner, name="on")
+    sync_name = f"sync-connection-{connection.pk}"
+    oldest = {}
+    for name, func in ((sync_name, "integrations.tasks.sync.sync_scheduled_task"),
+                       ("push-sweep", "integrations.tasks.push.push_sweep_task"),
+                       ("webhook-sweep", "integrations.tasks.webhooks.webhook_sweep_task")):
+        Schedule.objects.filter(name=name).delete()
+        oldest[name] = Schedule.objects.create(name=name, func=func).pk
+        Schedule.objects.create(name=name, func=func)
+
+    _call("ensure_schedules")
+
+    for name, pk in oldest.items():
+        assert list(Schedule.objects.filter(name=name).values_list("pk", flat=True)) == [pk]
+    assert Schedule.objects.get(name=sync_name).schedule_type == Schedule.HOURLY  # updated, as before
+    assert Schedule.objects.get(name="push-sweep").minutes == 1

@@ -244,10 +244,13 @@ def webhook_events_requeue_stale(*, older_than: timedelta = SWEEP_AFTER) -> int:
 
 
 def webhook_sweep_schedule_ensure() -> None:
-    """The django-q2 schedule that runs webhook_sweep_task every few minutes (idempotent)."""
+    """The django-q2 schedule that runs webhook_sweep_task every few minutes (idempotent, also when
+    workers call it at once); an existing one is left as it is."""
     from django_q.models import Schedule
 
-    Schedule.objects.get_or_create(
-        name=SWEEP_SCHEDULE_NAME,
+    from integrations.schedules import schedule_named_ensure
+
+    schedule_named_ensure(
+        name=SWEEP_SCHEDULE_NAME, update=False,
         defaults={"func": SWEEP_TASK, "schedule_type": Schedule.MINUTES, "minutes": 5, "repeats": -1},
     )
