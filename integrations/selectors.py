@@ -193,7 +193,7 @@ class ConnectionHealth:
     unknown_invoices: int
     archive_queue: int
     # When the last hourly or full sync finished: "Fetch new data" reads changes since the
-    # cursors that run left (services/sync.py, docs/sync-rules.md), less the overlap.
+    # cursors that run left (services/sync/plan.py, docs/sync-rules.md), less the overlap.
     changes_read_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -221,7 +221,7 @@ class HaloClient(HaloTransport):
             raise HaloBadResponse(f"HaloPSA's list of {key} ({path}) has an invalid record_count {record_count!r}.")
         return records, record_count
 
-    # Incremental reads (integrations/services/sync.py decides which one an instance gets):
+    # Incremental reads (integrations/services/sync/feeds.py decides which one an instance gets):
     # `changed_since` is a date filter whose support varies (GET /Invoice `datesearch` is SW25
     # only, halopsa-facts §3.2/§9; `lastupdatefromdate` on /Client and /Users is unverified as a filter,
     # halopsa-facts §4.1/§11.6), `newest_first` orders by the record's last-change time, descending (the
