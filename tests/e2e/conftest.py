@@ -51,12 +51,15 @@ def shot():
     return _shot
 
 
+def sign_in_page(page, user) -> None:
+    """Sign `user` in on `page` (any browser context, e.g. a phone-sized one)."""
+    page.goto("/login/")
+    page.get_by_label("Username").fill(user.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/")
+
+
 @pytest.fixture
 def sign_in(page):
-    def _sign_in(user) -> None:
-        page.goto("/login/")
-        page.get_by_label("Username").fill(user.username)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url("**/")
-    return _sign_in
+    return lambda user: sign_in_page(page, user)

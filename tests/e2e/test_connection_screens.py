@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import PASSWORD
+from tests.e2e.conftest import sign_in_page
 
 pytestmark = pytest.mark.e2e
 
@@ -25,14 +25,6 @@ def screen(request, browser, live_server):
     page.set_default_timeout(20_000)
     yield page, request.param
     context.close()
-
-
-def _sign_in(page, user) -> None:
-    page.goto("/login/")
-    page.get_by_label("Username").fill(user.username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/")
 
 
 def _fits(page, width: str) -> None:
@@ -52,7 +44,7 @@ def test_add_a_connection_checked_before_saving_then_synced(screen, shot, partne
     from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
     page, width = screen
-    _sign_in(page, partner_user)
+    sign_in_page(page, partner_user)
     page.goto("/connections/new/")
     page.get_by_label("Name").fill("Main HaloPSA")
     page.get_by_label("HaloPSA URL").fill(halo_sandbox.url)
@@ -121,7 +113,7 @@ def three_states(partner, make_connection):
 def test_health_on_the_home_table_and_the_connection_page(screen, shot, partner_user, three_states):
     working, failing, rejected = three_states
     page, width = screen
-    _sign_in(page, partner_user)
+    sign_in_page(page, partner_user)
     table = page.locator("table.connections")
     for connection, label in ((working, "Connected"), (failing, "Needs attention"), (rejected, "Reconnect")):
         expect(table.locator("tr", has_text=connection.name).locator("[data-health]")).to_have_text(label)
@@ -162,7 +154,7 @@ def test_progress_shows_the_step_at_work_and_moves_live(screen, shot, partner_us
               {"phase": "pdfs", "done": 0, "total": None, "state": "waiting"}]
     run = SyncRun.objects.create(connection=connection, trigger="manual", scope="full", state="running",
                                  started_at=timezone.now(), progress_done=506, progress_total=1406, progress_phases=phases)
-    _sign_in(page, partner_user)
+    sign_in_page(page, partner_user)
     page.goto(f"/connections/{connection.pk}/")
     bar = page.get_by_role("progressbar", name="Sync progress")
     expect(bar).to_have_attribute("aria-valuenow", "25")
@@ -199,7 +191,7 @@ def test_progress_shows_the_step_at_work_and_moves_live(screen, shot, partner_us
 def test_delete_confirmation(screen, shot, partner_user, partner, make_connection):
     page, width = screen
     connection = make_connection(partner)
-    _sign_in(page, partner_user)
+    sign_in_page(page, partner_user)
     page.goto(f"/connections/{connection.pk}/delete/")
     expect(page.get_by_role("heading", level=1)).to_contain_text("Delete “Main HaloPSA”?")
     _fits(page, width)

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import PASSWORD
+from tests.e2e.conftest import sign_in_page
 
 pytestmark = pytest.mark.e2e
 
@@ -60,20 +60,12 @@ def books(partner, make_connection):
     return {"customer": dental}
 
 
-def _sign_in(page, user) -> None:
-    page.goto("/login/")
-    page.get_by_label("Username").fill(user.username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/")
-
-
 def _path(path: str, books) -> str:
     return f"/customers/{books['customer'].pk}/" if path == "customer" else path
 
 
 def test_finance_overview_filters_and_export_at_desktop(page, shot, partner_user, books):
-    _sign_in(page, partner_user)
+    sign_in_page(page, partner_user)
     owed = page.locator("section.receivables")
     expect(owed.locator(".tile", has_text="Outstanding · USD")).to_contain_text("4,115.49 USD")  # the unknown invoice's too
     expect(owed.locator(".tile", has_text="Overdue · USD")).to_contain_text("2,790.49 USD")
@@ -118,7 +110,7 @@ def test_finance_overview_filters_and_export_at_desktop(page, shot, partner_user
 
 
 def test_profile_sets_the_alert_address(page, shot, partner_user, books):
-    _sign_in(page, partner_user)
+    sign_in_page(page, partner_user)
     page.get_by_role("link", name=partner_user.username).click()
     page.get_by_label("E-mail address for alerts").fill("not an address")
     page.get_by_role("button", name="Save").click()
@@ -135,7 +127,7 @@ def test_phone_layout_menu_and_key_columns(browser, live_server, shot, partner_u
     page = context.new_page()
     page.set_default_timeout(20_000)
     try:
-        _sign_in(page, partner_user)
+        sign_in_page(page, partner_user)
         menu = page.locator("#main-menu")
         toggle = page.get_by_role("button", name="Menu")
         expect(toggle).to_be_visible()

@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import PASSWORD
+from tests.e2e.conftest import sign_in_page
 
 pytestmark = pytest.mark.e2e
 
@@ -37,14 +37,6 @@ def books(partner, make_connection, halo_sandbox):
     return {"open": invoices[1], "partial": invoices[2], "paid": invoices[3], "void": invoices[7], "gone": gone}
 
 
-def _sign_in(page, user) -> None:
-    page.goto("/login/")
-    page.get_by_label("Username").fill(user.username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/")
-
-
 def _selected_status(page) -> str:
     return page.locator("#id_status").evaluate("select => select.options[select.selectedIndex].text")
 
@@ -56,7 +48,7 @@ def _offered_statuses(page) -> list[str]:
 def test_money_screens_at_desktop(page, shot, partner_user, books, halo_sandbox):
     from integrations.models import Invoice
 
-    _sign_in(page, partner_user)
+    sign_in_page(page, partner_user)
     invoice = books["open"]
     page.goto(f"/invoices/{invoice.pk}/")
     assert _selected_status(page) == "Open (now)"
@@ -177,7 +169,7 @@ def test_money_screens_on_a_phone(browser, live_server, shot, partner_user, book
     page = context.new_page()
     page.set_default_timeout(20_000)
     try:
-        _sign_in(page, partner_user)
+        sign_in_page(page, partner_user)
         for key in ("open", "partial", "void"):
             page.goto(f"/invoices/{books[key].pk}/")
             _fits(page, key, "table.payments")
