@@ -56,7 +56,7 @@ def step_migrate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_setup(args: argparse.Namespace) -> dict[str, Any]:
-    from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+    from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
     partner, _ = Partner.objects.get_or_create(name="Bench MSP")
     conn = Connection.objects.create(partner=partner, name="Bench HaloPSA", base_url=args.url,

@@ -34,8 +34,8 @@ failed_profiles=()
 if [ "${SKIP_PROFILES:-}" = "1" ]; then
   echo "SKIP_PROFILES=1: the HaloPSA profile passes are not run."
 else
-  # The variant names come from the sandbox itself (integrations/sandbox/shapes.py).
-  profiles=$(.venv/bin/python -c 'from integrations.sandbox.shapes import PROFILE_VARIANTS; print(*PROFILE_VARIANTS)') || exit 1
+  # The variant names come from the sandbox itself (halosandbox/shapes.py).
+  profiles=$(.venv/bin/python -c 'from halosandbox.shapes import PROFILE_VARIANTS; print(*PROFILE_VARIANTS)') || exit 1
   for profile in $profiles all; do
     echo "== tests/sync tests/push under HaloPSA profile: $profile (SQLite) =="
     started=$SECONDS

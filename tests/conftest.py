@@ -70,7 +70,7 @@ def make_connection(db):
     from integrations.models import Connection
 
     def _make(partner, sandbox=None, *, name: str = "Main HaloPSA", **fields):
-        from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+        from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
         values = {
             "base_url": sandbox.url if sandbox is not None else "https://example.halopsa.com",

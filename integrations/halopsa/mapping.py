@@ -52,7 +52,7 @@ STATUS_PARTIALLY_PAID = "partially_paid"
 STATUS_PAID = "paid"
 STATUS_VOID = "void"
 
-# InvoicePayment.type (SW25; values unverified, see integrations/sandbox/shapes.py).
+# InvoicePayment.type (SW25; values unverified, see halosandbox/shapes.py).
 PAYMENT_TYPE_PAYMENT = 0
 PAYMENT_TYPE_CREDIT = 1
 PAYMENT_TYPE_DEPOSIT = 2

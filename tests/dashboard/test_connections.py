@@ -5,7 +5,7 @@ import pytest
 from django.urls import reverse
 
 from integrations.models import AuditEvent, Connection, Incident, SyncRun
-from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
 
 def _form(sandbox_url: str, **overrides) -> dict:

@@ -41,7 +41,7 @@ def _fits(page, width: str) -> None:
 
 def test_add_a_connection_checked_before_saving_then_synced(screen, shot, partner_user, halo_sandbox):
     from integrations.models import Connection, SyncRun
-    from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+    from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
     page, width = screen
     sign_in_page(page, partner_user)

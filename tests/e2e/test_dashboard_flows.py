@@ -23,7 +23,7 @@ def synced(partner, make_connection, halo_sandbox):
 
 
 def test_sign_in_add_and_test_connection(page, sign_in, shot, partner_user, halo_sandbox):
-    from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+    from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
     sign_in(partner_user)
     expect(page.get_by_text("No HaloPSA connection yet.")).to_be_visible()

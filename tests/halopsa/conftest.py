@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from integrations.halopsa.client import HaloClient
-from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SandboxServer
+from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SandboxServer
 
 
 class RecordingSleep:

@@ -14,8 +14,8 @@ from integrations.halopsa.exceptions import (
     HaloNotFound,
     HaloRequestRejected,
 )
-from integrations.sandbox import SANDBOX_CLIENT_SECRET
-from integrations.sandbox.shapes import WEBHOOK_EVENTNOS
+from halosandbox import SANDBOX_CLIENT_SECRET
+from halosandbox.shapes import WEBHOOK_EVENTNOS
 
 PAGING_DATASET = {"customers": 120, "contacts": 250, "billing_contacts": 60, "invoices": 230, "max_lines": 3}
 

@@ -8,7 +8,7 @@ import pytest
 
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.exceptions import HaloBadResponse, HaloConnectionError, UnsafeURLError
-from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from tests.plugins.sandbox import record_issued_tokens
 
 

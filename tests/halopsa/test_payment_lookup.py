@@ -17,7 +17,7 @@ import pytest
 
 from integrations.halopsa.exceptions import HaloBadResponse, HaloError, HaloPaymentsUnlistable
 from integrations.halopsa.shape import BARE_ARRAY, PAYMENTS_VIA_INVOICE, PAYMENTS_VIA_LIST, UNKNOWN
-from integrations.sandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME, PROFILE_VARIANTS
+from halosandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME, PROFILE_VARIANTS
 
 EVERY_PROFILE = [DEFAULT_PROFILE_NAME, *PROFILE_VARIANTS, ALL_PROFILE]
 

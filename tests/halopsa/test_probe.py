@@ -26,7 +26,7 @@ from integrations.halopsa.shape import (
     UNKNOWN,
     HaloShape,
 )
-from integrations.sandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME
+from halosandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME
 
 # What the probe learns from the tiny dataset under the default profile, in 11 requests: token,
 # InstanceInfo, Client + its filter check, Users + its filter check, Invoice + its datesearch

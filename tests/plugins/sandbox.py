@@ -7,7 +7,7 @@
   every sandbox it made is stopped at teardown.
 - `halo_session`: a `requests.Session` already holding a bearer token for `halo_sandbox`.
 
-Profiles (issue 16, see integrations/sandbox/shapes.py PROFILE_VARIANTS): `--halo-profile NAME`
+Profiles (issue 16, see halosandbox/shapes.py PROFILE_VARIANTS): `--halo-profile NAME`
 (or the environment variable HALO_PROFILE) is the profile of every sandbox these fixtures start.
 A test that names one (`@pytest.mark.sandbox(profile=...)`, `make(profile=...)`) gets its own.
 A test that checks the default wire shape itself (an envelope key, a field's presence) carries
@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SandboxServer
-from integrations.sandbox.shapes import DEFAULT_PROFILE_NAME, parse_profile
+from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SandboxServer
+from halosandbox.shapes import DEFAULT_PROFILE_NAME, parse_profile
 
 DEFAULT_SANDBOX_ARGS: dict[str, Any] = {"dataset": "tiny", "seed": 1, "port": 0}
 PROFILE_ENV = "HALO_PROFILE"

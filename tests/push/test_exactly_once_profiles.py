@@ -20,7 +20,7 @@ from integrations.halopsa.shape import (
     HaloShape,
 )
 from integrations.models import PushJob
-from integrations.sandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME, PROFILE_VARIANTS
+from halosandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME, PROFILE_VARIANTS
 from integrations.services.connections import connection_shape_update
 from integrations.services.payments import payment_delete, payment_record
 from integrations.services.push import push_job_process

@@ -4,7 +4,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from integrations.sandbox import SandboxServer
+from halosandbox import SandboxServer
 
 CHAOS_DATASET = {"customers": 200, "contacts": 800, "billing_contacts": 250, "invoices": 2500, "max_lines": 6}
 # Worker processes read with this timeout; "slow" faults sleep longer, so they are timeouts.

@@ -21,7 +21,7 @@ from decimal import Decimal
 
 import pytest
 
-from integrations.sandbox import SandboxServer
+from halosandbox import SandboxServer
 from tests.reliability.chaos import READ_TIMEOUT, SLOW_DELAY, differences, export_view, fired, truth_view
 from tests.reliability.procs import BASE_DIR, PYTHON, ProcessWorld, sigkill_when
 

@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from integrations.sandbox import SandboxServer
+from halosandbox import SandboxServer
 from tests.reliability.chaos import (
     CHAOS_DATASET, READ_TIMEOUT, add_sync_faults, differences, export_view, fired, truth_view,
 )
@@ -205,7 +205,7 @@ def test_an_unreadable_record_without_id_is_resolved_by_the_next_clean_full_read
     """A corrupted list row without its id (the chaos run's second kind of bad record) cannot be
     matched by id later; a complete clean read of its entity proves it is readable again."""
     from integrations.models import SyncError, SyncRun
-    from integrations.sandbox import server as sandbox_server
+    from halosandbox import server as sandbox_server
     from integrations.services.sync import sync_execute
 
     from django.utils import timezone

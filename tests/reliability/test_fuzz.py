@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings as hsettings, strat
 from integrations.halopsa import mapping
 from integrations.halopsa.client import parse_json
 from integrations.halopsa.mapping import MappingError
-from integrations.sandbox import SandboxServer
+from halosandbox import SandboxServer
 
 FUZZ = hsettings(max_examples=150, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -382,7 +382,7 @@ def test_a_sync_serving_one_junk_invoice_goes_on_with_the_rest(partner, make_con
                                                               mutations, pick):
     """One invoice of an /api/Invoice page is replaced by a junk mutation of itself on the wire."""
     from integrations.models import Invoice, SyncError, SyncRun
-    from integrations.sandbox import server as sandbox_server
+    from halosandbox import server as sandbox_server
     from integrations.services.sync import sync_execute
     from tests.reliability.chaos import _money
 

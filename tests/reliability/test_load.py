@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from integrations.sandbox import SandboxServer
+from halosandbox import SandboxServer
 from tests.reliability.procs import PYTHON, ProcessWorld, free_port, stop_process, wait_until
 
 RATE = 50

@@ -20,7 +20,7 @@ from django.core.management import call_command
 from django.db import connection as db
 from django.urls import reverse
 
-from integrations.sandbox import SandboxServer
+from halosandbox import SandboxServer
 from tests.plugins.sandbox import record_issued_tokens
 from tests.reliability.procs import ProcessWorld
 

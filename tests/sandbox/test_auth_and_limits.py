@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from tests.plugins.sandbox import halo_session_for
 
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 import requests
 
-from integrations.sandbox import Store
-from integrations.sandbox.dataset import resolve_dataset
+from halosandbox import Store
+from halosandbox.dataset import resolve_dataset
 from tests.plugins.sandbox import halo_session_for
 
 BENCH = {"customers": 2000, "contacts": 10000, "billing_contacts": 3000, "invoices": 100_000, "max_lines": 8}

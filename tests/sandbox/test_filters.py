@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from integrations.sandbox.shapes import PAYMENTSTATUS_PAID, PAYMENTSTATUS_PARTIALLY_PAID, PAYMENTSTATUS_UNPAID
+from halosandbox.shapes import PAYMENTSTATUS_PAID, PAYMENTSTATUS_PARTIALLY_PAID, PAYMENTSTATUS_UNPAID
 
 
 def _after(timestamp: str) -> str:

@@ -9,7 +9,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from integrations.sandbox import SandboxError, Store
+from halosandbox import SandboxError, Store
 
 
 def _invoice(session, server, invoice_id):

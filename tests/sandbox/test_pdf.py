@@ -5,7 +5,7 @@ import re
 
 import requests
 
-from integrations.sandbox.pdf import render_text_pdf
+from halosandbox.pdf import render_text_pdf
 
 
 def assert_valid_pdf(data: bytes) -> None:

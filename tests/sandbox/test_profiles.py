@@ -16,8 +16,8 @@ import pytest
 import requests
 from django.core.management import CommandError, call_command
 
-from integrations.sandbox import SandboxServer
-from integrations.sandbox.shapes import (
+from halosandbox import SandboxServer
+from halosandbox.shapes import (
     PAYMENTSTATUS_PARTIALLY_PAID,
     PROFILE_VARIANTS,
     format_date,
@@ -28,7 +28,7 @@ from tests.plugins.sandbox import halo_session_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The tiny dataset (integrations/sandbox/dataset.py): invoice 1 unpaid, 2 partly paid, 3 paid,
+# The tiny dataset (halosandbox/dataset.py): invoice 1 unpaid, 2 partly paid, 3 paid,
 # 4 paid by credit note 5, 6 unpaid without a customer, 7 voided, 8 unpaid (inactive customer).
 UNPAID, PARTLY_PAID, PAID, NO_CUSTOMER = 1, 2, 3, 6
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from integrations.sandbox import SandboxServer
+from halosandbox import SandboxServer
 from tests.plugins.sandbox import halo_session_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +96,18 @@ def test_start_stop_and_context_manager_free_the_port():
         again.stop()
         again.stop()  # idempotent
     assert threading.active_count() < 50
+
+
+def test_simulator_package_stands_alone():
+    """halosandbox is a tool beside the domain: importing all of it pulls in no Django and no
+    integrations module, so benchmarks and scripts can run it without the portal."""
+    code = (
+        "import pkgutil, importlib, sys, halosandbox\n"
+        "for m in pkgutil.iter_modules(halosandbox.__path__):\n"
+        "    importlib.import_module('halosandbox.' + m.name)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in {'django', 'integrations', 'syncportal'}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"

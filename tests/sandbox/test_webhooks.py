@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from integrations.sandbox.shapes import WEBHOOK_EVENTNOS, parse_version, version_supports_webhooks
+from halosandbox.shapes import WEBHOOK_EVENTNOS, parse_version, version_supports_webhooks
 
 
 class Receiver:

@@ -12,7 +12,7 @@ from django.core.management.base import CommandError
 from django_q.models import Schedule
 
 from integrations.models import Connection, Customer, Invoice, Partner, Payment
-from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from integrations.services.leases import lease_acquire
 from integrations.services.sync import lease_name
 from tests.sync.helpers import truth_snapshot

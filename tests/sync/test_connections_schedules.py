@@ -9,7 +9,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from integrations.models import AuditEvent, Connection, Customer, Invoice, InvoicePdf, SyncCursor, SyncRun
-from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from integrations.schedules import next_run_at, schedule_name
 from integrations.services.connections import (
     connection_create,

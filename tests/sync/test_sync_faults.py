@@ -282,7 +282,7 @@ def test_rejected_credentials_open_an_incident_resolved_by_success(partner, make
     run = run_sync(connection, "incremental")
     assert run.state == "failed" and "rejected" in run.message.lower()
     assert Incident.objects.filter(connection=connection, kind="credentials_rejected", resolved_at__isnull=True).exists()
-    from integrations.sandbox import SANDBOX_CLIENT_SECRET
+    from halosandbox import SANDBOX_CLIENT_SECRET
 
     connection.client_secret = SANDBOX_CLIENT_SECRET
     connection.save()

@@ -18,7 +18,7 @@ from integrations.halopsa import mapping
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.shape import HaloShape
 from integrations.models import Contact, Customer, HaloUserFlag, Invoice, SyncCursor, SyncError
-from integrations.sandbox.shapes import PROFILE_VARIANTS
+from halosandbox.shapes import PROFILE_VARIANTS
 from tests.sync.helpers import assert_matches_truth, export_snapshot, list_queries, truth_as_exported, truth_snapshot
 
 pytestmark = pytest.mark.django_db

@@ -19,7 +19,7 @@ from integrations.models import (
     AuditEvent, Contact, Customer, Invoice, Payment, SyncRun, WebhookEvent,
 )
 from integrations.services.sync import sync_execute
-from integrations.sandbox.shapes import WEBHOOK_EVENTNOS
+from halosandbox.shapes import WEBHOOK_EVENTNOS
 from integrations.services.webhooks import (
     SUBSCRIBED_EVENTS, WebhookError, webhook_event_process, webhook_event_replay, webhook_events_requeue_stale,
     webhook_health, webhook_setup_instructions, webhook_subscription_create,

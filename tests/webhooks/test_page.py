@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from integrations.sandbox.shapes import WEBHOOK_EVENTNOS
+from halosandbox.shapes import WEBHOOK_EVENTNOS
 from integrations.services.webhooks import SUBSCRIBED_EVENTS
 
 pytestmark = pytest.mark.django_db

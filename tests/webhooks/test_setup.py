@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from integrations.models import AuditEvent, Connection, SyncRun, WebhookEvent, parse_version
-from integrations.sandbox.shapes import WEBHOOK_EVENTNOS
+from halosandbox.shapes import WEBHOOK_EVENTNOS
 from integrations.services.webhooks import (
     SUBSCRIBED_EVENTS,
     WebhookError,

@@ -29,13 +29,13 @@ class Command(BaseCommand):
         parser.add_argument("--tenant", default=None)
         parser.add_argument("--profile", default="default",
                             help='HaloPSA variants to play: "default", "all", or comma-separated names '
-                                 '(see integrations/sandbox/shapes.py PROFILE_VARIANTS)')
+                                 '(see halosandbox/shapes.py PROFILE_VARIANTS)')
         parser.add_argument("--clock-offset-minutes", type=int, default=None,
                             help="with the local_clock variant: the instance's clock minus UTC (default -420)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from integrations.sandbox import SandboxServer
-        from integrations.sandbox.shapes import DEFAULT_VERSION, parse_profile
+        from halosandbox import SandboxServer
+        from halosandbox.shapes import DEFAULT_VERSION, parse_profile
 
         dataset: Any = options["dataset"]
         if dataset.strip().startswith("{"):

@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--password", default="", help="Demo user's password (default: a new random one).")
 
     def handle(self, *args, sandbox_url: str, password: str, **options):
-        from integrations.sandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+        from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
         from integrations.services.connections import connection_create, connection_test, connection_update
         from integrations.services.sync import sync_queue
 

@@ -3,7 +3,7 @@
 Pure standard library (no Django import), so it runs in-process in tests and standalone in
 benchmarks::
 
-    from integrations.sandbox import SandboxServer, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+    from halosandbox import SandboxServer, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
     srv = SandboxServer(dataset="tiny", seed=1, host="127.0.0.1", port=0, version="2.130.1",
                         token_lifetime=3600, rate_limit=300, rate_window=300, tenant=None,
                         retry_after=None,                      # Retry-After on 429s (None: none)
