@@ -16,6 +16,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from decimal import Decimal
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -28,7 +29,8 @@ from integrations.crypto import EncryptedTextField
 from integrations.halopsa.payloads import PayloadEncoder
 from integrations.tenancy import PartnerScopedQuerySet
 
-MONEY = {"max_digits": 14, "decimal_places": 2, "default": Decimal("0.00")}
+# Typed Any so each DecimalField(**MONEY) type-checks as a DecimalField, not a dict of objects.
+MONEY: dict[str, Any] = {"max_digits": 14, "decimal_places": 2, "default": Decimal("0.00")}
 # First HaloPSA release whose webhooks cover invoices (docs/requirements.md).
 REALTIME_MIN_VERSION = (2, 122, 1)
 
@@ -124,7 +126,8 @@ class Connection(models.Model):
     # halopsa_url_key(base_url), set by the connection services (and kept current by save() once
     # set): one connection per partner per HaloPSA and client id (the constraint below). Rows
     # created with the ORM directly (tests, data loads) leave it empty and are not constrained.
-    base_url_key = models.CharField(max_length=300, null=True, blank=True, editable=False)
+    # NULL, not "": unset keys must stay outside the unique constraint.
+    base_url_key = models.CharField(max_length=300, null=True, blank=True, editable=False)  # noqa: DJ001
     tenant = models.CharField(max_length=200, blank=True)
     enabled = models.BooleanField(default=True, help_text="Disabled connections never sync or push.")
     paused = models.BooleanField(default=False, help_text="Paused connections skip scheduled syncs until resumed.")
@@ -473,7 +476,8 @@ class Payment(models.Model):
     class Meta:
         ordering = ["paid_on", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["connection", "halopsa_id"], condition=Q(halopsa_id__isnull=False), name="payment_unique_halopsa_id"),
+            models.UniqueConstraint(fields=["connection", "halopsa_id"], condition=Q(halopsa_id__isnull=False),
+                                    name="payment_unique_halopsa_id"),
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
         ]
         indexes = [models.Index(fields=["connection", "reference"])]
