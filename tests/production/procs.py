@@ -10,10 +10,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+import requests
 from cryptography.fernet import Fernet
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -83,6 +86,28 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60) 
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextmanager
+def gunicorn_serving(args: list[str], env: dict[str, str], log_path: Path, port: int,
+                     start_timeout: float = 60) -> Iterator[subprocess.Popen]:
+    """gunicorn (`-m gunicorn` plus args) logging to log_path, once /healthz answers on port;
+    stopped with SIGTERM, as a platform stops the web process, when the block ends."""
+    with log_path.open("w") as log:
+        server = popen([PYTHON, "-m", "gunicorn", *args], env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + start_timeout
+            while True:
+                assert server.poll() is None, log_path.read_text()
+                try:
+                    requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline, "gunicorn did not start listening"
+                    time.sleep(0.1)
+            yield server
+        finally:
+            stop(server, signal.SIGTERM, timeout=30)
 
 
 def private_tmp(prefix: str) -> Iterator[Path]:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.production.procs import BASE_DIR, MANAGE, PYTHON, free_port, popen, private_tmp, production_env, run, stop
+from tests.production.procs import BASE_DIR, MANAGE, PYTHON, free_port, gunicorn_serving, private_tmp, production_env, run
 
 PROXY_HTTPS = {"X-Forwarded-Proto": "https", "Host": "portal.example.com"}
 
@@ -41,23 +39,8 @@ def _serve():
             result = run([PYTHON, MANAGE, *command], env, timeout=300)
             assert result.returncode == 0, result.stdout + result.stderr
         log_path = tmp_path / "gunicorn.log"
-        with log_path.open("w") as log:
-            server = popen([PYTHON, "-m", "gunicorn", "syncportal.asgi", "--config", "gunicorn.conf.py"],
-                           env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                base = f"http://127.0.0.1:{port}"
-                deadline = time.monotonic() + 60
-                while True:
-                    assert server.poll() is None, log_path.read_text()
-                    try:
-                        requests.get(f"{base}/healthz", timeout=2)
-                        break
-                    except requests.ConnectionError:
-                        assert time.monotonic() < deadline, "gunicorn did not start listening"
-                        time.sleep(0.1)
-                yield {"base": base, "server": server, "log": log_path}
-            finally:
-                stop(server, signal.SIGTERM, timeout=30)
+        with gunicorn_serving(["syncportal.asgi", "--config", "gunicorn.conf.py"], env, log_path, port) as server:
+            yield {"base": f"http://127.0.0.1:{port}", "server": server, "log": log_path}
 
 
 def test_healthz_answers_over_plain_http_for_the_load_balancer(served):

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
 import socket
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from tests.production.procs import MANAGE, PYTHON, free_port, popen, private_tmp, production_env, run, stop
+from tests.production.procs import MANAGE, PYTHON, free_port, gunicorn_serving, private_tmp, production_env, run
 
 HOST = "portal.example.com"
 PROMPT = 2.0  # seconds: "answered at once" even on a busy 2-core machine
@@ -52,24 +50,9 @@ def _gunicorn(app: str, *extra: str, workers: int = 2):
         assert made.returncode == 0, made.stderr
         hook = json.loads(made.stdout.strip().splitlines()[-1])
         log_path = tmp_path / "gunicorn.log"
-        with log_path.open("w") as log:
-            server = popen([PYTHON, "-m", "gunicorn", app, "--config", "gunicorn.conf.py", *extra], env,
-                           stdout=log, stderr=subprocess.STDOUT)
-            try:
-                base = f"http://127.0.0.1:{port}"
-                deadline = time.monotonic() + 60
-                while True:
-                    assert server.poll() is None, log_path.read_text()
-                    try:
-                        requests.get(f"{base}/healthz", timeout=2)
-                        break
-                    except requests.ConnectionError:
-                        assert time.monotonic() < deadline, "gunicorn did not start listening"
-                        time.sleep(0.1)
-                auth = "Basic " + base64.b64encode(f"{hook['user']}:{hook['password']}".encode()).decode()
-                yield SimpleNamespace(base=base, port=port, path=hook["path"], auth=auth, log=log_path)
-            finally:
-                stop(server, signal.SIGTERM, timeout=30)
+        with gunicorn_serving([app, "--config", "gunicorn.conf.py", *extra], env, log_path, port):
+            auth = "Basic " + base64.b64encode(f"{hook['user']}:{hook['password']}".encode()).decode()
+            yield SimpleNamespace(base=f"http://127.0.0.1:{port}", port=port, path=hook["path"], auth=auth, log=log_path)
 
 
 class SlowClient:
