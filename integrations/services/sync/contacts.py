@@ -138,7 +138,9 @@ class ContactsSync:
         client_ids = {client_id for client_id, contact in desired.values() if client_id and contact}
         client_ids.update(client_id for client_id, _ in flag_unknown.values() if client_id)
         customers = {
-            c.halopsa_id: c for c in Customer.objects.filter(connection=self.ctx.connection, halopsa_id__in=client_ids, origin=Origin.HALOPSA).order_by()
+            c.halopsa_id: c for c in Customer.objects.filter(
+                connection=self.ctx.connection, halopsa_id__in=client_ids, origin=Origin.HALOPSA).order_by()
+            if c.halopsa_id is not None  # never None: the filter
         }
         if flag_unknown:
             self._decide_by_details(desired, flag_unknown, customers, rule, flag_field)
@@ -158,6 +160,7 @@ class ContactsSync:
         for payload in records:
             try:
                 user_id = mapping.parse_id(payload.get("id") if isinstance(payload, Mapping) else None, "user id")
+                assert user_id is not None  # required: parse_id raises instead
                 client_id = mapping.parse_id(payload.get("client_id"), "user client_id", required=False)
                 try:
                     desired[user_id] = (client_id, mapping.billing_user_contact(payload, rule, flag_field=flag_field))
@@ -203,14 +206,14 @@ class ContactsSync:
         ))
         by_user: dict[int, list[Contact]] = defaultdict(list)
         by_customer: dict[int, list[Contact]] = defaultdict(list)
-        for contact in existing:
-            if contact.halopsa_user_id is not None:
-                by_user[contact.halopsa_user_id].append(contact)
-            by_customer[contact.customer_id].append(contact)
+        for row in existing:
+            if row.halopsa_user_id is not None:
+                by_user[row.halopsa_user_id].append(row)
+            by_customer[row.customer_id].append(row)
         kept: set = set()
         to_create, to_update, to_delete = [], [], set()
         for user_id, (client_id, contact) in desired.items():
-            customer = customers.get(client_id) if contact is not None else None
+            customer = customers.get(client_id) if client_id is not None and contact is not None else None
             current = None
             for row in by_user.get(user_id, []):
                 if customer is not None and row.customer_id == customer.pk and current is None:

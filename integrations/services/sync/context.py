@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from django.db import DatabaseError, models, transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from integrations.conf import halo_settings
@@ -24,7 +24,7 @@ from integrations.halopsa import mapping
 from integrations.halopsa.client import HaloClient, Page, RequestStats
 from integrations.halopsa.mapping import MappingError
 from integrations.halopsa.shape import HaloShape
-from integrations.models import Customer, Origin, SyncError, SyncRun
+from integrations.models import Customer, Invoice, Origin, SyncError, SyncRun
 from integrations.services.leases import lease_renew
 from integrations.services.sync.config import CHUNK, SyncAborted, lease_name, lease_renew_interval, lease_ttl, run_seconds
 
@@ -310,7 +310,7 @@ class RunContext:
         self.saw(entity, newest, unstamped)
         return mapped
 
-    def flag_gone(self, model: type[models.Model], halopsa_id: int) -> None:
+    def flag_gone(self, model: type[Customer] | type[Invoice], halopsa_id: int) -> None:
         """HaloPSA answered 404 for the one record a run syncs: ours is flagged "deleted in HaloPSA"."""
         with transaction.atomic():
             self.counts.updated += model.objects.filter(

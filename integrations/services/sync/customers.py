@@ -16,7 +16,9 @@ from integrations.services.sync.context import Mapped, RunContext
 from integrations.services.sync.deletions import flag_missing
 from integrations.services.sync.feeds import FEEDS, changed_pages, count_repeated, note_repeated
 
-CUSTOMER_UPDATE_FIELDS = ["name", "inactive", "remote_updated_at", "fingerprint", "raw", "last_seen_at", "deleted_in_halopsa_at", "updated_at"]
+CUSTOMER_UPDATE_FIELDS = [
+    "name", "inactive", "remote_updated_at", "fingerprint", "raw", "last_seen_at", "deleted_in_halopsa_at", "updated_at",
+]
 CONTACT_FIELDS = ("halopsa_key", "halopsa_user_id", "source", "name", "email", "fingerprint")
 
 
@@ -77,7 +79,8 @@ class CustomersSync:
         ctx = self.ctx
         with transaction.atomic():
             existing = {
-                c.halopsa_id: c for c in Customer.objects.filter(connection=ctx.connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped]).order_by()
+                c.halopsa_id: c for c in Customer.objects.filter(
+                    connection=ctx.connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped]).order_by()
             }
             to_create, to_update, changed = [], [], []
             for row, payload in mapped:

@@ -44,7 +44,7 @@ def flag_missing(ctx: RunContext, model: type[Customer] | type[Invoice], seen: s
         halopsa_id: pk for pk, halopsa_id in model.objects.filter(
             connection=ctx.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, deleted_in_halopsa_at__isnull=True,
         ).values_list("pk", "halopsa_id").iterator(chunk_size=2000)
-        if halopsa_id not in seen
+        if halopsa_id is not None and halopsa_id not in seen  # never None: the filter
     }
     missing = [candidates[halopsa_id]
                for halopsa_id in confirmed_gone(ctx, entity, set(candidates), seen, write_found=write_found)]

@@ -8,7 +8,7 @@ import time
 from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from django.db import transaction
 
@@ -51,14 +51,20 @@ def write_batch_size() -> int:
     return max(1, halo_settings().sync_write_batch)
 
 
+def _pks_by_halopsa_id(rows: Iterable[tuple[int | None, int]]) -> dict[int, int]:
+    """{halopsa_id: pk} from (halopsa_id, pk) rows read by `halopsa_id__in` (so never None)."""
+    return {halopsa_id: pk for halopsa_id, pk in rows if halopsa_id is not None}
+
+
 def insert_invoices(connection_id: int, rows: list[Mapping[str, Any]]) -> dict[int, int]:
     """INSERT new invoices of one connection; returns {halopsa_id: pk} (read back by the unique
     (connection, halopsa_id): executemany and COPY return none)."""
     if not rows:
         return {}
     insert_rows(Invoice, rows)
-    return dict(Invoice.objects.filter(connection_id=connection_id, halopsa_id__in=[r["halopsa_id"] for r in rows])
+    inserted = (Invoice.objects.filter(connection_id=connection_id, halopsa_id__in=[r["halopsa_id"] for r in rows])
                 .order_by().values_list("halopsa_id", "pk"))
+    return _pks_by_halopsa_id(inserted)
 
 
 def _customer_outdated(invoice: Invoice, row: dict[str, Any], customers: dict[int, int]) -> bool:
@@ -174,9 +180,10 @@ class InvoicesSync:
         customer."""
         ctx = self.ctx
         # Only the pk is used (the invoice's foreign key). No ORDER BY (see _write).
-        customers = dict(Customer.objects.filter(connection=ctx.connection, halopsa_id__in=client_ids)
-                         .order_by().values_list("halopsa_id", "pk"))
+        customers = _pks_by_halopsa_id(Customer.objects.filter(connection=ctx.connection, halopsa_id__in=client_ids)
+                                       .order_by().values_list("halopsa_id", "pk"))
         for client_id in sorted(client_ids - set(customers)):
+            customer: Customer | None
             try:
                 payload = ctx.client.get_client(client_id)
             except HaloNotFound:
@@ -215,7 +222,7 @@ class InvoicesSync:
             if existing:
                 for payment in Payment.objects.filter(invoice_id__in=[i.pk for i in existing.values()]).defer("raw").order_by():
                     payments_by_invoice[payment.invoice_id].append(payment)
-            to_create: list[dict[str, Any]] = []  # new invoices as column values (no model instances)
+            to_create: list[Mapping[str, Any]] = []  # new invoices as column values (no model instances)
             to_update: list[Invoice] = []
             work: list[tuple[Invoice | None, dict[str, Any], dict[int, Payment]]] = []
             for row, payload in mapped:
@@ -229,7 +236,8 @@ class InvoicesSync:
                     invoice=invoice, payments=local_payments,
                     remote_payment_ids=(p["halopsa_id"] for p in row["payments"]),
                     remote_references=(p.get("reference") or "" for p in row["payments"]))
-                effective = row["fingerprint"] if adjustment == 0 else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment})
+                effective = (row["fingerprint"] if adjustment == 0
+                             else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment}))
                 if (invoice is not None and invoice.fingerprint == effective and invoice.deleted_in_halopsa_at is None
                         and not links and not _customer_outdated(invoice, row, customers)
                         and invoice.status_changed_locally_at is None):  # a status set here is re-checked: it may have settled
@@ -327,8 +335,10 @@ class InvoicesSync:
         reference; they keep source "platform" and are never removed here (one deleted in HaloPSA
         is marked voided, see below).
         """
-        to_create: list[dict[str, Any]] = []
-        to_update, to_delete, vanished_platform = [], [], []
+        to_create: list[Mapping[str, Any]] = []
+        to_update: list[Payment] = []
+        to_delete: list[int] = []
+        vanished_platform: list[int] = []
         for invoice_id, row, links in written:
             local = payments_by_invoice.get(invoice_id, [])
             by_halopsa_id = {p.halopsa_id: p for p in local if p.halopsa_id is not None}

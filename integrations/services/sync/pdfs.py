@@ -48,6 +48,14 @@ def pdf_budget(connection: Connection) -> RequestBudget:
     return RequestBudget(f"conn:{connection.pk}:pdfs", limit=max(1, int(limit * share)) if limit > 0 else 0)
 
 
+def _file_stored(pdf: InvoicePdf) -> bool:
+    """The row names a file (a FieldFile is true when it has a name) and the storage still holds it."""
+    name = pdf.file.name
+    if not name:
+        return False
+    return pdf.file.storage.exists(name)
+
+
 def invoice_pdf_ensure(*, invoice: Invoice, client: HaloClient | None = None) -> InvoicePdf:
     """The invoice's current PDF, downloading it (one API call) when missing or stale.
 
@@ -55,7 +63,7 @@ def invoice_pdf_ensure(*, invoice: Invoice, client: HaloClient | None = None) ->
     Raises PdfUnavailable with a readable message when HaloPSA has none or cannot be reached.
     """
     current = InvoicePdf.objects.filter(invoice=invoice).first()
-    if current is not None and not (current.file and current.file.storage.exists(current.file.name)):
+    if current is not None and not _file_stored(current):
         current = None  # the row outlived its file (a node without the shared media mount, a restore)
     if current is not None and (invoice.pdf_attachment_id is None or current.attachment_id == invoice.pdf_attachment_id):
         return current
@@ -82,7 +90,7 @@ def pdf_store(*, invoice: Invoice, content: bytes, attachment_id: int | None) ->
     digest = hashlib.sha256(content).hexdigest()
     now = timezone.now()
     current = InvoicePdf.objects.filter(invoice=invoice).first()
-    if current is not None and current.sha256 == digest and current.file and current.file.storage.exists(current.file.name):
+    if current is not None and current.sha256 == digest and _file_stored(current):
         InvoicePdf.objects.filter(pk=current.pk).update(attachment_id=attachment_id, fetched_at=now)
         current.attachment_id, current.fetched_at = attachment_id, now
         return current
@@ -173,6 +181,7 @@ class PdfsSync:
                 # (a run that fetched nothing would just queue the next one).
                 ctx.pdf_backlog = len(candidate_ids) - fetched if fetched else 0
                 return f"the PDF phase's {pdf_phase_seconds() / 60:.0f} minutes ran out"
+            assert invoice.halopsa_id is not None  # _needed() chose invoices HaloPSA has
             try:
                 content = ctx.client.get_invoice_pdf(invoice.halopsa_id, attachment_id=invoice.pdf_attachment_id)
             except HaloNotFound:

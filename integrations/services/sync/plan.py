@@ -46,7 +46,7 @@ def plan_for(run: SyncRun) -> Plan:
             # Without a cursor an entity is read in full (first sync, or records without a
             # change time), which is always correct.
             for cursor in SyncCursor.objects.filter(connection=run.connection, changed_since__isnull=False):
-                if cursor.entity in FEEDS:
+                if cursor.entity in FEEDS and cursor.changed_since is not None:  # never None: the filter
                     plan.since[cursor.entity] = cursor.changed_since - cursor_overlap()
     elif scope == SyncRun.Scope.UNPAID:
         plan.invoices = "unpaid"

@@ -95,7 +95,8 @@ def _active_run(connection: Connection) -> SyncRun | None:
     """The queued or running run of this connection; runs left behind by a dead worker are closed."""
     now = timezone.now()
     stale_queued_after = timedelta(seconds=2 * int(settings.Q_CLUSTER.get("retry", 2100)))
-    for run in SyncRun.objects.filter(connection=connection, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).order_by("queued_at", "id"):
+    active = SyncRun.objects.filter(connection=connection, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING])
+    for run in active.order_by("queued_at", "id"):
         stale = (
             (run.state == SyncRun.State.RUNNING and not lease_is_held(lease_name(connection.pk)))
             or (run.state == SyncRun.State.QUEUED and run.queued_at < now - stale_queued_after)
@@ -318,7 +319,8 @@ class _Runner:
         except Exception as exc:  # a bug must still close the run, with a message a person can use
             logger.exception("sync run %s failed", self.run.pk)
             error = exc
-            _finish(self.run, SyncRun.State.FAILED, f"Internal error during the sync ({type(exc).__name__}); the team has been notified.", ctx.stats)
+            _finish(self.run, SyncRun.State.FAILED,
+                    f"Internal error during the sync ({type(exc).__name__}); the team has been notified.", ctx.stats)
         else:
             self._complete(plan)
         ctx.close_phases(failed=error is not None)
@@ -366,6 +368,7 @@ class _Runner:
         ctx, target = self.ctx, self.run.target_halopsa_id
         ctx.plan_phases(phase_names(plan))
         if plan.customers == "one":
+            assert target is not None  # plan_for: "one" only for a run with a target
             ctx.phase(ENTITY_CUSTOMERS)
             if self.customers.one(target):
                 self.contacts.of_customer(target)
@@ -379,6 +382,8 @@ class _Runner:
             ctx.phase(ENTITY_CONTACTS)
             self.contacts.read(since=users_since, prune=users_since is None)
         if plan.invoices == "one":
+            # plan_for: an entity run's "one" has a target; sync_queue and sync_record give a one-invoice run one.
+            assert target is not None
             ctx.phase(ENTITY_INVOICES)
             self.invoices.one(target, with_pdf=plan.pdfs)
             return

@@ -150,10 +150,9 @@ def _sync_targets(event: WebhookEvent) -> list[tuple[str, int]]:
     """(sync entity, HaloPSA id) pairs to re-fetch. Ids in the body are only used to route."""
     obj = (event.payload or {}).get(event.entity) if event.entity else None
     obj = obj if isinstance(obj, dict) else {}
-    if event.entity == "invoice":
-        return [("invoices", event.object_id)]
-    if event.entity == "client":
-        return [("customers", event.object_id)]
+    if event.entity in ("invoice", "client"):
+        assert event.object_id is not None  # an event without one is stored IGNORED (intake), never processed
+        return [("invoices" if event.entity == "invoice" else "customers", event.object_id)]
     if event.entity == "payment":
         # The payment's invoice holds it (payments are embedded in invoices): resync the invoice.
         invoice_id = as_halo_id(obj.get("invoice_id"))
