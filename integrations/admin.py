@@ -43,6 +43,7 @@ class CustomerAdmin(ReadOnlyAdmin):
     list_display = ("name", "connection", "halopsa_id", "is_unknown", "deleted_in_halopsa_at", "archived_at")
     list_filter = ("is_unknown", "origin")
     search_fields = ("name",)
+    ordering = ("name",)
 
 
 @admin.register(portal.Invoice)
@@ -51,12 +52,14 @@ class InvoiceAdmin(ReadOnlyAdmin):
     list_filter = ("status", "origin")
     search_fields = ("number",)
     raw_id_fields = ("customer",)
+    ordering = ("-invoice_date", "-id")
 
 
 @admin.register(portal.Payment)
 class PaymentAdmin(ReadOnlyAdmin):
     list_display = ("invoice", "amount", "paid_on", "source", "kind", "voided_at")
     raw_id_fields = ("invoice",)
+    ordering = ("paid_on", "id")
 
 
 @admin.register(portal.SyncRun)

@@ -322,7 +322,6 @@ class Customer(HaloMirror):
     inactive = models.BooleanField(default=False)
 
     class Meta(HaloMirror.Meta):
-        ordering = ["name"]
         constraints = HaloMirror.Meta.constraints + [
             models.UniqueConstraint(fields=["connection"], condition=Q(is_unknown=True), name="one_unknown_customer_per_connection"),
         ]
@@ -353,7 +352,6 @@ class Contact(models.Model):
     partner_lookup = "customer__connection__partner_id"
 
     class Meta:
-        ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["customer", "halopsa_key"], name="contact_unique_per_customer")]
 
     def __str__(self) -> str:
@@ -394,7 +392,6 @@ class Invoice(HaloMirror):
     pdf_attachment_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta(HaloMirror.Meta):
-        ordering = ["-invoice_date", "-id"]
         indexes = [
             models.Index(fields=["connection", "status"]),
             models.Index(fields=["connection", "invoice_date"]),
@@ -438,7 +435,6 @@ class InvoiceLine(models.Model):
     partner_lookup = "invoice__connection__partner_id"
 
     class Meta:
-        ordering = ["sequence", "id"]
         constraints = [
             models.UniqueConstraint(fields=["invoice", "halopsa_id"], condition=Q(halopsa_id__isnull=False), name="line_unique_halopsa_id")
         ]
@@ -474,7 +470,6 @@ class Payment(models.Model):
     partner_lookup = "connection__partner_id"
 
     class Meta:
-        ordering = ["paid_on", "id"]
         constraints = [
             models.UniqueConstraint(fields=["connection", "halopsa_id"], condition=Q(halopsa_id__isnull=False),
                                     name="payment_unique_halopsa_id"),

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import BigIntegerField, Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Sum, prefetch_related_objects
+from django.db.models import BigIntegerField, Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, prefetch_related_objects
 from django.db.models.functions import Cast, Coalesce, Round
 from django.utils import timezone
 from django_q.models import Schedule
@@ -20,6 +20,7 @@ from django_q.models import Schedule
 from integrations.models import (
     AuditEvent,
     Connection,
+    Contact,
     Customer,
     Incident,
     Invoice,
@@ -422,8 +423,8 @@ def customer_list(*, user, q: str = "", connection_id: int | None = None, archiv
 
 
 def customer_page_with_contacts(page: Page) -> Page:
-    """Attach billing contacts to one page of customers in one extra query."""
-    prefetch_related_objects(page.object_list, "billing_contacts")
+    """Attach billing contacts (by name) to one page of customers in one extra query."""
+    prefetch_related_objects(page.object_list, Prefetch("billing_contacts", queryset=Contact.objects.order_by("name", "id")))
     return page
 
 

@@ -46,7 +46,7 @@ def customer_list(request):
 @login_required
 def customer_detail(request, pk: int):
     customer = get_visible_or_404(Customer.objects.select_related("connection", "archived_by"), request.user, pk=pk)
-    contacts = customer.billing_contacts.all()
+    contacts = customer.billing_contacts.order_by("name", "id")
     invoices = customer.invoices.filter(archived_at__isnull=True)
     page = selectors.paginate(invoices.select_related("connection").order_by("-invoice_date", "-id"), request.GET.get("page"))
     return render(request, "integrations/customer_detail.html", {
@@ -83,7 +83,7 @@ def _invoice_page(request, invoice: Invoice, *, payment_form: PaymentForm | None
         payment.push_state = states[payment.pk]  # type: ignore[attr-defined]
     context = {
         "invoice": invoice,
-        "lines": invoice.lines.all(),
+        "lines": invoice.lines.order_by("sequence", "id"),
         "payments": payments,
         "pdf": getattr(invoice, "pdf", None) if _has_pdf(invoice) else None,
         # Payment pushes show on their payment's row; status pushes have no row of their own.

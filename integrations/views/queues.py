@@ -33,7 +33,7 @@ def unknown_customers(request):
     invoices = selectors.unknown_invoices(user=request.user, connection_id=connection.pk if connection else -1)
     customers_qs = Customer.objects.visible_to(request.user).filter(
         connection=connection, is_unknown=False, archived_at__isnull=True
-    )
+    ).order_by("name", "id")
     form = AssignCustomerForm(request.POST or None, customers=customers_qs, invoices=invoices)
     if request.method == "POST":
         if form.is_valid():

@@ -88,7 +88,8 @@ def test_two_clusters_never_overlap_syncs_of_a_connection_and_never_double_post(
     first_run = SyncRun.objects.create(connection=connections[0], trigger=SyncRun.Trigger.CLI, scope=SyncRun.Scope.FULL)
     assert sync_execute(run=first_run).state == SyncRun.State.SUCCEEDED
     payable = list(
-        Invoice.objects.filter(connection=connections[0], status=Invoice.Status.OPEN, balance__gte=Decimal("5.00"))[:3]
+        Invoice.objects.filter(connection=connections[0], status=Invoice.Status.OPEN, balance__gte=Decimal("5.00"))
+        .order_by("-invoice_date", "-id")[:3]
     )
     assert payable, "the tiny dataset has open invoices"
 

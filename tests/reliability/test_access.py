@@ -38,7 +38,7 @@ def _snapshot():
 
     return (
         list(Connection.objects.values_list("pk", "name", "enabled", "paused")),
-        list(Invoice.objects.values_list("pk", "status", "archived_at", "customer_id")),
+        list(Invoice.objects.order_by("pk").values_list("pk", "status", "archived_at", "customer_id")),
         Payment.objects.count(), PushJob.objects.count(), SyncRun.objects.count(), AuditEvent.objects.count(),
     )
 
