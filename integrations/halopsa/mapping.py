@@ -74,16 +74,20 @@ INVOICE_UPDATED_AT = "last_modified"
 UPDATED_AT_FIELDS = {"client": CLIENT_UPDATED_AT, "user": USER_UPDATED_AT, "invoice": INVOICE_UPDATED_AT}
 # ISO 4217 currencies an invoice can be in (funds, metals and test codes left out), plus codes
 # retired since 2007 that old invoices may still carry.
-ISO_CURRENCIES = frozenset("""
-    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN
-    BZD CAD CDF CHF CLP CNY COP CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL
-    GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW
-    KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN
-    NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK
-    SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU
-    UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL
-    BYR EEK HRK LTL LVL MRO SKK STD VEF ZMK
-""".split())
+ISO_CURRENCIES = frozenset({
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BHD", "BIF",
+    "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHF", "CLP", "CNY", "COP", "CRC",
+    "CUC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL",
+    "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK",
+    "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD",
+    "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MYR", "MZN",
+    "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON",
+    "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL", "SOS", "SRD", "SSP", "STN",
+    "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU",
+    "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
+    # retired since 2007
+    "BYR", "EEK", "HRK", "LTL", "LVL", "MRO", "SKK", "STD", "VEF", "ZMK",
+})
 
 
 class MappingError(ValueError):
@@ -554,6 +558,7 @@ def map_invoice(payload: Any, *, number_field: str = "invoicenumber", default_cu
     """
     record = _record(payload, "invoice")
     halopsa_id = parse_id(record.get("id"), "invoice id")
+    assert halopsa_id is not None  # required: parse_id raises instead
     refuse_invalid_text(record, f"invoice {halopsa_id}")
     try:
         return _map_invoice(record, halopsa_id, number_field, default_currency)
@@ -576,10 +581,11 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     due = record.get("amountdue", record.get("amount_remaining"))
     balance = parse_money(due, "amountdue") if not _missing(due) else total - amount_paid
     voided = _flag(record.get("voided"))
+    raw_status: Any = record.get("paymentstatus")  # any JSON value; absent (None) or "" means no status
     try:
-        paymentstatus = int(record.get("paymentstatus")) if record.get("paymentstatus") not in (None, "") else None
+        paymentstatus = int(raw_status) if raw_status not in (None, "") else None
     except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
-        raise MappingError(f"paymentstatus is not a number: {record.get('paymentstatus')!r}") from None
+        raise MappingError(f"paymentstatus is not a number: {raw_status!r}") from None
     if balance == 0 and amount_paid == 0 and total > 0 and paymentstatus != PAYMENTSTATUS_PAID:
         # amountdue 0 with nothing paid is HaloPSA's default (paymentstatus -1, the database
         # default: halopsa-facts §3.6), not "paid": the balance is what is not paid yet.

@@ -41,12 +41,13 @@ def parse_json(content: bytes | str, *, allow_constants: bool = True, mark_inval
     one bad byte fails its record, not the page. Valid pages take the strict decode only."""
     escaped = False
     if isinstance(content, bytes):
+        raw = content
         try:
-            content = content.decode("utf-8-sig")
+            content = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             if not mark_invalid_text:
                 raise
-            content = content.decode("utf-8-sig", "surrogateescape")
+            content = raw.decode("utf-8-sig", "surrogateescape")
             escaped = True
     options: dict[str, Any] = {"parse_float": Decimal, "parse_constant": NonFiniteNumber}
     if not allow_constants:

@@ -97,9 +97,11 @@ def _list_rows(body: Any, key: str) -> tuple[list[dict[str, Any]], int] | None:
         count = len(body)
     elif isinstance(body, dict) and isinstance(body.get(key), list):
         rows = body[key]
-        count = body.get("record_count")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        reported = body.get("record_count")
+        if isinstance(reported, bool) or not isinstance(reported, int) or reported < 0:
             count = len(rows)
+        else:
+            count = reported
     else:
         return None
     return [row for row in rows if isinstance(row, dict)], count

@@ -42,7 +42,6 @@ from urllib.parse import SplitResult, urlsplit
 
 import orjson
 import requests
-from django.conf import settings
 
 from integrations.conf import halo_settings
 from urllib3 import exceptions as urllib3_exceptions
@@ -556,7 +555,8 @@ class HaloTransport:
                         ) from None
                     # At least what HaloPSA asked for, plus a little jitter so workers do not stampede.
                     delay = failure.retry_after + random.uniform(0, self.retry_base_delay)
-                if self._time_left() is not None and delay >= self._time_left():
+                left = self._time_left()
+                if left is not None and delay >= left:
                     raise self._deadline_reached(f"{method} {self._log_path(url)} failed ({error.message})") from None
                 self.stats.add(retries=1)
                 logger.info("halopsa %s retrying %s %s in %.2f s after: %s",
@@ -672,7 +672,7 @@ class HaloTransport:
                 raise self._token_error(response)
             return response
         if authenticated and self._looks_like_expired_token(response):
-            raise _ExpiredToken()
+            raise _ExpiredToken
         if response.status_code in RETRY_STATUSES:
             raise _Retry(self._status_error(response, path=path),
                          retry_after=parse_retry_after(response.headers.get("Retry-After")))

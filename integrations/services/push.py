@@ -60,12 +60,6 @@ from integrations.services.audit import audit_record
 from integrations.services.incidents import incident_open, incident_resolve
 from integrations.services.leases import lease_acquire, lease_release
 from integrations.services.payments import EARLIEST_PAYMENT_DATE
-from integrations.services.reconcile import (  # the rules the pull applies too; importable from here as before
-    UNFINISHED,
-    payment_unpushed_adjustment,
-    status_conflict_winner,
-    status_push_on_the_way,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +233,7 @@ def _incident_update(job: PushJob) -> None:
 
 
 def _payment_create(job: PushJob, client) -> Outcome:
+    assert job.payment_id is not None  # payment jobs are created with their payment (services/payments.py)
     payment = Payment.objects.select_related("invoice").get(pk=job.payment_id)
     invoice = payment.invoice
     if payment.voided_at is not None:
@@ -283,6 +278,7 @@ def _payment_create(job: PushJob, client) -> Outcome:
     finally:
         _payments_shape_learn(job.connection, shape, client)
     outcome = _adopt(payment, created, "")
+    assert invoice.halopsa_id is not None  # pushed only for invoices from HaloPSA (invoice_pushes_to_halopsa)
     _clock_offset_learn(job.connection, shape, client, invoice.halopsa_id, before=remote_body, answer=None,
                         started=started, ended=timezone.now())
     return outcome
@@ -324,6 +320,7 @@ def _adopt(payment: Payment, remote: dict, note: str) -> Outcome:
 
 
 def _payment_delete(job: PushJob, client) -> Outcome:
+    assert job.payment_id is not None  # payment jobs are created with their payment (services/payments.py)
     payment = Payment.objects.select_related("invoice").get(pk=job.payment_id)
     invoice = payment.invoice
     halopsa_id = payment.halopsa_id
@@ -352,6 +349,7 @@ def _payment_delete(job: PushJob, client) -> Outcome:
 
 
 def _invoice_status(job: PushJob, client) -> Outcome:
+    assert job.invoice_id is not None  # status jobs are created with their invoice (services/payments.py)
     invoice = Invoice.objects.get(pk=job.invoice_id)
     target = job.payload.get("status", "")
     if not _status_reached(target, invoice.status):
@@ -368,6 +366,7 @@ def _invoice_status(job: PushJob, client) -> Outcome:
     else:
         answer = client.update_invoice(invoice.halopsa_id, fields)
     shape = HaloShape.of(job.connection)
+    assert invoice.halopsa_id is not None  # pushed only for invoices from HaloPSA (invoice_pushes_to_halopsa)
     _clock_offset_learn(job.connection, shape, client, invoice.halopsa_id, before=remote_body, answer=answer,
                         started=started, ended=timezone.now())
     # What markaspaid and un-void do in a real HaloPSA is unverified: check that the status took,

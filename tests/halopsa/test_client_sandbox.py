@@ -33,7 +33,7 @@ def test_authenticates_and_reads_the_version(halo_sandbox, make_client):
     assert client.version() == "2.130.1"
     assert client.instance_info()["app_version"] == "2.130.1"
     assert halo_sandbox.count_requests("/auth/token", "POST") == 1
-    token_call = [e for e in halo_sandbox.request_log if e["path"] == "/auth/token"][0]
+    token_call = next(e for e in halo_sandbox.request_log if e["path"] == "/auth/token")
     assert token_call["status"] == 200
 
 

@@ -143,7 +143,7 @@ def test_secrets_and_tokens_never_reach_the_logs(halo_sandbox_factory, caplog):
     client = HaloClient(base_url=sandbox.url, client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET,
                         retry_base_delay=0.001)
     pages = 0
-    for page in client.invoice_pages():
+    for _page in client.invoice_pages():
         pages += 1
         if pages == 1:
             sandbox.expire_tokens()  # forces a re-authentication mid-run

@@ -37,7 +37,7 @@ def test_record_payment_prints_the_payment_id_last_and_pushes(halo_sandbox, mirr
 def test_record_payment_refused_exits_non_zero_with_the_reason(halo_sandbox, mirror):
     invoice = mirror(2)
     halo_sandbox.clear_request_log()
-    with pytest.raises(CommandError, match="Payment refused: .*overpayments are refused"):
+    with pytest.raises(CommandError, match=r"Payment refused: .*overpayments are refused"):
         run("record_payment", "--invoice", str(invoice.pk), "--amount", "9999.00")
     with pytest.raises(CommandError, match="greater than zero"):
         run("record_payment", "--invoice", str(invoice.pk), "--amount", "-1")

@@ -86,9 +86,8 @@ def test_bad_amounts_are_refused_and_nothing_is_sent(halo_sandbox, mirror, amoun
 def test_overpayment_is_refused_with_a_clear_message_and_no_request(halo_sandbox, mirror, django_capture_on_commit_callbacks):
     invoice = mirror(2)
     halo_sandbox.clear_request_log()
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        with pytest.raises(PaymentRefused) as refused:
-            payment_record(invoice=invoice, amount="616.87")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks, pytest.raises(PaymentRefused) as refused:
+        payment_record(invoice=invoice, amount="616.87")
     assert "616.87 USD is more than the balance" in refused.value.message
     assert "overpayments are refused" in refused.value.message
     assert callbacks == []
@@ -131,11 +130,9 @@ def test_duplicate_reference_is_refused(halo_sandbox, mirror, django_capture_on_
 def test_rollback_of_the_surrounding_transaction_enqueues_nothing(halo_sandbox, mirror, django_capture_on_commit_callbacks):
     invoice = mirror(1)
     halo_sandbox.clear_request_log()
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        with pytest.raises(RuntimeError):
-            with transaction.atomic():
-                payment_record(invoice=invoice, amount="10.00")
-                raise RuntimeError("the caller failed after recording")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks, pytest.raises(RuntimeError), transaction.atomic():
+        payment_record(invoice=invoice, amount="10.00")
+        raise RuntimeError("the caller failed after recording")
     assert callbacks == []
     assert Payment.objects.filter(source=Origin.PLATFORM).count() == 0 and PushJob.objects.count() == 0
     invoice.refresh_from_db()

@@ -317,7 +317,8 @@ def test_sweep_schedule_is_created_once():
     assert Schedule.objects.filter(name="push-sweep").count() == 1
 
 
-def test_broker_down_at_enqueue_the_payment_stands_and_the_sweeper_sends_it(halo_sandbox, mirror, monkeypatch, django_capture_on_commit_callbacks):
+def test_broker_down_at_enqueue_the_payment_stands_and_the_sweeper_sends_it(halo_sandbox, mirror, monkeypatch,
+                                                                            django_capture_on_commit_callbacks):
     import django_q.tasks
 
     real_async_task = django_q.tasks.async_task

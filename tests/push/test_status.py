@@ -11,7 +11,8 @@ from integrations.halopsa.mapping import invoice_status_to_halo
 from integrations.halopsa.shape import HaloShape
 from integrations.models import AuditEvent, Invoice, PushJob
 from integrations.services.payments import PaymentRefused, StatusChangeRefused, invoice_status_change, payment_record
-from integrations.services.push import push_job_process, status_conflict_winner
+from integrations.services.push import push_job_process
+from integrations.services.reconcile import status_conflict_winner
 from tests.push.conftest import clock_known, halo_invoice
 
 pytestmark = pytest.mark.django_db

@@ -48,8 +48,7 @@ def assert_status_agrees_with_amounts(invoice: Invoice) -> None:
 
 def mark_paid(invoice: Invoice, django_capture_on_commit_callbacks, *, push: bool = True):
     with django_capture_on_commit_callbacks(execute=push):
-        change = invoice_status_change(invoice=invoice, status="paid")
-    return change
+        return invoice_status_change(invoice=invoice, status="paid")
 
 
 def marked_as_paid_payment(srv, halopsa_id: int) -> dict:

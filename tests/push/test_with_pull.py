@@ -7,7 +7,8 @@ import pytest
 
 from integrations.models import Invoice, Origin, Payment, PushJob, SyncRun
 from integrations.services.payments import invoice_status_change, payment_delete, payment_record
-from integrations.services.push import payment_unpushed_adjustment, push_job_process
+from integrations.services.push import push_job_process
+from integrations.services.reconcile import payment_unpushed_adjustment
 from tests.push.conftest import assert_ledgers_agree, clock_known, halo_invoice, halo_payments
 
 pytestmark = pytest.mark.django_db

@@ -61,7 +61,8 @@ def _time_passes(connection_id: int, settle: float) -> None:
 
 def work(connection_id: int, rounds: int, settle: float) -> dict:
     from integrations.models import PushJob
-    from integrations.services.push import UNFINISHED, push_due_dispatch
+    from integrations.services.push import push_due_dispatch
+    from integrations.services.reconcile import UNFINISHED
 
     dispatched = 0
     for done_rounds in range(1, rounds + 1):  # noqa: B007 - the rounds done are the result

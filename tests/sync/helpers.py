@@ -76,7 +76,8 @@ def db_snapshot(connection) -> dict[str, Any]:
     from integrations.models import Customer, Invoice
 
     customers = {}
-    for c in Customer.objects.filter(connection=connection, halopsa_id__isnull=False, deleted_in_halopsa_at__isnull=True).prefetch_related("billing_contacts"):
+    for c in Customer.objects.filter(connection=connection, halopsa_id__isnull=False,
+                                     deleted_in_halopsa_at__isnull=True).prefetch_related("billing_contacts"):
         customers[c.halopsa_id] = {
             "name": c.name, "inactive": c.inactive,
             "billing_contacts": sorted((b.name, b.email) for b in c.billing_contacts.all()),

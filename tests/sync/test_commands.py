@@ -55,9 +55,11 @@ def test_add_connection_creates_partner_connection_and_schedule(halo_sandbox):
 def test_add_connection_refuses_bad_input_clearly(db):
     with pytest.raises(CommandError, match="Enter a valid URL"):
         _call("add_connection", "--partner", "P", "--name", "N", "--url", "not a url", "--client-id", "a", "--client-secret", "b")
-    _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://example.halopsa.com", "--client-id", "a", "--client-secret", "b")
+    _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://example.halopsa.com",
+          "--client-id", "a", "--client-secret", "b")
     with pytest.raises(CommandError, match="already has a connection named"):
-        _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://example.halopsa.com", "--client-id", "a", "--client-secret", "b")
+        _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://example.halopsa.com",
+              "--client-id", "a", "--client-secret", "b")
 
 
 def test_add_connection_refuses_a_second_connection_to_the_same_halopsa(db):
@@ -160,7 +162,8 @@ def test_export_connection_shape_and_values(connection, halo_sandbox):
         expected = truth[row["halopsa_id"]]
         assert row["total"] == str(expected["total"]) and row["balance"] == str(expected["balance"])
         assert row["invoice_date"] == expected["invoice_date"] and len(row["invoice_date"]) == 10
-        assert all(list(line) == ["halopsa_id", "description", "quantity", "unit_price", "net_amount", "tax_amount"] for line in row["lines"])
+        assert all(list(line) == ["halopsa_id", "description", "quantity", "unit_price", "net_amount", "tax_amount"]
+                   for line in row["lines"])
         assert row["pdf_sha256"] and len(row["pdf_sha256"]) == 64
     first = next(i for i in data["invoices"] if i["halopsa_id"] == 1)
     assert first["id"] == invoice.pk

@@ -153,7 +153,7 @@ class TestSubscription:
             self, halo_sandbox, make_connection, partner, partner_user, settings):
         settings.HALOPSA_WEBHOOK_EVENTNOS = {"invoice paid": 5}
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
-        with pytest.raises(WebhookError, match="'invoice paid'.*not subscribe to"):
+        with pytest.raises(WebhookError, match=r"'invoice paid'.*not subscribe to"):
             webhook_subscription_create(connection=conn, user=partner_user)
         assert halo_sandbox.store.list_webhooks() == []
 

@@ -42,11 +42,11 @@ class Command(BaseCommand):
             try:
                 dataset = json.loads(dataset)
             except ValueError as exc:
-                raise CommandError(f"--dataset is not valid JSON: {exc}")
+                raise CommandError(f"--dataset is not valid JSON: {exc}") from exc
         try:
             parse_profile(options["profile"], options["clock_offset_minutes"])
         except ValueError as exc:
-            raise CommandError(f"--profile/--clock-offset-minutes: {exc}")
+            raise CommandError(f"--profile/--clock-offset-minutes: {exc}") from exc
         try:
             server = SandboxServer(
                 dataset=dataset, seed=options["seed"], host=options["host"], port=options["port"],
@@ -56,7 +56,7 @@ class Command(BaseCommand):
             )
             server.start()
         except (ValueError, OSError) as exc:
-            raise CommandError(str(exc))
+            raise CommandError(str(exc)) from exc
 
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -33,7 +34,9 @@ class Command(BaseCommand):
             user.set_password(password)
             user.save()
             connection = Connection.objects.filter(partner=partner, name=DEMO_CONNECTION).first()
-            fields = {"base_url": sandbox_url, "client_id": SANDBOX_CLIENT_ID, "client_secret": SANDBOX_CLIENT_SECRET}
+            # Any, as the services' **fields take them (str values would be matched to their bool options).
+            fields: dict[str, Any] = {"base_url": sandbox_url, "client_id": SANDBOX_CLIENT_ID,
+                                      "client_secret": SANDBOX_CLIENT_SECRET}
             if connection is None:
                 connection = connection_create(partner=partner, name=DEMO_CONNECTION, **fields)
             else:
