@@ -408,7 +408,8 @@ def step_dashboard(args: argparse.Namespace) -> dict[str, Any]:
     from django.db.models import Count
 
     invoice = (Invoice.objects.filter(connection=conn).annotate(n=Count("lines")).filter(payments__isnull=False)
-               .order_by("-n", "pk").first() or Invoice.objects.filter(connection=conn).first())
+               .order_by("-n", "pk").first()
+               or Invoice.objects.filter(connection=conn).order_by("-invoice_date", "-id").first())
     assert invoice is not None, "no invoice: run the sync step first"
     pages = {
         "invoice_list": reverse("invoice_list"),

@@ -18,7 +18,7 @@ from integrations.services import connections as connection_services
 from integrations.services.audit import audit_record
 from integrations.services.sync import sync_queue
 from integrations.services.webhooks import (WEBHOOK_SCHEME_BASIC, WEBHOOK_SCHEME_HMAC, WebhookError,
-                                            webhook_auth_scheme, webhook_auth_scheme_set, webhook_health,
+                                            webhook_auth_scheme, webhook_auth_scheme_set,
                                             webhook_setup_instructions, webhook_subscription_create,
                                             webhook_subscription_outcome)
 from integrations.tenancy import get_visible_or_404
@@ -167,7 +167,7 @@ def connection_detail(request, pk: int):
         "push_jobs": selectors.connection_push_jobs(connection=connection),
         "shape": connection_services.connection_shape_summary(connection=connection),
         "webhook_setup": _webhook_setup(connection),
-        "webhook_health": webhook_health(connection),
+        "webhook_health": selectors.webhook_health(connection),
         "sync_form": SyncRequestForm(),
     }
     return render(request, "integrations/connection_detail.html", context)

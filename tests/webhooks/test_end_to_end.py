@@ -18,11 +18,12 @@ from django.core.management import call_command
 from integrations.models import (
     AuditEvent, Contact, Customer, Invoice, Payment, SyncRun, WebhookEvent,
 )
+from integrations.selectors import webhook_health
 from integrations.services.sync import sync_execute
 from halosandbox.shapes import WEBHOOK_EVENTNOS
 from integrations.services.webhooks import (
     SUBSCRIBED_EVENTS, WebhookError, webhook_event_process, webhook_event_replay, webhook_events_requeue_stale,
-    webhook_health, webhook_setup_instructions, webhook_subscription_create,
+    webhook_setup_instructions, webhook_subscription_create,
 )
 from tests.webhooks.conftest import basic_auth, delivery, hmac_signature, http_session, tick_by_hand, webhook_path
 

@@ -13,12 +13,12 @@ from django.utils import timezone
 
 from integrations.models import AuditEvent, Connection, SyncRun, WebhookEvent, parse_version
 from halosandbox.shapes import WEBHOOK_EVENTNOS
+from integrations.selectors import webhook_health
 from integrations.services.webhooks import (
     SUBSCRIBED_EVENTS,
     WebhookError,
     webhook_auth_scheme,
     webhook_auth_scheme_set,
-    webhook_health,
     webhook_setup_instructions,
     webhook_subscription_create,
     webhook_subscription_outcome,

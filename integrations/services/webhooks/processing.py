@@ -169,7 +169,7 @@ def _sync_targets(event: WebhookEvent) -> list[tuple[str, int]]:
         if client_id is not None:
             client_ids.append(client_id)
         known = (Contact.objects.filter(customer__connection=event.connection, halopsa_user_id=event.object_id)
-                 .values_list("customer__halopsa_id", flat=True))
+                 .order_by("customer__halopsa_id").values_list("customer__halopsa_id", flat=True))
         client_ids.extend(cid for cid in known if cid is not None and cid not in client_ids)
         return [("customers", cid) for cid in client_ids]
     return []
