@@ -3,6 +3,7 @@
 Every value comes from the environment so one file serves a laptop, a PaaS and a fleet of nodes
 behind a load balancer (docs/deploy.md). whitenoise serves static files from inside the app.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -56,7 +57,9 @@ def on_starting(server):
     """asgi workers need the ASGI application: say so, instead of answering 500 to everything."""
     app_uri = (getattr(server.app, "app_uri", "") or "").split(":")[0]
     if server.cfg.worker_class_str == "asgi" and app_uri == "syncportal.wsgi":
-        raise RuntimeError("gunicorn.conf.py runs asgi workers: start `gunicorn syncportal.asgi --config gunicorn.conf.py`.")
+        raise RuntimeError(
+            "gunicorn.conf.py runs asgi workers: start `gunicorn syncportal.asgi --config gunicorn.conf.py`."
+        )
 
 
 def post_worker_init(worker):

@@ -9,6 +9,7 @@ the MappingError) for both invoice-number fields; `--check` compares against suc
 `==` and `repr()` (repr shows Decimal exponents and tzinfo, which `==` ignores).
 mapping.py is pure, so no Django setup is needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,10 @@ def main() -> int:
 
     passes = [timed_pass(records) for _ in range(args.repeat)]
     best = min(passes)
-    print(f"map_invoice: best {best * 1000:.0f} ms CPU of {args.repeat} "
-          f"({best / len(records) * 1e6:.1f} us/invoice); passes: {', '.join(f'{p * 1000:.0f}' for p in passes)} ms")
+    print(
+        f"map_invoice: best {best * 1000:.0f} ms CPU of {args.repeat} "
+        f"({best / len(records) * 1e6:.1f} us/invoice); passes: {', '.join(f'{p * 1000:.0f}' for p in passes)} ms"
+    )
     return 0
 
 

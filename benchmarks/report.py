@@ -1,7 +1,8 @@
 """Markdown table of a results file (for benchmarks/README.md):
 
-    .venv/bin/python benchmarks/report.py [benchmarks/results/latest.json ...]
+.venv/bin/python benchmarks/report.py [benchmarks/results/latest.json ...]
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,10 @@ def table(path: Path) -> str:
     data = json.loads(path.read_text())
     m = data.get("machine", {})
     lines = [
-        (f"Run of {data.get('started_at', '?')}: size `{data.get('size')}`, database `{data.get('db', 'sqlite')}`, "
-         f"{data.get('elapsed_seconds', 0) / 60:.0f} min; {m.get('nproc')} CPUs ({m.get('cpu')}), Python {m.get('python')}."),
+        (
+            f"Run of {data.get('started_at', '?')}: size `{data.get('size')}`, database `{data.get('db', 'sqlite')}`, "
+            f"{data.get('elapsed_seconds', 0) / 60:.0f} min; {m.get('nproc')} CPUs ({m.get('cpu')}), Python {m.get('python')}."
+        ),
         "",
         "| # | target | result | figure |",
         "|---|--------|--------|--------|",

@@ -4,6 +4,7 @@ Every value comes from the environment the runner (benchmarks/run.py) sets: BENC
 file, or DATABASE_URL for PostgreSQL), BENCH_MEDIA, BENCH_CACHE ("locmem" for one process,
 "db" when a web server and workers share the request budget).
 """
+
 import os
 from pathlib import Path
 
@@ -39,5 +40,7 @@ LOGGING = {
     "root": {"handlers": ["stderr"], "level": "WARNING"},
 }
 
-if os.environ.get("BENCH_PDF_BUDGET_SHARE"):  # the PDFs' share of the request budget (else the product default, HALOPSA_PDF_BUDGET_SHARE)
+if os.environ.get(
+    "BENCH_PDF_BUDGET_SHARE"
+):  # the PDFs' share of the request budget (else the product default, HALOPSA_PDF_BUDGET_SHARE)
     HALOPSA_PDF_BUDGET_SHARE = float(os.environ["BENCH_PDF_BUDGET_SHARE"])

@@ -6,6 +6,7 @@ changes the due date; the time until the portal's database shows the new date is
 just before that control call (so it includes the sandbox queueing and sending the webhook).
 The endpoint's own answer time is the sandbox's delivery duration (connect + POST + answer).
 """
+
 from __future__ import annotations
 
 import signal
@@ -28,19 +29,46 @@ def part_webhook(b: Any, results: dict[str, Any]) -> None:
     db = b.fresh_db("webhook")
     port = free_port()
     site = f"http://127.0.0.1:{port}"
-    env = b.env(db, SITE_URL=site, BENCH_CACHE="db", WEB_CONCURRENCY="2", GUNICORN_BIND=f"127.0.0.1:{port}",
-                GUNICORN_LOG_LEVEL="warning")
+    env = b.env(
+        db,
+        SITE_URL=site,
+        BENCH_CACHE="db",
+        WEB_CONCURRENCY="2",
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        GUNICORN_LOG_LEVEL="warning",
+    )
     procs: list[subprocess.Popen] = []
     try:
         b.worker("setup", db, "--url", sb.url)
         b.worker("sync", db, "--scope", "full", "--pdfs", "0")
         b.worker("webhook-setup", db, env={"SITE_URL": site})
-        web = subprocess.Popen(["nice", "-n", str(b.nice), PY, "-m", "gunicorn", "syncportal.asgi", "--config", "gunicorn.conf.py",
-                                "--access-logfile", "/dev/null"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        web = subprocess.Popen(
+            [
+                "nice",
+                "-n",
+                str(b.nice),
+                PY,
+                "-m",
+                "gunicorn",
+                "syncportal.asgi",
+                "--config",
+                "gunicorn.conf.py",
+                "--access-logfile",
+                "/dev/null",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(web)
-        worker = subprocess.Popen(["nice", "-n", str(b.nice), PY, "manage.py", "qcluster"], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen(
+            ["nice", "-n", str(b.nice), PY, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(worker)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -50,7 +78,12 @@ def part_webhook(b: Any, results: dict[str, Any]) -> None:
             except OSError:
                 time.sleep(0.3)
         time.sleep(3)  # qcluster start-up
-        ids = [r[0] for r in sqlite_rows(db, "SELECT halopsa_id FROM integrations_invoice WHERE status='open' ORDER BY halopsa_id")]
+        ids = [
+            r[0]
+            for r in sqlite_rows(
+                db, "SELECT halopsa_id FROM integrations_invoice WHERE status='open' ORDER BY halopsa_id"
+            )
+        ]
         latencies: list[float] = []
         timeouts = 0
         for n, invoice_id in enumerate(ids[:SAMPLES]):
@@ -75,15 +108,19 @@ def part_webhook(b: Any, results: dict[str, Any]) -> None:
         for d in deliveries:
             statuses[str(d.get("status"))] = statuses.get(str(d.get("status")), 0) + 1
         results["webhook"] = {
-            "n": len(latencies), "timeouts": timeouts,
+            "n": len(latencies),
+            "timeouts": timeouts,
             "visible_median_ms": statistics.median(latencies) if latencies else float("inf"),
             "visible_p90_ms": sorted(latencies)[int(len(latencies) * 0.9) - 1] if latencies else None,
             "visible_max_ms": max(latencies) if latencies else None,
             "endpoint_median_ms": statistics.median(answer) if answer else float("inf"),
-            "deliveries": len(deliveries), "delivery_statuses": statuses,
+            "deliveries": len(deliveries),
+            "delivery_statuses": statuses,
         }
-        log(f"webhook: visible median {results['webhook']['visible_median_ms']:.0f} ms, endpoint median "
-            f"{results['webhook']['endpoint_median_ms']:.1f} ms, deliveries {statuses}, timeouts {timeouts}")
+        log(
+            f"webhook: visible median {results['webhook']['visible_median_ms']:.0f} ms, endpoint median "
+            f"{results['webhook']['endpoint_median_ms']:.1f} ms, deliveries {statuses}, timeouts {timeouts}"
+        )
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -5,6 +5,7 @@
 Steps: migrate | setup | fetch | sync | baseline | dashboard | webhook-setup | webhook-check.
 Prints one JSON object on the last line of stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,13 @@ def step_setup(args: argparse.Namespace) -> dict[str, Any]:
     from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
     partner, _ = Partner.objects.get_or_create(name="Bench MSP")
-    conn = Connection.objects.create(partner=partner, name="Bench HaloPSA", base_url=args.url,
-                                     client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET)
+    conn = Connection.objects.create(
+        partner=partner,
+        name="Bench HaloPSA",
+        base_url=args.url,
+        client_id=SANDBOX_CLIENT_ID,
+        client_secret=SANDBOX_CLIENT_SECRET,
+    )
     return {"connection": conn.pk, "partner": partner.pk}
 
 
@@ -70,7 +76,11 @@ def step_fetch(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     client = HaloClient.for_connection(the_connection())
     started = time.perf_counter()
-    pages = {"clients": client.client_pages(), "users": client.user_pages(), "invoices": client.invoice_pages(include_lines=True)}
+    pages = {
+        "clients": client.client_pages(),
+        "users": client.user_pages(),
+        "invoices": client.invoice_pages(include_lines=True),
+    }
     counts = {}
     for name, iterator in pages.items():
         n = 0
@@ -86,8 +96,11 @@ def step_listcounts(args: argparse.Namespace) -> dict[str, Any]:
     """record_count of each list the full sync reads (first page only)."""
     client = HaloClient.for_connection(the_connection())
     out = {}
-    for name, pages in (("Client", client.client_pages()), ("Users", client.user_pages()),
-                        ("Invoice", client.invoice_pages(include_lines=False))):
+    for name, pages in (
+        ("Client", client.client_pages()),
+        ("Users", client.user_pages()),
+        ("Invoice", client.invoice_pages(include_lines=False)),
+    ):
         first = next(iter(pages), None)
         out[name] = first.record_count if first is not None else 0
     return out
@@ -145,11 +158,19 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
         # limit is their count (production fetches HALOPSA_PDF_BATCH per run instead).
         from django.db.models import F, Q
 
-        sync_pdfs.pdf_batch_size = lambda: Invoice.objects.filter(
-            connection=the_connection(), origin="halopsa", halopsa_id__isnull=False,
-            status__in=[Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID], pdf_attachment_id__isnull=False,
-            deleted_in_halopsa_at__isnull=True, archived_at__isnull=True,
-        ).filter(Q(pdf__isnull=True) | ~Q(pdf__attachment_id=F("pdf_attachment_id"))).count()
+        sync_pdfs.pdf_batch_size = lambda: (
+            Invoice.objects.filter(
+                connection=the_connection(),
+                origin="halopsa",
+                halopsa_id__isnull=False,
+                status__in=[Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID],
+                pdf_attachment_id__isnull=False,
+                deleted_in_halopsa_at__isnull=True,
+                archived_at__isnull=True,
+            )
+            .filter(Q(pdf__isnull=True) | ~Q(pdf__attachment_id=F("pdf_attachment_id")))
+            .count()
+        )
     elif args.pdfs is not None:
         limit = int(args.pdfs)
         sync_pdfs.pdf_batch_size = lambda: limit
@@ -183,13 +204,22 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     return {
-        "state": run.state, "message": run.message, "seconds": seconds, "cpu_seconds": cpu,
-        "client_seconds": client_seconds[0], "client_calls": client_calls[0],
-        "local_seconds": seconds - client_seconds[0], "local_cpu_seconds": cpu - client_seconds[1],
+        "state": run.state,
+        "message": run.message,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "client_seconds": client_seconds[0],
+        "client_calls": client_calls[0],
+        "local_seconds": seconds - client_seconds[0],
+        "local_cpu_seconds": cpu - client_seconds[1],
         "counts": {"created": run.created, "updated": run.updated, "unchanged": run.unchanged, "failed": run.failed},
-        "api_requests": run.api_requests, "api_retries": run.api_retries, "api_bytes": run.api_bytes,
-        "peak_rss_mb": peak_rss_mb(), "marks": marks,
-        "rows": table_counts(), "breakdown": breakdown,
+        "api_requests": run.api_requests,
+        "api_retries": run.api_retries,
+        "api_bytes": run.api_bytes,
+        "peak_rss_mb": peak_rss_mb(),
+        "marks": marks,
+        "rows": table_counts(),
+        "breakdown": breakdown,
     }
 
 
@@ -262,8 +292,13 @@ def _instrument() -> dict[str, float]:
     return totals
 
 
-TABLES = ("integrations_customer", "integrations_contact", "integrations_invoice", "integrations_invoiceline",
-          "integrations_payment")
+TABLES = (
+    "integrations_customer",
+    "integrations_contact",
+    "integrations_invoice",
+    "integrations_invoiceline",
+    "integrations_payment",
+)
 
 
 def table_counts() -> dict[str, int]:
@@ -312,6 +347,7 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
 
         def adapt(rows: list[tuple]) -> list[tuple]:
             return rows
+
     with transaction.atomic():  # the partner and connection the rows point at (same pks)
         cur_src = src.cursor()
         copied = {}
@@ -320,7 +356,9 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
             columns = [d[0] for d in cur_src.description]
             rows = adapt(cur_src.fetchall())
             with db.cursor() as cur:
-                cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", rows)
+                cur.executemany(
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})", rows
+                )
     limit = 65000 if db.vendor == "postgresql" else 32000  # bind parameters per statement
 
     def insert(table: str, method: str) -> tuple[float, float, int]:
@@ -338,11 +376,11 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
                         copy.write_row(row)
             elif method == "executemany":
                 for start in range(0, len(rows), 5000):
-                    cur.executemany(head + one, rows[start:start + 5000])
+                    cur.executemany(head + one, rows[start : start + 5000])
             else:  # multi-row VALUES, as bulk_create sends them, without the ORM
                 full_sql = head + ", ".join([one] * batch)
                 for start in range(0, len(rows), batch):
-                    part = rows[start:start + batch]
+                    part = rows[start : start + batch]
                     sql = full_sql if len(part) == batch else head + ", ".join([one] * len(part))
                     cur.execute(sql, [value for row in part for value in row])
         return time.perf_counter() - started, time.process_time() - cpu0, len(rows)
@@ -362,11 +400,18 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
     if db.vendor == "postgresql":  # the copied rows keep their ids: move the sequences past them
         with db.cursor() as cur:
             for table in TABLES:
-                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 1)) FROM {table}")
-    return {"seconds": sum(timings.values()), "cpu_seconds": cpu, "by_table": timings, "rows": copied,
-            "by_method": {m: sum(t for t, _ in v.values()) for m, v in by_method.items()},
-            "by_method_and_table": {m: {table: t for table, (t, _) in v.items()} for m, v in by_method.items()},
-            "peak_rss_mb": peak_rss_mb()}
+                cur.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 1)) FROM {table}"
+                )
+    return {
+        "seconds": sum(timings.values()),
+        "cpu_seconds": cpu,
+        "by_table": timings,
+        "rows": copied,
+        "by_method": {m: sum(t for t, _ in v.values()) for m, v in by_method.items()},
+        "by_method_and_table": {m: {table: t for table, (t, _) in v.items()} for m, v in by_method.items()},
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def step_webhook_setup(args: argparse.Namespace) -> dict[str, Any]:
@@ -381,15 +426,19 @@ def step_webhook_setup(args: argparse.Namespace) -> dict[str, Any]:
 
     User = get_user_model()
     user = User.objects.filter(username="bench").first() or User.objects.create_user(
-        username="bench", password="bench-password-123", partner=conn.partner)
+        username="bench", password="bench-password-123", partner=conn.partner
+    )
     subscription = webhook_subscription_create(connection=conn, user=user)
     if subscription["to_tick"]:  # eventnos unknown (the default): tick them as a person would
         import requests
 
         with requests.Session() as session:
             session.trust_env = False
-            session.post(f"{conn.base_url}/_sandbox/webhooks/{subscription['subscription_id']}/events",
-                         json={"events": subscription["to_tick"]}, timeout=30).raise_for_status()
+            session.post(
+                f"{conn.base_url}/_sandbox/webhooks/{subscription['subscription_id']}/events",
+                json={"events": subscription["to_tick"]},
+                timeout=30,
+            ).raise_for_status()
     return {"test_ok": result.ok, "version": result.version, "realtime": conn.is_realtime, "subscription": subscription}
 
 
@@ -403,13 +452,19 @@ def step_dashboard(args: argparse.Namespace) -> dict[str, Any]:
     conn = the_connection()
     User = get_user_model()
     user = User.objects.filter(username="bench").first() or User.objects.create_user(
-        username="bench", password="bench-password-123", partner=conn.partner)
+        username="bench", password="bench-password-123", partner=conn.partner
+    )
     # The busiest invoice: most lines among those with payments.
     from django.db.models import Count
 
-    invoice = (Invoice.objects.filter(connection=conn).annotate(n=Count("lines")).filter(payments__isnull=False)
-               .order_by("-n", "pk").first()
-               or Invoice.objects.filter(connection=conn).order_by("-invoice_date", "-id").first())
+    invoice = (
+        Invoice.objects.filter(connection=conn)
+        .annotate(n=Count("lines"))
+        .filter(payments__isnull=False)
+        .order_by("-n", "pk")
+        .first()
+        or Invoice.objects.filter(connection=conn).order_by("-invoice_date", "-id").first()
+    )
     assert invoice is not None, "no invoice: run the sync step first"
     pages = {
         "invoice_list": reverse("invoice_list"),
@@ -430,8 +485,13 @@ def step_dashboard(args: argparse.Namespace) -> dict[str, Any]:
                 times.append((time.perf_counter() - t0) * 1000)
             queries.append(len(ctx.captured_queries))
             statuses.add(response.status_code)
-        out[name] = {"url": url, "median_ms": statistics.median(times), "p90_ms": sorted(times)[int(len(times) * 0.9) - 1],
-                     "queries": max(queries), "status": sorted(statuses)}
+        out[name] = {
+            "url": url,
+            "median_ms": statistics.median(times),
+            "p90_ms": sorted(times)[int(len(times) * 0.9) - 1],
+            "queries": max(queries),
+            "status": sorted(statuses),
+        }
     return out
 
 
@@ -452,9 +512,14 @@ def main() -> None:
     parser.add_argument("--profile", help="write a cProfile of the step to this file")
     args = parser.parse_args()
     steps = {
-        "migrate": step_migrate, "setup": step_setup, "fetch": step_fetch, "sync": step_sync,
-        "baseline": step_baseline, "listcounts": step_listcounts,
-        "webhook-setup": step_webhook_setup, "dashboard": step_dashboard,
+        "migrate": step_migrate,
+        "setup": step_setup,
+        "fetch": step_fetch,
+        "sync": step_sync,
+        "baseline": step_baseline,
+        "listcounts": step_listcounts,
+        "webhook-setup": step_webhook_setup,
+        "dashboard": step_dashboard,
     }
     if args.profile:
         import cProfile

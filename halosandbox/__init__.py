@@ -53,6 +53,7 @@ generator), records (record types and money rules), store (mutable state, ground
 server (HTTP + control API), webhooks (sender with retries), faults (fault injection),
 pdf (minimal PDF writer).
 """
+
 from __future__ import annotations
 
 from .server import SandboxServer

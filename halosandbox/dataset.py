@@ -8,6 +8,7 @@ built in one cheap pass, and an invoice with its lines and payments is re-derive
 Every random draw comes from `Rng(seed, stream, index)` (splitmix64), so record *i* never depends
 on how many other records were generated or in which order they were requested.
 """
+
 from __future__ import annotations
 
 from array import array
@@ -149,7 +150,7 @@ PRESETS: dict[str, DatasetSpec] = {
 
 
 def resolve_dataset(dataset: str | Mapping[str, Any] | DatasetSpec) -> DatasetSpec:
-    """"tiny" | "demo" | "bench" | a dict of sizes (`customers`, `contacts`, `billing_contacts`,
+    """ "tiny" | "demo" | "bench" | a dict of sizes (`customers`, `contacts`, `billing_contacts`,
     `invoices`, `max_lines`, optional `anchor` ISO date and `history_days`)."""
     if isinstance(dataset, DatasetSpec):
         return dataset
@@ -169,7 +170,9 @@ def resolve_dataset(dataset: str | Mapping[str, Any] | DatasetSpec) -> DatasetSp
         invoices = int(dataset.get("invoices", customers * 5))
         max_lines = int(dataset.get("max_lines", 20))
         if customers < 1 or contacts < 0 or invoices < 0 or not 0 <= billing <= contacts or not 1 <= max_lines <= 20:
-            raise ValueError("dataset sizes out of range (customers >= 1, 0 <= billing_contacts <= contacts, 1 <= max_lines <= 20)")
+            raise ValueError(
+                "dataset sizes out of range (customers >= 1, 0 <= billing_contacts <= contacts, 1 <= max_lines <= 20)"
+            )
         anchor = dataset.get("anchor")
         return DatasetSpec(
             name=str(dataset.get("name", "custom")),
@@ -188,27 +191,133 @@ def resolve_dataset(dataset: str | Mapping[str, Any] | DatasetSpec) -> DatasetSp
 # Word lists
 
 _ADJECTIVES = (
-    "Acme", "Bluebird", "Cobalt", "Summit", "Harbor", "Evergreen", "Granite", "Riverside", "Northwind",
-    "Silverline", "Oakridge", "Pioneer", "Redwood", "Sterling", "Lakeside", "Keystone", "Meridian",
-    "Beacon", "Crescent", "Falcon", "Juniper", "Maple", "Orion", "Pinnacle", "Quarry", "Sapphire",
-    "Tidewater", "Union", "Vantage", "Willow",
+    "Acme",
+    "Bluebird",
+    "Cobalt",
+    "Summit",
+    "Harbor",
+    "Evergreen",
+    "Granite",
+    "Riverside",
+    "Northwind",
+    "Silverline",
+    "Oakridge",
+    "Pioneer",
+    "Redwood",
+    "Sterling",
+    "Lakeside",
+    "Keystone",
+    "Meridian",
+    "Beacon",
+    "Crescent",
+    "Falcon",
+    "Juniper",
+    "Maple",
+    "Orion",
+    "Pinnacle",
+    "Quarry",
+    "Sapphire",
+    "Tidewater",
+    "Union",
+    "Vantage",
+    "Willow",
 )
 _NOUNS = (
-    "Dental", "Logistics", "Legal", "Accounting", "Veterinary", "Engineering", "Realty", "Clinic",
-    "Architects", "Insurance", "Foods", "Construction", "Pharmacy", "Consulting", "Motors", "Media",
-    "Holdings", "Energy", "Labs", "Academy", "Outfitters", "Brewing", "Fitness", "Logic", "Transport",
-    "Design", "Health", "Partners", "Capital", "Studios",
+    "Dental",
+    "Logistics",
+    "Legal",
+    "Accounting",
+    "Veterinary",
+    "Engineering",
+    "Realty",
+    "Clinic",
+    "Architects",
+    "Insurance",
+    "Foods",
+    "Construction",
+    "Pharmacy",
+    "Consulting",
+    "Motors",
+    "Media",
+    "Holdings",
+    "Energy",
+    "Labs",
+    "Academy",
+    "Outfitters",
+    "Brewing",
+    "Fitness",
+    "Logic",
+    "Transport",
+    "Design",
+    "Health",
+    "Partners",
+    "Capital",
+    "Studios",
 )
 _SUFFIXES = ("Group", "LLC", "Inc", "LLP", "Co", "Ltd", "Associates", "Services", "Corp", "& Sons")
 _FIRST = (
-    "Alex", "Blair", "Casey", "Dana", "Elliot", "Frankie", "Gale", "Harper", "Indy", "Jordan", "Kai",
-    "Logan", "Morgan", "Noel", "Oakley", "Parker", "Quinn", "Riley", "Sage", "Taylor", "Uma", "Val",
-    "Wren", "Yael", "Zion", "Maria", "Wei", "Amara", "Lukas", "Sofia",
+    "Alex",
+    "Blair",
+    "Casey",
+    "Dana",
+    "Elliot",
+    "Frankie",
+    "Gale",
+    "Harper",
+    "Indy",
+    "Jordan",
+    "Kai",
+    "Logan",
+    "Morgan",
+    "Noel",
+    "Oakley",
+    "Parker",
+    "Quinn",
+    "Riley",
+    "Sage",
+    "Taylor",
+    "Uma",
+    "Val",
+    "Wren",
+    "Yael",
+    "Zion",
+    "Maria",
+    "Wei",
+    "Amara",
+    "Lukas",
+    "Sofia",
 )
 _LAST = (
-    "Anders", "Baker", "Chen", "Diaz", "Evans", "Fischer", "Garcia", "Hughes", "Ito", "Jensen", "Kowalski",
-    "Lopez", "Murphy", "Nguyen", "Okafor", "Patel", "Quinn", "Rossi", "Schmidt", "Tanaka", "Usman",
-    "Varga", "Walsh", "Xu", "Young", "Zimmer", "Moreau", "Silva", "Novak", "Haddad",
+    "Anders",
+    "Baker",
+    "Chen",
+    "Diaz",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Hughes",
+    "Ito",
+    "Jensen",
+    "Kowalski",
+    "Lopez",
+    "Murphy",
+    "Nguyen",
+    "Okafor",
+    "Patel",
+    "Quinn",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Usman",
+    "Varga",
+    "Walsh",
+    "Xu",
+    "Young",
+    "Zimmer",
+    "Moreau",
+    "Silva",
+    "Novak",
+    "Haddad",
 )
 # (item code, description, unit price range in cents, quantity kind)
 _CATALOG = (
@@ -360,12 +469,27 @@ class InvoiceHeads:
 
     def columns(self) -> tuple[array, ...]:
         return (
-            self.client_id, self.state, self.kind, self.paymentstatus,
-            self.invoice_date, self.duedate, self.created, self.last_modified,
+            self.client_id,
+            self.state,
+            self.kind,
+            self.paymentstatus,
+            self.invoice_date,
+            self.duedate,
+            self.created,
+            self.last_modified,
         )
 
-    def append(self, client_id: int, state: int, kind: int, paymentstatus: int,
-               invoice_date: int, duedate: int, created: int, last_modified: int) -> None:
+    def append(
+        self,
+        client_id: int,
+        state: int,
+        kind: int,
+        paymentstatus: int,
+        invoice_date: int,
+        duedate: int,
+        created: int,
+        last_modified: int,
+    ) -> None:
         values = (client_id, state, kind, paymentstatus, invoice_date, duedate, created, last_modified)
         for column, value in zip(self.columns(), values):
             column.append(value)
@@ -416,8 +540,14 @@ def build_invoice_heads(spec: DatasetSpec, seed: int) -> InvoiceHeads:
         else:
             last_modified = min(created + rng.below(3 * DAY_MS), anchor_ms - 1000)
         heads.append(
-            client_id, state, KIND_CREDIT_NOTE if state == CREDIT_NOTE else KIND_INVOICE,
-            _STATE_PAYMENTSTATUS[state], invoice_date, invoice_date + terms * DAY_MS, created, last_modified,
+            client_id,
+            state,
+            KIND_CREDIT_NOTE if state == CREDIT_NOTE else KIND_INVOICE,
+            _STATE_PAYMENTSTATUS[state],
+            invoice_date,
+            invoice_date + terms * DAY_MS,
+            created,
+            last_modified,
         )
         prev_state, prev_client, prev_modified = state, client_id, last_modified
     return heads
@@ -452,16 +582,18 @@ class InvoiceFactory:
             code, description, low, high, qty_kind = rng.choice(_CATALOG)
             q_low, q_high, step = _QTY_STEPS[qty_kind]
             qty = step * rng.between(q_low, q_high)
-            lines.append(Line(
-                id=invoice_id * LINE_IDS_PER_INVOICE + seq,
-                sequenceid=seq,
-                description=description,
-                longdescription=f"{description} ({code})",
-                item_code=code,
-                qty=qty.quantize(CENT),
-                unit_price=(Decimal(rng.between(low, high)) / 100).quantize(CENT),
-                tax_rate=Decimal(rates[(seq - 1) % len(rates)] if plan and plan.tax_rates else rng.choice(rates)),
-            ))
+            lines.append(
+                Line(
+                    id=invoice_id * LINE_IDS_PER_INVOICE + seq,
+                    sequenceid=seq,
+                    description=description,
+                    longdescription=f"{description} ({code})",
+                    item_code=code,
+                    qty=qty.quantize(CENT),
+                    unit_price=(Decimal(rng.between(low, high)) / 100).quantize(CENT),
+                    tax_rate=Decimal(rates[(seq - 1) % len(rates)] if plan and plan.tax_rates else rng.choice(rates)),
+                )
+            )
         return lines
 
     def _base(self, invoice_id: int) -> tuple[Invoice, Rng]:
@@ -500,12 +632,19 @@ class InvoiceFactory:
         pay_day = invoice.last_modified_ms - invoice.last_modified_ms % DAY_MS
         if state == CREDIT_APPLIED:
             amount = self._credit_amount(invoice, rng)
-            invoice.payments = [Payment(
-                id=invoice_id * PAYMENT_IDS_PER_INVOICE + 1, invoice_id=invoice_id, amount=amount,
-                date_ms=pay_day, type=PAYMENT_TYPE_CREDIT, credit_note_id=invoice_id + 1,
-                reference=f"Credit note {invoice_number(invoice_id + 1)}", method=3,
-                method_name=PAYMENT_METHOD_NAMES[3],
-            )]
+            invoice.payments = [
+                Payment(
+                    id=invoice_id * PAYMENT_IDS_PER_INVOICE + 1,
+                    invoice_id=invoice_id,
+                    amount=amount,
+                    date_ms=pay_day,
+                    type=PAYMENT_TYPE_CREDIT,
+                    credit_note_id=invoice_id + 1,
+                    reference=f"Credit note {invoice_number(invoice_id + 1)}",
+                    method=3,
+                    method_name=PAYMENT_METHOD_NAMES[3],
+                )
+            ]
         elif state in (PAID, PARTIAL):
             if state == PAID:
                 paid = total
@@ -522,11 +661,18 @@ class InvoiceFactory:
                 is_last = k == len(parts)
                 date_ms = pay_day if is_last else invoice.invoice_date_ms + rng.below(span_days + 1) * DAY_MS
                 method = rng.below(3)
-                invoice.payments.append(Payment(
-                    id=invoice_id * PAYMENT_IDS_PER_INVOICE + k, invoice_id=invoice_id, amount=amount,
-                    date_ms=min(date_ms, pay_day), type=PAYMENT_TYPE_PAYMENT,
-                    reference=f"PMT-{invoice_id}-{k}", method=method, method_name=PAYMENT_METHOD_NAMES[method],
-                ))
+                invoice.payments.append(
+                    Payment(
+                        id=invoice_id * PAYMENT_IDS_PER_INVOICE + k,
+                        invoice_id=invoice_id,
+                        amount=amount,
+                        date_ms=min(date_ms, pay_day),
+                        type=PAYMENT_TYPE_PAYMENT,
+                        reference=f"PMT-{invoice_id}-{k}",
+                        method=method,
+                        method_name=PAYMENT_METHOD_NAMES[method],
+                    )
+                )
         return invoice
 
     def _credit_note(self, invoice_id: int) -> Invoice:
@@ -537,10 +683,16 @@ class InvoiceFactory:
         note, _ = self._base(invoice_id)
         note.is_credit_note = True
         note.creditlinkedtoinvoiceid = invoice_id - 1
-        note.lines = [Line(
-            id=invoice_id * LINE_IDS_PER_INVOICE + 1, sequenceid=1,
-            description=f"Credit against invoice {credited.invoicenumber}", qty=Decimal("1.00"),
-            unit_price=-amount, tax_rate=Decimal(0), item_code="CREDIT",
-        )]
+        note.lines = [
+            Line(
+                id=invoice_id * LINE_IDS_PER_INVOICE + 1,
+                sequenceid=1,
+                description=f"Credit against invoice {credited.invoicenumber}",
+                qty=Decimal("1.00"),
+                unit_price=-amount,
+                tax_rate=Decimal(0),
+                item_code="CREDIT",
+            )
+        ]
         note.credit_applied = amount
         return note

@@ -28,6 +28,7 @@ A hostile or broken server (the HaloPSA URL is typed by a partner):
   byte that is not UTF-8 in a text field (an invoice's `client_name`, else `name`), the rest stays
   valid.
 """
+
 from __future__ import annotations
 
 import random
@@ -35,8 +36,20 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-FAULT_MODES = ("status", "slow", "drop", "malformed_json", "malformed_record", "expire_token", "lost_response",
-               "trickle", "huge_body", "endless_pages", "page_drift", "invalid_utf8")
+FAULT_MODES = (
+    "status",
+    "slow",
+    "drop",
+    "malformed_json",
+    "malformed_record",
+    "expire_token",
+    "lost_response",
+    "trickle",
+    "huge_body",
+    "endless_pages",
+    "page_drift",
+    "invalid_utf8",
+)
 
 
 @dataclass
@@ -94,14 +107,18 @@ def parse_rule(data: Mapping[str, Any]) -> FaultRule:
     if chunk < 1 or size < 1:
         raise ValueError("chunk and size must be positive")
     return FaultRule(
-        mode=mode, status=status,
+        mode=mode,
+        status=status,
         retry_after=float(retry_after) if retry_after is not None else None,
-        delay=float(data.get("delay", 1.0)), count=count if ratio is None else None,
+        delay=float(data.get("delay", 1.0)),
+        count=count if ratio is None else None,
         ratio=float(ratio) if ratio is not None else None,
         path=str(data["path"]) if data.get("path") else None,
         method=str(data["method"]) if data.get("method") else None,
         query={k: str(v) for k, v in query.items()} if query else None,
-        chunk=chunk, size=size, declare_length=bool(data.get("declare_length", True)),
+        chunk=chunk,
+        size=size,
+        declare_length=bool(data.get("declare_length", True)),
         shift=int(data.get("shift", 1)),
     )
 

@@ -1,4 +1,5 @@
 """A tiny, valid PDF 1.4 writer (one page of Helvetica text, exact xref offsets)."""
+
 from __future__ import annotations
 
 
@@ -19,8 +20,10 @@ def render_text_pdf(lines: list[str], *, title: str = "Invoice") -> bytes:
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R >> >> "
-         b"/Contents 5 0 R >>"),
+        (
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R >> >> "
+            b"/Contents 5 0 R >>"
+        ),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
         b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
         b"<< /Title (" + _escape(title).encode("latin-1") + b") /Producer (HaloPSA sandbox) >>",

@@ -9,11 +9,12 @@ Amounts are Decimal rounded to cents. The invariants the rest of the sandbox rel
 - credit note: negative total, no payment rows; its `credit_applied` (the part of it applied to
   other invoices) counts as "paid", so a fully applied credit note has amountdue 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
 
 from .shapes import (
     CENT,

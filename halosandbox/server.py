@@ -5,6 +5,7 @@ Request pipeline for HaloPSA paths: fault injection -> route (token endpoint, or
 rate limit -> resource) -> fault post-processing -> response -> request log. Routing is
 case-insensitive and unknown query parameters are ignored, like Halo's.
 """
+
 from __future__ import annotations
 
 import json
@@ -192,7 +193,11 @@ def paged(query: Mapping[str, str], total: int) -> tuple[slice, dict[str, Any]]:
         # page_drift: `drift` rows added before this page move it back (rows repeat), deleted ones forward.
         drift = q_int(query, DRIFT_PARAM) or 0
         start = max((page_no - 1) * size - drift, 0)
-        return slice(start, start + size), {"page_no": page_no, "page_size": size, "record_count": max(total + drift, 0)}
+        return slice(start, start + size), {
+            "page_no": page_no,
+            "page_size": size,
+            "record_count": max(total + drift, 0),
+        }
     count = q_int(query, "count")
     return slice(0, count if count and count > 0 else total), {"record_count": total}
 
@@ -203,13 +208,26 @@ def paged(query: Mapping[str, str], total: int) -> tuple[slice, dict[str, Any]]:
 class SandboxServer:
     """A HaloPSA simulator on 127.0.0.1. See the package docstring for the contract."""
 
-    def __init__(self, dataset: Any = "demo", seed: int = 1, host: str = "127.0.0.1", port: int = 0,
-                 version: str = shapes.DEFAULT_VERSION, token_lifetime: float = 3600, rate_limit: int = 300,
-                 rate_window: float = 300, tenant: str | None = None, retry_after: float | None = None,
-                 client_id: str = shapes.SANDBOX_CLIENT_ID, client_secret: str = shapes.SANDBOX_CLIENT_SECRET,
-                 webhook_attempts: int = 4, webhook_backoff: tuple[float, ...] = (0.5, 1.0, 2.0),
-                 webhook_timeout: float = 5.0, profile: str = shapes.DEFAULT_PROFILE_NAME,
-                 clock_offset_minutes: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Any = "demo",
+        seed: int = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        version: str = shapes.DEFAULT_VERSION,
+        token_lifetime: float = 3600,
+        rate_limit: int = 300,
+        rate_window: float = 300,
+        tenant: str | None = None,
+        retry_after: float | None = None,
+        client_id: str = shapes.SANDBOX_CLIENT_ID,
+        client_secret: str = shapes.SANDBOX_CLIENT_SECRET,
+        webhook_attempts: int = 4,
+        webhook_backoff: tuple[float, ...] = (0.5, 1.0, 2.0),
+        webhook_timeout: float = 5.0,
+        profile: str = shapes.DEFAULT_PROFILE_NAME,
+        clock_offset_minutes: int | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.profile = shapes.parse_profile(profile, clock_offset_minutes)
@@ -217,8 +235,9 @@ class SandboxServer:
         self.auth = TokenAuthority(client_id, client_secret, token_lifetime, tenant)
         self.rate_limiter = RateLimiter(rate_limit, rate_window, retry_after)
         self.faults = FaultInjector(seed)
-        self.webhooks = WebhookDispatcher(self.store, max_attempts=webhook_attempts, backoff=webhook_backoff,
-                                          timeout=webhook_timeout)
+        self.webhooks = WebhookDispatcher(
+            self.store, max_attempts=webhook_attempts, backoff=webhook_backoff, timeout=webhook_timeout
+        )
         self.request_log: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -239,8 +258,9 @@ class SandboxServer:
         httpd.block_on_close = False
         self._httpd = httpd
         self.port = httpd.server_address[1]
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="halopsa-sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="halopsa-sandbox", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -336,7 +356,8 @@ class SandboxServer:
         prefix = (path_prefix or "").lower()
         with self._log_lock:
             return sum(
-                1 for entry in self.request_log
+                1
+                for entry in self.request_log
                 if entry["path"].lower().startswith(prefix) and (method is None or entry["method"] == method.upper())
             )
 
@@ -344,18 +365,26 @@ class SandboxServer:
         with self._log_lock:
             self.request_log.clear()
 
-    def _log(self, method: str, path: str, query: dict[str, str], status: int, started: float,
-             fault: str | None) -> None:
-        entry = {"method": method, "path": path, "query": query, "status": status,
-                 "duration_ms": round((time.monotonic() - started) * 1000, 3), "fault": fault}
+    def _log(
+        self, method: str, path: str, query: dict[str, str], status: int, started: float, fault: str | None
+    ) -> None:
+        entry = {
+            "method": method,
+            "path": path,
+            "query": query,
+            "status": status,
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            "fault": fault,
+        }
         with self._log_lock:
             self.request_log.append(entry)
 
     # -----------------------------------------------------------------------------------------
     # HaloPSA API
 
-    def handle_halo(self, method: str, path: str, query: dict[str, str], body: bytes,
-                    headers: Mapping[str, str] | Message) -> Response:
+    def handle_halo(
+        self, method: str, path: str, query: dict[str, str], body: bytes, headers: Mapping[str, str] | Message
+    ) -> Response:
         lowered = path.lower().rstrip("/")
         if lowered == "/auth/token":
             return self._token(method, query, body) if method == "POST" else _json_error(405, "Method not allowed")
@@ -367,11 +396,14 @@ class SandboxServer:
         scheme, _, token = authorization.partition(" ")
         client_id = self.auth.client_for(token.strip()) if scheme.lower() == "bearer" else None
         if client_id is None:
-            return Response(401, shapes.error_message(shapes.UNAUTHORIZED_MESSAGE),
-                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return Response(
+                401,
+                shapes.error_message(shapes.UNAUTHORIZED_MESSAGE),
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         if not self.rate_limiter.allow(client_id):
             return self.rate_limiter.response()
-        segments = [s for s in lowered[len("/api/"):].split("/") if s]
+        segments = [s for s in lowered[len("/api/") :].split("/") if s]
         handler = self._RESOURCES.get(segments[0] if segments else "")
         if handler is None:
             return _json_error(404, shapes.NOT_FOUND_ROUTE_MESSAGE)
@@ -392,12 +424,21 @@ class SandboxServer:
             return Response(400, shapes.oauth_error("unsupported_grant_type", "Only client_credentials is supported"))
         if self.auth.tenant is not None and query.get("tenant") != self.auth.tenant:
             return Response(401, shapes.oauth_error("invalid_client", "Unknown or missing tenant"))
-        if not (secrets.compare_digest(form.get("client_id", ""), self.auth.client_id)
-                and secrets.compare_digest(form.get("client_secret", ""), self.auth.client_secret)):
+        if not (
+            secrets.compare_digest(form.get("client_id", ""), self.auth.client_id)
+            and secrets.compare_digest(form.get("client_secret", ""), self.auth.client_secret)
+        ):
             return Response(401, shapes.oauth_error("invalid_client", "Invalid client credentials"))
         token = self.auth.issue(form["client_id"])
-        return Response(200, {"access_token": token, "token_type": "Bearer",
-                              "expires_in": int(self.auth.lifetime), "scope": form.get("scope") or "all"})
+        return Response(
+            200,
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": int(self.auth.lifetime),
+                "scope": form.get("scope") or "all",
+            },
+        )
 
     @staticmethod
     def _body_rows(body: bytes) -> list[Any]:
@@ -421,14 +462,28 @@ class SandboxServer:
 
     def _instance_info(self, method: str, rest: list[str], query: dict[str, str], body: bytes) -> Response:
         version = self.store.version
-        return Response(200, {
-            "dbid": "sandbox", "app_version": version, "database_version": version, "app_name": "HaloPSA",
-            "agent_count": 4, "licensed_agent_count": 10, "online_agent_count": 1,
-            "agent_url": self.url, "portal_url": f"{self.url}/portal", "auth_url": f"{self.url}/auth",
-            "mobileapp_enabled": False, "teamsbot_enabled": False, "nhserver_version": version,
-            "using_event_service": True, "using_scheduling_service": True,
-            "using_outgoing_service": True, "using_incoming_service": True,
-        })
+        return Response(
+            200,
+            {
+                "dbid": "sandbox",
+                "app_version": version,
+                "database_version": version,
+                "app_name": "HaloPSA",
+                "agent_count": 4,
+                "licensed_agent_count": 10,
+                "online_agent_count": 1,
+                "agent_url": self.url,
+                "portal_url": f"{self.url}/portal",
+                "auth_url": f"{self.url}/auth",
+                "mobileapp_enabled": False,
+                "teamsbot_enabled": False,
+                "nhserver_version": version,
+                "using_event_service": True,
+                "using_scheduling_service": True,
+                "using_outgoing_service": True,
+                "using_incoming_service": True,
+            },
+        )
 
     def _clients(self, method: str, rest: list[str], query: dict[str, str], body: bytes) -> Response:
         store = self.store
@@ -447,9 +502,15 @@ class SandboxServer:
             include_active, include_inactive = active_flags(query)
             updated_from, updated_to = self._lastupdate_window(query)
             rows = store.query_clients(
-                include_active=include_active, include_inactive=include_inactive, search=query.get("search"),
-                updated_from=updated_from, updated_to=updated_to, toplevel_id=q_int(query, "toplevel_id"),
-                order=query.get("order"), desc=bool(q_bool(query, "orderdesc", False)))
+                include_active=include_active,
+                include_inactive=include_inactive,
+                search=query.get("search"),
+                updated_from=updated_from,
+                updated_to=updated_to,
+                toplevel_id=q_int(query, "toplevel_id"),
+                order=query.get("order"),
+                desc=bool(q_bool(query, "orderdesc", False)),
+            )
             window, envelope = paged(query, len(rows))
             if q_bool(query, "idonly", False):
                 items = [{"id": c.id, "name": c.name} for c in rows[window]]
@@ -485,10 +546,16 @@ class SandboxServer:
             include_active, include_inactive = active_flags(query)
             updated_from, updated_to = self._lastupdate_window(query)
             rows = store.query_users(
-                client_id=q_int(query, "client_id"), site_id=q_int(query, "site_id"),
-                include_active=include_active, include_inactive=include_inactive, search=query.get("search"),
-                updated_from=updated_from, updated_to=updated_to,
-                order=query.get("order"), desc=bool(q_bool(query, "orderdesc", False)))
+                client_id=q_int(query, "client_id"),
+                site_id=q_int(query, "site_id"),
+                include_active=include_active,
+                include_inactive=include_inactive,
+                search=query.get("search"),
+                updated_from=updated_from,
+                updated_to=updated_to,
+                order=query.get("order"),
+                desc=bool(q_bool(query, "orderdesc", False)),
+            )
             window, envelope = paged(query, len(rows))
             if q_bool(query, "idonly", False):
                 items = [{"id": u.id, "name": u.name} for u in rows[window]]
@@ -517,10 +584,14 @@ class SandboxServer:
         if not isinstance(lines, list):
             raise SandboxError("lines must be an array")
         return [
-            {"description": line.get("item_shortdescription", line.get("description", "")),
-             "qty": line.get("qty_order", line.get("qty", 1)), "unit_price": line.get("unit_price", 0),
-             "tax_rate": line.get("tax_rate", 0)}
-            for line in lines if isinstance(line, dict)
+            {
+                "description": line.get("item_shortdescription", line.get("description", "")),
+                "qty": line.get("qty_order", line.get("qty", 1)),
+                "unit_price": line.get("unit_price", 0),
+                "tax_rate": line.get("tax_rate", 0),
+            }
+            for line in lines
+            if isinstance(line, dict)
         ]
 
     def _invoices(self, method: str, rest: list[str], query: dict[str, str], body: bytes) -> Response:
@@ -533,8 +604,9 @@ class SandboxServer:
             if invoice is None:
                 raise NotFound(f"Invoice {rest[1]} not found")
             # Response format undocumented (halopsa-facts §3.5, §11.5): we answer the attachment id.
-            return Response(200, {"id": invoice.pdf_attachment_id,
-                                  "filename": pdf_filename(invoice), "invoice_id": invoice.id})
+            return Response(
+                200, {"id": invoice.pdf_attachment_id, "filename": pdf_filename(invoice), "invoice_id": invoice.id}
+            )
         if rest:
             invoice_id = _path_id(rest[0])
             if len(rest) == 2 and rest[1] == "void":
@@ -592,9 +664,14 @@ class SandboxServer:
             include_credits=bool(q_bool(query, "includecredits", False)),
             client_ids=client_ids,
             paymentstatuses=shapes.internal_paymentstatuses(q_int_set(query, "paymentstatuses"), profile),
-            date_field=date_field, start=start, end=end, search=query.get("search") or None,
-            third_party_id=query.get("third_party_id") or None, order=query.get("order"),
-            desc=bool(q_bool(query, "orderdesc", False)))
+            date_field=date_field,
+            start=start,
+            end=end,
+            search=query.get("search") or None,
+            third_party_id=query.get("third_party_id") or None,
+            order=query.get("order"),
+            desc=bool(q_bool(query, "orderdesc", False)),
+        )
         window, envelope = paged(query, len(ids))
         with_lines = bool(q_bool(query, "includelines", False))
         items = []
@@ -623,9 +700,12 @@ class SandboxServer:
         if method == "GET":
             profile = self.profile
             invoice_id = None if profile.has("payment_invoice_filter_ignored") else q_int(query, "invoice_id")
-            pairs = store.query_payments(invoice_id=invoice_id, client_id=q_int(query, "client_id"),
-                                         search=query.get("search") or None,
-                                         search_reference=not profile.has("search_ignores_reference"))
+            pairs = store.query_payments(
+                invoice_id=invoice_id,
+                client_id=q_int(query, "client_id"),
+                search=query.get("search") or None,
+                search_reference=not profile.has("search_ignores_reference"),
+            )
             envelope_key = shapes.payments_envelope_key(profile)
             window, envelope = paged(query, len(pairs)) if envelope_key else (slice(None), {})
             items = []
@@ -645,8 +725,12 @@ class SandboxServer:
         invoice = self.store.attachment_invoice(_path_id(rest[0]))
         if invoice is None:
             raise NotFound(f"Attachment {rest[0]} not found")
-        return Response(200, raw=self.invoice_pdf(invoice), content_type="application/pdf",
-                        headers={"Content-Disposition": f'attachment; filename="{pdf_filename(invoice)}"'})
+        return Response(
+            200,
+            raw=self.invoice_pdf(invoice),
+            content_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="{pdf_filename(invoice)}"'},
+        )
 
     def invoice_pdf(self, invoice: Invoice) -> bytes:
         store = self.store
@@ -668,8 +752,10 @@ class SandboxServer:
             f"Total: {invoice.total} {invoice.currency}",
             f"Paid: {invoice.amountpaid} {invoice.currency}",
             f"Balance: {invoice.amountdue} {invoice.currency}",
-            (f"Document {invoice.pdf_attachment_id} generated "
-             f"{shapes.format_timestamp(invoice.pdf_created_ms + self.profile.clock_offset_ms)}"),
+            (
+                f"Document {invoice.pdf_attachment_id} generated "
+                f"{shapes.format_timestamp(invoice.pdf_created_ms + self.profile.clock_offset_ms)}"
+            ),
         ]
         return render_text_pdf(lines, title=f"{kind} {invoice.invoicenumber}")
 
@@ -693,8 +779,9 @@ class SandboxServer:
             for row in rows:
                 events = row.get("events")
                 # `events` are UnameNotification objects (both specs); names are refused, see shapes.py.
-                if events is not None and (not isinstance(events, list)
-                                           or not all(isinstance(event, dict) for event in events)):
+                if events is not None and (
+                    not isinstance(events, list) or not all(isinstance(event, dict) for event in events)
+                ):
                     raise SandboxError("events must be an array of objects (UnameNotification) with an eventno")
             saved = [store.save_webhook(row) for row in rows]
             return Response(201, self._single_or_list(saved))
@@ -810,11 +897,18 @@ class SandboxServer:
                 store.delete_invoice(int(ident))
                 return Response(200, {"deleted": int(ident)})
             if ident is not None and action == "payments" and method == "POST":
-                return Response(201, store.add_payment(int(ident), data.get("amount"), date=data.get("date"),
-                                                       reference=data.get("reference", ""),
-                                                       thirdpartyid=data.get("thirdpartyid", ""),
-                                                       method=data.get("method"),
-                                                       payment_method_name=data.get("payment_method_name")))
+                return Response(
+                    201,
+                    store.add_payment(
+                        int(ident),
+                        data.get("amount"),
+                        date=data.get("date"),
+                        reference=data.get("reference", ""),
+                        thirdpartyid=data.get("thirdpartyid", ""),
+                        method=data.get("method"),
+                        payment_method_name=data.get("payment_method_name"),
+                    ),
+                )
             if ident is not None and action == "credits" and method == "POST":
                 return Response(201, store.apply_credit(int(ident), data.get("amount"), date=data.get("date")))
             if ident is not None and action == "void" and method == "POST":
@@ -848,12 +942,22 @@ class SandboxServer:
     def describe(self) -> dict[str, Any]:
         store = self.store
         return {
-            "url": self.url, "dataset": store.spec.name, "seed": store.seed, "version": store.version,
-            "client_id": self.auth.client_id, "client_secret": self.auth.client_secret, "tenant": self.auth.tenant,
-            "token_lifetime": self.auth.lifetime, "rate_limit": self.rate_limiter.limit,
-            "rate_window": self.rate_limiter.window, "customers": len(store.clients), "users": len(store.users),
-            "invoices": store.invoice_count(), "revision": store.revision,
-            "profile": self.profile.name, "clock_offset_minutes": self.profile.clock_offset_minutes,
+            "url": self.url,
+            "dataset": store.spec.name,
+            "seed": store.seed,
+            "version": store.version,
+            "client_id": self.auth.client_id,
+            "client_secret": self.auth.client_secret,
+            "tenant": self.auth.tenant,
+            "token_lifetime": self.auth.lifetime,
+            "rate_limit": self.rate_limiter.limit,
+            "rate_window": self.rate_limiter.window,
+            "customers": len(store.clients),
+            "users": len(store.users),
+            "invoices": store.invoice_count(),
+            "revision": store.revision,
+            "profile": self.profile.name,
+            "clock_offset_minutes": self.profile.clock_offset_minutes,
         }
 
 
@@ -894,7 +998,9 @@ def _with_invalid_utf8(response: Response, rng_value: int) -> bytes:
     if not rows or not isinstance(rows[0], dict):
         return response.body()
     row = rows[rng_value % len(rows)]
-    field_name = "client_name" if "client_name" in row or "invoicenumber" in row else "name"  # an invoice, else a client or user
+    field_name = (
+        "client_name" if "client_name" in row or "invoicenumber" in row else "name"
+    )  # an invoice, else a client or user
     row[field_name] = _INVALID_UTF8_MARK
     return response.body().replace(shapes.dumps(_INVALID_UTF8_MARK), b'"Caf\xe9"')
 
@@ -982,7 +1088,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for start in range(0, len(body), chunk):
-                self.wfile.write(body[start:start + chunk])
+                self.wfile.write(body[start : start + chunk])
                 self.wfile.flush()
                 time.sleep(delay)
         except OSError:  # the client gave up
@@ -1060,8 +1166,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 html = f"<html><body><h1>{fault.status} Service Unavailable</h1></body></html>".encode()
                 response = Response(fault.status, raw=html, content_type="text/html", headers=headers)
             else:
-                response = Response(fault.status, {"ClassName": "System.Exception",
-                                                   "Message": "An error has occurred."}, headers=headers)
+                response = Response(
+                    fault.status,
+                    {"ClassName": "System.Exception", "Message": "An error has occurred."},
+                    headers=headers,
+                )
             sandbox._log(method, path, query, response.status, started, mode)
             self._send(response)
             return
@@ -1077,8 +1186,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
         try:
             response = sandbox.handle_halo(method, path, served_query, body, self.headers)
         except Exception as exc:
-            response = Response(500, {"ClassName": type(exc).__name__, "Message": "An error has occurred.",
-                                      "ExceptionMessage": str(exc)})
+            response = Response(
+                500,
+                {"ClassName": type(exc).__name__, "Message": "An error has occurred.", "ExceptionMessage": str(exc)},
+            )
 
         if mode == "lost_response":
             sandbox._log(method, path, query, 0, started, mode)
@@ -1090,8 +1201,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
         elif mode == "malformed_record" and response.payload is not None:
             response.payload = _corrupt_one_record(response.payload, sandbox.faults._random.randrange(1 << 30))
         elif mode == "endless_pages" and isinstance(response.payload, dict) and "record_count" in response.payload:
-            response.payload = {**response.payload, "page_no": q_int(query, "page_no") or 1,
-                                "record_count": response.payload["record_count"] * 1000}
+            response.payload = {
+                **response.payload,
+                "page_no": q_int(query, "page_no") or 1,
+                "record_count": response.payload["record_count"] * 1000,
+            }
         elif mode == "invalid_utf8" and response.payload is not None:
             response.raw = _with_invalid_utf8(response, sandbox.faults._random.randrange(1 << 30))
         # Logged before sending, so a client that got its answer always finds the entry.

@@ -13,6 +13,7 @@ This module is pure standard library (no Django) and holds:
 - webhook event names and the small entity objects they carry,
 - error bodies.
 """
+
 from __future__ import annotations
 
 import json
@@ -382,27 +383,27 @@ PROFILE_VARIANTS: dict[str, str] = {
     # Both specs' `Users_List` lacks `canaccessinvoices`; only the full `Users` (GET /Users/{id})
     # has it (halopsa-facts §4.2).
     "flag_on_detail": "GET /Users list rows have no canaccessinvoices (whatever includebillinginfo "
-                      "says); GET /Users/{id} has it",
+    "says); GET /Users/{id} has it",
     # `includebillinginfo` on GET /Users is "Include billing information in the response" (halopsa-facts §4.2);
     # that it adds this flag is a guess.
     "flag_with_billinginfo": "GET /Users list rows carry canaccessinvoices only with includebillinginfo=true; "
-                             "the detail always does",
+    "the detail always does",
     # GET /InvoicePayment has no declared response schema (halopsa-facts §2, §11.7); Status/Priority/Agent
     # lists are bare arrays [DJPSA].
     "payments_bare_array": "GET /InvoicePayment answers a bare array of every matching row (no envelope, "
-                           "no record_count, paging ignored)",
+    "no record_count, paging ignored)",
     "payments_key_payments": "GET /InvoicePayment's envelope key is `payments`, not `invoicepayments`",
     # What `search` matches is undocumented (halopsa-facts §2 "Search", §5).
     "search_ignores_reference": "GET /InvoicePayment search matches the invoice number and client name, "
-                                "never reference/thirdpartyid",
+    "never reference/thirdpartyid",
     # Unknown or unbound parameters are silently ignored (halopsa-facts §2); `invoice_id` on /InvoicePayment is
     # spec text only (halopsa-facts §5).
     "payment_invoice_filter_ignored": "GET /InvoicePayment ignores invoice_id (answers every payment)",
     # Fields can be omitted (halopsa-facts §2 last bullet); HaloPSA leaves null fields out (issue 16 item 8).
-    "nulls_omitted": "every object the API returns leaves out keys whose value is null or \"\"",
+    "nulls_omitted": 'every object the API returns leaves out keys whose value is null or ""',
     # Halo's own unpaid view sends paymentstatuses=0,-1 [HAPI #33] (halopsa-facts §3.2, §3.6, §11.3).
     "unpaid_minus_one": "invoices with nothing paid carry paymentstatus -1, amountdue 0 and no "
-                        "amount_remaining; paymentstatuses=-1 matches them, 0 does not",
+    "amount_remaining; paymentstatuses=-1 matches them, 0 does not",
     # `datesearch`/`start_date`/`end_date` are SW25 only (halopsa-facts §3.2, §9); older instances ignore them.
     "no_datesearch": "GET /Invoice ignores datesearch/start_date/end_date (order=last_modified works)",
     # The specs type these as bool with an odd description; use as filters unverified (halopsa-facts §4.1, §11.6).
@@ -410,7 +411,7 @@ PROFILE_VARIANTS: dict[str, str] = {
     # Timestamps come without an offset (halopsa-facts §2 "Date formats"), so they are in whatever frame the
     # instance's clock is.
     "local_clock": "every timestamp served is UTC + clock_offset_minutes (no offset written) and query "
-                   "dates are read in that frame; calendar dates and webhook `timestamp` unaffected",
+    "dates are read in that frame; calendar dates and webhook `timestamp` unaffected",
 }
 ALL_PROFILE = "all"
 DEFAULT_PROFILE_NAME = "default"
@@ -445,8 +446,11 @@ class Profile:
         return self.clock_offset_minutes * 60_000 if "local_clock" in self.variants else 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"profile": self.name, "variants": [v for v in PROFILE_VARIANTS if v in self.variants],
-                "clock_offset_minutes": self.clock_offset_minutes}
+        return {
+            "profile": self.name,
+            "variants": [v for v in PROFILE_VARIANTS if v in self.variants],
+            "clock_offset_minutes": self.clock_offset_minutes,
+        }
 
 
 DEFAULT_PROFILE = Profile()
@@ -468,8 +472,10 @@ def parse_profile(text: str | None, clock_offset_minutes: Any = None) -> Profile
         elif name in PROFILE_VARIANTS:
             variants.add(name)
         else:
-            raise ValueError(f"unknown HaloPSA profile {part.strip()!r}; use {DEFAULT_PROFILE_NAME!r}, "
-                             f"{ALL_PROFILE!r} or a comma-separated list of: {', '.join(PROFILE_VARIANTS)}")
+            raise ValueError(
+                f"unknown HaloPSA profile {part.strip()!r}; use {DEFAULT_PROFILE_NAME!r}, "
+                f"{ALL_PROFILE!r} or a comma-separated list of: {', '.join(PROFILE_VARIANTS)}"
+            )
     if clock_offset_minutes is None:
         offset = DEFAULT_CLOCK_OFFSET_MINUTES
     elif isinstance(clock_offset_minutes, bool) or not isinstance(clock_offset_minutes, (int, str)):
@@ -478,7 +484,9 @@ def parse_profile(text: str | None, clock_offset_minutes: Any = None) -> Profile
         try:
             offset = int(clock_offset_minutes)
         except ValueError as exc:
-            raise ValueError(f"clock_offset_minutes must be a whole number of minutes, not {clock_offset_minutes!r}") from exc
+            raise ValueError(
+                f"clock_offset_minutes must be a whole number of minutes, not {clock_offset_minutes!r}"
+            ) from exc
     if abs(offset) > MAX_CLOCK_OFFSET_MINUTES:
         raise ValueError(f"clock_offset_minutes must be within ±{MAX_CLOCK_OFFSET_MINUTES} (30 days), not {offset}")
     return Profile(frozenset(variants), offset)
@@ -529,8 +537,9 @@ def parse_instance_date(text: str | None, profile: Profile) -> int | None:
 
 #: Timestamps (not calendar dates) among the fields served; `local_clock` moves these.
 #: `invoice_date`, `duedate` and a payment's `date` are calendar dates and stay.
-TIMESTAMP_KEYS = frozenset({"datecreated", "alastupdate", "ulastupdate", "date_created", "last_modified",
-                            "pdf_attachment_date_created"})
+TIMESTAMP_KEYS = frozenset(
+    {"datecreated", "alastupdate", "ulastupdate", "date_created", "last_modified", "pdf_attachment_date_created"}
+)
 
 
 def _shift_timestamp(text: Any, offset_ms: int) -> Any:
@@ -642,7 +651,7 @@ WEBHOOK_ENTITY_KEYS = {"invoice": "invoice", "client": "client", "user": "user",
 
 
 def invoice_webhook_object(invoice: Invoice, client_name: str) -> dict[str, Any]:
-    """"Small object with key fields only" payload option [WHG]."""
+    """ "Small object with key fields only" payload option [WHG]."""
     return {
         "id": invoice.id,
         "invoicenumber": invoice.invoicenumber,

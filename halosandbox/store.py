@@ -10,14 +10,15 @@ small and held in full. Every change goes through a method here, which:
 The same methods back the control API (`/_sandbox/...`) and tests that mutate `srv.store`.
 All public methods are thread-safe (one re-entrant lock) and return API-shaped dicts.
 """
+
 from __future__ import annotations
 
 import copy
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from array import array
+from collections import OrderedDict
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
 
@@ -83,8 +84,12 @@ class Store:
     spec: DatasetSpec  # set by reset()
     seed: int
 
-    def __init__(self, dataset: str | Mapping[str, Any] | DatasetSpec = "tiny", seed: int = 1,
-                 version: str = shapes.DEFAULT_VERSION) -> None:
+    def __init__(
+        self,
+        dataset: str | Mapping[str, Any] | DatasetSpec = "tiny",
+        seed: int = 1,
+        version: str = shapes.DEFAULT_VERSION,
+    ) -> None:
         self.lock = threading.RLock()
         self.version = version
         self.webhooks: dict[str, dict[str, Any]] = {}
@@ -135,8 +140,13 @@ class Store:
             return now
 
     def _emit(self, event: str, entity: str, object_id: int, obj: dict[str, Any]) -> None:
-        payload = {"event": event, "entity": entity, "object_id": object_id, "object": obj,
-                   "timestamp_ms": self._last_ms or self.now_ms()}
+        payload = {
+            "event": event,
+            "entity": entity,
+            "object_id": object_id,
+            "object": obj,
+            "timestamp_ms": self._last_ms or self.now_ms(),
+        }
         for listener in list(self._listeners):
             try:
                 listener(payload)
@@ -236,22 +246,34 @@ class Store:
     # -----------------------------------------------------------------------------------------
     # Queries
 
-    def query_clients(self, *, include_active: bool = True, include_inactive: bool = False,
-                      search: str | None = None, updated_from: int | None = None,
-                      updated_to: int | None = None, toplevel_id: int | None = None,
-                      order: str | None = None, desc: bool = False) -> list[Client]:
+    def query_clients(
+        self,
+        *,
+        include_active: bool = True,
+        include_inactive: bool = False,
+        search: str | None = None,
+        updated_from: int | None = None,
+        updated_to: int | None = None,
+        toplevel_id: int | None = None,
+        order: str | None = None,
+        desc: bool = False,
+    ) -> list[Client]:
         with self.lock:
             needle = (search or "").lower()
             rows = [
-                c for c in self.clients.values()
+                c
+                for c in self.clients.values()
                 if (include_inactive if c.inactive else include_active)
                 and (not needle or needle in c.name.lower())
                 and (updated_from is None or c.lastupdate_ms >= updated_from)
                 and (updated_to is None or c.lastupdate_ms <= updated_to)
                 and (toplevel_id is None or c.toplevel_id == toplevel_id)
             ]
-        keys = {"name": lambda c: c.name.lower(), "alastupdate": lambda c: c.lastupdate_ms,
-                "datecreated": lambda c: c.datecreated_ms}
+        keys = {
+            "name": lambda c: c.name.lower(),
+            "alastupdate": lambda c: c.lastupdate_ms,
+            "datecreated": lambda c: c.datecreated_ms,
+        }
         rows.sort(key=lambda c: c.id)
         if order and order.lower() in keys:
             rows.sort(key=keys[order.lower()], reverse=desc)
@@ -259,14 +281,24 @@ class Store:
             rows.reverse()
         return rows
 
-    def query_users(self, *, client_id: int | None = None, site_id: int | None = None,
-                    include_active: bool = True, include_inactive: bool = False,
-                    search: str | None = None, updated_from: int | None = None,
-                    updated_to: int | None = None, order: str | None = None, desc: bool = False) -> list[User]:
+    def query_users(
+        self,
+        *,
+        client_id: int | None = None,
+        site_id: int | None = None,
+        include_active: bool = True,
+        include_inactive: bool = False,
+        search: str | None = None,
+        updated_from: int | None = None,
+        updated_to: int | None = None,
+        order: str | None = None,
+        desc: bool = False,
+    ) -> list[User]:
         with self.lock:
             needle = (search or "").lower()
             rows = [
-                u for u in self.users.values()
+                u
+                for u in self.users.values()
                 if (include_inactive if u.inactive else include_active)
                 and (client_id is None or u.client_id == client_id)
                 and (site_id is None or u.site_id == site_id)
@@ -274,8 +306,11 @@ class Store:
                 and (updated_from is None or u.lastupdate_ms >= updated_from)
                 and (updated_to is None or u.lastupdate_ms <= updated_to)
             ]
-        keys = {"name": lambda u: u.name.lower(), "ulastupdate": lambda u: u.lastupdate_ms,
-                "emailaddress": lambda u: u.emailaddress}
+        keys = {
+            "name": lambda u: u.name.lower(),
+            "ulastupdate": lambda u: u.lastupdate_ms,
+            "emailaddress": lambda u: u.emailaddress,
+        }
         rows.sort(key=lambda u: u.id)
         if order and order.lower() in keys:
             rows.sort(key=keys[order.lower()], reverse=desc)
@@ -283,16 +318,36 @@ class Store:
             rows.reverse()
         return rows
 
-    def query_invoice_ids(self, *, include_invoices: bool = True, include_credits: bool = False,
-                          client_ids: frozenset[int] | None = None,
-                          paymentstatuses: frozenset[int] | None = None, date_field: str | None = None,
-                          start: int | None = None, end: int | None = None, search: str | None = None,
-                          third_party_id: str | None = None, order: str | None = None,
-                          desc: bool = False) -> array:
+    def query_invoice_ids(
+        self,
+        *,
+        include_invoices: bool = True,
+        include_credits: bool = False,
+        client_ids: frozenset[int] | None = None,
+        paymentstatuses: frozenset[int] | None = None,
+        date_field: str | None = None,
+        start: int | None = None,
+        end: int | None = None,
+        search: str | None = None,
+        third_party_id: str | None = None,
+        order: str | None = None,
+        desc: bool = False,
+    ) -> array:
         """Ids of matching invoices in order. Works on the header columns only, so at 100k
         invoices a query costs one scan; the result is cached until the next change."""
-        key = (include_invoices, include_credits, client_ids, paymentstatuses, date_field, start, end,
-               (search or "").lower(), third_party_id, (order or "").lower(), desc)
+        key = (
+            include_invoices,
+            include_credits,
+            client_ids,
+            paymentstatuses,
+            date_field,
+            start,
+            end,
+            (search or "").lower(),
+            third_party_id,
+            (order or "").lower(),
+            desc,
+        )
         with self.lock:
             cached = self._query_cache.get(key)
             if cached is not None:
@@ -304,8 +359,9 @@ class Store:
                 kinds.add(KIND_INVOICE)
             if include_credits:
                 kinds.add(KIND_CREDIT_NOTE)
-            date_column = {"invoice_date": h.invoice_date, "duedate": h.duedate,
-                           "last_modified": h.last_modified}.get(date_field or "")
+            date_column = {"invoice_date": h.invoice_date, "duedate": h.duedate, "last_modified": h.last_modified}.get(
+                date_field or ""
+            )
             needle = (search or "").lower()
             client_names = {cid: c.name.lower() for cid, c in {**self.deleted_clients, **self.clients}.items()}
             result = array("l")
@@ -330,12 +386,19 @@ class Store:
                 ):
                     continue
                 result.append(invoice_id)
-            sort_column = {"invoice_date": h.invoice_date, "duedate": h.duedate, "last_modified": h.last_modified,
-                           "client_id": h.client_id, "date_created": h.created}.get((order or "").lower())
+            sort_column = {
+                "invoice_date": h.invoice_date,
+                "duedate": h.duedate,
+                "last_modified": h.last_modified,
+                "client_id": h.client_id,
+                "date_created": h.created,
+            }.get((order or "").lower())
             if sort_column is not None:
                 result = array("l", sorted(result, key=lambda i: sort_column[i - 1], reverse=desc))
             elif order and order.lower() == "client_name":
-                result = array("l", sorted(result, key=lambda i: client_names.get(h.client_id[i - 1], ""), reverse=desc))
+                result = array(
+                    "l", sorted(result, key=lambda i: client_names.get(h.client_id[i - 1], ""), reverse=desc)
+                )
             elif desc:  # id / invoicenumber / anything unknown: by id
                 result.reverse()
             self._query_cache[key] = result
@@ -343,8 +406,14 @@ class Store:
                 self._query_cache.popitem(last=False)
             return result
 
-    def query_payments(self, *, invoice_id: int | None = None, client_id: int | None = None,
-                       search: str | None = None, search_reference: bool = True) -> list[tuple[int, int]]:
+    def query_payments(
+        self,
+        *,
+        invoice_id: int | None = None,
+        client_id: int | None = None,
+        search: str | None = None,
+        search_reference: bool = True,
+    ) -> list[tuple[int, int]]:
         """(payment id, invoice id) pairs, ordered by payment id. `search` matches a payment's
         `reference`/`thirdpartyid`, or with `search_reference=False` (profile
         `search_ignores_reference`) its invoice number and client name instead."""
@@ -358,8 +427,10 @@ class Store:
             else:
                 h = self.heads
                 candidates = [
-                    i + 1 for i, kind in enumerate(h.kind)
-                    if kind == KIND_INVOICE and (h.paymentstatus[i] != 0 or (i + 1) in self.overrides)
+                    i + 1
+                    for i, kind in enumerate(h.kind)
+                    if kind == KIND_INVOICE
+                    and (h.paymentstatus[i] != 0 or (i + 1) in self.overrides)
                     and (client_id is None or h.client_id[i] == client_id)
                 ]
             needle = (search or "").lower()
@@ -368,13 +439,21 @@ class Store:
                 invoice = self.get_invoice(candidate)
                 if invoice is None or (client_id is not None and invoice.client_id != client_id):
                     continue
-                if needle and not search_reference and not (
-                    needle in invoice.invoicenumber.lower() or needle in self.invoice_client_name(invoice).lower()
+                if (
+                    needle
+                    and not search_reference
+                    and not (
+                        needle in invoice.invoicenumber.lower() or needle in self.invoice_client_name(invoice).lower()
+                    )
                 ):
                     continue
                 for p in invoice.payments:
-                    if needle and search_reference and needle not in p.reference.lower() \
-                            and needle not in p.thirdpartyid.lower():
+                    if (
+                        needle
+                        and search_reference
+                        and needle not in p.reference.lower()
+                        and needle not in p.thirdpartyid.lower()
+                    ):
                         continue
                     pairs.append((p.id, invoice.id))
             pairs.sort()
@@ -418,8 +497,9 @@ class Store:
         h.last_modified[i] = invoice.last_modified_ms
 
     def _invoice_event(self, event: str, invoice: Invoice) -> None:
-        self._emit(event, "invoice", invoice.id,
-                   shapes.invoice_webhook_object(invoice, self.invoice_client_name(invoice)))
+        self._emit(
+            event, "invoice", invoice.id, shapes.invoice_webhook_object(invoice, self.invoice_client_name(invoice))
+        )
 
     def _build_lines(self, specs: Iterable[Mapping[str, Any]]) -> list[Line]:
         lines = []
@@ -430,19 +510,35 @@ class Store:
             unit_price = money(spec.get("unit_price", spec.get("amount", 0)))
             tax_rate = _decimal(spec.get("tax_rate", 0), "tax_rate")
             description = str(spec.get("description", spec.get("item_shortdescription", f"Line {seq}")))
-            lines.append(Line(id=self._new_line_id(), sequenceid=seq, description=description,
-                              qty=qty, unit_price=unit_price, tax_rate=tax_rate,
-                              longdescription=str(spec.get("longdescription", "")),
-                              item_code=str(spec.get("item_code", ""))))
+            lines.append(
+                Line(
+                    id=self._new_line_id(),
+                    sequenceid=seq,
+                    description=description,
+                    qty=qty,
+                    unit_price=unit_price,
+                    tax_rate=tax_rate,
+                    longdescription=str(spec.get("longdescription", "")),
+                    item_code=str(spec.get("item_code", "")),
+                )
+            )
         return lines
 
     # -----------------------------------------------------------------------------------------
     # Invoices: changes a HaloPSA user (or the API) makes
 
-    def create_invoice(self, *, client_id: int | None = None, lines: list[Mapping[str, Any]] | None = None,
-                       amount: Any = None, invoice_date: Any = None, duedate: Any = None,
-                       currency: str | None = None, thirdpartyinvoicenumber: str | None = None,
-                       _credit_for: Invoice | None = None) -> dict[str, Any]:
+    def create_invoice(
+        self,
+        *,
+        client_id: int | None = None,
+        lines: list[Mapping[str, Any]] | None = None,
+        amount: Any = None,
+        invoice_date: Any = None,
+        duedate: Any = None,
+        currency: str | None = None,
+        thirdpartyinvoicenumber: str | None = None,
+        _credit_for: Invoice | None = None,
+    ) -> dict[str, Any]:
         """New invoice. `client_id` None/0 = no customer. Lines as [{description, qty,
         unit_price, tax_rate}], or `amount` for one untaxed line."""
         with self.lock:
@@ -451,7 +547,9 @@ class Store:
             if client_id and client is None:
                 raise SandboxError(f"Client {client_id} not found")
             if lines is None:
-                lines = [{"description": "Services", "qty": 1, "unit_price": amount if amount is not None else "100.00"}]
+                lines = [
+                    {"description": "Services", "qty": 1, "unit_price": amount if amount is not None else "100.00"}
+                ]
             now = self.now_ms()
             date_ms = _date_ms(invoice_date, "invoice_date") if invoice_date else now - now % DAY_MS
             invoice_id = len(self.heads) + 1
@@ -460,7 +558,9 @@ class Store:
                 client_id=client_id,
                 client_name_snapshot=client.name if client else "",
                 invoicenumber=invoice_number(invoice_id),
-                thirdpartyinvoicenumber=thirdpartyinvoicenumber if thirdpartyinvoicenumber is not None else thirdparty_number(invoice_id),
+                thirdpartyinvoicenumber=thirdpartyinvoicenumber
+                if thirdpartyinvoicenumber is not None
+                else thirdparty_number(invoice_id),
                 invoice_date_ms=date_ms,
                 duedate_ms=_date_ms(duedate, "duedate") if duedate else date_ms + 30 * DAY_MS,
                 date_created_ms=now,
@@ -477,10 +577,19 @@ class Store:
             self._invoice_event("invoice created", invoice)
             return self.invoice_json(invoice)
 
-    def update_invoice(self, invoice_id: int, *, amount: Any = None, lines: list[Mapping[str, Any]] | None = None,
-                       duedate: Any = None, invoice_date: Any = None, voided: Any = None,
-                       client_id: Any = None, markaspaid: Any = None,
-                       thirdpartyinvoicenumber: str | None = None) -> dict[str, Any]:
+    def update_invoice(
+        self,
+        invoice_id: int,
+        *,
+        amount: Any = None,
+        lines: list[Mapping[str, Any]] | None = None,
+        duedate: Any = None,
+        invoice_date: Any = None,
+        voided: Any = None,
+        client_id: Any = None,
+        markaspaid: Any = None,
+        thirdpartyinvoicenumber: str | None = None,
+    ) -> dict[str, Any]:
         """Edit an invoice as a HaloPSA user would. `amount` sets the new total by adding or
         adjusting an untaxed "Adjustment" line (other lines and their tax stay as they were);
         refused below what is already paid. `markaspaid` records a payment of the balance."""
@@ -497,9 +606,17 @@ class Store:
                 kept = [line for line in invoice.lines if line.item_code != "ADJUST"]
                 difference = target - sum((line.total_price for line in kept), ZERO)
                 if difference != 0:
-                    kept.append(Line(id=self._new_line_id(), sequenceid=len(kept) + 1, description="Adjustment",
-                                     qty=Decimal("1.00"), unit_price=difference, tax_rate=Decimal(0),
-                                     item_code="ADJUST"))
+                    kept.append(
+                        Line(
+                            id=self._new_line_id(),
+                            sequenceid=len(kept) + 1,
+                            description="Adjustment",
+                            qty=Decimal("1.00"),
+                            unit_price=difference,
+                            tax_rate=Decimal(0),
+                            item_code="ADJUST",
+                        )
+                    )
                 invoice.lines = kept
             if duedate is not None:
                 invoice.duedate_ms = _date_ms(duedate, "duedate")
@@ -520,14 +637,22 @@ class Store:
             now = self.now_ms()
             created_payment = None
             if markaspaid is not None and _bool(markaspaid) and invoice.amountdue > 0:
-                created_payment = Payment(id=self._new_payment_id(), invoice_id=invoice.id, amount=invoice.amountdue,
-                                          date_ms=now - now % DAY_MS, type=PAYMENT_TYPE_PAYMENT,
-                                          reference="Marked as paid", method_name="Marked as paid")
+                created_payment = Payment(
+                    id=self._new_payment_id(),
+                    invoice_id=invoice.id,
+                    amount=invoice.amountdue,
+                    date_ms=now - now % DAY_MS,
+                    type=PAYMENT_TYPE_PAYMENT,
+                    reference="Marked as paid",
+                    method_name="Marked as paid",
+                )
                 invoice.payments.append(created_payment)
                 self.payment_owner[created_payment.id] = invoice.id
             self._touch_invoice(invoice, now)
             if created_payment is not None:
-                self._emit("payment created", "payment", created_payment.id, shapes.payment_webhook_object(created_payment))
+                self._emit(
+                    "payment created", "payment", created_payment.id, shapes.payment_webhook_object(created_payment)
+                )
             self._invoice_event("invoice updated", invoice)
             return self.invoice_json(invoice)
 
@@ -547,9 +672,17 @@ class Store:
     # -----------------------------------------------------------------------------------------
     # Payments and credits
 
-    def add_payment(self, invoice_id: int, amount: Any, *, date: Any = None, reference: str = "",
-                    thirdpartyid: str = "", method: int | None = None,
-                    payment_method_name: str | None = None) -> dict[str, Any]:
+    def add_payment(
+        self,
+        invoice_id: int,
+        amount: Any,
+        *,
+        date: Any = None,
+        reference: str = "",
+        thirdpartyid: str = "",
+        method: int | None = None,
+        payment_method_name: str | None = None,
+    ) -> dict[str, Any]:
         """Record a payment (a HaloPSA user applying it, or POST /api/InvoicePayment). Refuses
         amounts <= 0 or above the balance, and voided invoices / credit notes."""
         with self.lock:
@@ -558,9 +691,14 @@ class Store:
             now = self.now_ms()
             method = int(method) if method not in (None, "") else 0
             payment = Payment(
-                id=self._new_payment_id(), invoice_id=invoice.id, amount=money(amount),
-                date_ms=_date_ms(date, "date") if date else now - now % DAY_MS, type=PAYMENT_TYPE_PAYMENT,
-                reference=str(reference or ""), thirdpartyid=str(thirdpartyid or ""), method=method,
+                id=self._new_payment_id(),
+                invoice_id=invoice.id,
+                amount=money(amount),
+                date_ms=_date_ms(date, "date") if date else now - now % DAY_MS,
+                type=PAYMENT_TYPE_PAYMENT,
+                reference=str(reference or ""),
+                thirdpartyid=str(thirdpartyid or ""),
+                method=method,
                 method_name=str(payment_method_name or PAYMENT_METHOD_NAMES.get(method, "Other")),
             )
             invoice.payments.append(payment)
@@ -602,10 +740,15 @@ class Store:
                 if pending[invoice_id] > self._require_invoice(invoice_id).amountdue:
                     raise SandboxError(f"Payments exceed the amount due on invoice {invoice_id}")
             return [
-                self.add_payment(int(row["invoice_id"]), row["amount"], date=row.get("date") or row.get("datepaid"),
-                                 reference=row.get("reference", ""), thirdpartyid=row.get("thirdpartyid", ""),
-                                 method=row.get("method", row.get("payment_method")),
-                                 payment_method_name=row.get("payment_method_name"))
+                self.add_payment(
+                    int(row["invoice_id"]),
+                    row["amount"],
+                    date=row.get("date") or row.get("datepaid"),
+                    reference=row.get("reference", ""),
+                    thirdpartyid=row.get("thirdpartyid", ""),
+                    method=row.get("method", row.get("payment_method")),
+                    payment_method_name=row.get("payment_method_name"),
+                )
                 for row in rows
             ]
 
@@ -638,18 +781,30 @@ class Store:
             value = money(amount)
             note_json = self.create_invoice(
                 client_id=invoice.client_id,
-                lines=[{"description": f"Credit against invoice {invoice.invoicenumber}", "qty": 1,
-                        "unit_price": -value, "tax_rate": 0}],
-                currency=invoice.currency, _credit_for=invoice,
+                lines=[
+                    {
+                        "description": f"Credit against invoice {invoice.invoicenumber}",
+                        "qty": 1,
+                        "unit_price": -value,
+                        "tax_rate": 0,
+                    }
+                ],
+                currency=invoice.currency,
+                _credit_for=invoice,
             )
             note = self.overrides[note_json["id"]]
             note.credit_applied = value
             self._touch_invoice(note)
             now = self.now_ms()
             payment = Payment(
-                id=self._new_payment_id(), invoice_id=invoice.id, amount=value,
-                date_ms=_date_ms(date, "date") if date else now - now % DAY_MS, type=PAYMENT_TYPE_CREDIT,
-                credit_note_id=note.id, reference=f"Credit note {note.invoicenumber}", method=3,
+                id=self._new_payment_id(),
+                invoice_id=invoice.id,
+                amount=value,
+                date_ms=_date_ms(date, "date") if date else now - now % DAY_MS,
+                type=PAYMENT_TYPE_CREDIT,
+                credit_note_id=note.id,
+                reference=f"Credit note {note.invoicenumber}",
+                method=3,
                 method_name=PAYMENT_METHOD_NAMES[3],
             )
             invoice.payments.append(payment)
@@ -657,14 +812,26 @@ class Store:
             self._touch_invoice(invoice, now)
             self._emit("payment created", "payment", payment.id, shapes.payment_webhook_object(payment))
             self._invoice_event("invoice updated", invoice)
-            return {"credit_note": self.invoice_json(note), "payment": self.payment_json(payment, invoice),
-                    "invoice": self.invoice_json(invoice)}
+            return {
+                "credit_note": self.invoice_json(note),
+                "payment": self.payment_json(payment, invoice),
+                "invoice": self.invoice_json(invoice),
+            }
 
     # -----------------------------------------------------------------------------------------
     # Clients and users
 
-    _CLIENT_FIELDS = {"name", "inactive", "accountsemailaddress", "accountsfirstname", "accountslastname",
-                      "currency", "currencyisocode", "website", "paymentterms"}
+    _CLIENT_FIELDS = {
+        "name",
+        "inactive",
+        "accountsemailaddress",
+        "accountsfirstname",
+        "accountslastname",
+        "currency",
+        "currencyisocode",
+        "website",
+        "paymentterms",
+    }
 
     def _apply_client_fields(self, client: Client, fields: Mapping[str, Any]) -> None:
         unknown = set(fields) - self._CLIENT_FIELDS
@@ -690,9 +857,18 @@ class Store:
                 raise SandboxError("name is required")
             now = self.now_ms()
             client_id = self._next_client_id
-            client = Client(id=client_id, name="", inactive=False, accountsemailaddress="", accountsfirstname="",
-                            accountslastname="", currency="USD", datecreated_ms=now, lastupdate_ms=now,
-                            main_site_id=client_id)
+            client = Client(
+                id=client_id,
+                name="",
+                inactive=False,
+                accountsemailaddress="",
+                accountsfirstname="",
+                accountslastname="",
+                currency="USD",
+                datecreated_ms=now,
+                lastupdate_ms=now,
+                main_site_id=client_id,
+            )
             self._apply_client_fields(client, fields)
             self._next_client_id += 1
             self.clients[client_id] = client
@@ -745,8 +921,18 @@ class Store:
             if "client_id" not in fields:
                 raise SandboxError("client_id is required")
             now = self.now_ms()
-            user = User(id=self._next_user_id, client_id=0, firstname="", surname="", emailaddress="", site_id=0,
-                        inactive=False, canaccessinvoices=False, datecreated_ms=now, lastupdate_ms=now)
+            user = User(
+                id=self._next_user_id,
+                client_id=0,
+                firstname="",
+                surname="",
+                emailaddress="",
+                site_id=0,
+                inactive=False,
+                canaccessinvoices=False,
+                datecreated_ms=now,
+                lastupdate_ms=now,
+            )
             self._apply_user_fields(user, fields)
             self._next_user_id += 1
             self.users[user.id] = user
@@ -779,9 +965,18 @@ class Store:
     # Webhook subscriptions (GET/POST/DELETE /api/Webhook and the control API)
 
     _WEBHOOK_DEFAULTS: dict[str, Any] = {
-        "name": "Webhook", "type": 0, "url": "", "method": 0, "content_type": "application/json",
-        "authentication_type": shapes.WEBHOOK_AUTH_NONE, "basic_username": "", "basic_password": "",
-        "authentication_header": "", "active": True, "events": [], "payload_type": 0,
+        "name": "Webhook",
+        "type": 0,
+        "url": "",
+        "method": 0,
+        "content_type": "application/json",
+        "authentication_type": shapes.WEBHOOK_AUTH_NONE,
+        "basic_username": "",
+        "basic_password": "",
+        "authentication_header": "",
+        "active": True,
+        "events": [],
+        "payload_type": 0,
     }
 
     def save_webhook(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -894,8 +1089,13 @@ class Store:
         """
         with self.lock:
             customers = [
-                {"halopsa_id": c.id, "name": c.name, "inactive": c.inactive, "currency": c.currency,
-                 "billing_contacts": self.billing_contacts(c)}
+                {
+                    "halopsa_id": c.id,
+                    "name": c.name,
+                    "inactive": c.inactive,
+                    "currency": c.currency,
+                    "billing_contacts": self.billing_contacts(c),
+                }
                 for c in sorted(self.clients.values(), key=lambda c: c.id)
             ]
             invoices, credit_notes = [], []
@@ -932,16 +1132,28 @@ class Store:
             "voided": invoice.voided,
             "pdf_attachment_id": invoice.pdf_attachment_id,
             "lines": [
-                {"halopsa_id": line.id, "description": line.description, "quantity": str(line.qty),
-                 "unit_price": str(line.unit_price), "net_amount": str(line.net_amount),
-                 "tax_amount": str(line.tax_amount), "tax_rate": str(line.tax_rate),
-                 "total": str(line.total_price)}
+                {
+                    "halopsa_id": line.id,
+                    "description": line.description,
+                    "quantity": str(line.qty),
+                    "unit_price": str(line.unit_price),
+                    "net_amount": str(line.net_amount),
+                    "tax_amount": str(line.tax_amount),
+                    "tax_rate": str(line.tax_rate),
+                    "total": str(line.total_price),
+                }
                 for line in invoice.lines
             ],
             "payments": [
-                {"halopsa_id": p.id, "amount": str(p.amount), "date": day(p.date_ms), "type": p.type,
-                 "credit_note_id": p.credit_note_id or None, "reference": p.reference,
-                 "thirdpartyid": p.thirdpartyid}
+                {
+                    "halopsa_id": p.id,
+                    "amount": str(p.amount),
+                    "date": day(p.date_ms),
+                    "type": p.type,
+                    "credit_note_id": p.credit_note_id or None,
+                    "reference": p.reference,
+                    "thirdpartyid": p.thirdpartyid,
+                }
                 for p in invoice.payments
             ],
         }

@@ -11,6 +11,7 @@ interpreted: their integer meanings are unverified, docs/halopsa-facts.md §11.3
 events attached to it (by `eventno`, see shapes.py) and nothing else; authentication follows
 `authentication_type`: 1 Basic only, 3 the HMAC signature only, 0 nothing.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,8 +43,16 @@ class _Delivery:
 
 
 class WebhookDispatcher:
-    def __init__(self, store: Any, *, max_attempts: int = 4, backoff: tuple[float, ...] = (0.5, 1.0, 2.0),
-                 timeout: float = 5.0, workers: int = 4, agent_id: int = 1) -> None:
+    def __init__(
+        self,
+        store: Any,
+        *,
+        max_attempts: int = 4,
+        backoff: tuple[float, ...] = (0.5, 1.0, 2.0),
+        timeout: float = 5.0,
+        workers: int = 4,
+        agent_id: int = 1,
+    ) -> None:
         self.store = store
         self.max_attempts = max_attempts
         self.backoff = backoff
@@ -76,7 +85,8 @@ class WebhookDispatcher:
         eventno = shapes.WEBHOOK_EVENTNOS.get(name)
         # Only webhooks with this event attached; one with no events gets nothing (Halo needs one).
         matching = [
-            w for w in self.store.list_webhooks()
+            w
+            for w in self.store.list_webhooks()
             if w.get("active") and any(attached.get("eventno") == eventno for attached in w.get("events") or [])
         ]
         if not matching:
@@ -98,8 +108,17 @@ class WebhookDispatcher:
                 "timestamp": shapes.format_webhook_timestamp(event["timestamp_ms"]),
                 shapes.WEBHOOK_ENTITY_KEYS.get(entity, entity): event["object"],
             }
-            self._push(_Delivery(time.monotonic(), next(self._seq), subscription, shapes.dumps(body),
-                                 body["id"], name, event["object_id"]))
+            self._push(
+                _Delivery(
+                    time.monotonic(),
+                    next(self._seq),
+                    subscription,
+                    shapes.dumps(body),
+                    body["id"],
+                    name,
+                    event["object_id"],
+                )
+            )
 
     def _push(self, delivery: _Delivery) -> None:
         with self._cond:
@@ -125,8 +144,10 @@ class WebhookDispatcher:
 
     def _headers(self, subscription: dict[str, Any], body: bytes) -> dict[str, str]:
         """Each authentication type sends only its own proof (shapes.WEBHOOK_AUTH_*)."""
-        headers = {"Content-Type": subscription.get("content_type") or "application/json",
-                   "User-Agent": "HaloPSA-Sandbox-Webhook/1.0"}
+        headers = {
+            "Content-Type": subscription.get("content_type") or "application/json",
+            "User-Agent": "HaloPSA-Sandbox-Webhook/1.0",
+        }
         auth_type = int(subscription.get("authentication_type") or 0)
         password = str(subscription.get("basic_password") or "")
         if auth_type == shapes.WEBHOOK_AUTH_BASIC:
@@ -151,8 +172,9 @@ class WebhookDispatcher:
             connection = connection_class(parts.hostname, parts.port, timeout=self.timeout)  # type: ignore[arg-type]
             try:
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                connection.request("POST", path, body=delivery.body,
-                                   headers=self._headers(delivery.subscription, delivery.body))
+                connection.request(
+                    "POST", path, body=delivery.body, headers=self._headers(delivery.subscription, delivery.body)
+                )
                 response = connection.getresponse()
                 response.read()
                 status = response.status
@@ -160,12 +182,19 @@ class WebhookDispatcher:
                 connection.close()
         except Exception as exc:  # connection refused, timeout, reset...
             error = f"{type(exc).__name__}: {exc}"
-        self.deliveries.append({
-            "subscription": delivery.subscription["id"], "event_id": delivery.delivery_id,
-            "event": delivery.event, "object_id": delivery.object_id, "attempt": delivery.attempt,
-            "status": status, "error": error, "url": url,
-            "duration_ms": round((time.monotonic() - started) * 1000, 2),
-        })
+        self.deliveries.append(
+            {
+                "subscription": delivery.subscription["id"],
+                "event_id": delivery.delivery_id,
+                "event": delivery.event,
+                "object_id": delivery.object_id,
+                "attempt": delivery.attempt,
+                "status": status,
+                "error": error,
+                "url": url,
+                "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            }
+        )
         ok = status is not None and 200 <= status < 300
         if not ok and delivery.attempt < self.max_attempts and not self._stopped:
             pause = self.backoff[min(delivery.attempt - 1, len(self.backoff) - 1)] if self.backoff else 0.0

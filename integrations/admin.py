@@ -1,4 +1,5 @@
 """Django admin for staff: raw inspection of what the portal stores. Secrets are never shown."""
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.db import models
@@ -25,7 +26,14 @@ class ConnectionAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "paused", "partner")
     # Secrets are excluded outright: the admin neither shows nor edits them.
     exclude = ("client_secret", "webhook_password", "webhook_hmac_secret")
-    readonly_fields = ("webhook_key", "halopsa_version", "version_checked_at", "last_test_ok", "last_test_at", "last_test_message")
+    readonly_fields = (
+        "webhook_key",
+        "halopsa_version",
+        "version_checked_at",
+        "last_test_ok",
+        "last_test_at",
+        "last_test_message",
+    )
     # HaloPSA is only called over https; a scheme-less URL typed here means https.
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
@@ -64,7 +72,17 @@ class PaymentAdmin(ReadOnlyAdmin):
 
 @admin.register(portal.SyncRun)
 class SyncRunAdmin(ReadOnlyAdmin):
-    list_display = ("connection", "trigger", "scope", "state", "queued_at", "created", "updated", "failed", "api_requests")
+    list_display = (
+        "connection",
+        "trigger",
+        "scope",
+        "state",
+        "queued_at",
+        "created",
+        "updated",
+        "failed",
+        "api_requests",
+    )
     list_filter = ("state", "trigger", "scope")
 
 

@@ -1,5 +1,6 @@
 """System checks: the HALOPSA_* settings are valid, and deploy checks for settings that are fine
 locally and dangerous in production."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -7,6 +7,7 @@ changes (Django's `setting_changed`, which `override_settings` and pytest-django
 fixture send), so a test's override is seen at once and a bad value fails at start-up
 (`check_halo_settings`, a system check), not in the middle of a sync.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,9 +117,19 @@ class HaloSettings:
     def __post_init__(self) -> None:
         if self.unmeasured_clock not in UNMEASURED_CLOCK_CHOICES:
             raise ImproperlyConfigured(
-                f"HALOPSA_UNMEASURED_CLOCK must be keep_local or assume_utc, not {self.unmeasured_clock!r}.")
-        for name in ("rate_limit", "max_retries", "list_extra_pages", "pdf_batch", "sync_write_batch",
-                     "sync_user_details_per_run", "sync_deletion_checks", "webhook_max_body", "max_response_bytes"):
+                f"HALOPSA_UNMEASURED_CLOCK must be keep_local or assume_utc, not {self.unmeasured_clock!r}."
+            )
+        for name in (
+            "rate_limit",
+            "max_retries",
+            "list_extra_pages",
+            "pdf_batch",
+            "sync_write_batch",
+            "sync_user_details_per_run",
+            "sync_deletion_checks",
+            "webhook_max_body",
+            "max_response_bytes",
+        ):
             if getattr(self, name) < 0:
                 raise ImproperlyConfigured(f"{setting_name(name)} must not be negative.")
         if not 0 <= self.pdf_budget_share <= 1:
@@ -134,13 +145,14 @@ def setting_name(field_name: str) -> str:
 
 
 def parse_webhook_eventnos(text: str) -> dict[str, int]:
-    """"invoice updated=123, client created=45" -> {"invoice updated": 123, "client created": 45}."""
+    """ "invoice updated=123, client created=45" -> {"invoice updated": 123, "client created": 45}."""
     numbers: dict[str, int] = {}
     for pair in filter(None, (part.strip() for part in text.split(","))):
         name, separator, number = pair.rpartition("=")
         if not separator or not name.strip() or not number.strip().isdigit():
             raise ImproperlyConfigured(
-                f"HALOPSA_WEBHOOK_EVENTNOS: {pair!r} is not 'event name=number' (e.g. 'invoice updated=123').")
+                f"HALOPSA_WEBHOOK_EVENTNOS: {pair!r} is not 'event name=number' (e.g. 'invoice updated=123')."
+            )
         numbers[" ".join(name.lower().split())] = int(number)
     return numbers
 
@@ -150,7 +162,11 @@ def _coerce(spec: dataclasses.Field, value: Any) -> Any:
     name = setting_name(spec.name)
     try:
         if spec.name == "webhook_eventnos":
-            return parse_webhook_eventnos(value) if isinstance(value, str) else {str(k): int(v) for k, v in dict(value).items()}
+            return (
+                parse_webhook_eventnos(value)
+                if isinstance(value, str)
+                else {str(k): int(v) for k, v in dict(value).items()}
+            )
         if spec.type == "tuple[str, ...]":
             items = value.split(",") if isinstance(value, str) else value
             return tuple(str(item).strip() for item in items if str(item).strip())
@@ -175,8 +191,11 @@ def _coerce(spec: dataclasses.Field, value: Any) -> Any:
 
 def settings_from(source: Mapping[str, Any]) -> HaloSettings:
     """The settings given in `source` (HALOPSA_* names), defaults for the others."""
-    given = {spec.name: _coerce(spec, source[setting_name(spec.name)])
-             for spec in dataclasses.fields(HaloSettings) if setting_name(spec.name) in source}
+    given = {
+        spec.name: _coerce(spec, source[setting_name(spec.name)])
+        for spec in dataclasses.fields(HaloSettings)
+        if setting_name(spec.name) in source
+    }
     return HaloSettings(**given)
 
 

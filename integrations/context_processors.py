@@ -1,4 +1,5 @@
 """Values every page's layout needs."""
+
 from __future__ import annotations
 
 from django.utils.functional import SimpleLazyObject

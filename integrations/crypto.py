@@ -4,6 +4,7 @@ MultiFernet over `settings.FIELD_ENCRYPTION_KEYS` (newest first): new values are
 newest key, older keys still decrypt, and `rotate_field_keys` re-encrypts stored values. A value
 that no key can decrypt raises instead of being passed on as if it were the secret.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -12,7 +13,6 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models
-
 
 # Every Fernet token starts with version byte 0x80 and a timestamp: base64 "gAAAAA".
 _FERNET_PREFIX = "gAAAAA"

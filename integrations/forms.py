@@ -1,4 +1,5 @@
 """Dashboard forms: they parse and validate input; services do the work."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -10,12 +11,23 @@ from django.contrib.auth.base_user import BaseUserManager
 from integrations.ids import ID_MAX, parse_id
 from integrations.models import Connection, Invoice, Partner, SyncRun, User
 from integrations.selectors import INVOICE_SORTS, InvoiceFilters, PaymentFilters
-from integrations.services.payments import (EARLIEST_PAYMENT_DATE, SETTABLE_STATUSES, invoice_status_choices,
-                                             latest_payment_date, payment_date_problem)
+from integrations.services.payments import (
+    EARLIEST_PAYMENT_DATE,
+    SETTABLE_STATUSES,
+    invoice_status_choices,
+    latest_payment_date,
+    payment_date_problem,
+)
 
 CONNECTION_FIELDS = [
-    "name", "base_url", "auth_url", "client_id", "tenant",
-    "invoices_created_since", "invoice_number_field", "billing_contact_rule",
+    "name",
+    "base_url",
+    "auth_url",
+    "client_id",
+    "tenant",
+    "invoices_created_since",
+    "invoice_number_field",
+    "billing_contact_rule",
 ]
 
 
@@ -48,8 +60,9 @@ class IdMultipleChoiceField(forms.ModelMultipleChoiceField):
     def _check_values(self, value):
         for pk in value:
             if parse_id(pk) is None:
-                raise forms.ValidationError(self.error_messages["invalid_pk_value"], code="invalid_pk_value",
-                                            params={"pk": str(pk)[:40]})
+                raise forms.ValidationError(
+                    self.error_messages["invalid_pk_value"], code="invalid_pk_value", params={"pk": str(pk)[:40]}
+                )
         return super()._check_values(value)
 
 
@@ -57,12 +70,18 @@ class ConnectionForm(forms.ModelForm):
     """Add/edit a connection. The secret is write-only: never rendered back, blank on edit keeps it."""
 
     base_url = forms.URLField(
-        label="HaloPSA URL", assume_scheme="https", help_text="e.g. https://yourcompany.halopsa.com",
+        label="HaloPSA URL",
+        assume_scheme="https",
+        help_text="e.g. https://yourcompany.halopsa.com",
     )
     auth_url = forms.URLField(
-        label="Authorisation server URL", assume_scheme="https", required=False,
-        help_text=("Leave blank to use the HaloPSA URL followed by /auth. Hosted instances show it under "
-                   "Configuration > Integrations > HaloPSA API."),
+        label="Authorisation server URL",
+        assume_scheme="https",
+        required=False,
+        help_text=(
+            "Leave blank to use the HaloPSA URL followed by /auth. Hosted instances show it under "
+            "Configuration > Integrations > HaloPSA API."
+        ),
     )
     client_secret = forms.CharField(
         label="Client secret",
@@ -94,7 +113,9 @@ class ConnectionForm(forms.ModelForm):
             # Partner users create connections for their own partner only.
             del self.fields["partner"]
         if self.editing:
-            self.fields["client_secret"].help_text = "Leave blank to keep the stored secret. Never shown again once saved."
+            self.fields[
+                "client_secret"
+            ].help_text = "Leave blank to keep the stored secret. Never shown again once saved."
         else:
             self.fields["client_secret"].required = True
         self.order_fields(["partner", "name", "base_url", "auth_url", "client_id", "client_secret", "tenant"])
@@ -104,7 +125,11 @@ class ConnectionForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        partner = cleaned.get("partner") if "partner" in self.fields else (self.instance.partner if self.editing else self.user.partner)
+        partner = (
+            cleaned.get("partner")
+            if "partner" in self.fields
+            else (self.instance.partner if self.editing else self.user.partner)
+        )
         name = cleaned.get("name")
         if partner is not None and name:
             clash = Connection.objects.filter(partner=partner, name=name).exclude(pk=self.instance.pk)
@@ -151,7 +176,12 @@ class SyncRequestForm(forms.Form):
 
 
 class ConnectionStateForm(forms.Form):
-    ACTIONS = {"pause": {"paused": True}, "resume": {"paused": False}, "enable": {"enabled": True}, "disable": {"enabled": False}}
+    ACTIONS = {
+        "pause": {"paused": True},
+        "resume": {"paused": False},
+        "enable": {"enabled": True},
+        "disable": {"enabled": False},
+    }
     action = forms.ChoiceField(choices=[(a, a) for a in ACTIONS])
 
     def state_kwargs(self) -> dict:
@@ -162,23 +192,34 @@ class PaymentForm(forms.Form):
     """A payment on one invoice. Bound to the invoice so an amount above its balance is an error
     next to the field; `payment_record` checks everything again (the command and races)."""
 
-    amount = forms.DecimalField(max_digits=14, decimal_places=2, min_value=Decimal("0.01"),
-                                widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
-                                error_messages={"invalid": "Enter an amount such as 12.34.",
-                                                "min_value": "A payment must be greater than zero.",
-                                                "max_decimal_places": "Use at most two decimal places (cents).",
-                                                "max_digits": "That amount is too large."})
-    paid_on = forms.DateField(label="Paid on", widget=DateInput(), required=False,
-                              help_text="Defaults to today. From 2000-01-01 to today.",
-                              error_messages={"invalid": "Enter a date as YYYY-MM-DD."})
+    amount = forms.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        min_value=Decimal("0.01"),
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
+        error_messages={
+            "invalid": "Enter an amount such as 12.34.",
+            "min_value": "A payment must be greater than zero.",
+            "max_decimal_places": "Use at most two decimal places (cents).",
+            "max_digits": "That amount is too large.",
+        },
+    )
+    paid_on = forms.DateField(
+        label="Paid on",
+        widget=DateInput(),
+        required=False,
+        help_text="Defaults to today. From 2000-01-01 to today.",
+        error_messages={"invalid": "Enter a date as YYYY-MM-DD."},
+    )
     method = forms.CharField(max_length=60, required=False, help_text="e.g. card, bank transfer.")
     reference = forms.CharField(max_length=100, required=False, help_text="Optional; one is generated when blank.")
 
     def __init__(self, *args, invoice: Invoice | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.invoice = invoice
-        self.fields["paid_on"].widget.attrs.update(min=EARLIEST_PAYMENT_DATE.isoformat(),
-                                                   max=latest_payment_date().isoformat())
+        self.fields["paid_on"].widget.attrs.update(
+            min=EARLIEST_PAYMENT_DATE.isoformat(), max=latest_payment_date().isoformat()
+        )
         if invoice is not None and invoice.balance > 0:
             self.fields["amount"].widget.attrs["placeholder"] = f"{invoice.balance}"
 
@@ -186,7 +227,8 @@ class PaymentForm(forms.Form):
         amount = self.cleaned_data["amount"]
         if self.invoice is not None and amount > self.invoice.balance:
             raise forms.ValidationError(
-                f"More than the balance ({self.invoice.balance:,.2f} {self.invoice.currency}); overpayments are refused.")
+                f"More than the balance ({self.invoice.balance:,.2f} {self.invoice.currency}); overpayments are refused."
+            )
         return amount
 
     def clean_paid_on(self):
@@ -203,8 +245,10 @@ class InvoiceStatusForm(forms.Form):
     change the menu does not offer reaches the service and is refused there with the reason."""
 
     # Only what a person may set: "partially paid" follows from the payments, never chosen by hand.
-    status = forms.ChoiceField(choices=[(value, label) for value, label in Invoice.Status.choices if value in SETTABLE_STATUSES],
-                               error_messages={"invalid_choice": "Choose a valid status.", "required": "Choose a status."})
+    status = forms.ChoiceField(
+        choices=[(value, label) for value, label in Invoice.Status.choices if value in SETTABLE_STATUSES],
+        error_messages={"invalid_choice": "Choose a valid status.", "required": "Choose a status."},
+    )
 
     ACTION_LABELS: dict[str, str] = {
         Invoice.Status.PAID: "Paid (mark the balance as paid)",
@@ -232,8 +276,9 @@ class InvoiceStatusForm(forms.Form):
     def clean_status(self):
         status = self.cleaned_data["status"]
         if self.invoice is not None and status == self.invoice.status:
-            raise forms.ValidationError(f"It is already {self.invoice.get_status_display().lower()}; "
-                                        "choose the status to change it to.")
+            raise forms.ValidationError(
+                f"It is already {self.invoice.get_status_display().lower()}; choose the status to change it to."
+            )
         return status
 
 
@@ -262,13 +307,17 @@ class ListFilterForm(forms.Form):
         """One readable line per refused value, e.g. "Due from: Enter a valid date."."""
         if not self.is_bound or self.is_valid():
             return []
-        return [f"{self[name].label}: {error}" if name in self.fields else str(error)
-                for name, errors in self.errors.items() for error in errors]
+        return [
+            f"{self[name].label}: {error}" if name in self.fields else str(error)
+            for name, errors in self.errors.items()
+            for error in errors
+        ]
 
 
 def _date_field(label: str) -> forms.DateField:
-    return forms.DateField(required=False, label=label, widget=DateInput(),
-                           error_messages={"invalid": "Enter a date as YYYY-MM-DD."})
+    return forms.DateField(
+        required=False, label=label, widget=DateInput(), error_messages={"invalid": "Enter a date as YYYY-MM-DD."}
+    )
 
 
 class InvoiceFilterForm(ListFilterForm):
@@ -287,8 +336,15 @@ class InvoiceFilterForm(ListFilterForm):
     due_from = _date_field("Due from")
     due_to = _date_field("Due to")
     sort = forms.ChoiceField(
-        choices=[("-date", "Newest first"), ("date", "Oldest first"), ("due", "Due soonest"), ("-due", "Due latest"),
-                 ("-balance", "Largest balance"), ("balance", "Smallest balance"), ("number", "Number")],
+        choices=[
+            ("-date", "Newest first"),
+            ("date", "Oldest first"),
+            ("due", "Due soonest"),
+            ("-due", "Due latest"),
+            ("-balance", "Largest balance"),
+            ("balance", "Smallest balance"),
+            ("number", "Number"),
+        ],
         required=False,
     )
 
@@ -328,8 +384,12 @@ class PaymentFilterForm(ListFilterForm):
 
     def filters(self) -> PaymentFilters:
         data = self.valid_values()
-        return PaymentFilters(source=data.get("source") or "", connection_id=data.get("connection"),
-                              paid_from=data.get("paid_from"), paid_to=data.get("paid_to"))
+        return PaymentFilters(
+            source=data.get("source") or "",
+            connection_id=data.get("connection"),
+            paid_from=data.get("paid_from"),
+            paid_to=data.get("paid_to"),
+        )
 
 
 class AssignCustomerForm(forms.Form):
@@ -378,9 +438,13 @@ class ArchiveForm(forms.Form):
 class ProfileForm(forms.Form):
     """The signed-in user's alert address (incident e-mails) and whether they want alerts at all."""
 
-    email = forms.EmailField(label="E-mail address for alerts", required=False, max_length=254,
-                             widget=forms.EmailInput(attrs={"autocomplete": "email"}),
-                             error_messages={"invalid": "Enter an e-mail address such as name@example.com."})
+    email = forms.EmailField(
+        label="E-mail address for alerts",
+        required=False,
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+        error_messages={"invalid": "Enter an e-mail address such as name@example.com."},
+    )
     receives_alerts = forms.BooleanField(label=User._meta.get_field("receives_alerts").verbose_name, required=False)
 
     def clean_email(self) -> str:

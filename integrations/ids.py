@@ -5,6 +5,7 @@ OverflowError for it (a 500) and PostgreSQL an out-of-range error, so every id r
 goes through `parse_id`, `IdConverter` (URL routes) or the bounded form fields in forms.py, and a
 number out of range reads as "no such row" (404) or an invalid value, like any other unknown id.
 """
+
 from __future__ import annotations
 
 ID_MAX = 2**63 - 1

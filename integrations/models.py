@@ -11,6 +11,7 @@ Three groups:
 
 Money is Decimal (2 places), dates are dates, times are timezone-aware UTC.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -118,7 +119,8 @@ class Connection(models.Model):
     name = models.CharField(max_length=200)
     base_url = models.URLField("HaloPSA URL", help_text="e.g. https://yourcompany.halopsa.com")
     auth_url = models.URLField(
-        "Authorisation server URL", blank=True,
+        "Authorisation server URL",
+        blank=True,
         help_text="Leave blank to use <HaloPSA URL>/auth. Hosted instances show it under Configuration > Integrations > HaloPSA API.",
     )
     client_id = models.CharField(max_length=200)
@@ -174,9 +176,12 @@ class Connection(models.Model):
         ordering = ["partner__name", "name"]
         constraints = [
             models.UniqueConstraint(fields=["partner", "name"], name="connection_name_unique_per_partner"),
-            models.UniqueConstraint(fields=["partner", "base_url_key", "client_id"], condition=Q(base_url_key__isnull=False),
-                                    name="connection_endpoint_unique_per_partner",
-                                    violation_error_message="You already have a connection to this HaloPSA with this client ID."),
+            models.UniqueConstraint(
+                fields=["partner", "base_url_key", "client_id"],
+                condition=Q(base_url_key__isnull=False),
+                name="connection_endpoint_unique_per_partner",
+                violation_error_message="You already have a connection to this HaloPSA with this client ID.",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -286,7 +291,9 @@ class HaloMirror(models.Model):
     # Deleted in HaloPSA: flagged by a full sync or a webhook, archived only by a person.
     deleted_in_halopsa_at = models.DateTimeField(null=True, blank=True)
     archived_at = models.DateTimeField(null=True, blank=True)
-    archived_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    archived_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -323,7 +330,9 @@ class Customer(HaloMirror):
 
     class Meta(HaloMirror.Meta):
         constraints = HaloMirror.Meta.constraints + [
-            models.UniqueConstraint(fields=["connection"], condition=Q(is_unknown=True), name="one_unknown_customer_per_connection"),
+            models.UniqueConstraint(
+                fields=["connection"], condition=Q(is_unknown=True), name="one_unknown_customer_per_connection"
+            ),
         ]
         indexes = [models.Index(fields=["connection", "name"])]
 
@@ -386,7 +395,9 @@ class Invoice(HaloMirror):
     halopsa_client_id = models.BigIntegerField(null=True, blank=True)
     # A person assigned this invoice out of the "unknown" queue; syncs keep it until HaloPSA itself
     # gives the invoice a customer.
-    customer_assigned_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    customer_assigned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     customer_assigned_at = models.DateTimeField(null=True, blank=True)
     # HaloPSA's current PDF attachment id; differs from pdf.attachment_id when the PDF is stale.
     pdf_attachment_id = models.BigIntegerField(null=True, blank=True)
@@ -401,11 +412,16 @@ class Invoice(HaloMirror):
             # The invoice list (not archived, newest first), its count and its per-currency totals read
             # only this index, never the rows, which carry the raw payload before the amounts (figures:
             # benchmarks/README.md, "History").
-            models.Index(fields=["connection", "archived_at", "invoice_date", "currency", "total", "balance"],
-                         name="invoice_list_idx"),
+            models.Index(
+                fields=["connection", "archived_at", "invoice_date", "currency", "total", "balance"],
+                name="invoice_list_idx",
+            ),
             # The archive-queue count: the few invoices HaloPSA deleted.
-            models.Index(fields=["connection", "archived_at"], condition=Q(deleted_in_halopsa_at__isnull=False),
-                         name="invoice_deleted_idx"),
+            models.Index(
+                fields=["connection", "archived_at"],
+                condition=Q(deleted_in_halopsa_at__isnull=False),
+                name="invoice_deleted_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -436,7 +452,9 @@ class InvoiceLine(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["invoice", "halopsa_id"], condition=Q(halopsa_id__isnull=False), name="line_unique_halopsa_id")
+            models.UniqueConstraint(
+                fields=["invoice", "halopsa_id"], condition=Q(halopsa_id__isnull=False), name="line_unique_halopsa_id"
+            )
         ]
 
 
@@ -463,7 +481,9 @@ class Payment(models.Model):
     raw = models.JSONField(null=True, blank=True, encoder=PayloadEncoder)
     # Platform payments are voided here (and deleted in HaloPSA); HaloPSA payments that vanish are removed.
     voided_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = PartnerScopedQuerySet.as_manager()
@@ -471,8 +491,11 @@ class Payment(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["connection", "halopsa_id"], condition=Q(halopsa_id__isnull=False),
-                                    name="payment_unique_halopsa_id"),
+            models.UniqueConstraint(
+                fields=["connection", "halopsa_id"],
+                condition=Q(halopsa_id__isnull=False),
+                name="payment_unique_halopsa_id",
+            ),
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
         ]
         indexes = [models.Index(fields=["connection", "reference"])]
@@ -523,7 +546,9 @@ class SyncRun(models.Model):
     entity = models.CharField(max_length=20, blank=True)
     target_halopsa_id = models.BigIntegerField(null=True, blank=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     task_id = models.CharField(max_length=64, blank=True)
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -639,9 +664,12 @@ class PushJob(models.Model):
     next_attempt_at = models.DateTimeField(default=timezone.now)
     last_error = models.TextField(blank=True)
     # Set by each attempt's outcome: the last one was put off (not a failure), so it opens no incident.
-    deferred_reason = models.CharField(max_length=20, choices=DeferredReason.choices, default=DeferredReason.NONE,
-                                       blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    deferred_reason = models.CharField(
+        max_length=20, choices=DeferredReason.choices, default=DeferredReason.NONE, blank=True
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     done_at = models.DateTimeField(null=True, blank=True)
@@ -700,7 +728,9 @@ class AuditEvent(models.Model):
     """Who did what, when: every action a person takes in the portal."""
 
     partner = models.ForeignKey(Partner, null=True, blank=True, on_delete=models.CASCADE, related_name="audit_events")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     action = models.CharField(max_length=60)
     object_type = models.CharField(max_length=40, blank=True)
     object_id = models.CharField(max_length=40, blank=True)
@@ -737,5 +767,7 @@ class Incident(models.Model):
     class Meta:
         ordering = ["-opened_at"]
         constraints = [
-            models.UniqueConstraint(fields=["connection", "kind"], condition=Q(resolved_at__isnull=True), name="one_open_incident_per_kind")
+            models.UniqueConstraint(
+                fields=["connection", "kind"], condition=Q(resolved_at__isnull=True), name="one_open_incident_per_kind"
+            )
         ]

@@ -7,6 +7,7 @@ partners do not all hit HaloPSA and our workers at :00. Rows are keyed by name a
 idempotent, also when several processes call it at once; `ensure_schedules` (run by `make run` and
 deploys) re-creates the whole set from the connections table.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,12 @@ def schedule_named_ensure(*, name: str, defaults: dict[str, Any], update: bool =
                 return Schedule.objects.create(name=name, **defaults)
             schedule, duplicates = rows[0], rows[1:]
             if duplicates:
-                logger.warning("%d duplicate django-q2 schedule(s) named %r deleted; kept the oldest (id %s)",
-                               len(duplicates), name, schedule.pk)
+                logger.warning(
+                    "%d duplicate django-q2 schedule(s) named %r deleted; kept the oldest (id %s)",
+                    len(duplicates),
+                    name,
+                    schedule.pk,
+                )
                 Schedule.objects.filter(pk__in=[row.pk for row in duplicates]).delete()
             if update:
                 for field, value in defaults.items():
@@ -130,7 +135,7 @@ def ensure_schedules() -> dict[str, int]:
         enabled_ids.add(connection.pk)
     removed = 0
     for schedule in Schedule.objects.filter(name__startswith=NAME_PREFIX).only("pk", "name"):
-        suffix = schedule.name[len(NAME_PREFIX):]
+        suffix = schedule.name[len(NAME_PREFIX) :]
         if not suffix.isdigit() or int(suffix) not in enabled_ids:
             schedule.delete()
             removed += 1

@@ -4,6 +4,7 @@ Every function takes the signed-in user and starts from `visible_to(user)`, so a
 reads its own rows. Lists use select_related/annotations so a page costs the same number of
 queries whatever the data size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +13,19 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import BigIntegerField, Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, prefetch_related_objects
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    Exists,
+    F,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    prefetch_related_objects,
+)
 from django.db.models.functions import Cast, Coalesce, Round
 from django.utils import timezone
 from django_q.models import Schedule
@@ -109,9 +122,12 @@ def _with_health_facts(connections: QuerySet[Connection]) -> QuerySet[Connection
         last_run_message=Subquery(finished.values("message")[:1]),
         last_success_at=Subquery(good.values("finished_at")[:1]),
         is_syncing=Exists(runs.filter(state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING])),
-        open_errors=_count_of(SyncError.objects.filter(connection=OuterRef("pk"), resolved_at__isnull=True), "connection_id"),
-        pushes_for_review=_count_of(PushJob.objects.filter(connection=OuterRef("pk"), state=PushJob.State.NEEDS_REVIEW),
-                                    "connection_id"),
+        open_errors=_count_of(
+            SyncError.objects.filter(connection=OuterRef("pk"), resolved_at__isnull=True), "connection_id"
+        ),
+        pushes_for_review=_count_of(
+            PushJob.objects.filter(connection=OuterRef("pk"), state=PushJob.State.NEEDS_REVIEW), "connection_id"
+        ),
         credentials_alert=Exists(incidents.filter(kind=Incident.Kind.CREDENTIALS_REJECTED)),
         sync_alert=Exists(incidents.filter(kind=Incident.Kind.SYNC_FAILING)),
         push_alert=Exists(incidents.filter(kind=Incident.Kind.PUSH_FAILING)),
@@ -132,9 +148,15 @@ def connection_health_state(connection: Connection) -> HealthState:
     attention: list[str] = []
     good_at = connection.last_success_at
     if connection.credentials_alert:
-        reconnect.append("The credentials stopped working: HaloPSA refused them during a sync. Edit the connection and "
-                         "enter the client ID and secret again.")
-    if connection.last_test_ok is False and connection.last_test_at and (good_at is None or connection.last_test_at > good_at):
+        reconnect.append(
+            "The credentials stopped working: HaloPSA refused them during a sync. Edit the connection and "
+            "enter the client ID and secret again."
+        )
+    if (
+        connection.last_test_ok is False
+        and connection.last_test_at
+        and (good_at is None or connection.last_test_at > good_at)
+    ):
         label = FAILURE_LABELS.get(connection.last_test_failure, "Failed")
         text = f"The last test failed — {label}: {connection.last_test_message or 'no details'}"
         if connection.last_test_failure in RECONNECT_FAILURES:
@@ -146,7 +168,9 @@ def connection_health_state(connection: Connection) -> HealthState:
     elif connection.last_run_state == SyncRun.State.FAILED:
         attention.append(f"The last sync failed: {connection.last_run_message or 'no details'}")
     elif connection.last_run_state == SyncRun.State.PARTIAL:
-        attention.append("The last sync was partial: some records could not be synced (see “Records that failed to sync”).")
+        attention.append(
+            "The last sync was partial: some records could not be synced (see “Records that failed to sync”)."
+        )
     if connection.push_alert or connection.pushes_for_review:
         waiting = f" {connection.pushes_for_review} wait for review." if connection.pushes_for_review else ""
         attention.append(f"Pushes to HaloPSA are failing.{waiting}")
@@ -202,8 +226,11 @@ class ConnectionHealth:
 def connection_health(*, connection: Connection) -> ConnectionHealth:
     cursors = {c.entity: c for c in SyncCursor.objects.filter(connection=connection)}
     cursor_rows = [
-        {"entity": label, "last_success_at": getattr(cursors.get(value), "last_success_at", None),
-         "last_full_sync_at": getattr(cursors.get(value), "last_full_sync_at", None)}
+        {
+            "entity": label,
+            "last_success_at": getattr(cursors.get(value), "last_success_at", None),
+            "last_full_sync_at": getattr(cursors.get(value), "last_full_sync_at", None),
+        }
         for value, label in SyncCursor.Entity.choices
     ]
     pushes = PushJob.objects.filter(connection=connection).aggregate(
@@ -211,7 +238,11 @@ def connection_health(*, connection: Connection) -> ConnectionHealth:
         failed=Count("pk", filter=Q(state__in=PUSH_FAILED_STATES)),
     )
     runs = list(SyncRun.objects.filter(connection=connection).order_by("-queued_at", "-id")[:1])
-    current = SyncRun.objects.filter(connection=connection, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).order_by("-queued_at").first()
+    current = (
+        SyncRun.objects.filter(connection=connection, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING])
+        .order_by("-queued_at")
+        .first()
+    )
     return ConnectionHealth(
         cursors=cursor_rows,
         next_run=_next_scheduled_run(connection),
@@ -221,16 +252,26 @@ def connection_health(*, connection: Connection) -> ConnectionHealth:
         current_run=current,
         last_run=runs[0] if runs else None,
         # The unknown customer belongs to this connection, so its invoices are the connection's.
-        unknown_invoices=Invoice.objects.filter(customer_id__in=_unknown_customer_ids(Customer.objects.filter(connection=connection)),
-                                                archived_at__isnull=True).count(),
+        unknown_invoices=Invoice.objects.filter(
+            customer_id__in=_unknown_customer_ids(Customer.objects.filter(connection=connection)),
+            archived_at__isnull=True,
+        ).count(),
         archive_queue=(
-            Invoice.objects.filter(connection=connection, deleted_in_halopsa_at__isnull=False, archived_at__isnull=True).count()
-            + Customer.objects.filter(connection=connection, deleted_in_halopsa_at__isnull=False, archived_at__isnull=True).count()
+            Invoice.objects.filter(
+                connection=connection, deleted_in_halopsa_at__isnull=False, archived_at__isnull=True
+            ).count()
+            + Customer.objects.filter(
+                connection=connection, deleted_in_halopsa_at__isnull=False, archived_at__isnull=True
+            ).count()
         ),
         changes_read_at=SyncRun.objects.filter(
-            connection=connection, scope__in=[SyncRun.Scope.FULL, SyncRun.Scope.INCREMENTAL],
+            connection=connection,
+            scope__in=[SyncRun.Scope.FULL, SyncRun.Scope.INCREMENTAL],
             state__in=[SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL],
-        ).order_by("-queued_at", "-id").values_list("finished_at", flat=True).first(),
+        )
+        .order_by("-queued_at", "-id")
+        .values_list("finished_at", flat=True)
+        .first(),
     )
 
 
@@ -246,25 +287,36 @@ def connection_progress_run(*, connection: Connection) -> SyncRun | None:
     last one. Webhook runs (one record, a moment each) are left out: they would hide the sync a
     person started or the schedule ran."""
     runs = SyncRun.objects.filter(connection=connection).exclude(trigger=SyncRun.Trigger.WEBHOOK)
-    return (runs.filter(state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).order_by("-queued_at", "-id").first()
-            or runs.order_by("-queued_at", "-id").first())
+    return (
+        runs.filter(state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).order_by("-queued_at", "-id").first()
+        or runs.order_by("-queued_at", "-id").first()
+    )
 
 
 def connection_runs(*, connection: Connection, limit: int = 25) -> list[SyncRun]:
     """The latest scheduled, manual and command-line runs (webhook runs: `connection_webhook_runs`)."""
-    return list(SyncRun.objects.filter(connection=connection).exclude(trigger=SyncRun.Trigger.WEBHOOK)
-                .select_related("requested_by").order_by("-queued_at", "-id")[:limit])
+    return list(
+        SyncRun.objects.filter(connection=connection)
+        .exclude(trigger=SyncRun.Trigger.WEBHOOK)
+        .select_related("requested_by")
+        .order_by("-queued_at", "-id")[:limit]
+    )
 
 
 def connection_webhook_runs(*, connection: Connection, limit: int = 25) -> list[SyncRun]:
     """The latest runs HaloPSA's webhooks triggered (one record each, many a day): kept apart so
     they never push the scheduled and manual runs out of the history."""
-    return list(SyncRun.objects.filter(connection=connection, trigger=SyncRun.Trigger.WEBHOOK)
-                .order_by("-queued_at", "-id")[:limit])
+    return list(
+        SyncRun.objects.filter(connection=connection, trigger=SyncRun.Trigger.WEBHOOK).order_by("-queued_at", "-id")[
+            :limit
+        ]
+    )
 
 
 def connection_open_errors(*, connection: Connection, limit: int = 50) -> list[SyncError]:
-    return list(SyncError.objects.filter(connection=connection, resolved_at__isnull=True).order_by("-created_at", "-id")[:limit])
+    return list(
+        SyncError.objects.filter(connection=connection, resolved_at__isnull=True).order_by("-created_at", "-id")[:limit]
+    )
 
 
 def connection_webhook_events(*, connection: Connection, limit: int = 25) -> list[WebhookEvent]:
@@ -280,8 +332,11 @@ def webhook_health(connection: Connection, *, now: datetime | None = None, polls
     since = now - timedelta(hours=24)
     last = WebhookEvent.objects.filter(connection=connection).order_by("-received_at", "-id").first()
     by_state = dict.fromkeys(WebhookEvent.State.values, 0)
-    for row in (WebhookEvent.objects.filter(connection=connection, received_at__gte=since)
-                .values("state").annotate(n=Count("id"))):
+    for row in (
+        WebhookEvent.objects.filter(connection=connection, received_at__gte=since)
+        .values("state")
+        .annotate(n=Count("id"))
+    ):
         by_state[row["state"]] = row["n"]
     finished = (SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL, SyncRun.State.FAILED)
     scheduled = SyncRun.objects.filter(connection=connection, trigger=SyncRun.Trigger.SCHEDULE, state__in=finished)
@@ -301,15 +356,26 @@ def webhook_health(connection: Connection, *, now: datetime | None = None, polls
         if last is None:
             warnings.append("No webhook received yet: set up the webhook in HaloPSA.")
         if by_state[WebhookEvent.State.FAILED]:
-            warnings.append(f"{by_state[WebhookEvent.State.FAILED]} webhook event(s) failed in the last 24 hours; replay them.")
+            warnings.append(
+                f"{by_state[WebhookEvent.State.FAILED]} webhook event(s) failed in the last 24 hours; replay them."
+            )
     return {
         "realtime": connection.is_realtime,
         "mode": "real time" if connection.is_realtime else "hourly",
         "version": connection.halopsa_version,
         "subscription_id": connection.webhook_subscription_id,
         "last_event_at": last.received_at if last else None,
-        "last_event": ({"id": last.pk, "event": last.event, "entity": last.entity, "object_id": last.object_id,
-                        "state": last.state} if last else None),
+        "last_event": (
+            {
+                "id": last.pk,
+                "event": last.event,
+                "entity": last.entity,
+                "object_id": last.object_id,
+                "state": last.state,
+            }
+            if last
+            else None
+        ),
         "events_24h": by_state,
         "events_24h_total": sum(by_state.values()),
         "recent_polls": recent_polls,
@@ -329,7 +395,12 @@ def connection_push_jobs(*, connection: Connection, limit: int = 50) -> list[Pus
     )
 
 
-PHASE_LABELS = {"customers": "Customers", "contacts": "Billing contacts", "invoices": "Invoices", "pdfs": "Invoice PDFs"}
+PHASE_LABELS = {
+    "customers": "Customers",
+    "contacts": "Billing contacts",
+    "invoices": "Invoices",
+    "pdfs": "Invoice PDFs",
+}
 
 
 def _phase_figures(phase: dict[str, Any]) -> str:
@@ -368,15 +439,25 @@ def run_progress(run: SyncRun) -> dict[str, Any]:
         index = working[-1] if working else (started[-1] if started else 0)
         current = phases[index]
         label = PHASE_LABELS.get(current["phase"], current["phase"])
-        done, total = int(current.get("done") or 0), current.get("total") if isinstance(current.get("total"), int) else 0
+        done, total = (
+            int(current.get("done") or 0),
+            current.get("total") if isinstance(current.get("total"), int) else 0,
+        )
         percent = 100 if finished_ok else _phase_percent(current)
         if run.is_active or run.state == SyncRun.State.FAILED:
             stopped = " (stopped here)" if run.state == SyncRun.State.FAILED else ""
             text = f"Step {index + 1} of {len(phases)}: {label.lower()}, {_phase_figures(current)}{stopped}"
         else:
             text = f"{run.progress_done:,} record{'s' if run.progress_done != 1 else ''} in {len(started)} step{'s' if len(started) != 1 else ''}"
-        phase_rows = [{"phase": p["phase"], "label": PHASE_LABELS.get(p["phase"], p["phase"]), "state": p.get("state"),
-                       "figures": _phase_figures(p)} for p in phases]
+        phase_rows = [
+            {
+                "phase": p["phase"],
+                "label": PHASE_LABELS.get(p["phase"], p["phase"]),
+                "state": p.get("state"),
+                "figures": _phase_figures(p),
+            }
+            for p in phases
+        ]
     else:
         total = run.progress_total
         done = min(run.progress_done, total) if total else run.progress_done
@@ -411,8 +492,12 @@ def run_progress(run: SyncRun) -> dict[str, Any]:
 
 
 def customer_list(*, user, q: str = "", connection_id: int | None = None, archived: bool = False) -> QuerySet[Customer]:
-    qs = Customer.objects.visible_to(user).select_related("connection").annotate(
-        invoice_count=Count("invoices", distinct=True),
+    qs = (
+        Customer.objects.visible_to(user)
+        .select_related("connection")
+        .annotate(
+            invoice_count=Count("invoices", distinct=True),
+        )
     )
     qs = qs.filter(archived_at__isnull=not archived)
     if connection_id:
@@ -424,7 +509,9 @@ def customer_list(*, user, q: str = "", connection_id: int | None = None, archiv
 
 def customer_page_with_contacts(page: Page) -> Page:
     """Attach billing contacts (by name) to one page of customers in one extra query."""
-    prefetch_related_objects(page.object_list, Prefetch("billing_contacts", queryset=Contact.objects.order_by("name", "id")))
+    prefetch_related_objects(
+        page.object_list, Prefetch("billing_contacts", queryset=Contact.objects.order_by("name", "id"))
+    )
     return page
 
 
@@ -466,7 +553,11 @@ def _partner_invoices(user, connection_ids: list[int] | None = None) -> QuerySet
     if connection_ids is None:
         connection_ids = visible_connection_ids(user=user)
     qs = Invoice.objects.visible_to(user)
-    return qs.filter(connection_id=connection_ids[0]) if len(connection_ids) == 1 else qs.filter(connection_id__in=connection_ids)
+    return (
+        qs.filter(connection_id=connection_ids[0])
+        if len(connection_ids) == 1
+        else qs.filter(connection_id__in=connection_ids)
+    )
 
 
 # --- Money totals ----------------------------------------------------------------------------
@@ -496,18 +587,29 @@ class CurrencyTotals:
 
 def invoice_totals(invoices: QuerySet[Invoice]) -> list[CurrencyTotals]:
     """Count, total and balance per currency of every invoice the queryset selects: one query."""
-    rows = (invoices.order_by().values("currency")
-            .annotate(n=Count("pk"), total_cents=money_sum("total"), balance_cents=money_sum("balance"))
-            .order_by("currency"))
-    return [CurrencyTotals(row["currency"], row["n"], cents_to_money(row["total_cents"]), cents_to_money(row["balance_cents"]))
-            for row in rows]
+    rows = (
+        invoices.order_by()
+        .values("currency")
+        .annotate(n=Count("pk"), total_cents=money_sum("total"), balance_cents=money_sum("balance"))
+        .order_by("currency")
+    )
+    return [
+        CurrencyTotals(
+            row["currency"], row["n"], cents_to_money(row["total_cents"]), cents_to_money(row["balance_cents"])
+        )
+        for row in rows
+    ]
 
 
 def payment_totals(payments: QuerySet[Payment]) -> list[CurrencyTotals]:
     """Count and amount per currency (the invoice's) of the payments selected, deleted ones left out."""
-    rows = (payments.filter(voided_at__isnull=True).order_by().values("invoice__currency")
-            .annotate(n=Count("pk"), amount_cents=money_sum("amount"))
-            .order_by("invoice__currency"))
+    rows = (
+        payments.filter(voided_at__isnull=True)
+        .order_by()
+        .values("invoice__currency")
+        .annotate(n=Count("pk"), amount_cents=money_sum("amount"))
+        .order_by("invoice__currency")
+    )
     return [CurrencyTotals(row["invoice__currency"], row["n"], cents_to_money(row["amount_cents"])) for row in rows]
 
 
@@ -540,8 +642,10 @@ def receivables(invoices: QuerySet[Invoice], *, today: date | None = None) -> li
     today = today or timezone.now().date()
     ranges: dict[str, tuple[date | None, date | None]] = {}
     aggregates: dict[str, Any] = {
-        "n": Count("pk"), "outstanding_cents": money_sum("balance"),
-        "overdue_n": Count("pk", filter=Q(due_date__lt=today)), "overdue_cents": money_sum("balance", filter=Q(due_date__lt=today)),
+        "n": Count("pk"),
+        "outstanding_cents": money_sum("balance"),
+        "overdue_n": Count("pk", filter=Q(due_date__lt=today)),
+        "overdue_cents": money_sum("balance", filter=Q(due_date__lt=today)),
     }
     for key, _label, first_day, last_day in AGEING_BUCKETS:
         if first_day is None:  # current: not yet due, or no due date
@@ -554,15 +658,26 @@ def receivables(invoices: QuerySet[Invoice], *, today: date | None = None) -> li
         ranges[key] = (due_from, due_to)
         aggregates[f"{key}_n"] = Count("pk", filter=condition)
         aggregates[f"{key}_cents"] = money_sum("balance", filter=condition)
-    rows = (invoices.filter(RECEIVABLE, archived_at__isnull=True).order_by().values("currency")
-            .annotate(**aggregates).order_by("currency"))
+    rows = (
+        invoices.filter(RECEIVABLE, archived_at__isnull=True)
+        .order_by()
+        .values("currency")
+        .annotate(**aggregates)
+        .order_by("currency")
+    )
     return [
         Receivables(
             currency=row["currency"],
-            outstanding=cents_to_money(row["outstanding_cents"]), invoices=row["n"],
-            overdue=cents_to_money(row["overdue_cents"]), overdue_invoices=row["overdue_n"],
-            buckets=[AgeingBucket(key, label, row["currency"], cents_to_money(row[f"{key}_cents"]), row[f"{key}_n"], *ranges[key])
-                     for key, label, _first, _last in AGEING_BUCKETS],
+            outstanding=cents_to_money(row["outstanding_cents"]),
+            invoices=row["n"],
+            overdue=cents_to_money(row["overdue_cents"]),
+            overdue_invoices=row["overdue_n"],
+            buckets=[
+                AgeingBucket(
+                    key, label, row["currency"], cents_to_money(row[f"{key}_cents"]), row[f"{key}_n"], *ranges[key]
+                )
+                for key, label, _first, _last in AGEING_BUCKETS
+            ],
         )
         for row in rows
     ]
@@ -607,15 +722,21 @@ def invoice_list(*, user, filters: InvoiceFilters) -> QuerySet[Invoice]:
         qs = qs.filter(number__icontains=filters.q)
     if filters.customer_name:
         qs = qs.filter(customer__name__icontains=filters.customer_name)
-    date_ranges = {"invoice_date__gte": filters.invoice_date_from, "invoice_date__lte": filters.invoice_date_to,
-                   "due_date__gte": filters.due_date_from, "due_date__lte": filters.due_date_to}
+    date_ranges = {
+        "invoice_date__gte": filters.invoice_date_from,
+        "invoice_date__lte": filters.invoice_date_to,
+        "due_date__gte": filters.due_date_from,
+        "due_date__lte": filters.due_date_to,
+    }
     qs = qs.filter(**{lookup: value for lookup, value in date_ranges.items() if value is not None})
     return qs.order_by(*INVOICE_SORTS.get(filters.sort, INVOICE_SORTS["-date"]))
 
 
 def invoice_detail(*, user, pk: int) -> Invoice:
     return get_visible_or_404(
-        Invoice.objects.select_related("customer", "connection", "connection__partner", "customer_assigned_by", "archived_by"),
+        Invoice.objects.select_related(
+            "customer", "connection", "connection__partner", "customer_assigned_by", "archived_by"
+        ),
         user,
         pk=pk,
     )
@@ -635,7 +756,11 @@ class PaymentFilters:
 
 def payment_list(*, user, filters: PaymentFilters | None = None) -> QuerySet[Payment]:
     filters = filters or PaymentFilters()
-    qs = Payment.objects.visible_to(user).select_related("invoice", "invoice__customer", "connection").defer("raw", "invoice__raw", "invoice__customer__raw")
+    qs = (
+        Payment.objects.visible_to(user)
+        .select_related("invoice", "invoice__customer", "connection")
+        .defer("raw", "invoice__raw", "invoice__customer__raw")
+    )
     if filters.source:
         qs = qs.filter(source=filters.source)
     if filters.connection_id:
@@ -658,9 +783,12 @@ def _unknown_customer_ids(customers: QuerySet[Customer]) -> list[int]:
 
 
 def unknown_invoices(*, user, connection_id: int | None = None) -> QuerySet[Invoice]:
-    qs = (Invoice.objects.visible_to(user)
-          .filter(customer_id__in=_unknown_customer_ids(Customer.objects.visible_to(user)), archived_at__isnull=True)
-          .select_related("connection", "customer").defer("customer__raw"))
+    qs = (
+        Invoice.objects.visible_to(user)
+        .filter(customer_id__in=_unknown_customer_ids(Customer.objects.visible_to(user)), archived_at__isnull=True)
+        .select_related("connection", "customer")
+        .defer("customer__raw")
+    )
     if connection_id:
         qs = qs.filter(connection_id=connection_id)
     return qs.order_by("-invoice_date", "-id")
@@ -670,7 +798,8 @@ def unknown_counts_by_connection(*, user) -> dict[int, int]:
     rows = (
         Invoice.objects.visible_to(user)
         .filter(customer_id__in=_unknown_customer_ids(Customer.objects.visible_to(user)), archived_at__isnull=True)
-        .values("connection_id").annotate(n=Count("pk"))
+        .values("connection_id")
+        .annotate(n=Count("pk"))
     )
     return {row["connection_id"]: row["n"] for row in rows}
 
@@ -695,13 +824,28 @@ def nav_summary(*, user) -> NavSummary:
     deleted invoices (the partial index of deleted invoices) and customers. Whatever the number
     of invoices, one query."""
     unknown_customer = Customer.objects.filter(connection_id=OuterRef(OuterRef("pk")), is_unknown=True).values("pk")[:1]
-    rows = Connection.objects.visible_to(user).order_by().annotate(
-        unknown_n=_count_of(Invoice.objects.filter(customer_id=Subquery(unknown_customer), archived_at__isnull=True), "customer_id"),
-        deleted_invoices_n=_count_of(Invoice.objects.filter(connection_id=OuterRef("pk"), deleted_in_halopsa_at__isnull=False,
-                                                            archived_at__isnull=True), "connection_id"),
-        deleted_customers_n=_count_of(Customer.objects.filter(connection_id=OuterRef("pk"), deleted_in_halopsa_at__isnull=False,
-                                                              archived_at__isnull=True), "connection_id"),
-    ).values_list("unknown_n", "deleted_invoices_n", "deleted_customers_n")
+    rows = (
+        Connection.objects.visible_to(user)
+        .order_by()
+        .annotate(
+            unknown_n=_count_of(
+                Invoice.objects.filter(customer_id=Subquery(unknown_customer), archived_at__isnull=True), "customer_id"
+            ),
+            deleted_invoices_n=_count_of(
+                Invoice.objects.filter(
+                    connection_id=OuterRef("pk"), deleted_in_halopsa_at__isnull=False, archived_at__isnull=True
+                ),
+                "connection_id",
+            ),
+            deleted_customers_n=_count_of(
+                Customer.objects.filter(
+                    connection_id=OuterRef("pk"), deleted_in_halopsa_at__isnull=False, archived_at__isnull=True
+                ),
+                "connection_id",
+            ),
+        )
+        .values_list("unknown_n", "deleted_invoices_n", "deleted_customers_n")
+    )
     rows = list(rows)
     return NavSummary(
         unknown_invoices=sum(row[0] for row in rows),
@@ -716,11 +860,21 @@ def archive_queue(*, user, archived: bool = False) -> tuple[QuerySet[Customer], 
         customers = Customer.objects.visible_to(user).filter(archived_at__isnull=False)
         invoices = Invoice.objects.visible_to(user).filter(archived_at__isnull=False)
     else:
-        customers = Customer.objects.visible_to(user).filter(deleted_in_halopsa_at__isnull=False, archived_at__isnull=True)
-        invoices = Invoice.objects.visible_to(user).filter(deleted_in_halopsa_at__isnull=False, archived_at__isnull=True)
-    customers = customers.select_related("connection", "archived_by").annotate(
-        open_invoices=Count("invoices", filter=Q(invoices__status__in=OPEN_STATES, invoices__archived_at__isnull=True))
-    ).order_by("name", "id")
+        customers = Customer.objects.visible_to(user).filter(
+            deleted_in_halopsa_at__isnull=False, archived_at__isnull=True
+        )
+        invoices = Invoice.objects.visible_to(user).filter(
+            deleted_in_halopsa_at__isnull=False, archived_at__isnull=True
+        )
+    customers = (
+        customers.select_related("connection", "archived_by")
+        .annotate(
+            open_invoices=Count(
+                "invoices", filter=Q(invoices__status__in=OPEN_STATES, invoices__archived_at__isnull=True)
+            )
+        )
+        .order_by("name", "id")
+    )
     invoices = invoices.select_related("connection", "customer", "archived_by").order_by("-invoice_date", "-id")
     return customers, invoices
 
@@ -730,4 +884,3 @@ def archive_queue(*, user, archived: bool = False) -> tuple[QuerySet[Customer], 
 
 def activity_list(*, user) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.visible_to(user).select_related("user", "partner").order_by("-created_at", "-id")
-

@@ -4,6 +4,7 @@ Every partner-owned model uses `PartnerScopedQuerySet` and names the lookup that
 partner in `partner_lookup`. Views fetch single objects with `get_visible_or_404`, so another
 partner's object is a 404, never a 403 that would confirm it exists.
 """
+
 from __future__ import annotations
 
 from typing import TypeVar
@@ -30,11 +31,7 @@ class PartnerScopedQuerySet(models.QuerySet):
 
 def get_visible_or_404(queryset_or_model, user, **lookup):
     """Fetch one object the user may see, or raise Http404 (also for other partners' objects)."""
-    queryset = (
-        queryset_or_model._default_manager.all()
-        if isinstance(queryset_or_model, type)
-        else queryset_or_model
-    )
+    queryset = queryset_or_model._default_manager.all() if isinstance(queryset_or_model, type) else queryset_or_model
     obj = queryset.visible_to(user).filter(**lookup).first()
     if obj is None:
         raise Http404("Not found.")

@@ -1,4 +1,5 @@
 """Dashboard routes. Every view scopes objects to the signed-in user's partner (404 otherwise)."""
+
 from django.urls import path, register_converter
 
 from integrations.ids import IdConverter

@@ -4,6 +4,7 @@ gunicorn's asgi worker reads request bodies without blocking, so slow clients ca
 webhook endpoint (docs/deploy.md, "Slow clients"); RequestGuard bounds request bodies and times
 views for the stuck-request watchdog. syncportal.wsgi stays for `runserver` and the test client.
 """
+
 import os
 
 from django.core.asgi import get_asgi_application

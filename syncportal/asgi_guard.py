@@ -13,6 +13,7 @@ free are kept here:
   is how long the longest-running view has been at it; gunicorn.conf.py stops the heartbeat past
   GUNICORN_TIMEOUT, so gunicorn replaces the worker as it did a stuck sync worker.
 """
+
 from __future__ import annotations
 
 import time
@@ -85,7 +86,15 @@ def _content_length(scope) -> int | None:
 
 async def _too_large(send, limit: int) -> None:
     body = f'{{"error": "request body too large (limit {limit} bytes)"}}'.encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -7,6 +7,7 @@ it: a proxy appends the address it received the request from, so the list is rea
 skipping addresses in TRUSTED_PROXIES; the first other address is the client. A request that did
 not come from a trusted proxy (REMOTE_ADDR) is keyed on REMOTE_ADDR whatever its headers say.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -30,7 +31,7 @@ def trusted_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
-        text = text[1:text.index("]")]
+        text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # "203.0.113.9:52000"
         text = text.split(":")[0]
     try:

@@ -5,6 +5,7 @@ production sooner or later), the first local start writes a random one, together
 encryption key and the switches that make plain-http local use work. Production sets
 `PRODUCTION=true` and must provide every secret itself.
 """
+
 from __future__ import annotations
 
 import secrets

@@ -4,6 +4,7 @@ Every variable is documented in `.env.example`. With nothing configured, a local
 SQLite database under `var/`, a generated `.env` holding a random SECRET_KEY, and DEBUG off.
 Production (`PRODUCTION=true`) refuses to start without its secrets.
 """
+
 from __future__ import annotations
 
 import os
@@ -101,7 +102,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # rewrites the same index pages batch after batch, and fewer, larger checkpoints copy each of
     # them once (figures: benchmarks/README.md, "History"). The file needs a local disk (WAL's
     # shared memory does not work over NFS).
-    DATABASES["default"]["OPTIONS"].setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=10000;")
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "init_command", "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=10000;"
+    )
     if DATABASES["default"]["NAME"] not in ("", ":memory:"):
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
 else:

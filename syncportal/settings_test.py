@@ -1,4 +1,5 @@
 """Test settings: the production settings with what tests need changed, and nothing else."""
+
 import os
 
 # Fixed, test-only keys so the suite never reads a developer's .env secrets.

@@ -1,5 +1,6 @@
 """WSGI entry point for `manage.py runserver` and WSGI hosts. Production's web process is
 syncportal.asgi under gunicorn's asgi worker (slow clients cannot stall it; docs/deploy.md)."""
+
 import os
 
 from django.core.wsgi import get_wsgi_application

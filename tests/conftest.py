@@ -1,4 +1,5 @@
 """Shared fixtures: partners, users, connections pointing at the HaloPSA sandbox."""
+
 from __future__ import annotations
 
 import os

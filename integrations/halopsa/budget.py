@@ -11,6 +11,7 @@ When the budget is spent we wait for a slot if that is quick (HALOPSA_BUDGET_MAX
 30 s); otherwise `HaloRateLimited(retry_after=...)` tells the caller to come back later instead
 of sleeping through a task timeout.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,6 @@ import math
 import time
 from collections.abc import Callable
 from typing import Any
-
 
 from integrations.conf import halo_settings
 

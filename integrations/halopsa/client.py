@@ -16,6 +16,7 @@ What it owns:
 Records are returned as parsed JSON dicts (numbers as Decimal); mapping them is mapping.py's job.
 Importing from this module keeps working for every name that lived here before the split.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
-
 
 from integrations.conf import halo_settings
 
@@ -139,12 +139,17 @@ def _reference_text(value: Any) -> str:
 def _only_match(rows: list[Any], reference: str, invoice_id: int) -> dict[str, Any] | None:
     """The one row whose `reference` or `thirdpartyid` is exactly `reference` (compared on our side)."""
     wanted = reference.strip()
-    matches = [row for row in rows if isinstance(row, dict)
-               and wanted in (_reference_text(row.get("reference")), _reference_text(row.get("thirdpartyid")))]
+    matches = [
+        row
+        for row in rows
+        if isinstance(row, dict)
+        and wanted in (_reference_text(row.get("reference")), _reference_text(row.get("thirdpartyid")))
+    ]
     if len({str(row.get("id")) for row in matches}) > 1:
         raise HaloError(
             f"HaloPSA holds {len(matches)} payments carrying reference {reference} on invoice {invoice_id}. "
-            "Delete the extra ones in HaloPSA, then retry.", permanent=True,
+            "Delete the extra ones in HaloPSA, then retry.",
+            permanent=True,
         )
     return matches[0] if matches else None
 
@@ -203,7 +208,9 @@ class HaloClient(HaloTransport):
                     "Nothing is flagged as deleted; the next sync reads the list again."
                 )
             if fresh:
-                yield Page(records=fresh, record_count=record_count, page_no=page_no, repeated=len(records) - len(fresh))
+                yield Page(
+                    records=fresh, record_count=record_count, page_no=page_no, repeated=len(records) - len(fresh)
+                )
             if not records or len(records) < served_size or rows >= record_count:
                 return
             page_no += 1
@@ -228,8 +235,14 @@ class HaloClient(HaloTransport):
     # fallback where the filter is ignored; `order`/`orderdesc` per halopsa-facts §2). The date is sent in
     # HaloPSA's own frame: it comes from HaloPSA's timestamps (format_query_datetime).
 
-    def client_pages(self, *, changed_since: datetime | None = None, include_inactive: bool = True,
-                     newest_first: bool = False, page_size: int = PAGE_SIZE) -> Iterator[Page]:
+    def client_pages(
+        self,
+        *,
+        changed_since: datetime | None = None,
+        include_inactive: bool = True,
+        newest_first: bool = False,
+        page_size: int = PAGE_SIZE,
+    ) -> Iterator[Page]:
         params: dict[str, Any] = {"includeactive": "true", "includeinactive": "true" if include_inactive else "false"}
         if changed_since is not None:
             params["lastupdatefromdate"] = format_query_datetime(changed_since)
@@ -237,9 +250,15 @@ class HaloClient(HaloTransport):
             params.update(order="alastupdate", orderdesc="true")
         return self._pages("Client", ENVELOPE_CLIENTS, params, page_size=page_size)
 
-    def user_pages(self, *, changed_since: datetime | None = None, client_id: int | None = None,
-                   include_billing_info: bool = False, newest_first: bool = False,
-                   page_size: int = PAGE_SIZE) -> Iterator[Page]:
+    def user_pages(
+        self,
+        *,
+        changed_since: datetime | None = None,
+        client_id: int | None = None,
+        include_billing_info: bool = False,
+        newest_first: bool = False,
+        page_size: int = PAGE_SIZE,
+    ) -> Iterator[Page]:
         # Inactive users are included on purpose: an incremental sync must see a billing contact
         # turn inactive; mapping.py decides who is a billing contact.
         params: dict[str, Any] = {"includeactive": "true", "includeinactive": "true"}
@@ -299,8 +318,9 @@ class HaloClient(HaloTransport):
                 f"HaloPSA's id-only list {path} held {len(records):,} of the {record_count:,} records it counted, "
                 "so it cannot tell which records are gone."
             )
-        return {value for value in (r.get("id") if isinstance(r, dict) else None for r in records)
-                if type(value) is int}
+        return {
+            value for value in (r.get("id") if isinstance(r, dict) else None for r in records) if type(value) is int
+        }
 
     def iter_clients(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         for page in self.client_pages(**kwargs):
@@ -346,8 +366,9 @@ class HaloClient(HaloTransport):
         """GET /Users/{id}: the full `Users` record, the one that has canaccessinvoices where list
         rows do not (halopsa-facts §4.2). includebillinginfo is sent in case the flag counts as billing
         information there too (unverified)."""
-        return self._record(self._request("GET", f"Users/{int(user_id)}", params={"includebillinginfo": "true"}),
-                            f"user {user_id}")
+        return self._record(
+            self._request("GET", f"Users/{int(user_id)}", params={"includebillinginfo": "true"}), f"user {user_id}"
+        )
 
     def get_invoice(self, invoice_id: int, include_lines: bool = True) -> dict[str, Any]:
         params = {"includedetails": "true"} if include_lines else None
@@ -413,7 +434,9 @@ class HaloClient(HaloTransport):
             if isinstance(body.get(key), list):
                 return body[key], record_count, key
         # `columns` and its kin are view metadata on Halo's list envelopes (halopsa-facts §2), never the rows.
-        lists = sorted(str(k) for k, v in body.items() if isinstance(v, list) and not str(k).lower().startswith("columns"))
+        lists = sorted(
+            str(k) for k, v in body.items() if isinstance(v, list) and not str(k).lower().startswith("columns")
+        )
         if len(lists) == 1:
             return body[lists[0]], record_count, lists[0]
         if not lists and record_count == 0:
@@ -427,8 +450,11 @@ class HaloClient(HaloTransport):
     def _note_payments_key(self, key: str) -> None:
         if key and key != self.payments_list_key:
             self.payments_list_key = key
-            logger.info("halopsa %s GET /api/InvoicePayment lists its rows %s", self._log_where(),
-                        "as a bare array" if key == BARE_ARRAY else f"under the key {key!r}")
+            logger.info(
+                "halopsa %s GET /api/InvoicePayment lists its rows %s",
+                self._log_where(),
+                "as a bare array" if key == BARE_ARRAY else f"under the key {key!r}",
+            )
 
     def list_invoice_payments(self, invoice_id: int) -> list[dict[str, Any]]:
         """Every payment of one invoice from GET /InvoicePayment?invoice_id=N (paged, no `search`).
@@ -441,8 +467,11 @@ class HaloClient(HaloTransport):
         seen: set[str] = set()
         page_no = 1
         while True:
-            body = self._request("GET", "InvoicePayment", params={
-                "invoice_id": invoice_id, "pageinate": "true", "page_size": PAGE_SIZE, "page_no": page_no})
+            body = self._request(
+                "GET",
+                "InvoicePayment",
+                params={"invoice_id": invoice_id, "pageinate": "true", "page_size": PAGE_SIZE, "page_no": page_no},
+            )
             rows, record_count, key = self.payment_rows(body)
             self._note_payments_key(key)
             new_rows = 0
@@ -477,7 +506,12 @@ class HaloClient(HaloTransport):
             page_no += 1
 
     def find_payment_by_reference(
-        self, *, invoice_id: int, reference: str, lookup: str = UNKNOWN, invoice: dict[str, Any] | None = None,
+        self,
+        *,
+        invoice_id: int,
+        reference: str,
+        lookup: str = UNKNOWN,
+        invoice: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The invoice's payment whose `reference` or `thirdpartyid` is exactly `reference`, or None.
 
@@ -517,8 +551,16 @@ class HaloClient(HaloTransport):
         )
 
     def create_payment(
-        self, *, invoice_id: int, amount: Decimal, paid_on: date, reference: str, method_name: str = "",
-        lookup: str = UNKNOWN, invoice: dict[str, Any] | None = None, looked_up: bool = False,
+        self,
+        *,
+        invoice_id: int,
+        amount: Decimal,
+        paid_on: date,
+        reference: str,
+        method_name: str = "",
+        lookup: str = UNKNOWN,
+        invoice: dict[str, Any] | None = None,
+        looked_up: bool = False,
     ) -> dict[str, Any]:
         """Record a payment in HaloPSA exactly once, keyed by our `reference`.
 
@@ -535,7 +577,9 @@ class HaloClient(HaloTransport):
         if not reference:
             raise ValueError("reference is required for an idempotent payment")
         if not looked_up:
-            existing = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference, lookup=lookup, invoice=invoice)
+            existing = self.find_payment_by_reference(
+                invoice_id=invoice_id, reference=reference, lookup=lookup, invoice=invoice
+            )
             if existing is not None:
                 return existing
         row: dict[str, Any] = {
@@ -575,7 +619,9 @@ class HaloClient(HaloTransport):
                 # No body: read it back rather than guess the id.
                 found = self.find_payment_by_reference(invoice_id=invoice_id, reference=reference, lookup=lookup)
                 if found is None:
-                    raise HaloBadResponse(f"HaloPSA accepted payment {reference} but it cannot be found on invoice {invoice_id}.")
+                    raise HaloBadResponse(
+                        f"HaloPSA accepted payment {reference} but it cannot be found on invoice {invoice_id}."
+                    )
                 return found
             return self._record(body, f"payment {reference}")
 
@@ -628,4 +674,3 @@ class HaloClient(HaloTransport):
         except HaloNotFound:
             return False
         return True
-

@@ -5,6 +5,7 @@ the HTTP `status` when there was one, and `permanent`: True when repeating the s
 help until somebody changes something (credentials, permissions, the URL, the request itself).
 Messages never contain the client secret or an access token.
 """
+
 from __future__ import annotations
 
 

@@ -23,6 +23,7 @@ Rules that live here (documented in docs/sync-rules.md):
 - what counts as a credit note (skipped as an invoice; its application shows up as a credit
   payment on the invoice it pays) and which embedded payments are kept (deposits are not).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,20 +75,181 @@ INVOICE_UPDATED_AT = "last_modified"
 UPDATED_AT_FIELDS = {"client": CLIENT_UPDATED_AT, "user": USER_UPDATED_AT, "invoice": INVOICE_UPDATED_AT}
 # ISO 4217 currencies an invoice can be in (funds, metals and test codes left out), plus codes
 # retired since 2007 that old invoices may still carry.
-ISO_CURRENCIES = frozenset({
-    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BHD", "BIF",
-    "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHF", "CLP", "CNY", "COP", "CRC",
-    "CUC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL",
-    "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK",
-    "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD",
-    "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MYR", "MZN",
-    "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON",
-    "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL", "SOS", "SRD", "SSP", "STN",
-    "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU",
-    "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
-    # retired since 2007
-    "BYR", "EEK", "HRK", "LTL", "LVL", "MRO", "SKK", "STD", "VEF", "ZMK",
-})
+ISO_CURRENCIES = frozenset(
+    {
+        "AED",
+        "AFN",
+        "ALL",
+        "AMD",
+        "ANG",
+        "AOA",
+        "ARS",
+        "AUD",
+        "AWG",
+        "AZN",
+        "BAM",
+        "BBD",
+        "BDT",
+        "BGN",
+        "BHD",
+        "BIF",
+        "BMD",
+        "BND",
+        "BOB",
+        "BRL",
+        "BSD",
+        "BTN",
+        "BWP",
+        "BYN",
+        "BZD",
+        "CAD",
+        "CDF",
+        "CHF",
+        "CLP",
+        "CNY",
+        "COP",
+        "CRC",
+        "CUC",
+        "CUP",
+        "CVE",
+        "CZK",
+        "DJF",
+        "DKK",
+        "DOP",
+        "DZD",
+        "EGP",
+        "ERN",
+        "ETB",
+        "EUR",
+        "FJD",
+        "FKP",
+        "GBP",
+        "GEL",
+        "GHS",
+        "GIP",
+        "GMD",
+        "GNF",
+        "GTQ",
+        "GYD",
+        "HKD",
+        "HNL",
+        "HTG",
+        "HUF",
+        "IDR",
+        "ILS",
+        "INR",
+        "IQD",
+        "IRR",
+        "ISK",
+        "JMD",
+        "JOD",
+        "JPY",
+        "KES",
+        "KGS",
+        "KHR",
+        "KMF",
+        "KPW",
+        "KRW",
+        "KWD",
+        "KYD",
+        "KZT",
+        "LAK",
+        "LBP",
+        "LKR",
+        "LRD",
+        "LSL",
+        "LYD",
+        "MAD",
+        "MDL",
+        "MGA",
+        "MKD",
+        "MMK",
+        "MNT",
+        "MOP",
+        "MRU",
+        "MUR",
+        "MVR",
+        "MWK",
+        "MXN",
+        "MYR",
+        "MZN",
+        "NAD",
+        "NGN",
+        "NIO",
+        "NOK",
+        "NPR",
+        "NZD",
+        "OMR",
+        "PAB",
+        "PEN",
+        "PGK",
+        "PHP",
+        "PKR",
+        "PLN",
+        "PYG",
+        "QAR",
+        "RON",
+        "RSD",
+        "RUB",
+        "RWF",
+        "SAR",
+        "SBD",
+        "SCR",
+        "SDG",
+        "SEK",
+        "SGD",
+        "SHP",
+        "SLE",
+        "SLL",
+        "SOS",
+        "SRD",
+        "SSP",
+        "STN",
+        "SVC",
+        "SYP",
+        "SZL",
+        "THB",
+        "TJS",
+        "TMT",
+        "TND",
+        "TOP",
+        "TRY",
+        "TTD",
+        "TWD",
+        "TZS",
+        "UAH",
+        "UGX",
+        "USD",
+        "UYU",
+        "UZS",
+        "VED",
+        "VES",
+        "VND",
+        "VUV",
+        "WST",
+        "XAF",
+        "XCD",
+        "XCG",
+        "XOF",
+        "XPF",
+        "YER",
+        "ZAR",
+        "ZMW",
+        "ZWG",
+        "ZWL",
+        # retired since 2007
+        "BYR",
+        "EEK",
+        "HRK",
+        "LTL",
+        "LVL",
+        "MRO",
+        "SKK",
+        "STD",
+        "VEF",
+        "ZMK",
+    }
+)
 
 
 class MappingError(ValueError):
@@ -161,8 +323,9 @@ def parse_money(value: Any, field: str = "amount", *, default: Decimal | None = 
     return _quantized(value, field, CENT, _MONEY_LIMIT, default)
 
 
-def parse_decimal(value: Any, field: str, *, places: int = 4, default: Decimal | None = None,
-                  limit: Decimal = _DECIMAL_LIMIT) -> Decimal:
+def parse_decimal(
+    value: Any, field: str, *, places: int = 4, default: Decimal | None = None, limit: Decimal = _DECIMAL_LIMIT
+) -> Decimal:
     """A quantity/price/rate with `places` decimals (our columns keep 4), below `limit`."""
     quantum = _QUANTA.get(places) or Decimal(1).scaleb(-places)
     return _quantized(value, field, quantum, limit, default)
@@ -210,8 +373,16 @@ def _parse_datetime(value: Any, field: str) -> datetime:
         raise MappingError(f"{field} is not a date: {value!r}")
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
-        parsed = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
-                          int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), tzinfo=timezone.utc)
+        parsed = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((fraction or "0")[:6].ljust(6, "0")),
+            tzinfo=timezone.utc,
+        )
     except ValueError:
         raise MappingError(f"{field} is not a date: {value!r}") from None
     if offset and offset.upper() != "Z":
@@ -291,8 +462,10 @@ def refuse_invalid_text(record: Mapping[str, Any], what: str) -> None:
     fields = record.get(INVALID_TEXT_KEY)
     if fields:
         listed = ", ".join(str(f) for f in fields[:5]) if isinstance(fields, list) else str(fields)
-        raise MappingError(f"{what}: HaloPSA sent text that is not valid UTF-8 in {listed} (shown as U+FFFD in the payload)",
-                           halopsa_id=_payload_halopsa_id(record))
+        raise MappingError(
+            f"{what}: HaloPSA sent text that is not valid UTF-8 in {listed} (shown as U+FFFD in the payload)",
+            halopsa_id=_payload_halopsa_id(record),
+        )
 
 
 def _payload_halopsa_id(record: Mapping[str, Any]) -> int | None:
@@ -360,7 +533,13 @@ def map_client(payload: Any) -> dict[str, Any]:
 
 
 def _contact(key: str, user_id: int | None, source: str, name: str, email: str) -> dict[str, Any]:
-    content = {"halopsa_key": key, "halopsa_user_id": user_id, "source": source, "name": name[:300], "email": email[:300]}
+    content = {
+        "halopsa_key": key,
+        "halopsa_user_id": user_id,
+        "source": source,
+        "name": name[:300],
+        "email": email[:300],
+    }
     return {**content, "fingerprint": fingerprint(content)}
 
 
@@ -387,8 +566,9 @@ def billing_flag(user: Any, field: str = BILLING_FLAG_FIELD) -> bool | None:
     return _flag(value)
 
 
-def billing_user_contact(user: Mapping[str, Any], rule: str, *, can_access_invoices: bool | None = None,
-                         flag_field: str = BILLING_FLAG_FIELD) -> dict[str, Any] | None:
+def billing_user_contact(
+    user: Mapping[str, Any], rule: str, *, can_access_invoices: bool | None = None, flag_field: str = BILLING_FLAG_FIELD
+) -> dict[str, Any] | None:
     """A HaloPSA user as a billing contact, or None when the rule says it is not one.
 
     Default rule: an active user with the billing flag (`canaccessinvoices`) and an e-mail
@@ -411,15 +591,18 @@ def billing_user_contact(user: Mapping[str, Any], rule: str, *, can_access_invoi
         return None
     flag = can_access_invoices if can_access_invoices is not None else billing_flag(user, flag_field)
     if flag is None:
-        raise BillingFlagUnknown(f"user {user_id}: {flag_field} is not on the record (unknown, not false)",
-                                 halopsa_id=user_id)
+        raise BillingFlagUnknown(
+            f"user {user_id}: {flag_field} is not on the record (unknown, not false)", halopsa_id=user_id
+        )
     if not flag:
         return None
     name = _text(user.get("name")) or f"{_text(user.get('firstname'))} {_text(user.get('surname'))}".strip()
     return _contact(f"user:{user_id}", user_id, "invoice_user", name, email)
 
 
-def billing_contacts_for_client(client: Mapping[str, Any], users: Iterable[Mapping[str, Any]], rule: str) -> list[dict[str, Any]]:
+def billing_contacts_for_client(
+    client: Mapping[str, Any], users: Iterable[Mapping[str, Any]], rule: str
+) -> list[dict[str, Any]]:
     """THE billing-contact rule: who at this client receives invoices.
 
     - `accounts_and_invoice_users` (default): the client's accounts contact
@@ -460,8 +643,9 @@ def is_credit_note(payload: Mapping[str, Any]) -> bool:
     return invoice_type == INVOICE_TYPE_CREDIT_NOTE or (isinstance(linked, (int, Decimal)) and linked > 0)
 
 
-def invoice_status(*, total: Decimal, amount_paid: Decimal, balance: Decimal, voided: bool,
-                   paymentstatus: int | None = None) -> str:
+def invoice_status(
+    *, total: Decimal, amount_paid: Decimal, balance: Decimal, voided: bool, paymentstatus: int | None = None
+) -> str:
     """open | partially_paid | paid | void, from HaloPSA's voided flag and the amounts.
 
     The amounts decide, never `paymentstatus` alone: the status shown must not contradict the
@@ -495,7 +679,9 @@ def map_line(payload: Any, sequence: int) -> dict[str, Any]:
         "description": description,
         "quantity": quantity,
         "unit_price": unit_price,
-        "net_amount": _quantized(net if not _missing(net) else quantity * unit_price, "line net_amount", CENT, _MONEY_LIMIT, None),
+        "net_amount": _quantized(
+            net if not _missing(net) else quantity * unit_price, "line net_amount", CENT, _MONEY_LIMIT, None
+        ),
         "tax_amount": _quantized(get("tax_amount", get("total_tax")), "line tax_amount", CENT, _MONEY_LIMIT, ZERO),
         "tax_rate": _quantized(get("tax_rate"), "line tax_rate", _QUANTITY, _RATE_LIMIT, _QUANTITY_ZERO),
     }
@@ -566,7 +752,9 @@ def map_invoice(payload: Any, *, number_field: str = "invoicenumber", default_cu
         raise MappingError(f"invoice {halopsa_id}: {exc.message}", halopsa_id=halopsa_id) from None
 
 
-def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, default_currency: str) -> dict[str, Any]:
+def _map_invoice(
+    record: Mapping[str, Any], halopsa_id: int, number_field: str, default_currency: str
+) -> dict[str, Any]:
     if number_field not in INVOICE_NUMBER_FIELDS:
         raise MappingError(f"unknown invoice number field {number_field!r}")
     number = _text(record.get(number_field), 100)
@@ -607,7 +795,9 @@ def _map_invoice(record: Mapping[str, Any], halopsa_id: int, number_field: str, 
     credit_note = is_credit_note(record)
     if not credit_note:  # credit notes are not stored; their amounts follow other rules
         _check_amounts(total, amount_paid, balance)
-    status = invoice_status(total=total, amount_paid=amount_paid, balance=balance, voided=voided, paymentstatus=paymentstatus)
+    status = invoice_status(
+        total=total, amount_paid=amount_paid, balance=balance, voided=voided, paymentstatus=paymentstatus
+    )
     mapped: dict[str, Any] = {
         "halopsa_id": halopsa_id,
         "number": number,

@@ -17,6 +17,7 @@ answer (one byte a second never trips a 60 s read timeout). `request_deadline` b
 exchange (connect, request, answer and body): when it passes, a watcher thread shuts the
 exchange's socket down, which ends any read blocked on it, TLS included (docs/reliability.md).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -30,13 +31,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-
-from integrations.conf import halo_settings
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import _set_socket_options
+
+from integrations.conf import halo_settings
 
 from .exceptions import UnsafeURLError
 
@@ -53,10 +54,29 @@ METADATA_ADDRESSES = frozenset(
 _DENIED_NETWORKS = tuple(
     ipaddress.ip_network(n)
     for n in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
-        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
-        "::/128", "::1/128", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8", "2001:db8::/32",
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "255.255.255.255/32",
+        "::/128",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+        "2001:db8::/32",
         "100::/64",
     )
 )
@@ -98,7 +118,9 @@ def address_refusal(address: str, *, allow_private: bool | None = None) -> str |
     if allow_private:
         return None
     for candidate in candidates:
-        if not candidate.is_global or any(candidate in net for net in _DENIED_NETWORKS if net.version == candidate.version):
+        if not candidate.is_global or any(
+            candidate in net for net in _DENIED_NETWORKS if net.version == candidate.version
+        ):
             return f"{candidate} is a loopback, private, link-local or reserved address"
     return None
 

@@ -11,6 +11,7 @@
 Used by the client (API responses), the models' payload columns and the webhook receiver
 (delivery bodies and headers).
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,10 @@ def mark_invalid_records(body: Any) -> Any:
     if isinstance(body, dict) and "id" in body:
         return _mark_record(body)
     if isinstance(body, dict):
-        return {_replaced(key): [_mark_record(item) for item in value] if isinstance(value, list) else _clean(value)
-                for key, value in body.items()}
+        return {
+            _replaced(key): [_mark_record(item) for item in value] if isinstance(value, list) else _clean(value)
+            for key, value in body.items()
+        }
     return _clean(body)
 
 

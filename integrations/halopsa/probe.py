@@ -22,6 +22,7 @@ is never "no". Every other failing call is recorded in `probe_errors` and leaves
 it UNKNOWN; the probe goes on. Features that cannot work are listed in `problems` with a message a
 partner can act on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,12 +64,34 @@ PEOPLE_SAMPLE = 10  # clients and users sampled (enough rows to see an order)
 # Top-level fields the portal reads (halopsa/mapping.py), per sampled entity. A field that every
 # sampled record lacks is reported in `missing_fields` (HaloPSA leaves null fields out, halopsa-facts §2).
 FIELDS_READ: dict[str, tuple[str, ...]] = {
-    "client": ("id", "name", "inactive", "accountsemailaddress", "accountsfirstname", "accountslastname",
-               "alastupdate"),
+    "client": (
+        "id",
+        "name",
+        "inactive",
+        "accountsemailaddress",
+        "accountsfirstname",
+        "accountslastname",
+        "alastupdate",
+    ),
     "user": ("id", "name", "firstname", "surname", "emailaddress", "client_id", "inactive", "ulastupdate"),
-    "invoice": ("id", "invoicenumber", "client_id", "invoice_date", "duedate", "total", "tax_total", "amountpaid",
-                "amountdue", "paymentstatus", "voided", "currency_code_name", "last_modified", "lines", "payments",
-                "pdf_attachment_id"),
+    "invoice": (
+        "id",
+        "invoicenumber",
+        "client_id",
+        "invoice_date",
+        "duedate",
+        "total",
+        "tax_total",
+        "amountpaid",
+        "amountdue",
+        "paymentstatus",
+        "voided",
+        "currency_code_name",
+        "last_modified",
+        "lines",
+        "payments",
+        "pdf_attachment_id",
+    ),
     "invoice line": ("id", "item_shortdescription", "qty_order", "unit_price", "net_amount", "tax_amount", "tax_rate"),
     "payment": ("id", "invoice_id", "amount", "date", "type", "reference", "thirdpartyid", "payment_method_name"),
 }
@@ -129,9 +152,13 @@ class _Probe:
                 step()
             except Exception:  # a bug of ours must not break "Test connection"; the log has the trace
                 logger.exception("shape probe step %s failed", step.__name__)
-                self._record(step.__name__.strip("_"), "The portal could not read this answer (details in the server log).")
+                self._record(
+                    step.__name__.strip("_"), "The portal could not read this answer (details in the server log)."
+                )
         self.shape.checked_at = timezone.now().isoformat()
-        return ProbeResult(shape=self.shape, requests=self.client.stats.requests - started, invoice_error=self.invoice_error)
+        return ProbeResult(
+            shape=self.shape, requests=self.client.stats.requests - started, invoice_error=self.invoice_error
+        )
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -146,7 +173,9 @@ class _Probe:
             self._record(label, exc.message)
             return _FAILED
 
-    def _get_list(self, path: str, key: str, params: dict[str, Any], rows: int = 1) -> tuple[list[dict[str, Any]], int] | None:
+    def _get_list(
+        self, path: str, key: str, params: dict[str, Any], rows: int = 1
+    ) -> tuple[list[dict[str, Any]], int] | None:
         query = {**params, "pageinate": "true", "page_size": rows, "page_no": 1}
         label = f"GET /api/{path}"
         body = self._call(label, self.client.get_json, path, query)
@@ -179,7 +208,9 @@ class _Probe:
 
     def _clients(self) -> None:
         active = {"includeactive": "true", "includeinactive": "true"}
-        found = self._get_list("Client", "clients", {**active, "order": "alastupdate", "orderdesc": "true"}, PEOPLE_SAMPLE)
+        found = self._get_list(
+            "Client", "clients", {**active, "order": "alastupdate", "orderdesc": "true"}, PEOPLE_SAMPLE
+        )
         if found is None:
             return
         rows, count = found
@@ -187,7 +218,8 @@ class _Probe:
         self.shape.client_order_by_updated = self._newest_first(rows, "alastupdate")
         if count:
             self.shape.client_updated_filter = self._filter_check(
-                "Client", "clients", {**active, "lastupdatefromdate": format_query_datetime(FAR_FUTURE)})
+                "Client", "clients", {**active, "lastupdatefromdate": format_query_datetime(FAR_FUTURE)}
+            )
 
     def _users(self) -> None:
         active = {"includeactive": "true", "includeinactive": "true"}
@@ -202,7 +234,8 @@ class _Probe:
         self._billing_flag(rows[0], active)
         if count:
             self.shape.user_updated_filter = self._filter_check(
-                "Users", "users", {**active, "lastupdatefromdate": format_query_datetime(FAR_FUTURE)})
+                "Users", "users", {**active, "lastupdatefromdate": format_query_datetime(FAR_FUTURE)}
+            )
 
     def _billing_flag(self, list_row: dict[str, Any], active: dict[str, str]) -> None:
         """Where a user's invoice-access flag is found. An absent flag is never read as false (halopsa-facts §4.2:
@@ -218,8 +251,11 @@ class _Probe:
             if not any(BILLING_FLAG in row for _, row in samples):
                 user_id = list_row.get("id")
                 # The record the sync reads for the flag (client.get_user), so the answer holds for it.
-                detail = self._call(f"GET /api/Users/{user_id}", self.client.get_user, user_id) \
-                    if isinstance(user_id, int) and not isinstance(user_id, bool) else _FAILED
+                detail = (
+                    self._call(f"GET /api/Users/{user_id}", self.client.get_user, user_id)
+                    if isinstance(user_id, int) and not isinstance(user_id, bool)
+                    else _FAILED
+                )
                 if detail is _FAILED or not isinstance(detail, dict):
                     return  # unknown: the detail could not be read
                 samples.append((FLAG_ON_DETAIL, detail))
@@ -230,18 +266,27 @@ class _Probe:
                     shape.billing_flag_source, shape.billing_flag_field = source, name
                     return
         shape.billing_flag_source = FLAG_NOWHERE
-        self._problem(FEATURE_BILLING_CONTACTS, (
-            "HaloPSA shows no invoice-access flag on its users (canaccessinvoices is not on the user list, not "
-            "with billing information, not on a user's own record, and none of "
-            f"{', '.join(alternatives) or 'the alternatives'} either). Users are therefore not synced as billing "
-            "contacts; each customer's accounts contact still is. Let the API application read users' details in "
-            "HaloPSA and test the connection again, or choose the billing-contact rule \"Client's accounts contact only\"."
-        ))
+        self._problem(
+            FEATURE_BILLING_CONTACTS,
+            (
+                "HaloPSA shows no invoice-access flag on its users (canaccessinvoices is not on the user list, not "
+                "with billing information, not on a user's own record, and none of "
+                f"{', '.join(alternatives) or 'the alternatives'} either). Users are therefore not synced as billing "
+                "contacts; each customer's accounts contact still is. Let the API application read users' details in "
+                'HaloPSA and test the connection again, or choose the billing-contact rule "Client\'s accounts contact only".'
+            ),
+        )
 
     def _invoices(self) -> None:
         size = max(2, min(halo_settings().probe_invoice_sample, 100))
-        query = {"includelines": "true", "pageinate": "true", "page_size": size, "page_no": 1,
-                 "order": "last_modified", "orderdesc": "true"}
+        query = {
+            "includelines": "true",
+            "pageinate": "true",
+            "page_size": size,
+            "page_no": 1,
+            "order": "last_modified",
+            "orderdesc": "true",
+        }
         try:
             body = self.client.get_json("Invoice", query)
         except HaloError as exc:
@@ -254,13 +299,16 @@ class _Probe:
             return
         rows, count = found
         self._missing("invoice", rows)
-        self._missing("invoice line", [line for row in rows for line in (row.get("lines") or []) if isinstance(line, dict)])
+        self._missing(
+            "invoice line", [line for row in rows for line in (row.get("lines") or []) if isinstance(line, dict)]
+        )
         self.shape.invoice_order_by_modified = self._newest_first(rows, "last_modified")
         self.shape.paymentstatus_codes = self._paymentstatus_codes(rows)
         self.sample_invoice = self._pick_invoice(rows)
         if count:
             self.shape.invoice_datesearch = self._filter_check(
-                "Invoice", "invoices", {"datesearch": "last_modified", "start_date": format_query_datetime(FAR_FUTURE)})
+                "Invoice", "invoices", {"datesearch": "last_modified", "start_date": format_query_datetime(FAR_FUTURE)}
+            )
 
     @staticmethod
     def _newest_first(rows: list[dict[str, Any]], stamp_field: str) -> str:
@@ -339,12 +387,15 @@ class _Probe:
             shape.payments_lookup = PAYMENTS_VIA_LIST
         elif via_invoice == FILTER_IGNORED and shape.payments_list_filter == FILTER_IGNORED:
             shape.payments_lookup = PAYMENTS_NOWHERE
-            self._problem(FEATURE_PAYMENT_PUSH, (
-                "HaloPSA lists no invoice's payments exactly: GET /api/Invoice/{id}?includedetails=true carries no "
-                "payments, and GET /api/InvoicePayment ignores its invoice_id filter. Payments made here are recorded "
-                "but not posted to HaloPSA, since a post that cannot be checked could record a payment twice. Let "
-                "the API application read invoice details and payments in HaloPSA, then test the connection again."
-            ))
+            self._problem(
+                FEATURE_PAYMENT_PUSH,
+                (
+                    "HaloPSA lists no invoice's payments exactly: GET /api/Invoice/{id}?includedetails=true carries no "
+                    "payments, and GET /api/InvoicePayment ignores its invoice_id filter. Payments made here are recorded "
+                    "but not posted to HaloPSA, since a post that cannot be checked could record a payment twice. Let "
+                    "the API application read invoice details and payments in HaloPSA, then test the connection again."
+                ),
+            )
 
     def _webhooks(self) -> None:
         self._call("GET /api/Webhook", self.client.get_json, "Webhook")

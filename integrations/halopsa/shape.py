@@ -9,6 +9,7 @@ Every field starts as UNKNOWN, and "unknown" is never read as "no": code that ne
 does not have either finds it out itself (a runtime check) or takes the path that is correct
 whatever the answer (a full read instead of a filtered one). Pure standard library, no ORM.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,7 +81,6 @@ class HaloShape:
     clock_offset_seconds: float | None = None
     clock_offset_measured_at: str = UNKNOWN  # ISO time (our clock) of that measurement
 
-
     # Top-level fields a sampled record lacked although the portal reads them, per entity.
     missing_fields: dict[str, list[str]] = field(default_factory=dict)
     # Features the probe blocked, each with a message a partner can act on:
@@ -102,8 +102,9 @@ class HaloShape:
                 continue
             value, default = data[name], getattr(defaults, name)
             if name == "clock_offset_seconds":
-                readable = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                             and math.isfinite(value))
+                readable = value is None or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                )
             else:
                 readable = isinstance(value, type(default))
             if readable and isinstance(value, list):

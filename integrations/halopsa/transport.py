@@ -23,6 +23,7 @@ Answers are parsed JSON (numbers as Decimal). Text that is not valid UTF-8 fails
 that hold it: they carry the fields it was in under `payloads.INVALID_TEXT_KEY` (the bad bytes
 shown as U+FFFD), and mapping.py refuses them.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -42,10 +43,10 @@ from urllib.parse import SplitResult, urlsplit
 
 import orjson
 import requests
-
-from integrations.conf import halo_settings
 from urllib3 import exceptions as urllib3_exceptions
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
+
+from integrations.conf import halo_settings
 
 from .budget import RequestBudget
 from .exceptions import (
@@ -87,6 +88,7 @@ EXCERPT_CHARS = 160
 # ---------------------------------------------------------------------------------------------
 # Small value types
 
+
 @dataclass
 class RequestStats:
     """Counts every HTTP attempt (token calls included). Pass one instance to several clients to
@@ -110,7 +112,6 @@ class RequestStats:
             return {"requests": self.requests, "retries": self.retries, "bytes": self.bytes, "errors": self.errors}
 
 
-
 @dataclass
 class _Token:
     value: str
@@ -126,6 +127,7 @@ _TOKEN_LOCK = threading.Lock()
 def clear_token_cache() -> None:
     with _TOKEN_LOCK:
         _TOKEN_CACHE.clear()
+
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -273,8 +275,6 @@ class _Retry(Exception):
         self.kind = kind  # "status" | "connect" | "ambiguous" | "timeout" | "body"
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # The transport
 
@@ -319,7 +319,8 @@ class HaloTransport:
         # One whole exchange (connect, answer, body), however slowly its bytes arrive.
         self.request_deadline = float(request_deadline if request_deadline is not None else configured.request_deadline)
         self.max_response_bytes = int(
-            max_response_bytes if max_response_bytes is not None else configured.max_response_bytes)
+            max_response_bytes if max_response_bytes is not None else configured.max_response_bytes
+        )
         # time.monotonic() by which the caller's work must end (a sync run's deadline), or None.
         self.deadline = deadline
         self.retry_base_delay = float(retry_base_delay if retry_base_delay is not None else configured.retry_base_delay)
@@ -426,14 +427,17 @@ class HaloTransport:
         except ValueError:
             raise HaloBadResponse(
                 "HaloPSA's token endpoint did not answer with JSON. Check the HaloPSA URL "
-                "and the Authorisation server URL.", status=response.status_code, permanent=True,
+                "and the Authorisation server URL.",
+                status=response.status_code,
+                permanent=True,
             ) from None
         # Never quote the token response: it holds the token.
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise HaloBadResponse(
                 "HaloPSA's token endpoint answered without an access token. Check the Authorisation server URL.",
-                status=response.status_code, permanent=True,
+                status=response.status_code,
+                permanent=True,
             )
         try:
             lifetime = float(body.get("expires_in", 3600))
@@ -451,10 +455,13 @@ class HaloTransport:
         if status == 400 and "scope" in lowered:
             return HaloPermissionError(
                 f"HaloPSA refused the requested permissions ({message}). Give the API application the "
-                "'all' scope under Configuration > Integrations > HaloPSA API.", status=status,
+                "'all' scope under Configuration > Integrations > HaloPSA API.",
+                status=status,
             )
         if status == 400 and "tenant" in lowered:
-            return HaloAuthError(f"HaloPSA did not accept the tenant name ({message}). Check the tenant.", status=status)
+            return HaloAuthError(
+                f"HaloPSA did not accept the tenant name ({message}). Check the tenant.", status=status
+            )
         if status == 404:
             return HaloNotFound(
                 f"No HaloPSA sign-in endpoint at {self._display_url(self.token_url)}. Check the HaloPSA URL and "
@@ -492,8 +499,14 @@ class HaloTransport:
             token = self._access_token()
             try:
                 return self._call(
-                    method, self._api_url(path), params=params, json_body=json_body, token=token,
-                    authenticated=True, idempotent=idempotent, expect=expect,
+                    method,
+                    self._api_url(path),
+                    params=params,
+                    json_body=json_body,
+                    token=token,
+                    authenticated=True,
+                    idempotent=idempotent,
+                    expect=expect,
                 )
             except _ExpiredToken:
                 if reauthenticated:
@@ -527,8 +540,16 @@ class HaloTransport:
             attempt += 1
             try:
                 return self._attempt(
-                    method, url, params=params, data=data, json_body=json_body, token=token,
-                    authenticated=authenticated, expect=expect, kind=kind, attempt=attempt,
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    json_body=json_body,
+                    token=token,
+                    authenticated=authenticated,
+                    expect=expect,
+                    kind=kind,
+                    attempt=attempt,
                 )
             except _Retry as failure:
                 error = failure.error
@@ -551,7 +572,8 @@ class HaloTransport:
                         raise HaloRateLimited(
                             f"HaloPSA asked the portal to wait {math.ceil(failure.retry_after)} seconds; "
                             "the work continues automatically after that.",
-                            retry_after=failure.retry_after, status=error.status,
+                            retry_after=failure.retry_after,
+                            status=error.status,
                         ) from None
                     # At least what HaloPSA asked for, plus a little jitter so workers do not stampede.
                     delay = failure.retry_after + random.uniform(0, self.retry_base_delay)
@@ -559,8 +581,14 @@ class HaloTransport:
                 if left is not None and delay >= left:
                     raise self._deadline_reached(f"{method} {self._log_path(url)} failed ({error.message})") from None
                 self.stats.add(retries=1)
-                logger.info("halopsa %s retrying %s %s in %.2f s after: %s",
-                            self._log_where(url), method, self._log_path(url), delay, error.message)
+                logger.info(
+                    "halopsa %s retrying %s %s in %.2f s after: %s",
+                    self._log_where(url),
+                    method,
+                    self._log_path(url),
+                    delay,
+                    error.message,
+                )
                 self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
@@ -627,8 +655,13 @@ class HaloTransport:
         with request_deadline(limit) as deadline:
             try:
                 response = self.session.request(
-                    method, url, params=params, data=data if data is not None else body, headers=headers,
-                    timeout=(min(self.connect_timeout, limit), min(self.read_timeout, limit)), allow_redirects=False,
+                    method,
+                    url,
+                    params=params,
+                    data=data if data is not None else body,
+                    headers=headers,
+                    timeout=(min(self.connect_timeout, limit), min(self.read_timeout, limit)),
+                    allow_redirects=False,
                     stream=True,
                 )
                 status = response.status_code
@@ -644,15 +677,24 @@ class HaloTransport:
             except (requests.exceptions.RequestException, OSError) as exc:
                 status = "deadline" if deadline.expired else "error"
                 self.stats.add(errors=1)
-                raise self._transport_failure(exc, deadline, limit, url, cut_by_caller=limit < self.request_deadline) from None
+                raise self._transport_failure(
+                    exc, deadline, limit, url, cut_by_caller=limit < self.request_deadline
+                ) from None
             finally:
-                if response is not None and response._content is False:  # not read to the end: the connection is not reused
+                if (
+                    response is not None and response._content is False
+                ):  # not read to the end: the connection is not reused
                     response.close()
                 if status != "refused":
                     self.stats.add(requests=1)
                 logger.info(
                     "halopsa %s %s %s status=%s duration_ms=%d attempt=%d",
-                    self._log_where(url), method, path, status, (time.monotonic() - started) * 1000, attempt,
+                    self._log_where(url),
+                    method,
+                    path,
+                    status,
+                    (time.monotonic() - started) * 1000,
+                    attempt,
                 )
 
         if response.status_code >= 400 or 300 <= response.status_code < 400:
@@ -662,20 +704,25 @@ class HaloTransport:
             raise HaloBadResponse(
                 f"HaloPSA answered with a redirect{' to ' + self._display_url(location) if location else ''}; "
                 "the portal does not follow redirects. Enter the instance's final https address as the HaloPSA URL.",
-                status=response.status_code, permanent=True,
+                status=response.status_code,
+                permanent=True,
             )
         if kind == "token":
             if response.status_code in RETRY_STATUSES:
-                raise _Retry(self._status_error(response, path="/auth/token"),
-                             retry_after=parse_retry_after(response.headers.get("Retry-After")))
+                raise _Retry(
+                    self._status_error(response, path="/auth/token"),
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                )
             if response.status_code >= 400:
                 raise self._token_error(response)
             return response
         if authenticated and self._looks_like_expired_token(response):
             raise _ExpiredToken
         if response.status_code in RETRY_STATUSES:
-            raise _Retry(self._status_error(response, path=path),
-                         retry_after=parse_retry_after(response.headers.get("Retry-After")))
+            raise _Retry(
+                self._status_error(response, path=path),
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
         if response.status_code >= 400:
             raise self._status_error(response, path=path)
         if expect == "none":
@@ -688,10 +735,13 @@ class HaloTransport:
             # Invalid UTF-8 fails only the records holding it (marked; mapping.py refuses them).
             return parse_json(content, mark_invalid_text=True)
         except ValueError:
-            raise _Retry(HaloBadResponse(
-                f"HaloPSA sent malformed JSON for {path} (starts: {self._excerpt(content)!r}).",
-                status=response.status_code,
-            ), kind="body") from None
+            raise _Retry(
+                HaloBadResponse(
+                    f"HaloPSA sent malformed JSON for {path} (starts: {self._excerpt(content)!r}).",
+                    status=response.status_code,
+                ),
+                kind="body",
+            ) from None
 
     def _read_body(self, response: requests.Response, path: str) -> bytes:
         """The whole body, streamed: refused (HaloBadResponse) as soon as it passes
@@ -723,32 +773,45 @@ class HaloTransport:
             "A real HaloPSA page stays far below this: check the HaloPSA URL, or raise HALOPSA_MAX_RESPONSE_BYTES."
         )
 
-    def _transport_failure(self, exc: BaseException, deadline: RequestDeadline, limit: float, url: str, *,
-                           cut_by_caller: bool) -> _Retry | HaloError:
+    def _transport_failure(
+        self, exc: BaseException, deadline: RequestDeadline, limit: float, url: str, *, cut_by_caller: bool
+    ) -> _Retry | HaloError:
         """What an exception from sending or reading means, as the retry loop sees it."""
         path = self._log_path(url)
         if deadline.expired:
             if cut_by_caller:
                 return self._deadline_reached(f"{path} was still answering")
-            return _Retry(HaloTimeout(
-                f"HaloPSA took longer than {limit:g} seconds to send its whole answer to {path} (connecting, "
-                "answering and the body together); the request will be retried later."
-            ), kind="deadline")
+            return _Retry(
+                HaloTimeout(
+                    f"HaloPSA took longer than {limit:g} seconds to send its whole answer to {path} (connecting, "
+                    "answering and the body together); the request will be retried later."
+                ),
+                kind="deadline",
+            )
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return _Retry(HaloTimeout(
-                f"HaloPSA at {self._display_url(url)} did not accept a connection within "
-                f"{self.connect_timeout:g} seconds. Check the HaloPSA URL and that the instance is online."
-            ), kind="connect")
+            return _Retry(
+                HaloTimeout(
+                    f"HaloPSA at {self._display_url(url)} did not accept a connection within "
+                    f"{self.connect_timeout:g} seconds. Check the HaloPSA URL and that the instance is online."
+                ),
+                kind="connect",
+            )
         if isinstance(exc, requests.exceptions.Timeout):
-            return _Retry(HaloTimeout(
-                f"HaloPSA did not answer within {self.read_timeout:g} seconds; the request will be retried later."
-            ), kind="timeout")
+            return _Retry(
+                HaloTimeout(
+                    f"HaloPSA did not answer within {self.read_timeout:g} seconds; the request will be retried later."
+                ),
+                kind="timeout",
+            )
         if isinstance(exc, requests.exceptions.ConnectionError):
             error, failure_kind = self._connection_error(exc)
             return _Retry(error, kind=failure_kind)
-        return _Retry(HaloConnectionError(
-            f"The connection to HaloPSA failed ({type(exc).__name__}); the request will be retried later."
-        ), kind="ambiguous")
+        return _Retry(
+            HaloConnectionError(
+                f"The connection to HaloPSA failed ({type(exc).__name__}); the request will be retried later."
+            ),
+            kind="ambiguous",
+        )
 
     @staticmethod
     def _looks_like_expired_token(response: requests.Response) -> bool:
@@ -770,7 +833,9 @@ class HaloTransport:
                 f"HaloPSA did not answer within {self.read_timeout:g} seconds; the request will be retried later."
             ), "timeout"
         if isinstance(reason, NameResolutionError):
-            return HaloConnectionError(f"The HaloPSA host {host} could not be found (DNS). Check the HaloPSA URL."), "connect"
+            return HaloConnectionError(
+                f"The HaloPSA host {host} could not be found (DNS). Check the HaloPSA URL."
+            ), "connect"
         if isinstance(reason, NewConnectionError):
             return HaloConnectionError(
                 f"HaloPSA at {host} refused the connection. Check the HaloPSA URL and that the instance is online."
@@ -805,10 +870,13 @@ class HaloTransport:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return HaloRateLimited(
                 f"HaloPSA's rate limit was reached; the work continues automatically later.{said}",
-                retry_after=retry_after, status=status,
+                retry_after=retry_after,
+                status=status,
             )
         if status >= 500:
-            return HaloServerError(f"HaloPSA had an error ({status}) on {path}; it will be retried later.{said}", status=status)
+            return HaloServerError(
+                f"HaloPSA had an error ({status}) on {path}; it will be retried later.{said}", status=status
+            )
         return HaloError(f"HaloPSA answered {status} for {path}.{said}", status=status, permanent=True)
 
     def _scrub(self, text: str) -> str:

@@ -1,4 +1,5 @@
 """Inbound HaloPSA webhooks: one URL per connection (the key routes; Basic auth authenticates)."""
+
 from django.urls import path
 
 from integrations.halopsa.webhooks import halopsa_webhook

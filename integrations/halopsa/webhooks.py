@@ -3,6 +3,7 @@
 Order of checks: unknown key 404 -> body too large 413 -> credentials 401 -> disabled connection
 410 -> not a JSON object 400 -> store (duplicate 200) -> 202. The work itself happens in a task.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,6 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from integrations.conf import halo_settings
-
 from integrations.services.webhooks import (
     WebhookError,
     webhook_connection_for_key,

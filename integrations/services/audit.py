@@ -1,4 +1,5 @@
 """The audit trail: every action a person takes in the portal, visible to their partner."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +9,9 @@ from django.db import models
 from integrations.models import AuditEvent, Partner
 
 
-def audit_record(*, user, action: str, summary: str, obj: models.Model | None = None,
-                 partner: Partner | int | None = None, **details) -> AuditEvent:
+def audit_record(
+    *, user, action: str, summary: str, obj: models.Model | None = None, partner: Partner | int | None = None, **details
+) -> AuditEvent:
     """Record who did what. `partner` defaults to the object's partner, then the user's."""
     partner_id = partner.pk if isinstance(partner, Partner) else partner
     if partner_id is None and obj is not None:

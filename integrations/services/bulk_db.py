@@ -6,6 +6,7 @@ dates and times go through their fields' preparation (a value seen before in the
 prepared form) and JSON through its field's encoder. A full sync writes its invoices, lines and
 payments this way: far less work than bulk_create for the same rows (benchmarks/README.md, "History").
 """
+
 from __future__ import annotations
 
 import functools

@@ -12,6 +12,7 @@ best-effort and the partner can test later).
 Testing runs the shape probe (integrations/halopsa/probe.py) and stores what it learned on the
 connection (`halo_shape`), where the sync and the push read it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,10 +23,8 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from integrations.halopsa.client import HaloClient
-from integrations.halopsa.probe import ProbeResult, probe_shape
 from integrations.halopsa import shape as halo_shape
-from integrations.halopsa.shape import HaloShape
+from integrations.halopsa.client import HaloClient
 from integrations.halopsa.exceptions import (
     HaloAuthError,
     HaloBadResponse,
@@ -37,6 +36,8 @@ from integrations.halopsa.exceptions import (
     UnsafeURLError,
 )
 from integrations.halopsa.outbound import validate_url
+from integrations.halopsa.probe import ProbeResult, probe_shape
+from integrations.halopsa.shape import HaloShape
 from integrations.models import Connection, Incident, Partner, SyncRun, halopsa_url_key
 from integrations.schedules import schedule_ensure, schedule_minute_pick, schedule_remove
 from integrations.services.audit import audit_record
@@ -46,8 +47,18 @@ logger = logging.getLogger(__name__)
 
 # What a partner may set on a connection (everything else is ours).
 EDITABLE_FIELDS = (
-    "name", "base_url", "auth_url", "client_id", "client_secret", "tenant", "enabled", "paused",
-    "invoices_created_since", "invoice_number_field", "billing_contact_rule", "default_currency",
+    "name",
+    "base_url",
+    "auth_url",
+    "client_id",
+    "client_secret",
+    "tenant",
+    "enabled",
+    "paused",
+    "invoices_created_since",
+    "invoice_number_field",
+    "billing_contact_rule",
+    "default_currency",
 )
 SECRET_FIELDS = ("client_secret",)
 # Changing these means talking to a different HaloPSA (or as someone else): re-detect the version.
@@ -67,8 +78,14 @@ FAILURE_LABELS = {
 # Failures only an edit of the connection (its URL or credentials) can fix: health "Reconnect".
 RECONNECT_FAILURES = ("bad_credentials", "bad_url", "refused_address")
 # The form field a failed check before saving belongs to (others are about the whole form).
-_FAILURE_FIELDS = {"bad_url": "base_url", "refused_address": "base_url", "unreachable": "base_url", "timeout": "base_url",
-                   "bad_response": "base_url", "bad_credentials": "client_secret"}
+_FAILURE_FIELDS = {
+    "bad_url": "base_url",
+    "refused_address": "base_url",
+    "unreachable": "base_url",
+    "timeout": "base_url",
+    "bad_response": "base_url",
+    "bad_credentials": "client_secret",
+}
 
 
 @dataclass
@@ -92,8 +109,15 @@ def _check_fields(fields: dict[str, Any]) -> None:
         raise ValidationError(f"Unknown connection field(s): {', '.join(unknown)}.")
 
 
-def connection_create(*, partner: Partner, user=None, detect_version: bool = True, check_credentials: bool = False,
-                      start_sync: bool = False, **fields: Any) -> Connection:
+def connection_create(
+    *,
+    partner: Partner,
+    user=None,
+    detect_version: bool = True,
+    check_credentials: bool = False,
+    start_sync: bool = False,
+    **fields: Any,
+) -> Connection:
     """Create a connection with its hourly schedule (spread over the hour). Raises ValidationError
     for bad values, an unsafe URL, or a HaloPSA (URL and client id) the partner is already
     connected to. With `check_credentials`, HaloPSA must accept the credentials first (nothing is
@@ -111,8 +135,14 @@ def connection_create(*, partner: Partner, user=None, detect_version: bool = Tru
         Connection.objects.filter(pk=connection.pk).update(schedule_minute=connection.schedule_minute)
         schedule_ensure(connection)
         if user is not None:
-            audit_record(user=user, action="connection.create", obj=connection, partner=partner,
-                         summary=f"Created HaloPSA connection {connection.name}", base_url=connection.base_url)
+            audit_record(
+                user=user,
+                action="connection.create",
+                obj=connection,
+                partner=partner,
+                summary=f"Created HaloPSA connection {connection.name}",
+                base_url=connection.base_url,
+            )
     if checked is not None:
         _record_check(connection, checked)
     elif detect_version:
@@ -124,7 +154,9 @@ def connection_create(*, partner: Partner, user=None, detect_version: bool = Tru
     return connection
 
 
-def connection_update(*, connection: Connection, user=None, check_credentials: bool = False, **fields: Any) -> Connection:
+def connection_update(
+    *, connection: Connection, user=None, check_credentials: bool = False, **fields: Any
+) -> Connection:
     """Change a connection's settings. A changed URL is checked like a new one; with
     `check_credentials`, a change of what identifies the HaloPSA or the API application (URL,
     client id, secret, tenant) is saved only once HaloPSA accepts it. On a refusal nothing is
@@ -146,9 +178,14 @@ def connection_update(*, connection: Connection, user=None, check_credentials: b
             schedule_ensure(connection)
             _reread_after_change(connection, changed)
             if user is not None and changed:
-                audit_record(user=user, action="connection.update", obj=connection,
-                             summary=f"Changed HaloPSA connection {connection.name}: {', '.join(changed)}",
-                             fields=list(changed), values={n: str(fields[n]) for n in changed if n not in SECRET_FIELDS})
+                audit_record(
+                    user=user,
+                    action="connection.update",
+                    obj=connection,
+                    summary=f"Changed HaloPSA connection {connection.name}: {', '.join(changed)}",
+                    fields=list(changed),
+                    values={n: str(fields[n]) for n in changed if n not in SECRET_FIELDS},
+                )
     except ValidationError:
         for name, value in before.items():  # the page goes on showing the stored connection
             setattr(connection, name, value)
@@ -171,13 +208,17 @@ def _check_endpoint(connection: Connection, urls: list[str] | None = None) -> No
         try:
             validate_url(value)
         except UnsafeURLError as exc:
-            errors.setdefault(name, []).append(exc.message if name == "base_url" else
-                                               exc.message.replace("The HaloPSA URL", "The authorisation server URL"))
+            errors.setdefault(name, []).append(
+                exc.message
+                if name == "base_url"
+                else exc.message.replace("The HaloPSA URL", "The authorisation server URL")
+            )
     connection.base_url_key = halopsa_url_key(connection.base_url)
     twin = connection_endpoint_twin(connection)
     if twin is not None:
         errors.setdefault("base_url", []).append(
-            f"You already have a connection to this HaloPSA with this client ID: “{twin.name}”. Edit that one instead.")
+            f"You already have a connection to this HaloPSA with this client ID: “{twin.name}”. Edit that one instead."
+        )
     if errors:
         raise ValidationError(errors)
 
@@ -189,8 +230,12 @@ def connection_endpoint_twin(connection: Connection) -> Connection | None:
     if not connection.partner_id:
         return None
     key = halopsa_url_key(connection.base_url)
-    others = (Connection.objects.filter(partner_id=connection.partner_id, client_id=connection.client_id)
-              .exclude(pk=connection.pk).only("pk", "name", "base_url").order_by("pk"))
+    others = (
+        Connection.objects.filter(partner_id=connection.partner_id, client_id=connection.client_id)
+        .exclude(pk=connection.pk)
+        .only("pk", "name", "base_url")
+        .order_by("pk")
+    )
     return next((other for other in others if halopsa_url_key(other.base_url) == key), None)
 
 
@@ -201,7 +246,9 @@ def _save_refusing_duplicates(connection: Connection) -> None:
             connection.save()
     except IntegrityError as exc:
         if "connection_endpoint_unique" in str(exc) or "base_url_key" in str(exc):
-            raise ValidationError({"base_url": "You already have a connection to this HaloPSA with this client ID."}) from None
+            raise ValidationError(
+                {"base_url": "You already have a connection to this HaloPSA with this client ID."}
+            ) from None
         if "connection_name_unique" in str(exc) or ".name" in str(exc):
             raise ValidationError({"name": "You already have a connection with this name."}) from None
         raise
@@ -246,7 +293,9 @@ def _reread_after_change(connection: Connection, changed: list[str]) -> None:
 
     if "billing_contact_rule" in changed:
         Customer.objects.filter(connection=connection).update(fingerprint="")
-        SyncCursor.objects.filter(connection=connection, entity__in=["customers", "contacts"]).update(changed_since=None)
+        SyncCursor.objects.filter(connection=connection, entity__in=["customers", "contacts"]).update(
+            changed_since=None
+        )
     if {"invoice_number_field", "default_currency", "invoices_created_since"} & set(changed):
         Invoice.objects.filter(connection=connection).update(fingerprint="")
         SyncCursor.objects.filter(connection=connection, entity="invoices").update(changed_since=None)
@@ -257,12 +306,19 @@ def connection_delete(*, connection: Connection, user=None) -> None:
     from integrations.models import Contact, Customer, Invoice, InvoiceLine, InvoicePdf, Payment, PushJob
 
     name, partner_id, pk = connection.name, connection.partner_id, connection.pk
-    files = list(InvoicePdf.objects.filter(invoice__connection=connection).exclude(file="").values_list("file", flat=True))
+    files = list(
+        InvoicePdf.objects.filter(invoice__connection=connection).exclude(file="").values_list("file", flat=True)
+    )
     with transaction.atomic():
         schedule_remove(pk)
         if user is not None:
-            audit_record(user=user, action="connection.delete", partner=partner_id,
-                         summary=f"Deleted HaloPSA connection {name}", connection_id=pk)
+            audit_record(
+                user=user,
+                action="connection.delete",
+                partner=partner_id,
+                summary=f"Deleted HaloPSA connection {name}",
+                connection_id=pk,
+            )
         # Children first: invoices PROTECT their customer and payments PROTECT their invoice.
         PushJob.objects.filter(connection=connection).delete()
         Payment.objects.filter(connection=connection).delete()
@@ -285,7 +341,9 @@ def connection_delete(*, connection: Connection, user=None) -> None:
     transaction.on_commit(_remove_files)
 
 
-def connection_set_state(*, connection: Connection, user=None, enabled: bool | None = None, paused: bool | None = None) -> Connection:
+def connection_set_state(
+    *, connection: Connection, user=None, enabled: bool | None = None, paused: bool | None = None
+) -> Connection:
     """Enable/disable (schedule created/removed) or pause/resume (scheduled syncs skipped)."""
     changes = {}
     if enabled is not None and enabled != connection.enabled:
@@ -305,8 +363,13 @@ def connection_set_state(*, connection: Connection, user=None, enabled: bool | N
                 words.append("enabled" if changes["enabled"] else "disabled")
             if "paused" in changes:
                 words.append("paused" if changes["paused"] else "resumed")
-            audit_record(user=user, action="connection.state", obj=connection,
-                         summary=f"HaloPSA connection {connection.name} {' and '.join(words)}", **changes)
+            audit_record(
+                user=user,
+                action="connection.state",
+                obj=connection,
+                summary=f"HaloPSA connection {connection.name} {' and '.join(words)}",
+                **changes,
+            )
     return connection
 
 
@@ -348,14 +411,18 @@ def connection_test(*, connection: Connection) -> ConnectionTestResult:
         if probed.invoice_error is not None:
             raise probed.invoice_error  # the invoices are what the portal is for: the test fails, as before
         blocked = f" {len(problems)} feature(s) blocked: see the connection page." if problems else ""
-        result = ConnectionTestResult(ok=True, version=version, message=f"Connected to HaloPSA {version}.{blocked}",
-                                      problems=problems)
+        result = ConnectionTestResult(
+            ok=True, version=version, message=f"Connected to HaloPSA {version}.{blocked}", problems=problems
+        )
     except ValueError as exc:  # the URL cannot even be parsed
-        result = ConnectionTestResult(ok=False, version=version, failure="bad_url", message=getattr(exc, "message", str(exc)))
+        result = ConnectionTestResult(
+            ok=False, version=version, failure="bad_url", message=getattr(exc, "message", str(exc))
+        )
     except HaloError as exc:
         kind = _failure_kind(exc)
-        result = ConnectionTestResult(ok=False, version=version, failure=kind, message=_failure_message(kind, exc),
-                                      problems=problems)
+        result = ConnectionTestResult(
+            ok=False, version=version, failure=kind, message=_failure_message(kind, exc), problems=problems
+        )
     _save_test(connection, result)
     if result.ok:  # HaloPSA accepted the credentials just now
         incident_resolve(connection, Incident.Kind.CREDENTIALS_REJECTED)
@@ -363,8 +430,12 @@ def connection_test(*, connection: Connection) -> ConnectionTestResult:
 
 
 def _save_test(connection: Connection, result: ConnectionTestResult) -> None:
-    values = {"last_test_ok": result.ok, "last_test_at": timezone.now(), "last_test_message": result.message[:2000],
-              "last_test_failure": result.failure}
+    values = {
+        "last_test_ok": result.ok,
+        "last_test_at": timezone.now(),
+        "last_test_message": result.message[:2000],
+        "last_test_failure": result.failure,
+    }
     Connection.objects.filter(pk=connection.pk).update(**values)
     for name, value in values.items():
         setattr(connection, name, value)
@@ -394,8 +465,13 @@ def connection_probe(*, connection: Connection, client: HaloClient | None = None
     connection.halo_shape, connection.shape_checked_at = shape.as_dict(), now
     logger.info(
         "shape probe of connection %s: %d requests; payments lookup %s, list key %s, billing flag %s; %d problem(s), "
-        "%d failed call(s)", connection.pk, probed.requests, shape.payments_lookup or "unknown",
-        shape.payments_list_key or "unknown", shape.billing_flag_source or "unknown", len(shape.problems),
+        "%d failed call(s)",
+        connection.pk,
+        probed.requests,
+        shape.payments_lookup or "unknown",
+        shape.payments_list_key or "unknown",
+        shape.billing_flag_source or "unknown",
+        len(shape.problems),
         len(shape.probe_errors),
     )
     return probed
@@ -473,8 +549,13 @@ class ShapeSummary:
     failed_calls: list[dict[str, str]]
 
 
-_ENTITY_LABELS = {"client": "Customers", "user": "Users", "invoice": "Invoices", "invoice line": "Invoice lines",
-                  "payment": "Payments"}
+_ENTITY_LABELS = {
+    "client": "Customers",
+    "user": "Users",
+    "invoice": "Invoices",
+    "invoice line": "Invoice lines",
+    "payment": "Payments",
+}
 # label, date-filter fact and its name, order fact and its name (as the sync reads them).
 _INCREMENTAL_READS = (
     ("Customers", "client_updated_filter", "lastupdatefromdate", "client_order_by_updated", "order=alastupdate"),
@@ -490,12 +571,20 @@ def connection_shape_summary(*, connection: Connection) -> ShapeSummary | None:
     if connection.shape_checked_at is None and not shape.checked_at and shape.clock_offset_seconds is None:
         return None
     return ShapeSummary(
-        checked_at=connection.shape_checked_at, version=shape.version, billing=_billing_facts(connection, shape),
-        reads=[_read_fact(shape, *row) for row in _INCREMENTAL_READS], payments=_payments_facts(shape),
-        clock=_clock_fact(shape), codes=_status_codes(shape),
-        missing=[ShapeFact(_ENTITY_LABELS.get(entity, entity), ", ".join(names))
-                 for entity, names in sorted(shape.missing_fields.items()) if isinstance(names, list)],
-        problems=list(shape.problems), failed_calls=list(shape.probe_errors),
+        checked_at=connection.shape_checked_at,
+        version=shape.version,
+        billing=_billing_facts(connection, shape),
+        reads=[_read_fact(shape, *row) for row in _INCREMENTAL_READS],
+        payments=_payments_facts(shape),
+        clock=_clock_fact(shape),
+        codes=_status_codes(shape),
+        missing=[
+            ShapeFact(_ENTITY_LABELS.get(entity, entity), ", ".join(names))
+            for entity, names in sorted(shape.missing_fields.items())
+            if isinstance(names, list)
+        ],
+        problems=list(shape.problems),
+        failed_calls=list(shape.probe_errors),
     )
 
 
@@ -505,18 +594,23 @@ def _billing_facts(connection: Connection, shape: HaloShape) -> list[ShapeFact]:
     source = {
         halo_shape.FLAG_ON_LIST: f"Read from {field_name} on HaloPSA's user list.",
         halo_shape.FLAG_ON_LIST_WITH_BILLINGINFO: f"Read from {field_name} on the user list when billing information is "
-                                             "asked for (includebillinginfo).",
+        "asked for (includebillinginfo).",
         halo_shape.FLAG_ON_DETAIL: f"Read from {field_name} on each user's own record (GET /Users/{{id}}), again only for "
-                              "users that changed.",
+        "users that changed.",
         halo_shape.FLAG_NOWHERE: "Nowhere: HaloPSA shows no invoice-access flag, so users are not synced as billing "
-                            "contacts (each customer's accounts contact still is).",
+        "contacts (each customer's accounts contact still is).",
     }.get(shape.billing_flag_source, "Not found out yet: the next sync finds out where it is.")
     if connection.billing_contact_rule == Connection.BillingContactRule.ACCOUNTS_ONLY:
         source += " (Not used: the rule takes the accounts contact only.)"
-    return [rule, ShapeFact("Who can access invoices", source, warn=shape.billing_flag_source == halo_shape.FLAG_NOWHERE)]
+    return [
+        rule,
+        ShapeFact("Who can access invoices", source, warn=shape.billing_flag_source == halo_shape.FLAG_NOWHERE),
+    ]
 
 
-def _read_fact(shape: HaloShape, label: str, filter_fact: str, filter_name: str, order_fact: str, order_name: str) -> ShapeFact:
+def _read_fact(
+    shape: HaloShape, label: str, filter_fact: str, filter_name: str, order_fact: str, order_name: str
+) -> ShapeFact:
     honoured, ordered = getattr(shape, filter_fact), getattr(shape, order_fact)
     if honoured == halo_shape.FILTER_WORKS:
         return ShapeFact(label, f"Changed records only, filtered by {filter_name}.")
@@ -524,19 +618,22 @@ def _read_fact(shape: HaloShape, label: str, filter_fact: str, filter_name: str,
         return ShapeFact(label, f"Full reads: HaloPSA ignores both {filter_name} and {order_name}.", warn=True)
     if honoured == halo_shape.FILTER_IGNORED:
         checked = "" if ordered == halo_shape.FILTER_WORKS else " (the order is checked as pages arrive)"
-        return ShapeFact(label, f"Newest first ({order_name}) until the last sync's mark: HaloPSA ignores "
-                                f"{filter_name}{checked}.")
+        return ShapeFact(
+            label, f"Newest first ({order_name}) until the last sync's mark: HaloPSA ignores {filter_name}{checked}."
+        )
     return ShapeFact(label, f"Not found out yet: the next sync checks {filter_name} first.")
 
 
 def _payments_facts(shape: HaloShape) -> list[ShapeFact]:
     lookup = {
         halo_shape.PAYMENTS_VIA_INVOICE: "In the invoice's own payments (GET /Invoice/{id}?includedetails=true), the read "
-                                    "the balance check makes anyway.",
+        "the balance check makes anyway.",
         halo_shape.PAYMENTS_VIA_LIST: "With GET /InvoicePayment?invoice_id=…, every row checked to be the invoice's.",
         halo_shape.PAYMENTS_NOWHERE: "Nowhere: HaloPSA lists no invoice's payments exactly, so payments are not posted.",
-    }.get(shape.payments_lookup, "Not found out yet: the first payment push tries the invoice's own payments, then "
-                                 "GET /InvoicePayment.")
+    }.get(
+        shape.payments_lookup,
+        "Not found out yet: the first payment push tries the invoice's own payments, then GET /InvoicePayment.",
+    )
     if shape.payments_list_key == halo_shape.BARE_ARRAY:
         key = "A bare JSON array."
     elif shape.payments_list_key:
@@ -545,23 +642,33 @@ def _payments_facts(shape: HaloShape) -> list[ShapeFact]:
         key = "Not seen yet."
     if shape.payments_list_filter == halo_shape.FILTER_IGNORED:
         key += " Its invoice_id filter is ignored, so it is never used to look a payment up."
-    return [ShapeFact("Looking up a payment before posting it", lookup, warn=shape.payments_lookup == halo_shape.PAYMENTS_NOWHERE),
-            ShapeFact("GET /InvoicePayment answers", key)]
+    return [
+        ShapeFact(
+            "Looking up a payment before posting it", lookup, warn=shape.payments_lookup == halo_shape.PAYMENTS_NOWHERE
+        ),
+        ShapeFact("GET /InvoicePayment answers", key),
+    ]
 
 
 def _clock_fact(shape: HaloShape) -> ShapeFact:
     offset = shape.clock_offset_seconds
     if isinstance(offset, bool) or not isinstance(offset, (int, float)):
-        return ShapeFact("HaloPSA's clock", "Not measured yet: it is measured on the next payment or status pushed. "
-                                            "Until then a status changed on both sides keeps the one set here.")
+        return ShapeFact(
+            "HaloPSA's clock",
+            "Not measured yet: it is measured on the next payment or status pushed. "
+            "Until then a status changed on both sides keeps the one set here.",
+        )
     minutes = round(abs(offset) / 60)
     if minutes == 0:
         text = "Agrees with ours (within a minute)."
     else:
         days, rest = divmod(minutes, 24 * 60)
         hours, mins = divmod(rest, 60)
-        amount = " ".join(part for part in (f"{days} d" if days else "", f"{hours} h" if hours else "",
-                                             f"{mins} min" if mins else "") if part)
+        amount = " ".join(
+            part
+            for part in (f"{days} d" if days else "", f"{hours} h" if hours else "", f"{mins} min" if mins else "")
+            if part
+        )
         text = f"{amount} {'ahead of' if offset > 0 else 'behind'} ours; HaloPSA's times are moved onto our clock before they are compared."
     when = shape.clock_offset_measured_at[:16].replace("T", " ")
     return ShapeFact("HaloPSA's clock", f"{text} Measured {when} UTC." if when else text)
@@ -575,6 +682,17 @@ def _status_codes(shape: HaloShape) -> list[ShapeStatusCode]:
             continue
         unpaid, paid = int(counts.get("unpaid", 0) or 0), int(counts.get("paid", 0) or 0)
         looks = "mixed" if unpaid and paid else "unpaid" if unpaid else "paid" if paid else ""
-        rows.append(ShapeStatusCode(code=str(code), seen=int(counts.get("seen", 0) or 0), unpaid=unpaid, paid=paid,
-                                    looks=looks, fetched_as_unpaid=str(code) in unpaid_codes))
-    return sorted(rows, key=lambda row: (not row.code.lstrip("-").isdigit(), int(row.code) if row.code.lstrip("-").isdigit() else 0))
+        rows.append(
+            ShapeStatusCode(
+                code=str(code),
+                seen=int(counts.get("seen", 0) or 0),
+                unpaid=unpaid,
+                paid=paid,
+                looks=looks,
+                fetched_as_unpaid=str(code) in unpaid_codes,
+            )
+        )
+    return sorted(
+        rows,
+        key=lambda row: (not row.code.lstrip("-").isdigit(), int(row.code) if row.code.lstrip("-").isdigit() else 0),
+    )

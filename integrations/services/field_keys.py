@@ -5,6 +5,7 @@ node, run `manage.py rotate_field_keys`, then drop the old key. Tokens are rotat
 (MultiFernet.rotate), so plaintext never leaves this function, and each row is updated only if
 it still holds the token that was read: a secret a person changed meanwhile is never overwritten.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ def field_keys_rotate(*, batch_size: int = 500) -> RotationResult:
             rows = cursor.fetchall()
         for start in range(0, len(rows), batch_size):
             with transaction.atomic(), connection.cursor() as cursor:
-                for pk, token in rows[start:start + batch_size]:
+                for pk, token in rows[start : start + batch_size]:
                     if _already_newest(newest, token):
                         continue
                     try:

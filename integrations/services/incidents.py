@@ -1,4 +1,5 @@
 """Incidents: a problem the partner hears about once (banner + email), not once per run."""
+
 from __future__ import annotations
 
 import logging
@@ -28,19 +29,22 @@ def incident_open(connection: Connection, kind: str, message: str) -> Incident:
 
 
 def incident_resolve(connection: Connection, kind: str) -> int:
-    return Incident.objects.filter(connection=connection, kind=kind, resolved_at__isnull=True).update(resolved_at=timezone.now())
+    return Incident.objects.filter(connection=connection, kind=kind, resolved_at__isnull=True).update(
+        resolved_at=timezone.now()
+    )
 
 
 def _notify(incident: Incident) -> None:
     # The partner's active users who keep alerts on, at the address each set on their profile page.
     recipients = list(
-        incident.connection.partner.users.filter(is_active=True, receives_alerts=True).exclude(email="")
+        incident.connection.partner.users.filter(is_active=True, receives_alerts=True)
+        .exclude(email="")
         .values_list("email", flat=True)
     )
     if recipients:
         subject = f"[syncportal] {incident.connection.name}: {incident.get_kind_display()}"
         body = (
-            f"{incident.get_kind_display()} for the HaloPSA connection \"{incident.connection.name}\".\n\n"
+            f'{incident.get_kind_display()} for the HaloPSA connection "{incident.connection.name}".\n\n'
             f"{incident.message}\n\nOpen the connection page: {settings.SITE_URL}/connections/{incident.connection.pk}/\n"
         )
         try:

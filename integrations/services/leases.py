@@ -5,6 +5,7 @@ django-q2 ORM broker uses; `select_for_update` would lock nothing on SQLite. A h
 simply lets the lease expire, so a crashed sync never blocks the connection for longer than the
 TTL. Holders renew after each unit of work and release in `finally` (only if still theirs).
 """
+
 from __future__ import annotations
 
 import secrets

@@ -13,6 +13,7 @@ Rules (docs/push-rules.md):
   by a person settles the balance, "void" owes nothing, and a paid invoice is re-opened only by
   deleting the payments that pay it.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -102,8 +103,9 @@ def invoice_pushes_to_halopsa(invoice: Invoice) -> bool:
 def invoice_status_from_amounts(*, invoice: Invoice, amount_paid: Decimal, balance: Decimal) -> str:
     """The status these amounts give the invoice: void stays void, otherwise the amounts decide
     (mapping.invoice_status, the rule the pull applies to HaloPSA's amounts too)."""
-    return invoice_status(total=invoice.total, amount_paid=amount_paid, balance=balance,
-                          voided=invoice.status == Invoice.Status.VOID)
+    return invoice_status(
+        total=invoice.total, amount_paid=amount_paid, balance=balance, voided=invoice.status == Invoice.Status.VOID
+    )
 
 
 def latest_payment_date() -> date:
@@ -185,8 +187,9 @@ def _refresh(instance: Invoice, written: Invoice) -> None:
 # --- payments ----------------------------------------------------------------------------------
 
 
-def payment_record(*, invoice: Invoice, amount: Any, method: str = "", reference: str = "",
-                   paid_on: date | None = None, user=None) -> Payment:
+def payment_record(
+    *, invoice: Invoice, amount: Any, method: str = "", reference: str = "", paid_on: date | None = None, user=None
+) -> Payment:
     """Record a payment made on the platform; for a HaloPSA invoice, queue its push.
 
     `reference` is what HaloPSA will carry and what retries look the payment up by, so it must be
@@ -210,32 +213,50 @@ def payment_record(*, invoice: Invoice, amount: Any, method: str = "", reference
     with transaction.atomic():
         written = _apply_to_invoice(invoice_id=invoice.pk, paid_delta=value, check=check)
         connection = written.connection
-        if reference and Payment.objects.filter(
-            connection=connection, source=Origin.PLATFORM, reference=reference, voided_at__isnull=True
-        ).exists():
+        if (
+            reference
+            and Payment.objects.filter(
+                connection=connection, source=Origin.PLATFORM, reference=reference, voided_at__isnull=True
+            ).exists()
+        ):
             raise PaymentRefused(
                 f"Reference {reference!r} is already used by another payment; HaloPSA finds payments by "
                 "their reference, so each needs its own (or leave it empty to get one generated)."
             )
         payment = Payment.objects.create(
-            invoice=written, connection=connection, source=Origin.PLATFORM, kind=Payment.Kind.PAYMENT,
-            amount=value, paid_on=paid_on, method=method,
+            invoice=written,
+            connection=connection,
+            source=Origin.PLATFORM,
+            kind=Payment.Kind.PAYMENT,
+            amount=value,
+            paid_on=paid_on,
+            method=method,
             reference=reference or f"{REFERENCE_PREFIX}{uuid.uuid4().hex[:16].upper()}",
             created_by=user if user is not None and user.is_authenticated else None,
         )
         job = None
         if invoice_pushes_to_halopsa(written):
             job = PushJob.objects.create(
-                connection=connection, kind=PushJob.Kind.PAYMENT_CREATE, key=f"payment_create:{payment.pk}",
-                payment=payment, invoice=written, payload={"reference": payment.reference, "amount": str(value)},
+                connection=connection,
+                kind=PushJob.Kind.PAYMENT_CREATE,
+                key=f"payment_create:{payment.pk}",
+                payment=payment,
+                invoice=written,
+                payload={"reference": payment.reference, "amount": str(value)},
                 created_by=payment.created_by,
             )
             _enqueue_push(job.pk)
         audit_record(
-            user=user, action="payment.record", obj=payment, partner=connection.partner_id,
+            user=user,
+            action="payment.record",
+            obj=payment,
+            partner=connection.partner_id,
             summary=f"Recorded a payment of {_money(value, written.currency)} on invoice {written}",
-            invoice_id=written.pk, amount=str(value), reference=payment.reference,
-            balance=str(written.balance), pushed=job is not None,
+            invoice_id=written.pk,
+            amount=str(value),
+            reference=payment.reference,
+            balance=str(written.balance),
+            pushed=job is not None,
         )
     _refresh(invoice, written)
     return payment
@@ -276,20 +297,34 @@ def payment_delete(*, payment: Payment, user=None) -> Payment:
             ).update(state=PushJob.State.CANCELLED, last_error="Payment deleted before it was posted.", updated_at=now)
             if not never_sent:
                 PushJob.objects.filter(
-                    payment=payment, kind=PushJob.Kind.PAYMENT_CREATE,
+                    payment=payment,
+                    kind=PushJob.Kind.PAYMENT_CREATE,
                     state__in=[PushJob.State.PENDING, PushJob.State.RETRYING, PushJob.State.NEEDS_REVIEW],
-                ).update(state=PushJob.State.CANCELLED, last_error="Payment deleted; the delete job removes anything posted.",
-                         updated_at=now)
+                ).update(
+                    state=PushJob.State.CANCELLED,
+                    last_error="Payment deleted; the delete job removes anything posted.",
+                    updated_at=now,
+                )
                 job = PushJob.objects.create(
-                    connection=written.connection, kind=PushJob.Kind.PAYMENT_DELETE, key=f"payment_delete:{payment.pk}",
-                    payment=payment, invoice=written, payload={"reference": payment.reference},
+                    connection=written.connection,
+                    kind=PushJob.Kind.PAYMENT_DELETE,
+                    key=f"payment_delete:{payment.pk}",
+                    payment=payment,
+                    invoice=written,
+                    payload={"reference": payment.reference},
                     created_by=user if user is not None and user.is_authenticated else None,
                 )
                 _enqueue_push(job.pk)
         audit_record(
-            user=user, action="payment.delete", obj=payment, partner=written.connection.partner_id,
+            user=user,
+            action="payment.delete",
+            obj=payment,
+            partner=written.connection.partner_id,
             summary=f"Deleted the payment of {_money(payment.amount, written.currency)} on invoice {written}",
-            invoice_id=written.pk, reference=payment.reference, balance=str(written.balance), pushed=job is not None,
+            invoice_id=written.pk,
+            reference=payment.reference,
+            balance=str(written.balance),
+            pushed=job is not None,
         )
     payment.voided_at = now
     if Payment.invoice.is_cached(payment):
@@ -319,8 +354,12 @@ def payment_push_states(payments: list[Payment]) -> dict[int, PushState]:
     if platform:
         for job in PushJob.objects.filter(payment_id__in=platform).order_by("created_at", "id"):
             jobs[(job.payment_id, job.kind)] = job  # the newest of each kind wins
-    return {p.pk: _push_state(p, jobs.get((p.pk, PushJob.Kind.PAYMENT_CREATE)), jobs.get((p.pk, PushJob.Kind.PAYMENT_DELETE)))
-            for p in payments}
+    return {
+        p.pk: _push_state(
+            p, jobs.get((p.pk, PushJob.Kind.PAYMENT_CREATE)), jobs.get((p.pk, PushJob.Kind.PAYMENT_DELETE))
+        )
+        for p in payments
+    }
 
 
 def _push_state(payment: Payment, post: PushJob | None, delete: PushJob | None) -> PushState:
@@ -385,13 +424,21 @@ def status_change_preview(*, invoice: Invoice, status: str) -> tuple[Decimal, st
     elif status == Invoice.Status.OPEN:
         mark = _unsent_mark_paid(invoice)
         settled = Decimal(str(mark.payload.get("settles") or "0")) if mark is not None else ZERO
-        return invoice.balance + settled, "The mark as paid has not been sent to HaloPSA yet: it is cancelled, and nothing is sent."
+        return (
+            invoice.balance + settled,
+            "The mark as paid has not been sent to HaloPSA yet: it is cancelled, and nothing is sent.",
+        )
     else:
         balance = ZERO
-        told = ("HaloPSA is told to mark it paid (markaspaid), which records a payment of its amount due there."
-                if not made_here else f"A \u201c{MARKED_AS_PAID}\u201d payment of {_money(invoice.balance, invoice.currency)} is recorded.")
+        told = (
+            "HaloPSA is told to mark it paid (markaspaid), which records a payment of its amount due there."
+            if not made_here
+            else f"A \u201c{MARKED_AS_PAID}\u201d payment of {_money(invoice.balance, invoice.currency)} is recorded."
+        )
     if made_here:
-        return balance, (told if status == Invoice.Status.PAID else "") + " The invoice was made here: nothing is sent to HaloPSA."
+        return balance, (
+            told if status == Invoice.Status.PAID else ""
+        ) + " The invoice was made here: nothing is sent to HaloPSA."
     return balance, told
 
 
@@ -417,8 +464,9 @@ def _reopen_refusal(invoice: Invoice) -> str:
 
 def _unsent_mark_paid(invoice: Invoice) -> PushJob | None:
     """The invoice's mark as paid that no worker has picked up yet: certainly not in HaloPSA."""
-    jobs = PushJob.objects.filter(invoice_id=invoice.pk, kind=PushJob.Kind.INVOICE_STATUS,
-                                  state=PushJob.State.PENDING, attempts=0)
+    jobs = PushJob.objects.filter(
+        invoice_id=invoice.pk, kind=PushJob.Kind.INVOICE_STATUS, state=PushJob.State.PENDING, attempts=0
+    )
     return next((job for job in jobs if job.payload.get("status") == Invoice.Status.PAID), None)
 
 
@@ -450,9 +498,14 @@ def invoice_status_change(*, invoice: Invoice, status: str, user=None) -> Status
         except _InvoiceMoved:
             continue
         except StatusChangeRefused as exc:
-            audit_record(user=user, action="invoice.status_refused", obj=invoice,
-                         summary=f"Status of invoice {invoice} not changed to {status}: {exc.message}",
-                         wanted=status, reason=exc.message)
+            audit_record(
+                user=user,
+                action="invoice.status_refused",
+                obj=invoice,
+                summary=f"Status of invoice {invoice} not changed to {status}: {exc.message}",
+                wanted=status,
+                reason=exc.message,
+            )
             raise
         invoice.refresh_from_db(fields=["amount_paid", "balance", "status", "status_changed_locally_at"])
         return result
@@ -470,8 +523,10 @@ def _status_change_once(*, invoice_id: int, target: str, user) -> StatusChange:
     if target not in invoice_status_choices(current):
         if target == Invoice.Status.OPEN:
             raise StatusChangeRefused(_reopen_refusal(current))
-        raise StatusChangeRefused(f"Invoice {current} is {label}; it cannot be set to "
-                                  f"{Invoice.Status(target).label.lower()} from there (re-open it first).")
+        raise StatusChangeRefused(
+            f"Invoice {current} is {label}; it cannot be set to "
+            f"{Invoice.Status(target).label.lower()} from there (re-open it first)."
+        )
     now = timezone.now()
     pushes = invoice_pushes_to_halopsa(current)
     user = user if user is not None and user.is_authenticated else None
@@ -491,8 +546,10 @@ def _status_change_once(*, invoice_id: int, target: str, user) -> StatusChange:
         message = f"Invoice {current} is no longer void: {_money(balance, currency)} is owed."
     elif target == Invoice.Status.OPEN:  # paid, by a mark as paid that never left: cancelled above
         new_status = invoice_status(total=current.total, amount_paid=amount_paid, balance=balance, voided=False)
-        message = (f"Invoice {current} is open again: its mark as paid had not been sent to HaloPSA yet, so it was "
-                   f"cancelled; {_money(balance, currency)} is owed again.")
+        message = (
+            f"Invoice {current} is open again: its mark as paid had not been sent to HaloPSA yet, so it was "
+            f"cancelled; {_money(balance, currency)} is owed again."
+        )
         pushes = False  # HaloPSA never heard of the mark: nothing to tell it
     else:  # paid: the balance is settled
         payload["settles"] = str(max(balance, ZERO))
@@ -500,36 +557,62 @@ def _status_change_once(*, invoice_id: int, target: str, user) -> StatusChange:
         amount_paid, balance, new_status = amount_paid + settled, ZERO, Invoice.Status.PAID
         message = f"Invoice {current} marked as paid: {_money(settled, currency)} settled."
     written = Invoice.objects.filter(
-        pk=current.pk, amount_paid=current.amount_paid, balance=current.balance, status=current.status,
-    ).update(amount_paid=amount_paid, balance=balance, status=new_status, updated_at=now,
-             status_changed_locally_at=now if pushes else None)
+        pk=current.pk,
+        amount_paid=current.amount_paid,
+        balance=current.balance,
+        status=current.status,
+    ).update(
+        amount_paid=amount_paid,
+        balance=balance,
+        status=new_status,
+        updated_at=now,
+        status_changed_locally_at=now if pushes else None,
+    )
     if not written:
         raise _InvoiceMoved
     job = None
     if pushes:
         job = PushJob.objects.create(
-            connection=current.connection, kind=PushJob.Kind.INVOICE_STATUS,
-            key=f"invoice_status:{current.pk}:{uuid.uuid4().hex}", invoice=current, payload=payload, created_by=user,
+            connection=current.connection,
+            kind=PushJob.Kind.INVOICE_STATUS,
+            key=f"invoice_status:{current.pk}:{uuid.uuid4().hex}",
+            invoice=current,
+            payload=payload,
+            created_by=user,
         )
         _enqueue_push(job.pk)
         message += " HaloPSA is updated in the background" + (
-            " (it records the settled amount as a payment)." if target == Invoice.Status.PAID else ".")
+            " (it records the settled amount as a payment)." if target == Invoice.Status.PAID else "."
+        )
     elif invoice_pushes_to_halopsa(current):
         message += " Nothing is sent to HaloPSA."
     else:
         if target == Invoice.Status.PAID and payload["settles"] != "0.00":
             # Made here: the settled amount is a payment here, which re-opening would delete.
             Payment.objects.create(
-                invoice=current, connection=current.connection, source=Origin.PLATFORM, kind=Payment.Kind.PAYMENT,
-                amount=Decimal(payload["settles"]), paid_on=now.date(), method=MARKED_AS_PAID,
-                reference=f"{REFERENCE_PREFIX}{uuid.uuid4().hex[:16].upper()}", created_by=user,
+                invoice=current,
+                connection=current.connection,
+                source=Origin.PLATFORM,
+                kind=Payment.Kind.PAYMENT,
+                amount=Decimal(payload["settles"]),
+                paid_on=now.date(),
+                method=MARKED_AS_PAID,
+                reference=f"{REFERENCE_PREFIX}{uuid.uuid4().hex[:16].upper()}",
+                created_by=user,
             )
         message += " The invoice was made here, so nothing is sent to HaloPSA."
     audit_record(
-        user=user, action="invoice.status", obj=current,
+        user=user,
+        action="invoice.status",
+        obj=current,
         summary=f"Changed the status of invoice {current} from {current.status} to {new_status}",
-        old=current.status, new=new_status, wanted=target, amount_paid=str(amount_paid), balance=str(balance),
-        unsettled=str(unsettled), pushed=job is not None,
+        old=current.status,
+        new=new_status,
+        wanted=target,
+        amount_paid=str(amount_paid),
+        balance=str(balance),
+        unsettled=str(unsettled),
+        pushed=job is not None,
     )
     return StatusChange(True, message, job)
 
@@ -539,10 +622,14 @@ def _status_pushes_supersede(invoice: Invoice, now) -> Decimal:
     them had settled here (it is owed again). A push a worker holds right now is left to finish:
     it checks the invoice's status before writing and stands down when that changed."""
     unsettled = ZERO
-    for job in PushJob.objects.filter(invoice_id=invoice.pk, kind=PushJob.Kind.INVOICE_STATUS,
-                                      state__in=[PushJob.State.PENDING, PushJob.State.RETRYING, PushJob.State.NEEDS_REVIEW]):
+    for job in PushJob.objects.filter(
+        invoice_id=invoice.pk,
+        kind=PushJob.Kind.INVOICE_STATUS,
+        state__in=[PushJob.State.PENDING, PushJob.State.RETRYING, PushJob.State.NEEDS_REVIEW],
+    ):
         cancelled = PushJob.objects.filter(pk=job.pk, state=job.state, attempts=job.attempts).update(
-            state=PushJob.State.CANCELLED, last_error="Superseded by a later status change.", updated_at=now)
+            state=PushJob.State.CANCELLED, last_error="Superseded by a later status change.", updated_at=now
+        )
         if not cancelled:
             raise _InvoiceMoved  # a worker picked it up meanwhile: decide again with what it did
         never_sent = job.state == PushJob.State.PENDING and job.attempts == 0

@@ -1,4 +1,5 @@
 """The signed-in user's own settings."""
+
 from __future__ import annotations
 
 from integrations.models import User
@@ -14,6 +15,12 @@ def profile_update(*, user: User, email: str, receives_alerts: bool) -> bool:
     user.receives_alerts = receives_alerts
     user.save(update_fields=["email", "receives_alerts"])
     alerts = f"alerts to {email}" if receives_alerts and email else "no alerts"
-    audit_record(user=user, action="profile.update", summary=f"{user.get_username()} now gets {alerts}", obj=None,
-                 before=before, after={"email": email, "receives_alerts": receives_alerts})
+    audit_record(
+        user=user,
+        action="profile.update",
+        summary=f"{user.get_username()} now gets {alerts}",
+        obj=None,
+        before=before,
+        after={"email": email, "receives_alerts": receives_alerts},
+    )
     return True

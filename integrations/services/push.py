@@ -24,6 +24,7 @@ is measured from HaloPSA's own stamp on our writes (`HaloShape.clock_offset_seco
 write is checked afterwards: HaloPSA still showing the old status (markaspaid and un-void are
 unverified) sends the job to review.
 """
+
 from __future__ import annotations
 
 import logging
@@ -137,8 +138,12 @@ def push_job_process(*, job_id: int) -> PushJob | None:
     lease_name = f"push:invoice:{job.invoice_id}"
     owner = lease_acquire(lease_name, LEASE_TIMEOUT.total_seconds())
     if owner is None:
-        outcome = Outcome(PushJob.State.RETRYING, "Waiting for another push to the same invoice to finish.", BUSY_DELAY,
-                          deferred_reason=PushJob.DeferredReason.INVOICE_BUSY)
+        outcome = Outcome(
+            PushJob.State.RETRYING,
+            "Waiting for another push to the same invoice to finish.",
+            BUSY_DELAY,
+            deferred_reason=PushJob.DeferredReason.INVOICE_BUSY,
+        )
     else:
         try:
             outcome = _run(job)
@@ -157,7 +162,9 @@ def _run(job: PushJob) -> Outcome:
         return handler(job, client)
     except HaloAmbiguousWrite as exc:
         # Never re-post on our own: the lookup that should settle it failed too.
-        return _review(f"{exc.message} Retry it by hand once HaloPSA answers again; the retry looks the payment up first.")
+        return _review(
+            f"{exc.message} Retry it by hand once HaloPSA answers again; the retry looks the payment up first."
+        )
     except HaloRateLimited as exc:
         delay = timedelta(seconds=max(exc.retry_after or 0, BACKOFF_BASE_SECONDS))
         return Outcome(PushJob.State.RETRYING, exc.message, delay)
@@ -172,7 +179,10 @@ def _run(job: PushJob) -> Outcome:
         return _review(f"HaloPSA sent data the portal cannot read: {exc.message}")
     except Exception:  # a bug or a database hiccup: keep the job, retry with backoff, log the trace
         logger.exception("push job %s failed unexpectedly", job.pk)
-        return Outcome(PushJob.State.RETRYING, "Unexpected error while pushing; it will be retried. The details are in the server log.")
+        return Outcome(
+            PushJob.State.RETRYING,
+            "Unexpected error while pushing; it will be retried. The details are in the server log.",
+        )
     finally:
         if client is not None:
             client.close()
@@ -180,8 +190,12 @@ def _run(job: PushJob) -> Outcome:
 
 def _finish(job: PushJob, outcome: Outcome) -> PushJob:
     now = timezone.now()
-    fields: dict = {"state": outcome.state, "last_error": outcome.message[:2000], "updated_at": now,
-                    "deferred_reason": outcome.deferred_reason}
+    fields: dict = {
+        "state": outcome.state,
+        "last_error": outcome.message[:2000],
+        "updated_at": now,
+        "deferred_reason": outcome.deferred_reason,
+    }
     if outcome.state == PushJob.State.DONE:
         # What happened goes with the job's data; last_error stays for errors (the dashboard shows it).
         fields.update(done_at=now, last_error="", payload={**job.payload, "result": outcome.message})
@@ -217,7 +231,8 @@ def _incident_update(job: PushJob) -> None:
         job.state == PushJob.State.RETRYING and job.attempts >= INCIDENT_AFTER_FAILURES and not job.deferred_reason
     ):
         incident_open(
-            connection, Incident.Kind.PUSH_FAILING,
+            connection,
+            Incident.Kind.PUSH_FAILING,
             f"{job.get_kind_display()} for invoice {job.invoice or job.invoice_id} failed: {job.last_error} "
             "See Push jobs on the dashboard.",
         )
@@ -243,8 +258,10 @@ def _payment_create(job: PushJob, client) -> Outcome:
         return _done(f"Already in HaloPSA as payment {payment.halopsa_id}.")
     if payment.paid_on is None or payment.paid_on < EARLIEST_PAYMENT_DATE:
         # Stored before dates were checked (0001-01-01 once reached HaloPSA): never send it on.
-        return _review(f"The payment's date ({payment.paid_on or 'none'}) is not a real payment date, so it was not "
-                       "posted. Delete the payment here and record it again with the right date.")
+        return _review(
+            f"The payment's date ({payment.paid_on or 'none'}) is not a real payment date, so it was not "
+            "posted. Delete the payment here and record it again with the right date."
+        )
     shape = HaloShape.of(job.connection)
     blocked = shape.blocked(FEATURE_PAYMENT_PUSH)
     if blocked:
@@ -252,8 +269,12 @@ def _payment_create(job: PushJob, client) -> Outcome:
     # One read serves the lookup (the invoice's own payments) and the balance check.
     remote_body = client.get_invoice(invoice.halopsa_id, include_lines=True)
     try:
-        found = client.find_payment_by_reference(invoice_id=invoice.halopsa_id, reference=payment.reference,
-                                                 lookup=shape.payments_lookup, invoice=remote_body)
+        found = client.find_payment_by_reference(
+            invoice_id=invoice.halopsa_id,
+            reference=payment.reference,
+            lookup=shape.payments_lookup,
+            invoice=remote_body,
+        )
     finally:
         _payments_shape_learn(job.connection, shape, client)
     if found is not None:
@@ -261,8 +282,10 @@ def _payment_create(job: PushJob, client) -> Outcome:
     # Only the amounts and state matter here: lines and payments are the pull's business.
     remote = map_invoice({**remote_body, "lines": [], "payments": []})
     if remote["status"] == Invoice.Status.VOID:
-        return _review(f"Invoice {invoice} is void in HaloPSA, so the payment of {payment.amount} was not posted. "
-                       "Delete the payment here, or un-void the invoice in HaloPSA and retry.")
+        return _review(
+            f"Invoice {invoice} is void in HaloPSA, so the payment of {payment.amount} was not posted. "
+            "Delete the payment here, or un-void the invoice in HaloPSA and retry."
+        )
     if remote["balance"] < payment.amount:
         return _review(
             f"HaloPSA shows only {remote['balance']} {invoice.currency} due on invoice {invoice} (paid there meanwhile?); "
@@ -272,15 +295,28 @@ def _payment_create(job: PushJob, client) -> Outcome:
     started = timezone.now()
     try:
         created = client.create_payment(
-            invoice_id=invoice.halopsa_id, amount=payment.amount, paid_on=payment.paid_on,
-            reference=payment.reference, method_name=payment.method, lookup=shape.payments_lookup, looked_up=True,
+            invoice_id=invoice.halopsa_id,
+            amount=payment.amount,
+            paid_on=payment.paid_on,
+            reference=payment.reference,
+            method_name=payment.method,
+            lookup=shape.payments_lookup,
+            looked_up=True,
         )
     finally:
         _payments_shape_learn(job.connection, shape, client)
     outcome = _adopt(payment, created, "")
     assert invoice.halopsa_id is not None  # pushed only for invoices from HaloPSA (invoice_pushes_to_halopsa)
-    _clock_offset_learn(job.connection, shape, client, invoice.halopsa_id, before=remote_body, answer=None,
-                        started=started, ended=timezone.now())
+    _clock_offset_learn(
+        job.connection,
+        shape,
+        client,
+        invoice.halopsa_id,
+        before=remote_body,
+        answer=None,
+        started=started,
+        ended=timezone.now(),
+    )
     return outcome
 
 
@@ -310,7 +346,9 @@ def _adopt(payment: Payment, remote: dict, note: str) -> Outcome:
         )
     with transaction.atomic():
         # A pull that ran between the post and now may have mirrored it as a HaloPSA payment.
-        Payment.objects.filter(connection_id=payment.connection_id, halopsa_id=mapped["halopsa_id"], source=Origin.HALOPSA).delete()
+        Payment.objects.filter(
+            connection_id=payment.connection_id, halopsa_id=mapped["halopsa_id"], source=Origin.HALOPSA
+        ).delete()
         try:
             Payment.objects.filter(pk=payment.pk).update(halopsa_id=mapped["halopsa_id"])
         except IntegrityError:
@@ -329,11 +367,14 @@ def _payment_delete(job: PushJob, client) -> Outcome:
         shape = HaloShape.of(job.connection)
         blocked = shape.blocked(FEATURE_PAYMENT_PUSH)
         if blocked:
-            return _review(f"{blocked} Whether this payment reached HaloPSA cannot be checked: look for reference "
-                           f"{payment.reference!r} on invoice {invoice} in HaloPSA and delete it there if it is.")
+            return _review(
+                f"{blocked} Whether this payment reached HaloPSA cannot be checked: look for reference "
+                f"{payment.reference!r} on invoice {invoice} in HaloPSA and delete it there if it is."
+            )
         try:
-            found = client.find_payment_by_reference(invoice_id=invoice.halopsa_id, reference=payment.reference,
-                                                     lookup=shape.payments_lookup)
+            found = client.find_payment_by_reference(
+                invoice_id=invoice.halopsa_id, reference=payment.reference, lookup=shape.payments_lookup
+            )
         except HaloNotFound:
             return _done("The invoice no longer exists in HaloPSA; nothing to delete.")
         finally:
@@ -342,10 +383,16 @@ def _payment_delete(job: PushJob, client) -> Outcome:
             return _done("The payment never reached HaloPSA; nothing to delete.")
         mapped = map_payment(found)
         if mapped is None:
-            return _review(f"HaloPSA holds an unreadable payment under reference {payment.reference!r}; delete it there by hand.")
+            return _review(
+                f"HaloPSA holds an unreadable payment under reference {payment.reference!r}; delete it there by hand."
+            )
         halopsa_id = mapped["halopsa_id"]
     existed = client.delete_payment(halopsa_id)
-    return _done(f"Deleted payment {halopsa_id} in HaloPSA." if existed else f"Payment {halopsa_id} was already gone from HaloPSA.")
+    return _done(
+        f"Deleted payment {halopsa_id} in HaloPSA."
+        if existed
+        else f"Payment {halopsa_id} was already gone from HaloPSA."
+    )
 
 
 def _invoice_status(job: PushJob, client) -> Outcome:
@@ -367,8 +414,16 @@ def _invoice_status(job: PushJob, client) -> Outcome:
         answer = client.update_invoice(invoice.halopsa_id, fields)
     shape = HaloShape.of(job.connection)
     assert invoice.halopsa_id is not None  # pushed only for invoices from HaloPSA (invoice_pushes_to_halopsa)
-    _clock_offset_learn(job.connection, shape, client, invoice.halopsa_id, before=remote_body, answer=answer,
-                        started=started, ended=timezone.now())
+    _clock_offset_learn(
+        job.connection,
+        shape,
+        client,
+        invoice.halopsa_id,
+        before=remote_body,
+        answer=answer,
+        started=started,
+        ended=timezone.now(),
+    )
     # What markaspaid and un-void do in a real HaloPSA is unverified: check that the status took,
     # from the write's answer when it is the whole invoice, else from a fresh read.
     after = _invoice_status_after_write(client, invoice.halopsa_id, answer)
@@ -420,7 +475,10 @@ def push_due_dispatch() -> int:
     """
     now = timezone.now()
     PushJob.objects.filter(state=PushJob.State.RUNNING, updated_at__lt=now - LEASE_TIMEOUT).update(
-        state=PushJob.State.RETRYING, next_attempt_at=now, updated_at=now, deferred_reason=PushJob.DeferredReason.NONE,
+        state=PushJob.State.RETRYING,
+        next_attempt_at=now,
+        updated_at=now,
+        deferred_reason=PushJob.DeferredReason.NONE,
         last_error="The worker stopped in the middle of this push; retrying (HaloPSA is checked for the reference first).",
     )
     due = (
@@ -444,11 +502,18 @@ def push_job_retry(*, job: PushJob, user) -> PushJob:
         ).update(state=PushJob.State.PENDING, next_attempt_at=now, updated_at=now)
         if not moved:
             job.refresh_from_db()
-            raise PushJobRefused(f"This push is {job.get_state_display().lower()}; only failed or waiting pushes can be retried.")
+            raise PushJobRefused(
+                f"This push is {job.get_state_display().lower()}; only failed or waiting pushes can be retried."
+            )
         job.refresh_from_db()
         audit_record(
-            user=user, action="push.retry", obj=job, summary=f"Retried push: {job.get_kind_display()} (job {job.pk})",
-            kind=job.kind, attempts=job.attempts, last_error=job.last_error,
+            user=user,
+            action="push.retry",
+            obj=job,
+            summary=f"Retried push: {job.get_kind_display()} (job {job.pk})",
+            kind=job.kind,
+            attempts=job.attempts,
+            last_error=job.last_error,
         )
         transaction.on_commit(lambda: _enqueue(job.pk), robust=True)
     return job
@@ -462,16 +527,29 @@ def push_schedule_ensure() -> None:
 
     schedule_named_ensure(
         name=SCHEDULE_NAME,
-        defaults={"func": "integrations.tasks.push.push_sweep_task", "schedule_type": Schedule.MINUTES,
-                  "minutes": 1, "repeats": -1},
+        defaults={
+            "func": "integrations.tasks.push.push_sweep_task",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
     )
 
 
 # --- the instance's clock ----------------------------------------------------------------------------
 
 
-def _clock_offset_learn(connection, shape: HaloShape, client, halopsa_id: int, *, before: dict, answer: dict | None,
-                        started: datetime, ended: datetime) -> None:
+def _clock_offset_learn(
+    connection,
+    shape: HaloShape,
+    client,
+    halopsa_id: int,
+    *,
+    before: dict,
+    answer: dict | None,
+    started: datetime,
+    ended: datetime,
+) -> None:
     """Measure how far the instance's clock is from ours: HaloPSA's `last_modified` on the invoice
     right after our write, against our clock around that write. Only a stamp that changed across
     the write counts (a write HaloPSA did not stamp says nothing). Never fails the push."""
@@ -495,8 +573,15 @@ def _clock_offset_learn(connection, shape: HaloShape, client, halopsa_id: int, *
         return
     offset = round((stamp - (started + (ended - started) / 2)).total_seconds(), 3)
     shape.clock_offset_seconds, shape.clock_offset_measured_at = offset, ended.isoformat()
-    connection_shape_update(connection=connection, clock_offset_seconds=offset, clock_offset_measured_at=ended.isoformat())
-    logger.info("HaloPSA clock of connection %s is %+.3f s from ours (measured on invoice %s)", connection.pk, offset, halopsa_id)
+    connection_shape_update(
+        connection=connection, clock_offset_seconds=offset, clock_offset_measured_at=ended.isoformat()
+    )
+    logger.info(
+        "HaloPSA clock of connection %s is %+.3f s from ours (measured on invoice %s)",
+        connection.pk,
+        offset,
+        halopsa_id,
+    )
 
 
 def _halo_stamp(body) -> datetime | None:

@@ -10,6 +10,7 @@ push is on its way, which side an invoice follows.
 - linking: a platform payment posted before its push recorded HaloPSA's id is recognised in a
   pull by the reference we sent (`link_platform_payments`).
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -26,8 +27,9 @@ from integrations.models import Invoice, Origin, Payment, PushJob
 UNFINISHED = (PushJob.State.PENDING, PushJob.State.RUNNING, PushJob.State.RETRYING, PushJob.State.NEEDS_REVIEW)
 
 
-def status_conflict_winner(*, invoice: Invoice, remote_status: str, remote_modified_at: datetime | None,
-                           shape: HaloShape | None = None) -> Literal["local", "remote"]:
+def status_conflict_winner(
+    *, invoice: Invoice, remote_status: str, remote_modified_at: datetime | None, shape: HaloShape | None = None
+) -> Literal["local", "remote"]:
     """Which status an invoice keeps when a pull brings HaloPSA's (docs/push-rules.md, "Status").
 
     - no status set here by a person (`status_changed_locally_at` empty): HaloPSA's;
@@ -71,14 +73,22 @@ def status_push_on_the_way(*, invoice: Invoice, read_started_at: datetime | None
     on_the_way = Q(state__in=UNFINISHED)
     if read_started_at is not None:
         on_the_way |= Q(state=PushJob.State.DONE, done_at__gte=read_started_at)
-    job = (PushJob.objects.filter(invoice_id=invoice.pk, kind=PushJob.Kind.INVOICE_STATUS).filter(on_the_way)
-           .order_by("-created_at", "-id").first())
+    job = (
+        PushJob.objects.filter(invoice_id=invoice.pk, kind=PushJob.Kind.INVOICE_STATUS)
+        .filter(on_the_way)
+        .order_by("-created_at", "-id")
+        .first()
+    )
     return job.payload.get("status") if job is not None else None
 
 
-def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterable[int],
-                                remote_references: Iterable[str] = (),
-                                payments: Iterable[Payment] | None = None) -> Decimal:
+def payment_unpushed_adjustment(
+    *,
+    invoice: Invoice,
+    remote_payment_ids: Iterable[int],
+    remote_references: Iterable[str] = (),
+    payments: Iterable[Payment] | None = None,
+) -> Decimal:
     """How much more our copy has paid than HaloPSA reports, because of pushes still on the way.
 
     Platform payments not yet in HaloPSA count as paid; platform payments deleted here whose
@@ -100,7 +110,9 @@ def payment_unpushed_adjustment(*, invoice: Invoice, remote_payment_ids: Iterabl
     remote_ids = set(remote_payment_ids)
     references = {r for r in remote_references if r}
     for payment in platform:
-        in_halopsa = (payment.halopsa_id is not None and payment.halopsa_id in remote_ids) or payment.reference in references
+        in_halopsa = (
+            payment.halopsa_id is not None and payment.halopsa_id in remote_ids
+        ) or payment.reference in references
         if payment.voided_at is None and not in_halopsa and _push_pending(payment, PushJob.Kind.PAYMENT_CREATE):
             adjustment += payment.amount
         elif payment.voided_at is not None and in_halopsa:

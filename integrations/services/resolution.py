@@ -1,4 +1,5 @@
 """Resolving invoices HaloPSA sent without a customer (the "unknown" customer queue)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -24,9 +25,7 @@ def invoices_assign_customer(*, invoices: Iterable[Invoice], customer: Customer,
         raise ValidationError(f"{customer.name} is archived; un-archive it first.")
     foreign = [inv for inv in invoices if inv.connection_id != customer.connection_id]
     if foreign:
-        raise ValidationError(
-            f"{customer.name} belongs to another HaloPSA connection than invoice {foreign[0]}."
-        )
+        raise ValidationError(f"{customer.name} belongs to another HaloPSA connection than invoice {foreign[0]}.")
     now = timezone.now()
     changed = 0
     with transaction.atomic():

@@ -1,4 +1,5 @@
 """django-q2 entry points for pushes to HaloPSA: thin, take ids, safe to run twice."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """django-q2 entry points for the pull sync: thin, take ids, safe to run twice."""
+
 from __future__ import annotations
 
 import logging
@@ -34,5 +35,7 @@ def sync_scheduled_task(connection_id: int) -> int | None:
         return None
     if not connection.is_active:
         return None
-    run, _ = sync_queue(connection=connection, scope=sync_scope_for_schedule(connection), trigger=SyncRun.Trigger.SCHEDULE)
+    run, _ = sync_queue(
+        connection=connection, scope=sync_scope_for_schedule(connection), trigger=SyncRun.Trigger.SCHEDULE
+    )
     return run.pk

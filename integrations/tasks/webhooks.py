@@ -1,4 +1,5 @@
 """django-q2 entry points for webhooks: thin, they take ids and call the service."""
+
 from __future__ import annotations
 
 from integrations.services.webhooks import webhook_event_process, webhook_events_requeue_stale

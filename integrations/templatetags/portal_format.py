@@ -1,4 +1,5 @@
 """Display formats for the dashboard."""
+
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation

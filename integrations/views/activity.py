@@ -1,4 +1,5 @@
 """Activity log: who did what, when, within the partner (staff see every partner)."""
+
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required

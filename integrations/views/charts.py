@@ -1,4 +1,5 @@
 """Server-rendered SVG charts (no JavaScript library): recent runs' changes and durations."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,16 +28,24 @@ def runs_chart(runs: Sequence[SyncRun]) -> dict | None:
         duration = run.duration_seconds or 0
         h_changed = round(changed / max_changed * (HEIGHT - 20), 1)
         h_duration = round(duration / max_duration * (HEIGHT - 20), 1)
-        bars.append({
-            "x": round(index * slot + GAP / 2, 1),
-            "width": round(bar, 1),
-            "changed": changed,
-            "duration": round(duration, 1),
-            "y_changed": round(HEIGHT - h_changed, 1),
-            "h_changed": h_changed,
-            "y_duration": round(HEIGHT - h_duration, 1),
-            "h_duration": h_duration,
-            "failed": run.state == SyncRun.State.FAILED,
-            "label": f"{run.queued_at:%Y-%m-%d %H:%M} {run.get_scope_display()} ({run.get_state_display()})",
-        })
-    return {"width": WIDTH, "height": HEIGHT, "bars": bars, "max_changed": max_changed, "max_duration": round(max_duration, 1)}
+        bars.append(
+            {
+                "x": round(index * slot + GAP / 2, 1),
+                "width": round(bar, 1),
+                "changed": changed,
+                "duration": round(duration, 1),
+                "y_changed": round(HEIGHT - h_changed, 1),
+                "h_changed": h_changed,
+                "y_duration": round(HEIGHT - h_duration, 1),
+                "h_duration": h_duration,
+                "failed": run.state == SyncRun.State.FAILED,
+                "label": f"{run.queued_at:%Y-%m-%d %H:%M} {run.get_scope_display()} ({run.get_state_display()})",
+            }
+        )
+    return {
+        "width": WIDTH,
+        "height": HEIGHT,
+        "bars": bars,
+        "max_changed": max_changed,
+        "max_duration": round(max_duration, 1),
+    }

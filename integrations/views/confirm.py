@@ -5,6 +5,7 @@ says what will happen (amount, invoice, customer) and carries the same fields ag
 flag, so a second, deliberate click acts. It is a plain page and form: it works without
 JavaScript, and a POST without the confirmation never acts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,13 +29,34 @@ def confirmed(request: HttpRequest) -> bool:
     return request.POST.get(CONFIRM_FIELD) == "yes"
 
 
-def confirmation_page(request: HttpRequest, *, title: str, facts: list[Fact], consequence: str, confirm_label: str,
-                      cancel_url: str, danger: bool = False, rows: list[list[str]] | None = None,
-                      row_headers: list[str] | None = None) -> HttpResponse:
+def confirmation_page(
+    request: HttpRequest,
+    *,
+    title: str,
+    facts: list[Fact],
+    consequence: str,
+    confirm_label: str,
+    cancel_url: str,
+    danger: bool = False,
+    rows: list[list[str]] | None = None,
+    row_headers: list[str] | None = None,
+) -> HttpResponse:
     """The page asking to confirm `request`'s POST; `rows` lists several records (bulk archive)."""
     carried = [(name, value) for name, values in request.POST.lists() if name not in NOT_CARRIED for value in values]
-    return render(request, "integrations/confirm_action.html", {
-        "title": title, "facts": facts, "consequence": consequence, "confirm_label": confirm_label,
-        "cancel_url": cancel_url, "danger": danger, "carried": carried, "action_url": request.get_full_path(),
-        "rows": rows or [], "row_headers": row_headers or [], "confirm_field": CONFIRM_FIELD,
-    })
+    return render(
+        request,
+        "integrations/confirm_action.html",
+        {
+            "title": title,
+            "facts": facts,
+            "consequence": consequence,
+            "confirm_label": confirm_label,
+            "cancel_url": cancel_url,
+            "danger": danger,
+            "carried": carried,
+            "action_url": request.get_full_path(),
+            "rows": rows or [],
+            "row_headers": row_headers or [],
+            "confirm_field": CONFIRM_FIELD,
+        },
+    )

@@ -1,4 +1,5 @@
 """Connections: add, edit, test, pause/resume, enable/disable, delete, and the connection page."""
+
 from __future__ import annotations
 
 import logging
@@ -17,15 +18,22 @@ from integrations.models import Connection, SyncRun
 from integrations.services import connections as connection_services
 from integrations.services.audit import audit_record
 from integrations.services.sync import sync_queue
-from integrations.services.webhooks import (WEBHOOK_SCHEME_BASIC, WEBHOOK_SCHEME_HMAC, WebhookError,
-                                            webhook_auth_scheme, webhook_auth_scheme_set,
-                                            webhook_setup_instructions, webhook_subscription_create,
-                                            webhook_subscription_outcome)
+from integrations.services.webhooks import (
+    WEBHOOK_SCHEME_BASIC,
+    WEBHOOK_SCHEME_HMAC,
+    WebhookError,
+    webhook_auth_scheme,
+    webhook_auth_scheme_set,
+    webhook_setup_instructions,
+    webhook_subscription_create,
+    webhook_subscription_outcome,
+)
 from integrations.tenancy import get_visible_or_404
 from integrations.views.charts import runs_chart
 from integrations.views.confirm import Fact, confirmation_page, confirmed
 
 logger = logging.getLogger(__name__)
+
 
 def _apply_service_errors(form, exc: ValidationError) -> None:
     if hasattr(exc, "error_dict"):
@@ -43,13 +51,21 @@ def connection_create(request):
     form = ConnectionForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            connection = connection_services.connection_create(partner=form.partner_for_create(), user=request.user,
-                                                               check_credentials=True, start_sync=True, **form.service_fields())
+            connection = connection_services.connection_create(
+                partner=form.partner_for_create(),
+                user=request.user,
+                check_credentials=True,
+                start_sync=True,
+                **form.service_fields(),
+            )
         except ValidationError as exc:
             _apply_service_errors(form, exc)
         else:
-            messages.success(request, f"Connection “{connection.name}” added: HaloPSA {connection.halopsa_version} accepted "
-                                      "the credentials, and the first full sync has started.")
+            messages.success(
+                request,
+                f"Connection “{connection.name}” added: HaloPSA {connection.halopsa_version} accepted "
+                "the credentials, and the first full sync has started.",
+            )
             return redirect("connection_detail", pk=connection.pk)
     return render(request, "integrations/connection_form.html", {"form": form, "connection": None})
 
@@ -61,8 +77,9 @@ def connection_edit(request, pk: int):
     form = ConnectionForm(request.POST or None, instance=connection, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            connection_services.connection_update(connection=connection, user=request.user, check_credentials=True,
-                                                  **form.service_fields())
+            connection_services.connection_update(
+                connection=connection, user=request.user, check_credentials=True, **form.service_fields()
+            )
         except ValidationError as exc:
             _apply_service_errors(form, exc)
         else:
@@ -90,8 +107,14 @@ def connection_test(request, pk: int):
 
     result = connection_services.connection_test(connection=connection)
     # connection_test takes no user (contract), so the person's action is recorded here.
-    audit_record(user=request.user, action="connection.test", summary=f"Tested connection {connection.name}: "
-                 f"{'ok' if result.ok else result.failure}", obj=connection, ok=result.ok, failure=result.failure)
+    audit_record(
+        user=request.user,
+        action="connection.test",
+        summary=f"Tested connection {connection.name}: {'ok' if result.ok else result.failure}",
+        obj=connection,
+        ok=result.ok,
+        failure=result.failure,
+    )
     if result.ok:
         connection.refresh_from_db()
         mode = "real time (webhooks)" if connection.is_realtime else "hourly (HaloPSA older than 2.122.1)"
@@ -113,9 +136,15 @@ def connection_state(request, pk: int):
         return redirect("connection_detail", pk=connection.pk)
 
     connection_services.connection_set_state(connection=connection, user=request.user, **form.state_kwargs())
-    messages.success(request, {"pause": "Paused: scheduled syncs are skipped until you resume.",
-                               "resume": "Resumed.", "enable": "Enabled.",
-                               "disable": "Disabled: nothing syncs or pushes."}[form.cleaned_data["action"]])
+    messages.success(
+        request,
+        {
+            "pause": "Paused: scheduled syncs are skipped until you resume.",
+            "resume": "Resumed.",
+            "enable": "Enabled.",
+            "disable": "Disabled: nothing syncs or pushes.",
+        }[form.cleaned_data["action"]],
+    )
     return redirect("connection_detail", pk=connection.pk)
 
 
@@ -126,13 +155,20 @@ def connection_sync(request, pk: int):
     connection = get_visible_or_404(Connection, request.user, pk=pk)
     form = SyncRequestForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Choose what to sync: " + "; ".join(str(e) for errs in form.errors.values() for e in errs))
+        messages.error(
+            request, "Choose what to sync: " + "; ".join(str(e) for errs in form.errors.values() for e in errs)
+        )
         return redirect("connection_detail", pk=connection.pk)
     if not connection.enabled:
         messages.error(request, "This connection is disabled; enable it before syncing.")
         return redirect("connection_detail", pk=connection.pk)
-    run, started = sync_queue(connection=connection, scope=form.cleaned_data["scope"], trigger=SyncRun.Trigger.MANUAL,
-                              entity=form.cleaned_data["entity"], user=request.user)
+    run, started = sync_queue(
+        connection=connection,
+        scope=form.cleaned_data["scope"],
+        trigger=SyncRun.Trigger.MANUAL,
+        entity=form.cleaned_data["entity"],
+        user=request.user,
+    )
     report_sync_queued(request, run, started)
     return redirect("connection_detail", pk=connection.pk)
 
@@ -141,8 +177,10 @@ def report_sync_queued(request, run, started: bool) -> None:
     """Tell the person what their resync click did (queued, already running, or already done inline)."""
     run.refresh_from_db()
     if not started:
-        messages.info(request, f"A sync is already {run.get_state_display().lower()} ({run.scope_label}); "
-                               "no second one was started.")
+        messages.info(
+            request,
+            f"A sync is already {run.get_state_display().lower()} ({run.scope_label}); no second one was started.",
+        )
     elif run.is_active:
         messages.success(request, f"Sync queued: {run.scope_label}.")
     else:
@@ -190,8 +228,10 @@ def connection_webhook_subscribe(request, pk: int):
     return redirect(reverse("connection_detail", args=[connection.pk]) + "#webhooks")
 
 
-WEBHOOK_SCHEME_LABELS = {WEBHOOK_SCHEME_BASIC: "Basic (username and password)",
-                         WEBHOOK_SCHEME_HMAC: "HMAC signature (a shared secret signs each delivery)"}
+WEBHOOK_SCHEME_LABELS = {
+    WEBHOOK_SCHEME_BASIC: "Basic (username and password)",
+    WEBHOOK_SCHEME_HMAC: "HMAC signature (a shared secret signs each delivery)",
+}
 
 
 @login_required
@@ -210,17 +250,25 @@ def connection_webhook_auth(request, pk: int):
         return redirect(page)
     if not confirmed(request):
         return confirmation_page(
-            request, title=f"Switch the webhooks of {connection.name} to {scheme.upper()}?",
-            facts=[Fact("Connection", connection.name), Fact("Now", WEBHOOK_SCHEME_LABELS[current]),
-                   Fact("After", WEBHOOK_SCHEME_LABELS[scheme], emphasis=True)],
+            request,
+            title=f"Switch the webhooks of {connection.name} to {scheme.upper()}?",
+            facts=[
+                Fact("Connection", connection.name),
+                Fact("Now", WEBHOOK_SCHEME_LABELS[current]),
+                Fact("After", WEBHOOK_SCHEME_LABELS[scheme], emphasis=True),
+            ],
             consequence="From now on deliveries authenticated the old way are refused (the hourly sync still "
-                        "catches up). Change the webhook in HaloPSA to match the new set-up shown on the "
-                        "connection page, or register it again.",
-            confirm_label=f"Switch to {scheme.upper()}", cancel_url=page, danger=True,
+            "catches up). Change the webhook in HaloPSA to match the new set-up shown on the "
+            "connection page, or register it again.",
+            confirm_label=f"Switch to {scheme.upper()}",
+            cancel_url=page,
+            danger=True,
         )
     webhook_auth_scheme_set(connection=connection, scheme=scheme, user=request.user)
-    messages.success(request, f"Webhooks now authenticate with {WEBHOOK_SCHEME_LABELS[scheme]}; "
-                              "change the webhook in HaloPSA to match.")
+    messages.success(
+        request,
+        f"Webhooks now authenticate with {WEBHOOK_SCHEME_LABELS[scheme]}; change the webhook in HaloPSA to match.",
+    )
     return redirect(page)
 
 

@@ -1,4 +1,5 @@
 """Synced data: customers, invoices (with detail, PDF, status, payments) and payments."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -14,15 +15,24 @@ from integrations import selectors
 from integrations.forms import InvoiceFilterForm, InvoiceStatusForm, PaymentFilterForm, PaymentForm
 from integrations.ids import parse_id
 from integrations.models import Customer, Invoice, Origin, Payment, PushJob, SyncRun
-from integrations.services.payments import (PaymentRefused, StatusChangeRefused, invoice_pushes_to_halopsa,
-                                            invoice_status_change, invoice_status_choices, payment_push_states,
-                                            payment_record, payment_refusal, status_change_preview,
-                                            status_change_refusal)
-from integrations.services.payments import payment_delete as payment_void
+from integrations.services.payments import (
+    PaymentRefused,
+    StatusChangeRefused,
+    invoice_pushes_to_halopsa,
+    invoice_status_change,
+    invoice_status_choices,
+    payment_delete as payment_void,
+    payment_push_states,
+    payment_record,
+    payment_refusal,
+    status_change_preview,
+    status_change_refusal,
+)
 from integrations.services.sync import PdfUnavailable, invoice_pdf_ensure, sync_queue
 from integrations.tenancy import get_visible_or_404
 from integrations.views.confirm import Fact, confirmation_page, confirmed
 from integrations.views.connections import report_sync_queued
+
 
 def _query_without_page(request) -> str:
     query = request.GET.copy()
@@ -36,11 +46,15 @@ def customer_list(request):
     archived = request.GET.get("archived") == "1"
     connection_id = parse_id(request.GET.get("connection"))
     page = selectors.paginate(
-        selectors.customer_list(user=request.user, q=q, connection_id=connection_id, archived=archived), request.GET.get("page")
+        selectors.customer_list(user=request.user, q=q, connection_id=connection_id, archived=archived),
+        request.GET.get("page"),
     )
     selectors.customer_page_with_contacts(page)
-    return render(request, "integrations/customer_list.html",
-                  {"page": page, "q": q, "archived": archived, "query": _query_without_page(request)})
+    return render(
+        request,
+        "integrations/customer_list.html",
+        {"page": page, "q": q, "archived": archived, "query": _query_without_page(request)},
+    )
 
 
 @login_required
@@ -48,10 +62,19 @@ def customer_detail(request, pk: int):
     customer = get_visible_or_404(Customer.objects.select_related("connection", "archived_by"), request.user, pk=pk)
     contacts = customer.billing_contacts.order_by("name", "id")
     invoices = customer.invoices.filter(archived_at__isnull=True)
-    page = selectors.paginate(invoices.select_related("connection").order_by("-invoice_date", "-id"), request.GET.get("page"))
-    return render(request, "integrations/customer_detail.html", {
-        "customer": customer, "contacts": contacts, "page": page, "receivables": selectors.receivables(invoices),
-    })
+    page = selectors.paginate(
+        invoices.select_related("connection").order_by("-invoice_date", "-id"), request.GET.get("page")
+    )
+    return render(
+        request,
+        "integrations/customer_detail.html",
+        {
+            "customer": customer,
+            "contacts": contacts,
+            "page": page,
+            "receivables": selectors.receivables(invoices),
+        },
+    )
 
 
 @login_required
@@ -63,10 +86,19 @@ def invoice_list(request):
     customer = None
     if filters.customer_id:
         customer = Customer.objects.visible_to(request.user).filter(pk=filters.customer_id).first()
-    return render(request, "integrations/invoice_list.html", {
-        "form": form, "problems": form.problems(), "filters": filters, "page": page, "customer": customer,
-        "totals": selectors.invoice_totals(invoices), "query": _query_without_page(request),
-    })
+    return render(
+        request,
+        "integrations/invoice_list.html",
+        {
+            "form": form,
+            "problems": form.problems(),
+            "filters": filters,
+            "page": page,
+            "customer": customer,
+            "totals": selectors.invoice_totals(invoices),
+            "query": _query_without_page(request),
+        },
+    )
 
 
 @login_required
@@ -74,8 +106,9 @@ def invoice_detail(request, pk: int):
     return _invoice_page(request, selectors.invoice_detail(user=request.user, pk=pk))
 
 
-def _invoice_page(request, invoice: Invoice, *, payment_form: PaymentForm | None = None,
-                  status_form: InvoiceStatusForm | None = None):
+def _invoice_page(
+    request, invoice: Invoice, *, payment_form: PaymentForm | None = None, status_form: InvoiceStatusForm | None = None
+):
     """The invoice page; a refused form comes back bound, with what the person typed and its errors."""
     payments = selectors.invoice_payments(invoice=invoice)
     states = payment_push_states(payments)
@@ -88,9 +121,11 @@ def _invoice_page(request, invoice: Invoice, *, payment_form: PaymentForm | None
         "pdf": getattr(invoice, "pdf", None) if _has_pdf(invoice) else None,
         # Payment pushes show on their payment's row; status pushes have no row of their own.
         "push_jobs": invoice.push_jobs.filter(payment__isnull=True)
-        .exclude(state__in=[PushJob.State.DONE, PushJob.State.CANCELLED]).order_by("-created_at"),
+        .exclude(state__in=[PushJob.State.DONE, PushJob.State.CANCELLED])
+        .order_by("-created_at"),
         "remote_status_label": Invoice.Status(invoice.remote_status).label
-        if invoice.remote_status in Invoice.Status.values and invoice.remote_status != invoice.status else "",
+        if invoice.remote_status in Invoice.Status.values and invoice.remote_status != invoice.status
+        else "",
         "status_form": status_form or InvoiceStatusForm(invoice=invoice),
         "status_refusal": status_change_refusal(invoice),
         # A paid invoice's menu has no "Open": say how it is re-opened instead.
@@ -151,13 +186,21 @@ def invoice_status(request, pk: int):
         balance_after, halopsa = status_change_preview(invoice=invoice, status=status)
         new_label = Invoice.Status(status).label
         return confirmation_page(
-            request, title=f"Change invoice {invoice} to {new_label.lower()}?",
-            facts=[*_invoice_facts(invoice),
-                   Fact("Status", f"{invoice.get_status_display()} → {new_label}"),
-                   Fact("Balance", f"{_money(invoice.balance, invoice.currency)} → {_money(balance_after, invoice.currency)}",
-                        emphasis=True)],
-            consequence=halopsa, confirm_label=f"Set to {new_label.lower()}",
-            cancel_url=reverse("invoice_detail", kwargs={"pk": invoice.pk}), danger=status == Invoice.Status.VOID,
+            request,
+            title=f"Change invoice {invoice} to {new_label.lower()}?",
+            facts=[
+                *_invoice_facts(invoice),
+                Fact("Status", f"{invoice.get_status_display()} → {new_label}"),
+                Fact(
+                    "Balance",
+                    f"{_money(invoice.balance, invoice.currency)} → {_money(balance_after, invoice.currency)}",
+                    emphasis=True,
+                ),
+            ],
+            consequence=halopsa,
+            confirm_label=f"Set to {new_label.lower()}",
+            cancel_url=reverse("invoice_detail", kwargs={"pk": invoice.pk}),
+            danger=status == Invoice.Status.VOID,
         )
     try:
         change = invoice_status_change(invoice=invoice, status=status, user=request.user)
@@ -185,16 +228,27 @@ def invoice_payment(request, pk: int):
         amount = _money(data["amount"], invoice.currency)
         paid_on = data["paid_on"] or timezone.now().date()
         return confirmation_page(
-            request, title=f"Record a payment of {amount}?",
-            facts=[Fact("Amount", amount, emphasis=True), *_invoice_facts(invoice),
-                   Fact("Paid on", paid_on.isoformat()), Fact("Method", data["method"] or "—"),
-                   Fact("Reference", data["reference"] or "generated when recorded"),
-                   Fact("Balance", f"{_money(invoice.balance, invoice.currency)} → "
-                                   f"{_money(invoice.balance - data['amount'], invoice.currency)}")],
-            consequence=("The payment is recorded here at once and posted to HaloPSA in the background."
-                         if invoice_pushes_to_halopsa(invoice) else
-                         "The invoice was made here: the payment is recorded here only."),
-            confirm_label=f"Record {amount}", cancel_url=reverse("invoice_detail", kwargs={"pk": invoice.pk}),
+            request,
+            title=f"Record a payment of {amount}?",
+            facts=[
+                Fact("Amount", amount, emphasis=True),
+                *_invoice_facts(invoice),
+                Fact("Paid on", paid_on.isoformat()),
+                Fact("Method", data["method"] or "—"),
+                Fact("Reference", data["reference"] or "generated when recorded"),
+                Fact(
+                    "Balance",
+                    f"{_money(invoice.balance, invoice.currency)} → "
+                    f"{_money(invoice.balance - data['amount'], invoice.currency)}",
+                ),
+            ],
+            consequence=(
+                "The payment is recorded here at once and posted to HaloPSA in the background."
+                if invoice_pushes_to_halopsa(invoice)
+                else "The invoice was made here: the payment is recorded here only."
+            ),
+            confirm_label=f"Record {amount}",
+            cancel_url=reverse("invoice_detail", kwargs={"pk": invoice.pk}),
         )
     try:
         payment = payment_record(invoice=invoice, user=request.user, **data)
@@ -202,40 +256,65 @@ def invoice_payment(request, pk: int):
         form.add_error(None, exc.message)
         messages.error(request, f"Payment refused: {exc.message}")
         return _invoice_page(request, invoice, payment_form=form)
-    where = ("it is posted to HaloPSA in the background" if invoice_pushes_to_halopsa(invoice)
-             else "the invoice was made here, so nothing is sent to HaloPSA")
-    messages.success(request, f"Payment of {_money(payment.amount, invoice.currency)} recorded on invoice {invoice}; {where}.")
+    where = (
+        "it is posted to HaloPSA in the background"
+        if invoice_pushes_to_halopsa(invoice)
+        else "the invoice was made here, so nothing is sent to HaloPSA"
+    )
+    messages.success(
+        request, f"Payment of {_money(payment.amount, invoice.currency)} recorded on invoice {invoice}; {where}."
+    )
     return redirect("invoice_detail", pk=invoice.pk)
 
 
 @login_required
 @require_POST
 def payment_delete(request, pk: int):
-    payment = get_visible_or_404(Payment.objects.select_related("invoice__customer", "invoice__connection"), request.user, pk=pk)
+    payment = get_visible_or_404(
+        Payment.objects.select_related("invoice__customer", "invoice__connection"), request.user, pk=pk
+    )
     invoice = payment.invoice
     deletable = payment.source == Origin.PLATFORM and payment.voided_at is None
     if deletable and not confirmed(request):
         amount = _money(payment.amount, invoice.currency)
         return confirmation_page(
-            request, title=f"Delete the payment of {amount}?",
-            facts=[Fact("Amount", amount, emphasis=True), *_invoice_facts(invoice),
-                   Fact("Paid on", payment.paid_on.isoformat() if payment.paid_on else "unknown"),
-                   Fact("Reference", payment.reference or "—"),
-                   Fact("HaloPSA", payment_push_states([payment])[payment.pk].label),
-                   Fact("Balance", f"{_money(invoice.balance, invoice.currency)} → "
-                                   f"{_money(invoice.balance + payment.amount, invoice.currency)}")],
-            consequence=("The payment is removed here at once and, if it reached HaloPSA, deleted there in the background."
-                         if invoice_pushes_to_halopsa(invoice) else "The invoice was made here: nothing is sent to HaloPSA."),
-            confirm_label=f"Delete {amount}", cancel_url=reverse("invoice_detail", kwargs={"pk": invoice.pk}), danger=True,
+            request,
+            title=f"Delete the payment of {amount}?",
+            facts=[
+                Fact("Amount", amount, emphasis=True),
+                *_invoice_facts(invoice),
+                Fact("Paid on", payment.paid_on.isoformat() if payment.paid_on else "unknown"),
+                Fact("Reference", payment.reference or "—"),
+                Fact("HaloPSA", payment_push_states([payment])[payment.pk].label),
+                Fact(
+                    "Balance",
+                    f"{_money(invoice.balance, invoice.currency)} → "
+                    f"{_money(invoice.balance + payment.amount, invoice.currency)}",
+                ),
+            ],
+            consequence=(
+                "The payment is removed here at once and, if it reached HaloPSA, deleted there in the background."
+                if invoice_pushes_to_halopsa(invoice)
+                else "The invoice was made here: nothing is sent to HaloPSA."
+            ),
+            confirm_label=f"Delete {amount}",
+            cancel_url=reverse("invoice_detail", kwargs={"pk": invoice.pk}),
+            danger=True,
         )
     try:  # a payment from HaloPSA, or one already deleted: the service says why not
         payment_void(payment=payment, user=request.user)
     except PaymentRefused as exc:
         messages.error(request, f"Payment not deleted: {exc.message}")
     else:
-        messages.success(request, f"Payment of {_money(payment.amount, invoice.currency)} deleted; "
-                         + ("it is removed from HaloPSA in the background." if invoice_pushes_to_halopsa(invoice)
-                            else "nothing is sent to HaloPSA."))
+        messages.success(
+            request,
+            f"Payment of {_money(payment.amount, invoice.currency)} deleted; "
+            + (
+                "it is removed from HaloPSA in the background."
+                if invoice_pushes_to_halopsa(invoice)
+                else "nothing is sent to HaloPSA."
+            ),
+        )
     return redirect("invoice_detail", pk=invoice.pk)
 
 
@@ -247,8 +326,14 @@ def invoice_resync(request, pk: int):
         messages.error(request, "This invoice was created here, not in HaloPSA; there is nothing to resync.")
         return redirect("invoice_detail", pk=invoice.pk)
 
-    run, started = sync_queue(connection=invoice.connection, scope=SyncRun.Scope.INVOICE, trigger=SyncRun.Trigger.MANUAL,
-                              entity="invoices", halopsa_id=invoice.halopsa_id, user=request.user)
+    run, started = sync_queue(
+        connection=invoice.connection,
+        scope=SyncRun.Scope.INVOICE,
+        trigger=SyncRun.Trigger.MANUAL,
+        entity="invoices",
+        halopsa_id=invoice.halopsa_id,
+        user=request.user,
+    )
     report_sync_queued(request, run, started)
     return redirect("invoice_detail", pk=invoice.pk)
 
@@ -262,7 +347,14 @@ def payment_list(request):
     states = payment_push_states(page.object_list)
     for payment in page.object_list:
         payment.push_state = states[payment.pk]
-    return render(request, "integrations/payment_list.html", {
-        "form": form, "problems": form.problems(), "page": page,
-        "totals": selectors.payment_totals(payments), "query": _query_without_page(request),
-    })
+    return render(
+        request,
+        "integrations/payment_list.html",
+        {
+            "form": form,
+            "problems": form.problems(),
+            "page": page,
+            "totals": selectors.payment_totals(payments),
+            "query": _query_without_page(request),
+        },
+    )

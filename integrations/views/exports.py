@@ -4,6 +4,7 @@ Streamed (100k invoices never sit in memory), money as the Decimal text stored, 
 the currency in its own column, and text cells that a spreadsheet would run as a formula
 prefixed with an apostrophe (CSV injection: a customer name "=HYPERLINK(...)" comes from HaloPSA).
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,10 +25,36 @@ from integrations.models import Invoice, Origin, Payment
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 ROWS_PER_CHUNK = 500
 
-INVOICE_COLUMNS = ("Number", "Customer", "Connection", "Invoice date", "Due date", "Currency", "Total", "Amount paid",
-                   "Balance", "Status", "Overdue", "Deleted in HaloPSA at", "Archived at", "HaloPSA id")
-PAYMENT_COLUMNS = ("Paid on", "Invoice", "Customer", "Connection", "Currency", "Amount", "Kind", "Source", "Method",
-                   "Reference", "Deleted at", "HaloPSA id")
+INVOICE_COLUMNS = (
+    "Number",
+    "Customer",
+    "Connection",
+    "Invoice date",
+    "Due date",
+    "Currency",
+    "Total",
+    "Amount paid",
+    "Balance",
+    "Status",
+    "Overdue",
+    "Deleted in HaloPSA at",
+    "Archived at",
+    "HaloPSA id",
+)
+PAYMENT_COLUMNS = (
+    "Paid on",
+    "Invoice",
+    "Customer",
+    "Connection",
+    "Currency",
+    "Amount",
+    "Kind",
+    "Source",
+    "Method",
+    "Reference",
+    "Deleted at",
+    "HaloPSA id",
+)
 
 
 def csv_text(value: str | None) -> str:
@@ -85,7 +112,9 @@ def csv_chunks(header: Iterable[str], rows: Iterable[Iterable[str]]) -> Iterator
 
 def _refused(form: ListFilterForm) -> HttpResponse:
     """An export of other rows than asked for is worse than none: bad filters are a 400."""
-    return HttpResponse("Export refused: " + " ".join(form.problems()) + "\n", status=400, content_type="text/plain; charset=utf-8")
+    return HttpResponse(
+        "Export refused: " + " ".join(form.problems()) + "\n", status=400, content_type="text/plain; charset=utf-8"
+    )
 
 
 @login_required
@@ -100,14 +129,53 @@ def invoice_export(request):
     open_states = set(selectors.OPEN_STATES)
 
     def rows():
-        fields = ("number", "customer__name", "connection__name", "invoice_date", "due_date", "currency", "total",
-                  "amount_paid", "balance", "status", "deleted_in_halopsa_at", "archived_at", "halopsa_id")
-        for (number, customer, connection, invoice_date, due_date, currency, total, paid, balance, status, deleted_at,
-             archived_at, halopsa_id) in invoices.values_list(*fields).iterator(chunk_size=2000):
+        fields = (
+            "number",
+            "customer__name",
+            "connection__name",
+            "invoice_date",
+            "due_date",
+            "currency",
+            "total",
+            "amount_paid",
+            "balance",
+            "status",
+            "deleted_in_halopsa_at",
+            "archived_at",
+            "halopsa_id",
+        )
+        for (
+            number,
+            customer,
+            connection,
+            invoice_date,
+            due_date,
+            currency,
+            total,
+            paid,
+            balance,
+            status,
+            deleted_at,
+            archived_at,
+            halopsa_id,
+        ) in invoices.values_list(*fields).iterator(chunk_size=2000):
             overdue = status in open_states and deleted_at is None and due_date is not None and due_date < today
-            yield (csv_text(number), csv_text(customer), csv_text(connection), csv_value(invoice_date), csv_value(due_date),
-                   csv_text(currency), csv_value(total), csv_value(paid), csv_value(balance), statuses.get(status, status),
-                   "yes" if overdue else "no", csv_value(deleted_at), csv_value(archived_at), csv_value(halopsa_id))
+            yield (
+                csv_text(number),
+                csv_text(customer),
+                csv_text(connection),
+                csv_value(invoice_date),
+                csv_value(due_date),
+                csv_text(currency),
+                csv_value(total),
+                csv_value(paid),
+                csv_value(balance),
+                statuses.get(status, status),
+                "yes" if overdue else "no",
+                csv_value(deleted_at),
+                csv_value(archived_at),
+                csv_value(halopsa_id),
+            )
 
     return CsvStreamingResponse(csv_chunks(INVOICE_COLUMNS, rows()), f"invoices-{today.isoformat()}.csv")
 
@@ -122,12 +190,49 @@ def payment_export(request):
     kinds, sources = dict(Payment.Kind.choices), dict(Origin.choices)
 
     def rows():
-        fields = ("paid_on", "invoice__number", "invoice__customer__name", "connection__name", "invoice__currency", "amount",
-                  "kind", "source", "method", "reference", "voided_at", "halopsa_id")
-        for (paid_on, invoice, customer, connection, currency, amount, kind, source, method, reference, voided_at,
-             halopsa_id) in payments.values_list(*fields).iterator(chunk_size=2000):
-            yield (csv_value(paid_on), csv_text(invoice), csv_text(customer), csv_text(connection), csv_text(currency),
-                   csv_value(amount), kinds.get(kind, kind), sources.get(source, source), csv_text(method), csv_text(reference),
-                   csv_value(voided_at), csv_value(halopsa_id))
+        fields = (
+            "paid_on",
+            "invoice__number",
+            "invoice__customer__name",
+            "connection__name",
+            "invoice__currency",
+            "amount",
+            "kind",
+            "source",
+            "method",
+            "reference",
+            "voided_at",
+            "halopsa_id",
+        )
+        for (
+            paid_on,
+            invoice,
+            customer,
+            connection,
+            currency,
+            amount,
+            kind,
+            source,
+            method,
+            reference,
+            voided_at,
+            halopsa_id,
+        ) in payments.values_list(*fields).iterator(chunk_size=2000):
+            yield (
+                csv_value(paid_on),
+                csv_text(invoice),
+                csv_text(customer),
+                csv_text(connection),
+                csv_text(currency),
+                csv_value(amount),
+                kinds.get(kind, kind),
+                sources.get(source, source),
+                csv_text(method),
+                csv_text(reference),
+                csv_value(voided_at),
+                csv_value(halopsa_id),
+            )
 
-    return CsvStreamingResponse(csv_chunks(PAYMENT_COLUMNS, rows()), f"payments-{timezone.now().date().isoformat()}.csv")
+    return CsvStreamingResponse(
+        csv_chunks(PAYMENT_COLUMNS, rows()), f"payments-{timezone.now().date().isoformat()}.csv"
+    )

@@ -1,4 +1,5 @@
 """Health endpoint for load balancers: the database answers and the task broker is reachable."""
+
 from __future__ import annotations
 
 from django.db import connection

@@ -1,4 +1,5 @@
 """The signed-in user's profile: the e-mail address alerts go to."""
+
 from __future__ import annotations
 
 from django.contrib import messages

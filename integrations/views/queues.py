@@ -1,4 +1,5 @@
 """Work queues: invoices HaloPSA sent without a customer, and records deleted in HaloPSA."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -14,7 +15,7 @@ from integrations.models import Connection, Customer, Invoice
 from integrations.services.archive import record_archive, record_unarchive
 from integrations.services.resolution import invoices_assign_customer
 from integrations.tenancy import get_visible_or_404
-from integrations.views.confirm import confirmed, confirmation_page
+from integrations.views.confirm import confirmation_page, confirmed
 
 
 @login_required
@@ -31,29 +32,43 @@ def unknown_customers(request):
         connection = next((c for c in connections if counts.get(c.pk)), connections[0] if connections else None)
     q = request.GET.get("q", "").strip()
     invoices = selectors.unknown_invoices(user=request.user, connection_id=connection.pk if connection else -1)
-    customers_qs = Customer.objects.visible_to(request.user).filter(
-        connection=connection, is_unknown=False, archived_at__isnull=True
-    ).order_by("name", "id")
+    customers_qs = (
+        Customer.objects.visible_to(request.user)
+        .filter(connection=connection, is_unknown=False, archived_at__isnull=True)
+        .order_by("name", "id")
+    )
     form = AssignCustomerForm(request.POST or None, customers=customers_qs, invoices=invoices)
     if request.method == "POST":
         if form.is_valid():
             customer = form.cleaned_data["customer"]
             try:
-                changed = invoices_assign_customer(invoices=form.cleaned_data["invoices"], customer=customer, user=request.user)
+                changed = invoices_assign_customer(
+                    invoices=form.cleaned_data["invoices"], customer=customer, user=request.user
+                )
             except ValidationError as exc:
                 messages.error(request, " ".join(exc.messages))
             else:
-                messages.success(request, f"{changed} invoice{'s' if changed != 1 else ''} assigned to {customer.name}.")
+                messages.success(
+                    request, f"{changed} invoice{'s' if changed != 1 else ''} assigned to {customer.name}."
+                )
                 return redirect(f"{reverse('unknown_customers')}?connection={connection.pk}")
         else:
             messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
     page = selectors.paginate(invoices, request.GET.get("page"))
     choices = selectors.customer_choices(user=request.user, connection_id=connection.pk, q=q) if connection else []
-    return render(request, "integrations/unknown_customers.html", {
-        "tabs": [(c, counts.get(c.pk, 0)) for c in connections], "connection": connection, "page": page,
-        "customers": choices, "q": q, "form": form,
-        "query": f"connection={connection.pk}&q={q}" if connection else "",
-    })
+    return render(
+        request,
+        "integrations/unknown_customers.html",
+        {
+            "tabs": [(c, counts.get(c.pk, 0)) for c in connections],
+            "connection": connection,
+            "page": page,
+            "customers": choices,
+            "q": q,
+            "form": form,
+            "query": f"connection={connection.pk}&q={q}" if connection else "",
+        },
+    )
 
 
 def _int(value) -> int:
@@ -81,21 +96,33 @@ def archive_queue(request):
             chosen = [*form.cleaned_data["customers"], *form.cleaned_data["invoices"]]
             archiving = form.cleaned_data["action"] == "archive"
             if archiving and not confirmed(request):
-                return _archive_confirmation(request, form.cleaned_data["customers"], form.cleaned_data["invoices"],
-                                             cancel_url=reverse("archive_queue"))
+                return _archive_confirmation(
+                    request,
+                    form.cleaned_data["customers"],
+                    form.cleaned_data["invoices"],
+                    cancel_url=reverse("archive_queue"),
+                )
             action = record_archive if archiving else record_unarchive
             done = sum(action(obj=obj, user=request.user) for obj in chosen)
             verb = "archived" if archiving else "un-archived"
             unchanged = len(chosen) - done
-            messages.success(request, f"{done} record{'s' if done != 1 else ''} {verb}."
-                             + (f" {unchanged} already {verb}." if unchanged else ""))
+            messages.success(
+                request,
+                f"{done} record{'s' if done != 1 else ''} {verb}."
+                + (f" {unchanged} already {verb}." if unchanged else ""),
+            )
         else:
             messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
         return redirect(reverse("archive_queue") + ("?show=archived" if show_archived else ""))
-    return render(request, "integrations/archive_queue.html", {
-        "customers": customers[:200], "invoices": selectors.paginate(invoices, request.GET.get("page")),
-        "show_archived": show_archived,
-    })
+    return render(
+        request,
+        "integrations/archive_queue.html",
+        {
+            "customers": customers[:200],
+            "invoices": selectors.paginate(invoices, request.GET.get("page")),
+            "show_archived": show_archived,
+        },
+    )
 
 
 @login_required
@@ -128,8 +155,13 @@ def _archive_confirmation(request, customers, invoices, *, cancel_url: str):
     else:
         title = f"Archive these {count} records?"
     return confirmation_page(
-        request, title=title, facts=[], rows=rows, row_headers=["", "Record", "Customer", "Balance"],
+        request,
+        title=title,
+        facts=[],
+        rows=rows,
+        row_headers=["", "Record", "Customer", "Balance"],
         consequence="Archived records leave the default lists, totals and exports (“Archived only” shows them). "
-                    "Nothing is deleted and nothing is sent to HaloPSA; un-archiving brings them back.",
-        confirm_label=f"Archive {count} record{'s' if count != 1 else ''}", cancel_url=cancel_url,
+        "Nothing is deleted and nothing is sent to HaloPSA; un-archiving brings them back.",
+        confirm_label=f"Archive {count} record{'s' if count != 1 else ''}",
+        cancel_url=cancel_url,
     )

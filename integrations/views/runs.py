@@ -1,4 +1,5 @@
 """Sync runs, their progress (polled as JSON), and retrying what failed: records, webhooks, pushes."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -9,11 +10,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from integrations import selectors
 from integrations.models import Connection, PushJob, SyncError, SyncRun, WebhookEvent
-from integrations.services.push import PushJobRefused
-from integrations.services.push import push_job_retry as push_retry
+from integrations.services.push import PushJobRefused, push_job_retry as push_retry
 from integrations.services.sync import sync_error_retry as error_retry
-from integrations.services.webhooks import WebhookError
-from integrations.services.webhooks import webhook_event_replay as event_replay
+from integrations.services.webhooks import WebhookError, webhook_event_replay as event_replay
 from integrations.tenancy import get_visible_or_404
 
 
@@ -21,8 +20,11 @@ from integrations.tenancy import get_visible_or_404
 def run_detail(request, pk: int):
     run = get_visible_or_404(SyncRun.objects.select_related("connection", "requested_by"), request.user, pk=pk)
     errors = run.errors.order_by("-created_at", "-id")[:200]
-    return render(request, "integrations/run_detail.html",
-                  {"run": run, "connection": run.connection, "errors": errors, "progress": selectors.run_progress(run)})
+    return render(
+        request,
+        "integrations/run_detail.html",
+        {"run": run, "connection": run.connection, "errors": errors, "progress": selectors.run_progress(run)},
+    )
 
 
 @login_required
@@ -53,7 +55,10 @@ def sync_error_retry(request, pk: int):
     elif run.is_active:
         messages.info(request, f"Retry of {error.entity} #{error.halopsa_id} queued ({run.get_scope_display()}).")
     else:
-        messages.warning(request, f"Retried {error.entity} #{error.halopsa_id}: {run.get_state_display().lower()}. {run.message}".strip())
+        messages.warning(
+            request,
+            f"Retried {error.entity} #{error.halopsa_id}: {run.get_state_display().lower()}. {run.message}".strip(),
+        )
     return redirect("connection_detail", pk=error.connection_id)
 
 

@@ -1,4 +1,5 @@
 """Retry/replay buttons and PDF fetch-on-first-view, with the real services and the sandbox."""
+
 from __future__ import annotations
 
 from django.urls import reverse
@@ -29,7 +30,9 @@ def test_webhook_replay_button(alice_client, mine, django_capture_on_commit_call
     assert "Only failed events can be replayed" in again.content.decode()
 
 
-def test_sync_error_retry_button_queues_that_record(alice_client, mine, partner_user, django_capture_on_commit_callbacks):
+def test_sync_error_retry_button_queues_that_record(
+    alice_client, mine, partner_user, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=False):
         response = alice_client.post(reverse("sync_error_retry", kwargs={"pk": mine.sync_error.pk}), follow=True)
     run = SyncRun.objects.filter(connection=mine.connection).order_by("-id").first()
@@ -37,13 +40,17 @@ def test_sync_error_retry_button_queues_that_record(alice_client, mine, partner_
     assert "Retry of invoices #103 queued" in response.content.decode()
 
 
-def test_pdf_fetched_on_first_view(alice_client, partner, make_connection, halo_sandbox, django_capture_on_commit_callbacks):
+def test_pdf_fetched_on_first_view(
+    alice_client, partner, make_connection, halo_sandbox, django_capture_on_commit_callbacks
+):
     from integrations.models import Invoice
 
     connection = make_connection(partner, halo_sandbox)
     with django_capture_on_commit_callbacks(execute=True):
         alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "full"})
-    invoice = Invoice.objects.filter(connection=connection, pdf_attachment_id__isnull=False).order_by("halopsa_id").first()
+    invoice = (
+        Invoice.objects.filter(connection=connection, pdf_attachment_id__isnull=False).order_by("halopsa_id").first()
+    )
     InvoicePdf.objects.filter(invoice=invoice).delete()
     response = alice_client.get(reverse("invoice_pdf", kwargs={"pk": invoice.pk}))
     assert response.status_code == 200 and response["Content-Type"] == "application/pdf"
@@ -71,7 +78,9 @@ def test_register_webhook_refused_for_old_version(alice_client, partner, make_co
     assert halo_sandbox.store.list_webhooks() == []
 
 
-def test_switch_webhook_authentication_after_confirming(alice_client, partner, make_connection, halo_sandbox, partner_user):
+def test_switch_webhook_authentication_after_confirming(
+    alice_client, partner, make_connection, halo_sandbox, partner_user
+):
     connection = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
     url = reverse("connection_webhook_auth", kwargs={"pk": connection.pk})
     page = alice_client.get(reverse("connection_detail", kwargs={"pk": connection.pk})).content.decode()

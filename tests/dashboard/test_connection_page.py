@@ -1,4 +1,5 @@
 """The connection page: health at a glance, progress JSON, history chart, errors, webhooks, incidents."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -15,7 +16,9 @@ def _detail(client, world):
 
 
 def test_health_tiles(alice_client, mine):
-    SyncCursor.objects.create(connection=mine.connection, entity="invoices", last_success_at=timezone.now() - timedelta(minutes=5))
+    SyncCursor.objects.create(
+        connection=mine.connection, entity="invoices", last_success_at=timezone.now() - timedelta(minutes=5)
+    )
     response = _detail(alice_client, mine)
     health = response.context["health"]
     assert health.open_errors == 1 and health.failed_pushes == 1 and health.unknown_invoices == 1
@@ -49,10 +52,18 @@ def test_realtime_mode_shows_version(alice_client, mine):
 def test_history_chart_and_errors(alice_client, mine):
     now = timezone.now()
     for i in range(3):
-        SyncRun.objects.create(connection=mine.connection, trigger=SyncRun.Trigger.SCHEDULE, scope=SyncRun.Scope.INCREMENTAL,
-                               state=SyncRun.State.SUCCEEDED, created=i, updated=i, api_requests=2,
-                               queued_at=now - timedelta(hours=i + 1), started_at=now - timedelta(hours=i + 1),
-                               finished_at=now - timedelta(hours=i + 1) + timedelta(seconds=10 * (i + 1)))
+        SyncRun.objects.create(
+            connection=mine.connection,
+            trigger=SyncRun.Trigger.SCHEDULE,
+            scope=SyncRun.Scope.INCREMENTAL,
+            state=SyncRun.State.SUCCEEDED,
+            created=i,
+            updated=i,
+            api_requests=2,
+            queued_at=now - timedelta(hours=i + 1),
+            started_at=now - timedelta(hours=i + 1),
+            finished_at=now - timedelta(hours=i + 1) + timedelta(seconds=10 * (i + 1)),
+        )
     response = _detail(alice_client, mine)
     chart = response.context["chart"]
     assert len(chart["bars"]) == 4 and chart["max_duration"] == 30.0
@@ -65,8 +76,14 @@ def test_history_chart_and_errors(alice_client, mine):
 
 
 def test_progress_endpoint_reports_running_run(alice_client, mine):
-    run = SyncRun.objects.create(connection=mine.connection, trigger=SyncRun.Trigger.MANUAL, scope=SyncRun.Scope.FULL,
-                                 state=SyncRun.State.RUNNING, progress_done=30, progress_total=120)
+    run = SyncRun.objects.create(
+        connection=mine.connection,
+        trigger=SyncRun.Trigger.MANUAL,
+        scope=SyncRun.Scope.FULL,
+        state=SyncRun.State.RUNNING,
+        progress_done=30,
+        progress_total=120,
+    )
     data = alice_client.get(reverse("connection_progress", kwargs={"pk": mine.connection.pk})).json()["run"]
     assert data == {**data, "id": run.pk, "active": True, "done": 30, "total": 120, "percent": 25}
     body = _detail(alice_client, mine).content.decode()
@@ -109,7 +126,9 @@ def test_other_partners_incident_not_shown(alice_client, mine, theirs):
     assert "GLOBEX" not in alice_client.get(reverse("home")).content.decode()
 
 
-def test_home_lists_connections_with_bounded_queries(alice_client, mine, make_connection, partner, django_assert_max_num_queries):
+def test_home_lists_connections_with_bounded_queries(
+    alice_client, mine, make_connection, partner, django_assert_max_num_queries
+):
     for i in range(5):
         make_connection(partner, name=f"Extra {i}")
     with django_assert_max_num_queries(7):
@@ -137,7 +156,7 @@ def _learned(connection, **facts) -> None:
 
 def _shape_section(body: str) -> str:
     start = body.index('id="halopsa-shape"')
-    return body[start:body.index("</section>", start)]
+    return body[start : body.index("</section>", start)]
 
 
 def test_before_any_check_the_page_says_how_to_check(alice_client, mine):
@@ -147,15 +166,27 @@ def test_before_any_check_the_page_says_how_to_check(alice_client, mine):
 
 def test_what_the_probe_learned_is_shown_in_words(alice_client, mine):
     _learned(
-        mine.connection, version="2.99.1", checked_at=timezone.now().isoformat(),
-        invoice_datesearch="ignored", invoice_order_by_modified="works",
-        client_updated_filter="works", user_updated_filter="ignored", user_order_by_updated="ignored",
-        billing_flag_source="detail", billing_flag_field="sendaccountsemails",
-        payments_lookup="invoice", payments_list_key="[]", payments_list_filter="ignored",
-        paymentstatus_codes={"-1": {"seen": 4, "unpaid": 3, "paid": 0}, "2": {"seen": 1, "unpaid": 0, "paid": 1},
-                             "7": {"seen": 2, "unpaid": 1, "paid": 1}},
+        mine.connection,
+        version="2.99.1",
+        checked_at=timezone.now().isoformat(),
+        invoice_datesearch="ignored",
+        invoice_order_by_modified="works",
+        client_updated_filter="works",
+        user_updated_filter="ignored",
+        user_order_by_updated="ignored",
+        billing_flag_source="detail",
+        billing_flag_field="sendaccountsemails",
+        payments_lookup="invoice",
+        payments_list_key="[]",
+        payments_list_filter="ignored",
+        paymentstatus_codes={
+            "-1": {"seen": 4, "unpaid": 3, "paid": 0},
+            "2": {"seen": 1, "unpaid": 0, "paid": 1},
+            "7": {"seen": 2, "unpaid": 1, "paid": 1},
+        },
         missing_fields={"invoice": ["pdf_attachment_id", "duedate"]},
-        clock_offset_seconds=-25200.2, clock_offset_measured_at="2026-12-05T10:00:00+00:00",
+        clock_offset_seconds=-25200.2,
+        clock_offset_measured_at="2026-12-05T10:00:00+00:00",
         probe_errors=[{"call": "GET /api/Webhook", "message": "The HaloPSA API application lacks permission"}],
     )
     section = _shape_section(_detail(alice_client, mine).content.decode())
@@ -165,14 +196,17 @@ def test_what_the_probe_learned_is_shown_in_words(alice_client, mine):
     assert "Read from sendaccountsemails on each user&#x27;s own record (GET /Users/{id})" in section
     # How each entity is read incrementally.
     assert "Customers</dt><dd>Changed records only, filtered by lastupdatefromdate." in section
-    assert "Users</dt><dd class=\"error\">Full reads: HaloPSA ignores both lastupdatefromdate and order=ulastupdate." in section
+    assert (
+        'Users</dt><dd class="error">Full reads: HaloPSA ignores both lastupdatefromdate and order=ulastupdate.'
+        in section
+    )
     assert "Invoices</dt><dd>Newest first (order=last_modified) until the last sync&#x27;s mark" in section
     # Payments: the lookup, the list key, the clock.
     assert "In the invoice&#x27;s own payments (GET /Invoice/{id}?includedetails=true)" in section
     assert "A bare JSON array. Its invoice_id filter is ignored" in section
     assert "7 h behind ours" in section and "Measured 2026-12-05 10:00 UTC" in section
     # paymentstatus codes, each with what the amounts said and whether "unpaid" fetches it.
-    rows = section[section.index("<tbody>"):section.index("</tbody>")]
+    rows = section[section.index("<tbody>") : section.index("</tbody>")]
     assert rows.index("<code>-1</code>") < rows.index("<code>2</code>") < rows.index("<code>7</code>")
     assert "<td>unpaid</td><td>included</td>" in rows and "<td>mixed</td><td>included</td>" in rows
     assert '<td>paid</td><td><span class="muted">not included</span>' in rows
@@ -182,9 +216,15 @@ def test_what_the_probe_learned_is_shown_in_words(alice_client, mine):
 
 
 def test_blocked_features_show_their_messages(alice_client, mine):
-    _learned(mine.connection, billing_flag_source="none", payments_lookup="none", problems=[
-        {"feature": "billing_contacts", "message": "HaloPSA shows no invoice-access flag on its users."},
-        {"feature": "payment_push", "message": "HaloPSA lists no invoice's payments exactly."}])
+    _learned(
+        mine.connection,
+        billing_flag_source="none",
+        payments_lookup="none",
+        problems=[
+            {"feature": "billing_contacts", "message": "HaloPSA shows no invoice-access flag on its users."},
+            {"feature": "payment_push", "message": "HaloPSA lists no invoice's payments exactly."},
+        ],
+    )
     section = _shape_section(_detail(alice_client, mine).content.decode())
     assert "<strong>Blocked:</strong> HaloPSA shows no invoice-access flag on its users." in section
     assert "<strong>Blocked:</strong> HaloPSA lists no invoice&#x27;s payments exactly." in section
@@ -193,9 +233,15 @@ def test_blocked_features_show_their_messages(alice_client, mine):
 
 
 def test_an_unreadable_stored_shape_still_renders(alice_client, mine):
-    mine.connection.halo_shape = {"paymentstatus_codes": {"x": "junk", "0": {"seen": "2"}}, "missing_fields": {"a": "b"},
-                                  "clock_offset_seconds": "soon", "unknown_key": 1, "problems": ["junk", 3],
-                                  "probe_errors": {"a": 1}, "payments_lookup": ["invoice"]}
+    mine.connection.halo_shape = {
+        "paymentstatus_codes": {"x": "junk", "0": {"seen": "2"}},
+        "missing_fields": {"a": "b"},
+        "clock_offset_seconds": "soon",
+        "unknown_key": 1,
+        "problems": ["junk", 3],
+        "probe_errors": {"a": 1},
+        "payments_lookup": ["invoice"],
+    }
     mine.connection.shape_checked_at = timezone.now()
     mine.connection.save()
     section = _shape_section(_detail(alice_client, mine).content.decode())

@@ -1,17 +1,26 @@
 """Connection screens: add/edit (write-only secret), test, pause/resume, enable/disable, delete, resync."""
+
 from __future__ import annotations
 
 import pytest
 from django.urls import reverse
 
-from integrations.models import AuditEvent, Connection, Incident, SyncRun
 from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from integrations.models import AuditEvent, Connection, Incident, SyncRun
 
 
 def _form(sandbox_url: str, **overrides) -> dict:
-    data = {"name": "Main HaloPSA", "base_url": sandbox_url, "auth_url": "", "client_id": SANDBOX_CLIENT_ID,
-            "client_secret": SANDBOX_CLIENT_SECRET, "tenant": "", "invoices_created_since": "2024-01-01",
-            "invoice_number_field": "invoicenumber", "billing_contact_rule": "accounts_and_invoice_users"}
+    data = {
+        "name": "Main HaloPSA",
+        "base_url": sandbox_url,
+        "auth_url": "",
+        "client_id": SANDBOX_CLIENT_ID,
+        "client_secret": SANDBOX_CLIENT_SECRET,
+        "tenant": "",
+        "invoices_created_since": "2024-01-01",
+        "invoice_number_field": "invoicenumber",
+        "billing_contact_rule": "accounts_and_invoice_users",
+    }
     data.update(overrides)
     return data
 
@@ -60,13 +69,16 @@ def test_blank_secret_on_edit_keeps_the_old_one(alice_client, partner, make_conn
     assert connection.client_secret == SANDBOX_CLIENT_SECRET and connection.last_test_ok is True
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("base_url", "not a url", "Enter a valid URL"),
-    ("client_id", "", "This field is required"),
-    ("client_secret", "", "This field is required"),
-    ("invoice_number_field", "bogus", "Select a valid choice"),
-    ("invoices_created_since", "31/31/2024", "Enter a valid date"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("base_url", "not a url", "Enter a valid URL"),
+        ("client_id", "", "This field is required"),
+        ("client_secret", "", "This field is required"),
+        ("invoice_number_field", "bogus", "Select a valid choice"),
+        ("invoices_created_since", "31/31/2024", "Enter a valid date"),
+    ],
+)
 def test_bad_form_values_are_explained(alice_client, partner, field, value, message):
     response = alice_client.post(reverse("connection_create"), _form("https://example.halopsa.com", **{field: value}))
     assert response.status_code == 200 and message in response.content.decode()
@@ -135,19 +147,25 @@ def test_second_click_does_not_start_another_sync(alice_client, partner, make_co
     connection = make_connection(partner)
     queued = SyncRun.objects.create(connection=connection, trigger=SyncRun.Trigger.MANUAL, scope=SyncRun.Scope.FULL)
     for scope in ("full", "recent", "unpaid"):
-        response = alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": scope}, follow=True)
+        response = alice_client.post(
+            reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": scope}, follow=True
+        )
         assert "A sync is already queued" in response.content.decode()
     assert list(SyncRun.objects.filter(connection=connection)) == [queued]
 
 
-@pytest.mark.parametrize("data,scope,entity", [
-    ({"scope": "full"}, "full", ""),
-    ({"scope": "recent"}, "recent", ""),
-    ({"scope": "unpaid"}, "unpaid", ""),
-    ({"scope": "entity", "entity": "customers"}, "entity", "customers"),
-])
-def test_manual_sync_buttons_queue_runs(alice_client, partner_user, partner, make_connection, data, scope, entity,
-                                        django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "data,scope,entity",
+    [
+        ({"scope": "full"}, "full", ""),
+        ({"scope": "recent"}, "recent", ""),
+        ({"scope": "unpaid"}, "unpaid", ""),
+        ({"scope": "entity", "entity": "customers"}, "entity", "customers"),
+    ],
+)
+def test_manual_sync_buttons_queue_runs(
+    alice_client, partner_user, partner, make_connection, data, scope, entity, django_capture_on_commit_callbacks
+):
     connection = make_connection(partner)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), data)
@@ -158,7 +176,9 @@ def test_manual_sync_buttons_queue_runs(alice_client, partner_user, partner, mak
 
 def test_entity_sync_needs_an_entity(alice_client, partner, make_connection):
     connection = make_connection(partner)
-    response = alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "entity"}, follow=True)
+    response = alice_client.post(
+        reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "entity"}, follow=True
+    )
     assert "Choose which entity type" in response.content.decode()
     assert not SyncRun.objects.exists()
 
@@ -169,8 +189,9 @@ def test_disabled_connection_does_not_sync(alice_client, partner, make_connectio
     assert not SyncRun.objects.exists()
 
 
-def test_full_sync_from_the_page_with_the_sandbox(alice_client, partner, make_connection, halo_sandbox,
-                                                  django_capture_on_commit_callbacks):
+def test_full_sync_from_the_page_with_the_sandbox(
+    alice_client, partner, make_connection, halo_sandbox, django_capture_on_commit_callbacks
+):
     connection = make_connection(partner, halo_sandbox)
     with django_capture_on_commit_callbacks(execute=True):
         alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "full"})
@@ -194,8 +215,9 @@ def test_one_invoice_resync(alice_client, partner, make_connection, halo_sandbox
     assert "Sync" in response.content.decode()
 
 
-def test_assignment_survives_a_later_sync(alice_client, partner, make_connection, halo_sandbox,
-                                          django_capture_on_commit_callbacks):
+def test_assignment_survives_a_later_sync(
+    alice_client, partner, make_connection, halo_sandbox, django_capture_on_commit_callbacks
+):
     from integrations.models import Customer, Invoice
 
     connection = make_connection(partner, halo_sandbox)
@@ -203,8 +225,10 @@ def test_assignment_survives_a_later_sync(alice_client, partner, make_connection
         alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "full"})
     unknown = Invoice.objects.get(connection=connection, customer__is_unknown=True)
     target = Customer.objects.filter(connection=connection, is_unknown=False).order_by("name").first()
-    alice_client.post(reverse("unknown_customers") + f"?connection={connection.pk}",
-                      {"connection": connection.pk, "customer": target.pk, "only": unknown.pk})
+    alice_client.post(
+        reverse("unknown_customers") + f"?connection={connection.pk}",
+        {"connection": connection.pk, "customer": target.pk, "only": unknown.pk},
+    )
     halo_sandbox.store.update_invoice(unknown.halopsa_id, amount="321.00")  # HaloPSA changes the invoice
     with django_capture_on_commit_callbacks(execute=True):
         alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "full"})
@@ -226,7 +250,9 @@ def test_connection_test_runs_the_shape_probe_and_shows_it(alice_client, partner
     assert halo_sandbox.count_requests() == 13  # the probe's calls, token included
 
 
-def test_connection_test_warns_about_blocked_features(alice_client, partner, make_connection, halo_sandbox, monkeypatch):
+def test_connection_test_warns_about_blocked_features(
+    alice_client, partner, make_connection, halo_sandbox, monkeypatch
+):
     from integrations.services import connections as connection_services
 
     real_probe = connection_services.probe_shape
@@ -249,8 +275,9 @@ def test_connection_test_warns_about_blocked_features(alice_client, partner, mak
 def test_create_tests_the_credentials_before_saving(alice_client, partner, halo_sandbox):
     """A secret HaloPSA refuses saves nothing; the form comes back with what was typed (the secret
     aside) and says what failed."""
-    response = alice_client.post(reverse("connection_create"),
-                                 _form(halo_sandbox.url, name="Typed name", client_secret="not-the-secret"))
+    response = alice_client.post(
+        reverse("connection_create"), _form(halo_sandbox.url, name="Typed name", client_secret="not-the-secret")
+    )
     assert response.status_code == 200 and not Connection.objects.exists()
     body = response.content.decode()
     assert "HaloPSA did not accept this connection — Bad credentials" in body
@@ -258,8 +285,9 @@ def test_create_tests_the_credentials_before_saving(alice_client, partner, halo_
     assert "not-the-secret" not in body
 
 
-def test_create_saves_the_checked_connection_and_starts_the_first_sync(alice_client, partner_user, partner, halo_sandbox,
-                                                                       django_capture_on_commit_callbacks):
+def test_create_saves_the_checked_connection_and_starts_the_first_sync(
+    alice_client, partner_user, partner, halo_sandbox, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = alice_client.post(reverse("connection_create"), _form(halo_sandbox.url), follow=True)
     connection = Connection.objects.get()
@@ -270,14 +298,17 @@ def test_create_saves_the_checked_connection_and_starts_the_first_sync(alice_cli
     assert "the first full sync has started" in response.content.decode()
 
 
-@pytest.mark.parametrize("url,message", [
-    ("http://acme.halopsa.com", "must start with https://"),
-    ("https://admin:pw@acme.halopsa.com", "must not contain a user name or password"),
-    ("https://10.1.2.3", "loopback, private, link-local or reserved address"),
-    ("https://[fe80::1]", "loopback, private, link-local or reserved address"),
-    ("https://169.254.169.254", "cloud metadata address"),
-    ("https://localhost:1", "resolves to an address the portal does not call"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("http://acme.halopsa.com", "must start with https://"),
+        ("https://admin:pw@acme.halopsa.com", "must not contain a user name or password"),
+        ("https://10.1.2.3", "loopback, private, link-local or reserved address"),
+        ("https://[fe80::1]", "loopback, private, link-local or reserved address"),
+        ("https://169.254.169.254", "cloud metadata address"),
+        ("https://localhost:1", "resolves to an address the portal does not call"),
+    ],
+)
 def test_unsafe_urls_are_refused_with_the_typed_values_kept(alice_client, partner, settings, url, message):
     settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = False
     response = alice_client.post(reverse("connection_create"), _form(url, name="Typed name"))
@@ -293,11 +324,15 @@ def test_private_networks_allowed_by_the_setting_but_never_metadata(alice_client
     assert "cloud metadata address" in body and not Connection.objects.exists()
 
 
-def test_edit_refuses_an_unsafe_url_and_keeps_the_stored_one(alice_client, partner, make_connection, halo_sandbox, settings):
+def test_edit_refuses_an_unsafe_url_and_keeps_the_stored_one(
+    alice_client, partner, make_connection, halo_sandbox, settings
+):
     connection = make_connection(partner, halo_sandbox)
     settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = False
-    response = alice_client.post(reverse("connection_edit", kwargs={"pk": connection.pk}),
-                                 _form("https://user@acme.halopsa.com", name="Typed name", client_secret=""))
+    response = alice_client.post(
+        reverse("connection_edit", kwargs={"pk": connection.pk}),
+        _form("https://user@acme.halopsa.com", name="Typed name", client_secret=""),
+    )
     assert response.status_code == 200
     body = response.content.decode()
     assert "must not contain a user name or password" in body and 'value="Typed name"' in body
@@ -308,8 +343,10 @@ def test_edit_refuses_an_unsafe_url_and_keeps_the_stored_one(alice_client, partn
 
 def test_edit_with_a_rejected_secret_keeps_the_stored_one(alice_client, partner, make_connection, halo_sandbox):
     connection = make_connection(partner, halo_sandbox)
-    response = alice_client.post(reverse("connection_edit", kwargs={"pk": connection.pk}),
-                                 _form(halo_sandbox.url, client_secret="a-wrong-secret"))
+    response = alice_client.post(
+        reverse("connection_edit", kwargs={"pk": connection.pk}),
+        _form(halo_sandbox.url, client_secret="a-wrong-secret"),
+    )
     assert response.status_code == 200 and "Bad credentials" in response.content.decode()
     connection.refresh_from_db()
     assert connection.client_secret == SANDBOX_CLIENT_SECRET
@@ -320,18 +357,23 @@ def test_a_passed_check_on_edit_ends_the_credentials_alert(alice_client, partner
 
     connection = make_connection(partner, halo_sandbox, client_secret="expired")
     incident_open(connection, Incident.Kind.CREDENTIALS_REJECTED, "HaloPSA answered 401.")
-    alice_client.post(reverse("connection_edit", kwargs={"pk": connection.pk}),
-                      _form(halo_sandbox.url, client_secret=SANDBOX_CLIENT_SECRET))
+    alice_client.post(
+        reverse("connection_edit", kwargs={"pk": connection.pk}),
+        _form(halo_sandbox.url, client_secret=SANDBOX_CLIENT_SECRET),
+    )
     assert not Incident.objects.filter(resolved_at__isnull=True).exists()
 
 
 @pytest.mark.parametrize("typed", ["{url}", "{url}/", "{upper}", "{upper}//"])
-def test_a_second_connection_to_the_same_halopsa_is_refused(alice_client, partner, make_connection, halo_sandbox, typed):
+def test_a_second_connection_to_the_same_halopsa_is_refused(
+    alice_client, partner, make_connection, halo_sandbox, typed
+):
     make_connection(partner, halo_sandbox, name="First")
     upper = halo_sandbox.url.replace("http://", "HTTP://").replace("127.0.0.1", "127.0.0.1")
     halo_sandbox.clear_request_log()
-    response = alice_client.post(reverse("connection_create"),
-                                 _form(typed.format(url=halo_sandbox.url, upper=upper), name="Second"))
+    response = alice_client.post(
+        reverse("connection_create"), _form(typed.format(url=halo_sandbox.url, upper=upper), name="Second")
+    )
     assert response.status_code == 200
     assert "You already have a connection to this HaloPSA with this client ID: “First”" in response.content.decode()
     assert Connection.objects.count() == 1

@@ -1,4 +1,5 @@
 """Synced data pages: invoice filters/sorts/pagination with bounded queries, detail, PDF, payments."""
+
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -17,13 +18,22 @@ def many_invoices(mine):
         [Customer(connection=mine.connection, halopsa_id=500 + i, name=f"Bulk {i}") for i in range(5)]
     )
     base = date(2026, 1, 1)
-    Invoice.objects.bulk_create([
-        Invoice(connection=mine.connection, customer=customers[i % 5], halopsa_id=10_000 + i, number=f"B-{i:04d}",
-                invoice_date=base + timedelta(days=i % 200), due_date=base + timedelta(days=30 + i % 200),
-                total=Decimal(i) + Decimal("0.50"), balance=Decimal(i % 97) + Decimal("0.25"),
-                status=[Invoice.Status.OPEN, Invoice.Status.PAID, Invoice.Status.PARTIALLY_PAID][i % 3])
-        for i in range(260)
-    ])
+    Invoice.objects.bulk_create(
+        [
+            Invoice(
+                connection=mine.connection,
+                customer=customers[i % 5],
+                halopsa_id=10_000 + i,
+                number=f"B-{i:04d}",
+                invoice_date=base + timedelta(days=i % 200),
+                due_date=base + timedelta(days=30 + i % 200),
+                total=Decimal(i) + Decimal("0.50"),
+                balance=Decimal(i % 97) + Decimal("0.25"),
+                status=[Invoice.Status.OPEN, Invoice.Status.PAID, Invoice.Status.PARTIALLY_PAID][i % 3],
+            )
+            for i in range(260)
+        ]
+    )
     return customers
 
 
@@ -36,8 +46,17 @@ def test_invoice_list_is_paginated_50(alice_client, mine, many_invoices):
     assert alice_client.get(reverse("invoice_list"), {"page": "nonsense"}).status_code == 200
 
 
-@pytest.mark.parametrize("params", [{}, {"status": "open", "sort": "-balance"}, {"overdue": "on", "sort": "due"},
-                                    {"q": "B-01"}, {"archived": "on"}, {"page": 3, "sort": "date"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"status": "open", "sort": "-balance"},
+        {"overdue": "on", "sort": "due"},
+        {"q": "B-01"},
+        {"archived": "on"},
+        {"page": 3, "sort": "date"},
+    ],
+)
 def test_invoice_list_query_count_is_bounded(alice_client, mine, many_invoices, params, django_assert_max_num_queries):
     # Session, user, the partner's connection ids, count, the page's ids, its rows, totals per
     # currency, the menu's queue counts, the user's partner (header), open incidents (banner).
@@ -83,7 +102,9 @@ def test_bad_filter_values_do_not_error(alice_client, mine):
     assert response.status_code == 200
 
 
-def test_customer_list_shows_billing_contacts_with_bounded_queries(alice_client, mine, many_invoices, django_assert_max_num_queries):
+def test_customer_list_shows_billing_contacts_with_bounded_queries(
+    alice_client, mine, many_invoices, django_assert_max_num_queries
+):
     with django_assert_max_num_queries(8):
         body = alice_client.get(reverse("customer_list")).content.decode()
     assert "billing@acme.example" in body
@@ -105,8 +126,11 @@ def test_pdf_download_serves_stored_file(alice_client, mine):
 
 
 def test_record_payment_changes_balance(alice_client, mine, partner_user):
-    response = alice_client.post(reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}),
-                                 {"amount": "20.00", "method": "card", "reference": "ACME-WEB-1", "confirmed": "yes"}, follow=True)
+    response = alice_client.post(
+        reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}),
+        {"amount": "20.00", "method": "card", "reference": "ACME-WEB-1", "confirmed": "yes"},
+        follow=True,
+    )
     body = response.content.decode()
     assert "recorded" in body
     invoice = Invoice.objects.get(pk=mine.invoice.pk)
@@ -116,25 +140,33 @@ def test_record_payment_changes_balance(alice_client, mine, partner_user):
 
 
 def test_overpayment_is_refused_with_a_message(alice_client, mine):
-    response = alice_client.post(reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}), {"amount": "999.00"}, follow=True)
+    response = alice_client.post(
+        reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}), {"amount": "999.00"}, follow=True
+    )
     assert "overpayments are refused" in response.content.decode()
     assert Invoice.objects.get(pk=mine.invoice.pk).balance == Decimal("120.00")
 
 
 def test_bad_payment_form_is_an_error_not_a_500(alice_client, mine):
-    response = alice_client.post(reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}), {"amount": "-3"}, follow=True)
+    response = alice_client.post(
+        reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}), {"amount": "-3"}, follow=True
+    )
     assert response.status_code == 200 and "Payment not recorded" in response.content.decode()
 
 
 def test_status_change_form(alice_client, mine):
     alice_client.post(reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "void", "confirmed": "yes"})
     assert Invoice.objects.get(pk=mine.invoice.pk).status == Invoice.Status.VOID
-    response = alice_client.post(reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "nonsense"}, follow=True)
+    response = alice_client.post(
+        reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "nonsense"}, follow=True
+    )
     assert "Choose a valid status" in response.content.decode()
 
 
 def test_status_change_refused_is_explained(alice_client, mine):
-    response = alice_client.post(reverse("invoice_status", kwargs={"pk": mine.deleted_invoice.pk}), {"status": "paid"}, follow=True)
+    response = alice_client.post(
+        reverse("invoice_status", kwargs={"pk": mine.deleted_invoice.pk}), {"status": "paid"}, follow=True
+    )
     assert "deleted in HaloPSA" in response.content.decode()
 
 
@@ -146,8 +178,15 @@ def test_delete_platform_payment(alice_client, mine):
 
 
 def test_payments_list_filters_by_source(alice_client, mine):
-    Payment.objects.create(invoice=mine.invoice, connection=mine.connection, source="halopsa", halopsa_id=9,
-                           amount=Decimal("1.00"), paid_on=date(2026, 10, 6), reference="HALO-PAY")
+    Payment.objects.create(
+        invoice=mine.invoice,
+        connection=mine.connection,
+        source="halopsa",
+        halopsa_id=9,
+        amount=Decimal("1.00"),
+        paid_on=date(2026, 10, 6),
+        reference="HALO-PAY",
+    )
     body = alice_client.get(reverse("payment_list"), {"source": "platform"}).content.decode()
     assert "ACME-PAY" in body and "HALO-PAY" not in body
 

@@ -1,5 +1,6 @@
 """Finance overview (issue 17): what customers owe on the home page, totals and date filters on the
 lists, CSV exports, currency on every amount, the connection column, the queue counts in the menu."""
+
 from __future__ import annotations
 
 import csv
@@ -20,12 +21,28 @@ from integrations.views.exports import INVOICE_COLUMNS
 TODAY = date(2026, 11, 30)
 
 
-def _invoice(world, number: str, balance: str, *, currency: str = "USD", due: date | None = None, status: str = "open",
-             customer=None, **fields) -> Invoice:
+def _invoice(
+    world,
+    number: str,
+    balance: str,
+    *,
+    currency: str = "USD",
+    due: date | None = None,
+    status: str = "open",
+    customer=None,
+    **fields,
+) -> Invoice:
     return Invoice.objects.create(
-        connection=world.connection, customer=customer or world.customer, number=number, currency=currency,
-        invoice_date=(due or TODAY) - timedelta(days=30), due_date=due, total=Decimal(balance) + Decimal("5.00"),
-        balance=Decimal(balance), status=status, **fields,
+        connection=world.connection,
+        customer=customer or world.customer,
+        number=number,
+        currency=currency,
+        invoice_date=(due or TODAY) - timedelta(days=30),
+        due_date=due,
+        total=Decimal(balance) + Decimal("5.00"),
+        balance=Decimal(balance),
+        status=status,
+        **fields,
     )
 
 
@@ -40,15 +57,15 @@ def ledger(mine):
     # The world's own invoices: ACME-INV-100 (open 120.00, due 2026-10-31), the unknown one (open
     # 50.00, no due date) and a deleted one; they are taken out so the figures below are exact.
     Invoice.objects.filter(connection=mine.connection).update(archived_at=timezone.now())
-    _invoice(mine, "CUR", "100.10", due=TODAY)                                          # current (due today)
-    _invoice(mine, "NODUE", "0.20", due=None)                                           # current (no due date)
-    _invoice(mine, "D1", "10.01", due=TODAY - timedelta(days=1))                        # 1-30
+    _invoice(mine, "CUR", "100.10", due=TODAY)  # current (due today)
+    _invoice(mine, "NODUE", "0.20", due=None)  # current (no due date)
+    _invoice(mine, "D1", "10.01", due=TODAY - timedelta(days=1))  # 1-30
     _invoice(mine, "D30", "20.02", due=TODAY - timedelta(days=30), status="partially_paid")  # 1-30
-    _invoice(mine, "D31", "30.03", due=TODAY - timedelta(days=31))                      # 31-60
-    _invoice(mine, "D60", "40.04", due=TODAY - timedelta(days=60))                      # 31-60
-    _invoice(mine, "D61", "50.05", due=TODAY - timedelta(days=61))                      # 61-90
-    _invoice(mine, "D90", "60.06", due=TODAY - timedelta(days=90))                      # 61-90
-    _invoice(mine, "D91", "70.07", due=TODAY - timedelta(days=91))                      # over 90
+    _invoice(mine, "D31", "30.03", due=TODAY - timedelta(days=31))  # 31-60
+    _invoice(mine, "D60", "40.04", due=TODAY - timedelta(days=60))  # 31-60
+    _invoice(mine, "D61", "50.05", due=TODAY - timedelta(days=61))  # 61-90
+    _invoice(mine, "D90", "60.06", due=TODAY - timedelta(days=90))  # 61-90
+    _invoice(mine, "D91", "70.07", due=TODAY - timedelta(days=91))  # over 90
     _invoice(mine, "EUR1", "1000.00", currency="EUR", due=TODAY - timedelta(days=400))  # over 90, EUR
     # Never owed: void, paid, archived, deleted in HaloPSA.
     _invoice(mine, "VOID", "999.00", due=TODAY - timedelta(days=10), status="void")
@@ -66,15 +83,22 @@ def test_receivables_per_currency_with_ageing_buckets(ledger):
     assert usd.outstanding == Decimal("380.58") and usd.invoices == 9
     assert usd.overdue == Decimal("280.28") and usd.overdue_invoices == 7
     assert [(b.key, b.amount, b.count) for b in usd.buckets] == [
-        ("current", Decimal("100.30"), 2), ("1_30", Decimal("30.03"), 2), ("31_60", Decimal("70.07"), 2),
-        ("61_90", Decimal("110.11"), 2), ("over_90", Decimal("70.07"), 1)]
+        ("current", Decimal("100.30"), 2),
+        ("1_30", Decimal("30.03"), 2),
+        ("31_60", Decimal("70.07"), 2),
+        ("61_90", Decimal("110.11"), 2),
+        ("over_90", Decimal("70.07"), 1),
+    ]
     assert sum(b.amount for b in usd.buckets) == usd.outstanding
     assert (eur.outstanding, eur.overdue, eur.buckets[-1].amount) == (Decimal("1000.00"),) * 3
     # Each bucket names the due dates it covers (the home page links to the invoice list with them).
     assert [(b.due_from, b.due_to) for b in usd.buckets] == [
-        (TODAY, None), (TODAY - timedelta(days=30), TODAY - timedelta(days=1)),
-        (TODAY - timedelta(days=60), TODAY - timedelta(days=31)), (TODAY - timedelta(days=90), TODAY - timedelta(days=61)),
-        (None, TODAY - timedelta(days=91))]
+        (TODAY, None),
+        (TODAY - timedelta(days=30), TODAY - timedelta(days=1)),
+        (TODAY - timedelta(days=60), TODAY - timedelta(days=31)),
+        (TODAY - timedelta(days=90), TODAY - timedelta(days=61)),
+        (None, TODAY - timedelta(days=91)),
+    ]
 
 
 def test_money_sums_are_exact_decimals_even_where_floats_are_not(mine):
@@ -82,9 +106,21 @@ def test_money_sums_are_exact_decimals_even_where_floats_are_not(mine):
     is 20,999,999,999,999.80 (a cent too many); totals are summed in whole cents instead."""
     Invoice.objects.filter(connection=mine.connection).update(archived_at=timezone.now())
     amounts = [Decimal("999999999999.99")] * 21 + [Decimal("0.10"), Decimal("0.20")] * 5
-    Invoice.objects.bulk_create([
-        Invoice(connection=mine.connection, customer=mine.customer, halopsa_id=90_000 + i, number=f"BIG-{i}",
-                currency="USD", due_date=TODAY, total=amount, balance=amount) for i, amount in enumerate(amounts)])
+    Invoice.objects.bulk_create(
+        [
+            Invoice(
+                connection=mine.connection,
+                customer=mine.customer,
+                halopsa_id=90_000 + i,
+                number=f"BIG-{i}",
+                currency="USD",
+                due_date=TODAY,
+                total=amount,
+                balance=amount,
+            )
+            for i, amount in enumerate(amounts)
+        ]
+    )
 
     [usd] = selectors.receivables(Invoice.objects.filter(connection=mine.connection), today=TODAY)
     [totals] = selectors.invoice_totals(Invoice.objects.filter(connection=mine.connection, archived_at__isnull=True))
@@ -114,10 +150,21 @@ def test_home_shows_outstanding_overdue_and_ageing_per_currency(alice_client, mi
 def test_home_query_count_does_not_grow_with_invoices(alice_client, mine):
     with CaptureQueriesContext(db_connection) as few:
         alice_client.get(reverse("home"))
-    Invoice.objects.bulk_create([
-        Invoice(connection=mine.connection, customer=mine.customer, halopsa_id=50_000 + i, number=f"H-{i}",
-                currency=["USD", "EUR", "GBP"][i % 3], due_date=TODAY - timedelta(days=i % 120), total=Decimal("10.00"),
-                balance=Decimal("10.00")) for i in range(300)])
+    Invoice.objects.bulk_create(
+        [
+            Invoice(
+                connection=mine.connection,
+                customer=mine.customer,
+                halopsa_id=50_000 + i,
+                number=f"H-{i}",
+                currency=["USD", "EUR", "GBP"][i % 3],
+                due_date=TODAY - timedelta(days=i % 120),
+                total=Decimal("10.00"),
+                balance=Decimal("10.00"),
+            )
+            for i in range(300)
+        ]
+    )
     with CaptureQueriesContext(db_connection) as many:
         response = alice_client.get(reverse("home"))
     assert len(response.context["receivables"]) == 3
@@ -128,11 +175,14 @@ def test_ageing_bucket_links_select_the_same_invoices(alice_client, ledger):
     """Each bucket's link on the home page lists exactly the invoices, and the total, it counts."""
     today = timezone.now().date()
     Invoice.objects.filter(connection=ledger.connection, due_date__isnull=False).exclude(currency="EUR").update(
-        due_date=today - timedelta(days=45))  # all USD ones with a due date into 31-60
+        due_date=today - timedelta(days=45)
+    )  # all USD ones with a due date into 31-60
     [_eur, usd] = selectors.receivables(Invoice.objects.filter(connection=ledger.connection))
     bucket = usd.buckets[2]
-    response = alice_client.get(reverse("invoice_list"), {"outstanding": "on", "due_from": bucket.due_from.isoformat(),
-                                                          "due_to": bucket.due_to.isoformat()})
+    response = alice_client.get(
+        reverse("invoice_list"),
+        {"outstanding": "on", "due_from": bucket.due_from.isoformat(), "due_to": bucket.due_to.isoformat()},
+    )
     [totals] = response.context["totals"]
     assert (totals.currency, totals.count, totals.balance) == ("USD", bucket.count, bucket.amount)
     overdue = alice_client.get(reverse("invoice_list"), {"overdue": "on"}).context["totals"]
@@ -140,10 +190,21 @@ def test_ageing_bucket_links_select_the_same_invoices(alice_client, ledger):
 
 
 def test_invoice_list_totals_cover_every_filtered_row_not_only_the_page(alice_client, mine):
-    Invoice.objects.bulk_create([
-        Invoice(connection=mine.connection, customer=mine.customer, halopsa_id=70_000 + i, number=f"T-{i:03d}",
-                invoice_date=date(2026, 3, 1), currency="GBP", total=Decimal("1.10"), balance=Decimal("0.55"))
-        for i in range(120)])
+    Invoice.objects.bulk_create(
+        [
+            Invoice(
+                connection=mine.connection,
+                customer=mine.customer,
+                halopsa_id=70_000 + i,
+                number=f"T-{i:03d}",
+                invoice_date=date(2026, 3, 1),
+                currency="GBP",
+                total=Decimal("1.10"),
+                balance=Decimal("0.55"),
+            )
+            for i in range(120)
+        ]
+    )
 
     response = alice_client.get(reverse("invoice_list"), {"q": "T-"})
 
@@ -157,7 +218,9 @@ def test_invoice_list_totals_cover_every_filtered_row_not_only_the_page(alice_cl
 
 def test_invoice_date_filters(alice_client, mine):
     _invoice(mine, "MARCH", "1.00", due=date(2026, 4, 15))  # dated 2026-03-16
-    page = alice_client.get(reverse("invoice_list"), {"invoice_from": "2026-03-01", "invoice_to": "2026-03-31"}).context["page"]
+    page = alice_client.get(
+        reverse("invoice_list"), {"invoice_from": "2026-03-01", "invoice_to": "2026-03-31"}
+    ).context["page"]
     assert [inv.number for inv in page] == ["MARCH"]
     page = alice_client.get(reverse("invoice_list"), {"due_from": "2026-10-01", "due_to": "2026-10-31"}).context["page"]
     assert [inv.number for inv in page] == ["ACME-INV-100"]
@@ -165,11 +228,14 @@ def test_invoice_date_filters(alice_client, mine):
     assert [inv.number for inv in page] == ["MARCH"]
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"due_from": "2026-02-30"}, "Due from: Enter a date as YYYY-MM-DD."),
-    ({"invoice_to": "yesterday"}, "Dated to: Enter a date as YYYY-MM-DD."),
-    ({"due_from": "2026-05-01", "due_to": "2026-04-01"}, "Due to: “Due to” is before “Due from”."),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"due_from": "2026-02-30"}, "Due from: Enter a date as YYYY-MM-DD."),
+        ({"invoice_to": "yesterday"}, "Dated to: Enter a date as YYYY-MM-DD."),
+        ({"due_from": "2026-05-01", "due_to": "2026-04-01"}, "Due to: “Due to” is before “Due from”."),
+    ],
+)
 def test_bad_invoice_dates_are_explained_and_not_applied(params, message, alice_client, mine):
     response = alice_client.get(reverse("invoice_list"), {**params, "q": "ACME-INV-100"})
 
@@ -184,10 +250,24 @@ def test_bad_invoice_dates_are_explained_and_not_applied(params, message, alice_
 
 
 def test_payment_list_date_filters_totals_and_bad_dates(alice_client, mine):
-    Payment.objects.create(invoice=mine.invoice, connection=mine.connection, source="halopsa", halopsa_id=7, amount=Decimal("2.50"),
-                           paid_on=date(2026, 11, 2), reference="NOV")
-    Payment.objects.create(invoice=mine.invoice, connection=mine.connection, source="platform", amount=Decimal("99.00"),
-                           paid_on=date(2026, 11, 3), reference="VOIDED", voided_at=timezone.now())
+    Payment.objects.create(
+        invoice=mine.invoice,
+        connection=mine.connection,
+        source="halopsa",
+        halopsa_id=7,
+        amount=Decimal("2.50"),
+        paid_on=date(2026, 11, 2),
+        reference="NOV",
+    )
+    Payment.objects.create(
+        invoice=mine.invoice,
+        connection=mine.connection,
+        source="platform",
+        amount=Decimal("99.00"),
+        paid_on=date(2026, 11, 3),
+        reference="VOIDED",
+        voided_at=timezone.now(),
+    )
 
     response = alice_client.get(reverse("payment_list"), {"paid_from": "2026-11-01", "paid_to": "2026-11-30"})
 
@@ -203,7 +283,9 @@ def test_payment_list_date_filters_totals_and_bad_dates(alice_client, mine):
 
 
 def test_invoice_export_is_the_filtered_rows_as_exact_text(alice_client, mine):
-    evil = Customer.objects.create(connection=mine.connection, halopsa_id=66, name='=HYPERLINK("http://evil.example","x")')
+    evil = Customer.objects.create(
+        connection=mine.connection, halopsa_id=66, name='=HYPERLINK("http://evil.example","x")'
+    )
     _invoice(mine, "+SUM(A1)", "12.30", currency="EUR", due=date(2026, 12, 1), customer=evil, halopsa_id=4242)
 
     rows = _csv_rows(alice_client.get(reverse("invoice_export"), {"invoice_from": "2026-11-01"}))
@@ -212,9 +294,14 @@ def test_invoice_export_is_the_filtered_rows_as_exact_text(alice_client, mine):
     assert header == list(INVOICE_COLUMNS)
     assert len(data) == 1
     row = dict(zip(header, data[0]))
-    assert row["Number"] == "'+SUM(A1)" and row["Customer"] == "'=HYPERLINK(\"http://evil.example\",\"x\")"
+    assert row["Number"] == "'+SUM(A1)" and row["Customer"] == '\'=HYPERLINK("http://evil.example","x")'
     assert (row["Currency"], row["Total"], row["Balance"], row["Amount paid"]) == ("EUR", "17.30", "12.30", "0.00")
-    assert (row["Invoice date"], row["Due date"], row["Status"], row["HaloPSA id"]) == ("2026-11-01", "2026-12-01", "Open", "4242")
+    assert (row["Invoice date"], row["Due date"], row["Status"], row["HaloPSA id"]) == (
+        "2026-11-01",
+        "2026-12-01",
+        "Open",
+        "4242",
+    )
     everything = _csv_rows(alice_client.get(reverse("invoice_export")))
     assert {r[0] for r in everything[1:]} == {"ACME-INV-100", "ACME-INV-101", "ACME-INV-102", "'+SUM(A1)"}
 
@@ -225,16 +312,36 @@ def test_export_headers_name_a_csv_download(alice_client, mine):
     assert response["Content-Disposition"].startswith('attachment; filename="payments-')
     header, row = _csv_rows(response)
     assert dict(zip(header, row)) == {
-        "Paid on": "2026-10-05", "Invoice": "ACME-INV-100", "Customer": "ACME Customer", "Connection": "ACME HaloPSA",
-        "Currency": "USD", "Amount": "10.00", "Kind": "Payment", "Source": "Platform", "Method": "", "Reference": "ACME-PAY",
-        "Deleted at": "", "HaloPSA id": ""}
+        "Paid on": "2026-10-05",
+        "Invoice": "ACME-INV-100",
+        "Customer": "ACME Customer",
+        "Connection": "ACME HaloPSA",
+        "Currency": "USD",
+        "Amount": "10.00",
+        "Kind": "Payment",
+        "Source": "Platform",
+        "Method": "",
+        "Reference": "ACME-PAY",
+        "Deleted at": "",
+        "HaloPSA id": "",
+    }
 
 
 def test_csv_text_cells_never_start_a_formula():
     from integrations.views.exports import csv_text, csv_value
 
     assert [csv_text(v) for v in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "Acme", "", None, "a=b")] == [
-        "'=1+1", "'+1", "'-1", "'@SUM(A1)", "'\tx", "'\rx", "Acme", "", "", "a=b"]
+        "'=1+1",
+        "'+1",
+        "'-1",
+        "'@SUM(A1)",
+        "'\tx",
+        "'\rx",
+        "Acme",
+        "",
+        "",
+        "a=b",
+    ]
     # Numbers are not text: a negative amount keeps its sign for the spreadsheet.
     assert csv_value(Decimal("-5.00")) == "-5.00" and csv_value(Decimal("0.10")) == "0.10"
 
@@ -242,9 +349,19 @@ def test_csv_text_cells_never_start_a_formula():
 def test_export_query_count_does_not_grow_with_rows(alice_client, mine):
     with CaptureQueriesContext(db_connection) as few:
         _csv_rows(alice_client.get(reverse("invoice_export")))
-    Invoice.objects.bulk_create([
-        Invoice(connection=mine.connection, customer=mine.customer, halopsa_id=80_000 + i, number=f"X-{i}", total=Decimal("1.00"),
-                balance=Decimal("1.00")) for i in range(2500)])
+    Invoice.objects.bulk_create(
+        [
+            Invoice(
+                connection=mine.connection,
+                customer=mine.customer,
+                halopsa_id=80_000 + i,
+                number=f"X-{i}",
+                total=Decimal("1.00"),
+                balance=Decimal("1.00"),
+            )
+            for i in range(2500)
+        ]
+    )
     with CaptureQueriesContext(db_connection) as many:
         rows = _csv_rows(alice_client.get(reverse("invoice_export")))
     assert len(rows) == 1 + 3 + 2500
@@ -258,9 +375,12 @@ def test_export_streams_under_asgi_chunk_by_chunk(mine, partner_user):
 
     from integrations.views.exports import ROWS_PER_CHUNK, invoice_export
 
-    Invoice.objects.bulk_create([
-        Invoice(connection=mine.connection, customer=mine.customer, halopsa_id=85_000 + i, number=f"A-{i}")
-        for i in range(ROWS_PER_CHUNK * 2)])
+    Invoice.objects.bulk_create(
+        [
+            Invoice(connection=mine.connection, customer=mine.customer, halopsa_id=85_000 + i, number=f"A-{i}")
+            for i in range(ROWS_PER_CHUNK * 2)
+        ]
+    )
     request = RequestFactory().get(reverse("invoice_export"))
     request.user = partner_user
     response = invoice_export(request)
@@ -273,22 +393,28 @@ def test_export_streams_under_asgi_chunk_by_chunk(mine, partner_user):
     assert b"".join(chunks).decode().count("\n") == 1 + 3 + ROWS_PER_CHUNK * 2
 
 
-def test_connection_column_only_when_there_are_several(alice_client, mine, make_connection, partner, staff_user, client):
-    assert "<th class=\"opt\">Connection</th>" not in alice_client.get(reverse("invoice_list")).content.decode()
+def test_connection_column_only_when_there_are_several(
+    alice_client, mine, make_connection, partner, staff_user, client
+):
+    assert '<th class="opt">Connection</th>' not in alice_client.get(reverse("invoice_list")).content.decode()
     second = make_connection(partner, name="Second HaloPSA")
     other_customer = Customer.objects.create(connection=second, halopsa_id=1, name="Second Co")
-    Invoice.objects.create(connection=second, customer=other_customer, number="S-1", total=Decimal("1.00"), balance=Decimal("1.00"))
+    Invoice.objects.create(
+        connection=second, customer=other_customer, number="S-1", total=Decimal("1.00"), balance=Decimal("1.00")
+    )
     for name in ("invoice_list", "payment_list", "customer_list"):
-        assert "<th class=\"opt\">Connection</th>" in alice_client.get(reverse(name)).content.decode(), name
+        assert '<th class="opt">Connection</th>' in alice_client.get(reverse(name)).content.decode(), name
     assert "Second HaloPSA" in alice_client.get(reverse("invoice_list")).content.decode()
     client.force_login(staff_user)
-    assert "<th class=\"opt\">Connection</th>" in client.get(reverse("payment_list")).content.decode()
+    assert '<th class="opt">Connection</th>' in client.get(reverse("payment_list")).content.decode()
 
 
 def test_menu_counts_match_the_queue_pages_in_one_query(alice_client, mine, theirs, partner_user):
     _invoice(mine, "UNK-2", "1.00", customer=mine.unknown)
     _invoice(mine, "UNK-ARCH", "1.00", customer=mine.unknown, archived_at=timezone.now())
-    Customer.objects.create(connection=mine.connection, halopsa_id=77, name="Gone 2", deleted_in_halopsa_at=timezone.now())
+    Customer.objects.create(
+        connection=mine.connection, halopsa_id=77, name="Gone 2", deleted_in_halopsa_at=timezone.now()
+    )
 
     with CaptureQueriesContext(db_connection) as queries:
         summary = selectors.nav_summary(user=partner_user)

@@ -1,6 +1,7 @@
 """Money screens (issue 17 items 2-4): a confirmation before every money action, a status menu that
 tells the truth, a payment form only where a payment can be made (and errors that keep what was
 typed), messages that say what happened, and each payment's standing with HaloPSA."""
+
 from __future__ import annotations
 
 import re
@@ -33,21 +34,46 @@ def confirm(client, url: str, first_post: dict) -> object:
 
 def state_of(world) -> tuple:
     invoice = Invoice.objects.get(pk=world.invoice.pk)
-    return (invoice.status, invoice.amount_paid, invoice.balance, invoice.archived_at,
-            Payment.objects.get(pk=world.payment.pk).voided_at, Payment.objects.filter(invoice=invoice).count(),
-            Invoice.objects.get(pk=world.deleted_invoice.pk).archived_at,
-            Customer.objects.get(pk=world.deleted_customer.pk).archived_at,
-            PushJob.objects.count(), AuditEvent.objects.exclude(action="test.seed").count())
+    return (
+        invoice.status,
+        invoice.amount_paid,
+        invoice.balance,
+        invoice.archived_at,
+        Payment.objects.get(pk=world.payment.pk).voided_at,
+        Payment.objects.filter(invoice=invoice).count(),
+        Invoice.objects.get(pk=world.deleted_invoice.pk).archived_at,
+        Customer.objects.get(pk=world.deleted_customer.pk).archived_at,
+        PushJob.objects.count(),
+        AuditEvent.objects.exclude(action="test.seed").count(),
+    )
 
 
 ACTIONS = {
-    "record payment": ("invoice_payment", "invoice", {"amount": "20.00", "method": "card", "reference": "ACME-WEB-9"},
-                       ["20.00 USD", "ACME-INV-100", "ACME Customer", "card", "ACME-WEB-9", "120.00 USD → 100.00 USD"]),
+    "record payment": (
+        "invoice_payment",
+        "invoice",
+        {"amount": "20.00", "method": "card", "reference": "ACME-WEB-9"},
+        ["20.00 USD", "ACME-INV-100", "ACME Customer", "card", "ACME-WEB-9", "120.00 USD → 100.00 USD"],
+    ),
     "delete payment": ("payment_delete", "payment", {}, ["10.00 USD", "ACME-INV-100", "ACME Customer", "ACME-PAY"]),
-    "mark paid": ("invoice_status", "invoice", {"status": "paid"},
-                  ["ACME-INV-100", "ACME Customer", "Open → Paid", "120.00 USD → 0.00 USD", "markaspaid"]),
-    "void": ("invoice_status", "invoice", {"status": "void"}, ["ACME-INV-100", "ACME Customer", "120.00 USD → 0.00 USD"]),
-    "archive invoice": ("invoice_archive", "invoice", {"action": "archive"}, ["ACME-INV-100", "ACME Customer", "120.00 USD"]),
+    "mark paid": (
+        "invoice_status",
+        "invoice",
+        {"status": "paid"},
+        ["ACME-INV-100", "ACME Customer", "Open → Paid", "120.00 USD → 0.00 USD", "markaspaid"],
+    ),
+    "void": (
+        "invoice_status",
+        "invoice",
+        {"status": "void"},
+        ["ACME-INV-100", "ACME Customer", "120.00 USD → 0.00 USD"],
+    ),
+    "archive invoice": (
+        "invoice_archive",
+        "invoice",
+        {"action": "archive"},
+        ["ACME-INV-100", "ACME Customer", "120.00 USD"],
+    ),
     "archive customer": ("customer_archive", "deleted_customer", {"action": "archive"}, ["ACME Gone Customer"]),
 }
 
@@ -76,10 +102,16 @@ def test_the_confirmation_page_then_acts_without_javascript(alice_client, mine, 
 
 def test_archive_queue_confirms_what_it_archives(alice_client, mine):
     url = reverse("archive_queue")
-    page = alice_client.post(url, {"action": "archive", "customers": [mine.deleted_customer.pk],
-                                   "invoices": [mine.deleted_invoice.pk]})
+    page = alice_client.post(
+        url, {"action": "archive", "customers": [mine.deleted_customer.pk], "invoices": [mine.deleted_invoice.pk]}
+    )
     body = page.content.decode()
-    assert "Archive these 2 records?" in body and "ACME Gone Customer" in body and "ACME-INV-102" in body and "75.00 USD" in body
+    assert (
+        "Archive these 2 records?" in body
+        and "ACME Gone Customer" in body
+        and "ACME-INV-102" in body
+        and "75.00 USD" in body
+    )
     assert Invoice.objects.get(pk=mine.deleted_invoice.pk).archived_at is None
     response = alice_client.post(url, {**carried_fields(body), "confirmed": "yes"}, follow=True)
     assert "2 records archived." in response.content.decode()
@@ -97,15 +129,21 @@ def menu(client, invoice) -> tuple[list[tuple[str, str]], str]:
     return options, selected
 
 
-@pytest.mark.parametrize("status, amount_paid, balance, offered", [
-    ("open", "0.00", "120.00", ["open", "paid", "void"]),
-    ("partially_paid", "20.00", "100.00", ["partially_paid", "paid", "void"]),
-    ("paid", "120.00", "0.00", ["paid", "void"]),
-    ("void", "0.00", "0.00", ["void", "open"]),
-])
+@pytest.mark.parametrize(
+    "status, amount_paid, balance, offered",
+    [
+        ("open", "0.00", "120.00", ["open", "paid", "void"]),
+        ("partially_paid", "20.00", "100.00", ["partially_paid", "paid", "void"]),
+        ("paid", "120.00", "0.00", ["paid", "void"]),
+        ("void", "0.00", "0.00", ["void", "open"]),
+    ],
+)
 def test_the_status_menu_preselects_what_is_true_and_offers_only_sensible_changes(
-        alice_client, mine, status, amount_paid, balance, offered):
-    Invoice.objects.filter(pk=mine.invoice.pk).update(status=status, amount_paid=Decimal(amount_paid), balance=Decimal(balance))
+    alice_client, mine, status, amount_paid, balance, offered
+):
+    Invoice.objects.filter(pk=mine.invoice.pk).update(
+        status=status, amount_paid=Decimal(amount_paid), balance=Decimal(balance)
+    )
     options, selected = menu(alice_client, mine.invoice)
     assert selected == status
     assert [value for value, _ in options] == offered
@@ -113,20 +151,29 @@ def test_the_status_menu_preselects_what_is_true_and_offers_only_sensible_change
 
 
 def test_a_paid_invoice_says_how_it_is_re_opened_and_a_re_open_says_what_happened(alice_client, mine, partner_user):
-    Invoice.objects.filter(pk=mine.invoice.pk).update(status="paid", amount_paid=Decimal("120.00"), balance=Decimal("0.00"))
+    Invoice.objects.filter(pk=mine.invoice.pk).update(
+        status="paid", amount_paid=Decimal("120.00"), balance=Decimal("0.00")
+    )
     body = alice_client.get(reverse("invoice_detail", kwargs={"pk": mine.invoice.pk})).content.decode()
     assert "to re-open it, delete the payments that pay it" in body
     # A re-open posted anyway (an old page, a hand-made request) is refused with the reason.
-    response = alice_client.post(reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "open"}, follow=True)
+    response = alice_client.post(
+        reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "open"}, follow=True
+    )
     body = response.content.decode()
-    assert "Status not changed" in body and "re-opens a paid invoice only when the payments that pay it are removed" in body
+    assert (
+        "Status not changed" in body
+        and "re-opens a paid invoice only when the payments that pay it are removed" in body
+    )
     assert "Status changed" not in body and "HaloPSA is updated" not in body
     assert Invoice.objects.get(pk=mine.invoice.pk).status == "paid"
     assert AuditEvent.objects.filter(action="invoice.status_refused", user=partner_user).exists()
 
 
 def test_the_same_status_again_is_explained_not_reported_as_a_change(alice_client, mine):
-    response = alice_client.post(reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "open"}, follow=True)
+    response = alice_client.post(
+        reverse("invoice_status", kwargs={"pk": mine.invoice.pk}), {"status": "open"}, follow=True
+    )
     body = response.content.decode()
     assert "It is already open" in body and "Status changed" not in body
     assert PushJob.objects.filter(kind=PushJob.Kind.INVOICE_STATUS).count() == 0
@@ -139,8 +186,9 @@ def test_no_payment_form_on_paid_or_void_invoices_and_the_server_refuses_too(ali
     assert f'action="{reverse("invoice_payment", kwargs={"pk": mine.invoice.pk})}"' not in body
     assert reason in body
     before = Payment.objects.count()
-    response = alice_client.post(reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}),
-                                 {"amount": "5.00", "confirmed": "yes"}, follow=True)
+    response = alice_client.post(
+        reverse("invoice_payment", kwargs={"pk": mine.invoice.pk}), {"amount": "5.00", "confirmed": "yes"}, follow=True
+    )
     assert "Payment not recorded" in response.content.decode() and reason in response.content.decode()
     assert Payment.objects.count() == before
 
@@ -166,8 +214,15 @@ def test_an_overpayment_is_an_error_on_the_amount(alice_client, mine):
 
 def test_each_payment_shows_whether_it_reached_halopsa(alice_client, mine):
     url = reverse("invoice_detail", kwargs={"pk": mine.invoice.pk})
-    Payment.objects.create(invoice=mine.invoice, connection=mine.connection, source="halopsa", halopsa_id=77,
-                           amount=Decimal("1.00"), paid_on=mine.payment.paid_on, reference="HALO-1")
+    Payment.objects.create(
+        invoice=mine.invoice,
+        connection=mine.connection,
+        source="halopsa",
+        halopsa_id=77,
+        amount=Decimal("1.00"),
+        paid_on=mine.payment.paid_on,
+        reference="HALO-1",
+    )
     body = alice_client.get(url).content.decode()
     assert "Failed: needs review" in body and "ACME push failed" in body and "From HaloPSA" in body
     listing = alice_client.get(reverse("payment_list")).content.decode()
@@ -184,8 +239,15 @@ def test_void_invoices_owe_nothing_in_lists_totals_sorting_and_exports(alice_cli
     from integrations.services.payments import invoice_status_change
 
     owed_before = alice_client.get(reverse("invoice_list")).context["totals"]
-    big = Invoice.objects.create(connection=mine.connection, customer=mine.customer, halopsa_id=900, number="BIG-VOID",
-                                 total=Decimal("9999.00"), subtotal=Decimal("9999.00"), balance=Decimal("9999.00"))
+    big = Invoice.objects.create(
+        connection=mine.connection,
+        customer=mine.customer,
+        halopsa_id=900,
+        number="BIG-VOID",
+        total=Decimal("9999.00"),
+        subtotal=Decimal("9999.00"),
+        balance=Decimal("9999.00"),
+    )
     invoice_status_change(invoice=big, status="void")
     assert (big.status, big.balance, big.total) == ("void", Decimal("0.00"), Decimal("9999.00"))
     page = alice_client.get(reverse("invoice_list"), {"sort": "-balance"}).context["page"]

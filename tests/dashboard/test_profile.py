@@ -1,4 +1,5 @@
 """The profile page: each user sets the e-mail address incident alerts go to, or turns alerts off."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +24,9 @@ def test_header_links_to_the_profile_which_shows_the_current_address(alice_clien
 
 
 def test_saving_a_new_address_is_recorded(alice_client, partner_user):
-    response = alice_client.post(reverse("profile"), {"email": "Alice.Ops@ACME.Example", "receives_alerts": "on"}, follow=True)
+    response = alice_client.post(
+        reverse("profile"), {"email": "Alice.Ops@ACME.Example", "receives_alerts": "on"}, follow=True
+    )
 
     partner_user.refresh_from_db()
     assert partner_user.email == "Alice.Ops@acme.example"  # the domain is case-insensitive, the mailbox is kept
@@ -33,12 +36,15 @@ def test_saving_a_new_address_is_recorded(alice_client, partner_user):
     assert event.partner_id == partner_user.partner_id and "alerts to Alice.Ops@acme.example" in event.summary
 
 
-@pytest.mark.parametrize("data,error", [
-    ({"email": "not-an-address", "receives_alerts": "on"}, "Enter an e-mail address such as name@example.com."),
-    ({"email": "a@b", "receives_alerts": "on"}, "Enter an e-mail address such as name@example.com."),
-    ({"email": "x" * 250 + "@example.com", "receives_alerts": "on"}, "at most 254 characters"),
-    ({"email": "", "receives_alerts": "on"}, "Enter the address alerts go to, or turn alerts off."),
-])
+@pytest.mark.parametrize(
+    "data,error",
+    [
+        ({"email": "not-an-address", "receives_alerts": "on"}, "Enter an e-mail address such as name@example.com."),
+        ({"email": "a@b", "receives_alerts": "on"}, "Enter an e-mail address such as name@example.com."),
+        ({"email": "x" * 250 + "@example.com", "receives_alerts": "on"}, "at most 254 characters"),
+        ({"email": "", "receives_alerts": "on"}, "Enter the address alerts go to, or turn alerts off."),
+    ],
+)
 def test_invalid_addresses_are_refused_and_the_typed_value_kept(data, error, alice_client, partner_user):
     partner_user.email = "alice@acme.example"
     partner_user.save()
@@ -63,18 +69,22 @@ def test_turning_alerts_off_without_an_address_is_allowed(alice_client, partner_
 def test_a_user_changes_only_their_own_profile(alice_client, partner_user, other_user):
     other_user.email = "bob@globex.example"
     other_user.save()
-    alice_client.post(reverse("profile"), {"email": "alice@acme.example", "receives_alerts": "on", "id": other_user.pk,
-                                           "username": "bob"})
+    alice_client.post(
+        reverse("profile"),
+        {"email": "alice@acme.example", "receives_alerts": "on", "id": other_user.pk, "username": "bob"},
+    )
     other_user.refresh_from_db()
     assert other_user.email == "bob@globex.example"
     assert User.objects.get(pk=partner_user.pk).email == "alice@acme.example"
 
 
 def test_incident_alerts_go_to_the_addresses_users_set(mine, partner, make_user, other_user):
-    for username, fields in [("carol", {"email": "carol@acme.example"}),
-                             ("dave", {"email": "dave@acme.example", "receives_alerts": False}),  # turned alerts off
-                             ("erin", {}),  # no address: nothing to send to
-                             ("frank", {"email": "frank@acme.example", "is_active": False})]:
+    for username, fields in [
+        ("carol", {"email": "carol@acme.example"}),
+        ("dave", {"email": "dave@acme.example", "receives_alerts": False}),  # turned alerts off
+        ("erin", {}),  # no address: nothing to send to
+        ("frank", {"email": "frank@acme.example", "is_active": False}),
+    ]:
         User.objects.filter(pk=make_user(username, partner).pk).update(**fields)
     User.objects.filter(pk=other_user.pk).update(email="bob@globex.example")  # another partner's user
 

@@ -1,4 +1,5 @@
 """Unknown-customer resolution and the archive queue, through the views and the services."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,13 +21,17 @@ def test_queue_lists_what_halopsa_sent(alice_client, mine):
 
 def test_customer_search_filters_choices(alice_client, mine):
     Customer.objects.create(connection=mine.connection, halopsa_id=12, name="Zebra Corp")
-    body = alice_client.get(reverse("unknown_customers"), {"connection": mine.connection.pk, "q": "zeb"}).content.decode()
+    body = alice_client.get(
+        reverse("unknown_customers"), {"connection": mine.connection.pk, "q": "zeb"}
+    ).content.decode()
     assert "Zebra Corp" in body and "ACME Customer</option>" not in body
 
 
 def test_assign_one_invoice_is_recorded(alice_client, mine, partner_user):
-    response = alice_client.post(_unknown_url(mine), {"connection": mine.connection.pk, "customer": mine.customer.pk,
-                                                      "only": mine.unknown_invoice.pk})
+    response = alice_client.post(
+        _unknown_url(mine),
+        {"connection": mine.connection.pk, "customer": mine.customer.pk, "only": mine.unknown_invoice.pk},
+    )
     assert response.status_code == 302
     invoice = Invoice.objects.get(pk=mine.unknown_invoice.pk)
     assert invoice.customer_id == mine.customer.pk
@@ -38,16 +43,27 @@ def test_assign_one_invoice_is_recorded(alice_client, mine, partner_user):
 
 
 def test_assign_in_bulk(alice_client, mine):
-    second = Invoice.objects.create(connection=mine.connection, customer=mine.unknown, halopsa_id=150, number="ACME-INV-150")
-    alice_client.post(_unknown_url(mine), {"connection": mine.connection.pk, "customer": mine.customer.pk,
-                                           "invoices": [mine.unknown_invoice.pk, second.pk]})
-    assert set(Invoice.objects.filter(customer=mine.customer, customer_assigned_at__isnull=False).values_list("pk", flat=True)) == {
-        mine.unknown_invoice.pk, second.pk}
+    second = Invoice.objects.create(
+        connection=mine.connection, customer=mine.unknown, halopsa_id=150, number="ACME-INV-150"
+    )
+    alice_client.post(
+        _unknown_url(mine),
+        {
+            "connection": mine.connection.pk,
+            "customer": mine.customer.pk,
+            "invoices": [mine.unknown_invoice.pk, second.pk],
+        },
+    )
+    assert set(
+        Invoice.objects.filter(customer=mine.customer, customer_assigned_at__isnull=False).values_list("pk", flat=True)
+    ) == {mine.unknown_invoice.pk, second.pk}
     assert AuditEvent.objects.filter(action="invoice.assign_customer").count() == 2
 
 
 def test_assign_without_selection_explains(alice_client, mine):
-    response = alice_client.post(_unknown_url(mine), {"connection": mine.connection.pk, "customer": mine.customer.pk}, follow=True)
+    response = alice_client.post(
+        _unknown_url(mine), {"connection": mine.connection.pk, "customer": mine.customer.pk}, follow=True
+    )
     assert "Select at least one invoice" in response.content.decode()
     assert Invoice.objects.get(pk=mine.unknown_invoice.pk).customer_id == mine.unknown.pk
 
@@ -75,12 +91,26 @@ def test_archive_one_then_it_leaves_default_lists(alice_client, mine, partner_us
 
 
 def test_archive_selected_and_unarchive(alice_client, mine):
-    alice_client.post(reverse("archive_queue"), {"action": "archive", "customers": [mine.deleted_customer.pk],
-                                                 "invoices": [mine.deleted_invoice.pk], "confirmed": "yes"})
+    alice_client.post(
+        reverse("archive_queue"),
+        {
+            "action": "archive",
+            "customers": [mine.deleted_customer.pk],
+            "invoices": [mine.deleted_invoice.pk],
+            "confirmed": "yes",
+        },
+    )
     assert Customer.objects.get(pk=mine.deleted_customer.pk).archived_at is not None
     assert "ACME Gone Customer" not in alice_client.get(reverse("customer_list")).content.decode()
-    alice_client.post(reverse("archive_queue"), {"action": "unarchive", "show": "archived", "customers": [mine.deleted_customer.pk],
-                                                 "invoices": [mine.deleted_invoice.pk]})
+    alice_client.post(
+        reverse("archive_queue"),
+        {
+            "action": "unarchive",
+            "show": "archived",
+            "customers": [mine.deleted_customer.pk],
+            "invoices": [mine.deleted_invoice.pk],
+        },
+    )
     assert Customer.objects.get(pk=mine.deleted_customer.pk).archived_at is None
     assert Invoice.objects.get(pk=mine.deleted_invoice.pk).archived_at is None
     assert AuditEvent.objects.filter(action="customer.unarchive").count() == 1
@@ -102,7 +132,9 @@ def test_archive_is_idempotent(mine, partner_user):
 
 
 def test_archive_from_invoice_page(alice_client, mine):
-    response = alice_client.post(reverse("invoice_archive", kwargs={"pk": mine.invoice.pk}), {"action": "archive", "confirmed": "yes"})
+    response = alice_client.post(
+        reverse("invoice_archive", kwargs={"pk": mine.invoice.pk}), {"action": "archive", "confirmed": "yes"}
+    )
     assert response.status_code == 302
     assert Invoice.objects.get(pk=mine.invoice.pk).archived_at is not None
     alice_client.post(reverse("invoice_archive", kwargs={"pk": mine.invoice.pk}), {"action": "unarchive"})

@@ -1,5 +1,6 @@
 """Run progress and history (issue 17 item 8): steps instead of a total that jumps, PDFs left for
 the next batch said in words, "Fetch new data" since the last sync, webhook runs kept apart."""
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,12 @@ def _watch(connection, scope="full", **fields):
     """Run a sync, returning what the progress bar showed after every write."""
     run = SyncRun.objects.create(connection=connection, scope=scope, trigger=SyncRun.Trigger.MANUAL, **fields)
     seen = []
-    sync_execute(run=run, progress=lambda current: seen.append(
-        (selectors.run_progress(current), current.progress_done, current.progress_total)))
+    sync_execute(
+        run=run,
+        progress=lambda current: seen.append(
+            (selectors.run_progress(current), current.progress_done, current.progress_total)
+        ),
+    )
     run.refresh_from_db()
     return run, seen
 
@@ -58,9 +63,11 @@ def test_the_bar_shows_steps_whose_totals_never_jump(partner, make_connection, h
     assert f"Invoice PDFs: 4 of {needed:,} needed" in final["phases_text"]
     # The PDFs it left are said: how many of those needed, why, and when the next batch runs.
     minute = f"{connection.schedule_minute:02d}"
-    assert re.search(rf"Invoice PDFs: 4 of {needed:,} needed were fetched \(at most 4 are fetched per run\); "
-                     rf"{needed - 4:,} still to fetch: the next batch runs with the hourly sync at \d\d:{minute} UTC\.",
-                     run.message), run.message
+    assert re.search(
+        rf"Invoice PDFs: 4 of {needed:,} needed were fetched \(at most 4 are fetched per run\); "
+        rf"{needed - 4:,} still to fetch: the next batch runs with the hourly sync at \d\d:{minute} UTC\.",
+        run.message,
+    ), run.message
 
 
 def test_pdfs_left_by_the_time_limit_continue_in_a_queued_run(partner, make_connection, halo_sandbox, settings):
@@ -71,13 +78,16 @@ def test_pdfs_left_by_the_time_limit_continue_in_a_queued_run(partner, make_conn
     connection = make_connection(partner, halo_sandbox)
     run, _ = _watch(connection)
     needed = Invoice.objects.filter(connection=connection, pdf_attachment_id__isnull=False).count()
-    assert (f"Invoice PDFs: 2 of {needed} needed were fetched (the PDF phase's 0 minutes ran out); {needed - 2} still "
-            "to fetch: a PDF-only run was queued to continue now.") in run.message
+    assert (
+        f"Invoice PDFs: 2 of {needed} needed were fetched (the PDF phase's 0 minutes ran out); {needed - 2} still "
+        "to fetch: a PDF-only run was queued to continue now."
+    ) in run.message
     assert SyncRun.objects.filter(connection=connection, scope="entity", entity="pdfs", state="queued").count() == 1
 
 
-def test_a_paused_connection_says_the_next_batch_waits_for_a_sync_started_by_hand(partner, make_connection, halo_sandbox,
-                                                                                     settings):
+def test_a_paused_connection_says_the_next_batch_waits_for_a_sync_started_by_hand(
+    partner, make_connection, halo_sandbox, settings
+):
     settings.HALOPSA_PDF_BATCH = 2
     connection = make_connection(partner, halo_sandbox, paused=True)
     run, _ = _watch(connection)
@@ -99,7 +109,11 @@ def test_a_failed_run_shows_the_step_it_stopped_at(partner, make_connection, hal
     progress = selectors.run_progress(run)
     assert progress["progress_text"] == "Step 3 of 4: invoices, 0 read (stopped here)"
     assert [(p["phase"], p["state"]) for p in progress["phases"]] == [
-        ("customers", "done"), ("contacts", "done"), ("invoices", "failed"), ("pdfs", "waiting")]
+        ("customers", "done"),
+        ("contacts", "done"),
+        ("invoices", "failed"),
+        ("pdfs", "waiting"),
+    ]
     assert progress["phases_text"].endswith("Invoices: 0 read · Invoice PDFs: waiting")
 
 
@@ -109,7 +123,10 @@ def test_a_single_record_run_has_one_step(partner, make_connection, halo_sandbox
     progress = selectors.run_progress(run)
     # Its customer, fetched on the side, counts for the run but not for the invoices step.
     assert progress["phases"] == [{"phase": "invoices", "label": "Invoices", "state": "done", "figures": "1"}]
-    assert progress["progress_text"] == f"{run.progress_done} records in 1 step" and run.progress_done <= run.progress_total
+    assert (
+        progress["progress_text"] == f"{run.progress_done} records in 1 step"
+        and run.progress_done <= run.progress_total
+    )
 
 
 def test_old_runs_without_steps_still_show_their_counts(alice_client, mine):
@@ -120,8 +137,9 @@ def test_old_runs_without_steps_still_show_their_counts(alice_client, mine):
 # --- "Fetch new data": since the last sync, and said so ------------------------------------------
 
 
-def test_fetch_new_data_reads_changes_since_the_last_sync_not_the_last_hour(alice_client, partner, make_connection,
-                                                                            halo_sandbox, django_capture_on_commit_callbacks):
+def test_fetch_new_data_reads_changes_since_the_last_sync_not_the_last_hour(
+    alice_client, partner, make_connection, halo_sandbox, django_capture_on_commit_callbacks
+):
     connection = make_connection(partner, halo_sandbox)
     with django_capture_on_commit_callbacks(execute=True):
         alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "full"})
@@ -131,7 +149,9 @@ def test_fetch_new_data_reads_changes_since_the_last_sync_not_the_last_hour(alic
     with store.lock:  # the change was made two hours ago: after the last sync, outside "the last hour"
         store._touch_invoice(store._mutable_invoice(target.halopsa_id), now=store.now_ms() - 2 * 3600 * 1000)
     with django_capture_on_commit_callbacks(execute=True):
-        response = alice_client.post(reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "recent"}, follow=True)
+        response = alice_client.post(
+            reverse("connection_sync", kwargs={"pk": connection.pk}), {"scope": "recent"}, follow=True
+        )
     target.refresh_from_db()
     assert str(target.total) == "4321.00"
     body = response.content.decode()
@@ -154,8 +174,15 @@ def test_webhook_runs_are_listed_apart_with_readable_labels(alice_client, partne
     now = timezone.now()
 
     def run(minutes_ago, trigger, scope, **fields):
-        return SyncRun.objects.create(connection=connection, trigger=trigger, scope=scope, state="succeeded",
-                                      queued_at=now - timedelta(minutes=minutes_ago), finished_at=now, **fields)
+        return SyncRun.objects.create(
+            connection=connection,
+            trigger=trigger,
+            scope=scope,
+            state="succeeded",
+            queued_at=now - timedelta(minutes=minutes_ago),
+            finished_at=now,
+            **fields,
+        )
 
     run(50, "schedule", "full")
     run(40, "schedule", "incremental")
@@ -164,8 +191,8 @@ def test_webhook_runs_are_listed_apart_with_readable_labels(alice_client, partne
         run(minute, "webhook", "invoice", entity="invoices", target_halopsa_id=1000 + minute)
     response = alice_client.get(reverse("connection_detail", kwargs={"pk": connection.pk}))
     body = response.content.decode()
-    history = body[body.index("<h2>Recent runs</h2>"):body.index('id="webhook-runs"')]
-    webhooks = body[body.index('id="webhook-runs"'):body.index('id="errors"')]
+    history = body[body.index("<h2>Recent runs</h2>") : body.index('id="webhook-runs"')]
+    webhooks = body[body.index('id="webhook-runs"') : body.index('id="errors"')]
     assert "Full sync (daily)" in history and "Changes since last sync" in history
     assert "Resync of invoice PDFs" in history and "(alice)" in history
     assert "Invoice #" not in history and "invoices #" not in history

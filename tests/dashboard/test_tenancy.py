@@ -1,5 +1,6 @@
 """Tenancy on every URL: another partner's objects are 404 (GET and POST), anonymous users are sent
 to sign in, staff see every partner. New routes must be added to ROUTES, or the first test fails."""
+
 from __future__ import annotations
 
 import pytest
@@ -51,8 +52,13 @@ LIST_ROUTES = [name for name, (key, methods) in ROUTES.items() if key is None an
 
 # Plausible form data, so a POST that wrongly reached the service would change something.
 POST_DATA = {
-    "connection_edit": {"name": "hijacked", "base_url": "https://evil.example", "client_id": "x",
-                        "invoice_number_field": "invoicenumber", "billing_contact_rule": "accounts_only"},
+    "connection_edit": {
+        "name": "hijacked",
+        "base_url": "https://evil.example",
+        "client_id": "x",
+        "invoice_number_field": "invoicenumber",
+        "billing_contact_rule": "accounts_only",
+    },
     "connection_state": {"action": "disable"},
     "connection_sync": {"scope": "full"},
     "connection_webhook_auth": {"scheme": "hmac", "confirmed": "yes"},
@@ -89,19 +95,27 @@ def test_other_partners_object_unchanged_after_post(name, key, method, alice_cli
     """The 404 comes before any work: nothing of the other partner changes."""
     from integrations.models import AuditEvent, Connection, Invoice, Payment, SyncRun
 
-    before = (Connection.objects.get(pk=theirs.connection.pk).name, Connection.objects.get(pk=theirs.connection.pk).enabled,
-              SyncRun.objects.filter(connection=theirs.connection).count(), Payment.objects.filter(connection=theirs.connection).count(),
-              list(Invoice.objects.filter(connection=theirs.connection).values_list("status", "archived_at").order_by("pk")),
-              AuditEvent.objects.filter(partner=theirs.connection.partner).count())
+    before = (
+        Connection.objects.get(pk=theirs.connection.pk).name,
+        Connection.objects.get(pk=theirs.connection.pk).enabled,
+        SyncRun.objects.filter(connection=theirs.connection).count(),
+        Payment.objects.filter(connection=theirs.connection).count(),
+        list(Invoice.objects.filter(connection=theirs.connection).values_list("status", "archived_at").order_by("pk")),
+        AuditEvent.objects.filter(partner=theirs.connection.partner).count(),
+    )
     url = _url(name, theirs, key)
     if method == "POST":
         alice_client.post(url, POST_DATA.get(name, {}))
     else:
         alice_client.get(url)
-    after = (Connection.objects.get(pk=theirs.connection.pk).name, Connection.objects.get(pk=theirs.connection.pk).enabled,
-             SyncRun.objects.filter(connection=theirs.connection).count(), Payment.objects.filter(connection=theirs.connection).count(),
-             list(Invoice.objects.filter(connection=theirs.connection).values_list("status", "archived_at").order_by("pk")),
-             AuditEvent.objects.filter(partner=theirs.connection.partner).count())
+    after = (
+        Connection.objects.get(pk=theirs.connection.pk).name,
+        Connection.objects.get(pk=theirs.connection.pk).enabled,
+        SyncRun.objects.filter(connection=theirs.connection).count(),
+        Payment.objects.filter(connection=theirs.connection).count(),
+        list(Invoice.objects.filter(connection=theirs.connection).values_list("status", "archived_at").order_by("pk")),
+        AuditEvent.objects.filter(partner=theirs.connection.partner).count(),
+    )
     assert after == before
 
 
@@ -137,18 +151,30 @@ def test_staff_see_every_partner(name, key, client, staff_user, mine, theirs):
     assert client.get(_url(name, mine, key)).status_code == 200
 
 
-@pytest.mark.parametrize("name,own,foreign", [("invoice_list", "ACME-INV-100", "GLOBEX-INV-100"),
-                                               ("invoice_export", "ACME-INV-100", "GLOBEX-INV-100"),
-                                               ("payment_list", "ACME-PAY", "GLOBEX-PAY"),
-                                               ("payment_export", "ACME-PAY", "GLOBEX-PAY")])
+@pytest.mark.parametrize(
+    "name,own,foreign",
+    [
+        ("invoice_list", "ACME-INV-100", "GLOBEX-INV-100"),
+        ("invoice_export", "ACME-INV-100", "GLOBEX-INV-100"),
+        ("payment_list", "ACME-PAY", "GLOBEX-PAY"),
+        ("payment_export", "ACME-PAY", "GLOBEX-PAY"),
+    ],
+)
 def test_staff_lists_include_both_partners(name, own, foreign, client, staff_user, mine, theirs):
     client.force_login(staff_user)
     body = _body(client.get(reverse(name)))
     assert own in body and foreign in body
 
 
-@pytest.mark.parametrize("name,own", [("invoice_list", "ACME-INV-100"), ("invoice_export", "ACME-INV-100"),
-                                      ("payment_list", "ACME-PAY"), ("payment_export", "ACME-PAY")])
+@pytest.mark.parametrize(
+    "name,own",
+    [
+        ("invoice_list", "ACME-INV-100"),
+        ("invoice_export", "ACME-INV-100"),
+        ("payment_list", "ACME-PAY"),
+        ("payment_export", "ACME-PAY"),
+    ],
+)
 def test_lists_and_exports_filtered_by_another_partners_connection_show_nothing(name, own, alice_client, mine, theirs):
     body = _body(alice_client.get(reverse(name), {"connection": theirs.connection.pk}))
     assert "GLOBEX" not in body and own not in body
@@ -161,16 +187,20 @@ def test_filter_by_other_partners_ids_shows_nothing(alice_client, mine, theirs):
 
 
 def test_assigning_to_other_partners_customer_is_refused(alice_client, mine, theirs):
-    response = alice_client.post(reverse("unknown_customers") + f"?connection={mine.connection.pk}", {
-        "connection": mine.connection.pk, "customer": theirs.customer.pk, "invoices": [mine.unknown_invoice.pk]})
+    response = alice_client.post(
+        reverse("unknown_customers") + f"?connection={mine.connection.pk}",
+        {"connection": mine.connection.pk, "customer": theirs.customer.pk, "invoices": [mine.unknown_invoice.pk]},
+    )
     mine.unknown_invoice.refresh_from_db()
     assert mine.unknown_invoice.customer_id == mine.unknown.pk
     assert response.status_code in (200, 302)
 
 
 def test_archiving_other_partners_rows_in_bulk_is_refused(alice_client, mine, theirs):
-    alice_client.post(reverse("archive_queue"), {"action": "archive", "invoices": [theirs.deleted_invoice.pk],
-                                                 "customers": [theirs.deleted_customer.pk]})
+    alice_client.post(
+        reverse("archive_queue"),
+        {"action": "archive", "invoices": [theirs.deleted_invoice.pk], "customers": [theirs.deleted_customer.pk]},
+    )
     theirs.deleted_invoice.refresh_from_db()
     theirs.deleted_customer.refresh_from_db()
     assert theirs.deleted_invoice.archived_at is None and theirs.deleted_customer.archived_at is None

@@ -1,4 +1,5 @@
 """Browser tests: Playwright's sync API driving the system Chromium against `live_server`."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,13 @@ from django.conf import settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 SCREENSHOTS = Path(settings.BASE_DIR) / "test-artifacts" / "screenshots"
 PASSWORD = "correct-horse-battery"
@@ -19,8 +25,10 @@ PASSWORD = "correct-horse-battery"
 @pytest.fixture(scope="session")
 def browser():
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's Chromium. `make test` installs it "
-                    "(apt-get install -y chromium).")
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium. `make test` installs it "
+            "(apt-get install -y chromium)."
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -1,6 +1,7 @@
 """Browser: adding a connection (URL and credentials checked first, then the first sync), health on
 the home table and the connection page, progress by step, the run history with webhook runs apart
 (issue 17 items 6-8), at 1280 px and on a 390 px phone. Screenshots: test-artifacts/screenshots/connections-*."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -13,8 +14,15 @@ from tests.e2e.conftest import sign_in_page
 
 pytestmark = pytest.mark.e2e
 
-WIDTHS = {"desktop": {"viewport": {"width": 1280, "height": 900}},
-          "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}}
+WIDTHS = {
+    "desktop": {"viewport": {"width": 1280, "height": 900}},
+    "phone": {
+        "viewport": {"width": 390, "height": 844},
+        "device_scale_factor": 2,
+        "is_mobile": True,
+        "has_touch": True,
+    },
+}
 
 
 @pytest.fixture(params=list(WIDTHS))
@@ -40,8 +48,8 @@ def _fits(page, width: str) -> None:
 
 
 def test_add_a_connection_checked_before_saving_then_synced(screen, shot, partner_user, halo_sandbox):
-    from integrations.models import Connection, SyncRun
     from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+    from integrations.models import Connection, SyncRun
 
     page, width = screen
     sign_in_page(page, partner_user)
@@ -62,7 +70,9 @@ def test_add_a_connection_checked_before_saving_then_synced(screen, shot, partne
 
     page.get_by_label("Client secret").fill(SANDBOX_CLIENT_SECRET)
     page.get_by_role("button", name="Add connection").click()
-    expect(page.locator(".messages")).to_contain_text("HaloPSA 2.130.1 accepted the credentials, and the first full sync has started")
+    expect(page.locator(".messages")).to_contain_text(
+        "HaloPSA 2.130.1 accepted the credentials, and the first full sync has started"
+    )
     # The first sync ran (the test cluster runs tasks at once): connected.
     expect(page.locator("h1 [data-health]")).to_have_text("Connected")
     run = SyncRun.objects.get()
@@ -86,23 +96,53 @@ def three_states(partner, make_connection):
     now = timezone.now()
 
     def run(connection, state, minutes_ago, **fields):
-        return SyncRun.objects.create(connection=connection, trigger=fields.pop("trigger", "schedule"),
-                                      scope=fields.pop("scope", "incremental"), state=state,
-                                      queued_at=now - timedelta(minutes=minutes_ago),
-                                      started_at=now - timedelta(minutes=minutes_ago),
-                                      finished_at=now - timedelta(minutes=minutes_ago - 1), **fields)
+        return SyncRun.objects.create(
+            connection=connection,
+            trigger=fields.pop("trigger", "schedule"),
+            scope=fields.pop("scope", "incremental"),
+            state=state,
+            queued_at=now - timedelta(minutes=minutes_ago),
+            started_at=now - timedelta(minutes=minutes_ago),
+            finished_at=now - timedelta(minutes=minutes_ago - 1),
+            **fields,
+        )
 
-    working = make_connection(partner, name="Head office HaloPSA", halopsa_version="2.130.1", last_test_ok=True,
-                              last_test_at=now - timedelta(days=1))
+    working = make_connection(
+        partner,
+        name="Head office HaloPSA",
+        halopsa_version="2.130.1",
+        last_test_ok=True,
+        last_test_at=now - timedelta(days=1),
+    )
     run(working, "succeeded", 90, scope="full", created=412, api_requests=31)
     run(working, "succeeded", 30, updated=3, api_requests=3)
     for minute in (25, 12, 4):
-        run(working, "succeeded", minute, trigger="webhook", scope="invoice", entity="invoices",
-            target_halopsa_id=2000 + minute, updated=1, api_requests=2)
-    failing = make_connection(partner, name="Europe HaloPSA", base_url="https://europe.halopsa.com",
-                              halopsa_version="2.99.0", last_test_ok=True, last_test_at=now - timedelta(days=2))
+        run(
+            working,
+            "succeeded",
+            minute,
+            trigger="webhook",
+            scope="invoice",
+            entity="invoices",
+            target_halopsa_id=2000 + minute,
+            updated=1,
+            api_requests=2,
+        )
+    failing = make_connection(
+        partner,
+        name="Europe HaloPSA",
+        base_url="https://europe.halopsa.com",
+        halopsa_version="2.99.0",
+        last_test_ok=True,
+        last_test_at=now - timedelta(days=2),
+    )
     run(failing, "succeeded", 180, scope="full", created=80)
-    run(failing, "failed", 20, message="HaloPSA answered 503 (Service Unavailable) five times; the next sync tries again.")
+    run(
+        failing,
+        "failed",
+        20,
+        message="HaloPSA answered 503 (Service Unavailable) five times; the next sync tries again.",
+    )
     rejected = make_connection(partner, name="Old lab HaloPSA", base_url="https://lab.halopsa.com", paused=True)
     run(rejected, "succeeded", 600, scope="full", created=12)
     run(rejected, "failed", 60, message="HaloPSA rejected the client ID or secret.")
@@ -148,12 +188,22 @@ def test_progress_shows_the_step_at_work_and_moves_live(screen, shot, partner_us
 
     page, width = screen
     connection = make_connection(partner, halopsa_version="2.130.1")
-    phases = [{"phase": "customers", "done": 120, "total": 120, "state": "done"},
-              {"phase": "contacts", "done": 86, "total": 86, "state": "done"},
-              {"phase": "invoices", "done": 300, "total": 1200, "state": "running"},
-              {"phase": "pdfs", "done": 0, "total": None, "state": "waiting"}]
-    run = SyncRun.objects.create(connection=connection, trigger="manual", scope="full", state="running",
-                                 started_at=timezone.now(), progress_done=506, progress_total=1406, progress_phases=phases)
+    phases = [
+        {"phase": "customers", "done": 120, "total": 120, "state": "done"},
+        {"phase": "contacts", "done": 86, "total": 86, "state": "done"},
+        {"phase": "invoices", "done": 300, "total": 1200, "state": "running"},
+        {"phase": "pdfs", "done": 0, "total": None, "state": "waiting"},
+    ]
+    run = SyncRun.objects.create(
+        connection=connection,
+        trigger="manual",
+        scope="full",
+        state="running",
+        started_at=timezone.now(),
+        progress_done=506,
+        progress_total=1406,
+        progress_phases=phases,
+    )
     sign_in_page(page, partner_user)
     page.goto(f"/connections/{connection.pk}/")
     bar = page.get_by_role("progressbar", name="Sync progress")
@@ -161,7 +211,8 @@ def test_progress_shows_the_step_at_work_and_moves_live(screen, shot, partner_us
     text = page.locator(".run-progress [data-field=progress_text]")
     expect(text).to_have_text("Step 3 of 4: invoices, 300 of 1,200")
     expect(page.locator(".run-progress [data-field=phases_text]")).to_have_text(
-        "Customers: 120 · Billing contacts: 86 · Invoices: 300 of 1,200 · Invoice PDFs: waiting")
+        "Customers: 120 · Billing contacts: 86 · Invoices: 300 of 1,200 · Invoice PDFs: waiting"
+    )
     _fits(page, width)
     shot(page, f"connections-progress-{width}")
     # The worker moves on to the PDFs: the page follows without a reload, the bar now the PDFs'.
@@ -171,10 +222,13 @@ def test_progress_shows_the_step_at_work_and_moves_live(screen, shot, partner_us
     expect(text).to_have_text("Step 4 of 4: invoice pdfs, 50 of 2,340 needed")
     expect(bar).to_have_attribute("aria-valuenow", "25")
     SyncRun.objects.filter(pk=run.pk).update(
-        state="succeeded", finished_at=timezone.now(), progress_done=1606,
+        state="succeeded",
+        finished_at=timezone.now(),
+        progress_done=1606,
         progress_phases=[*phases[:3], {**phases[3], "done": 200, "state": "done"}],
         message="Invoice PDFs: 200 of 2,340 needed were fetched (at most 200 are fetched per run); 2,140 still to fetch: "
-                "the next batch runs with the hourly sync at 14:05 UTC. Any PDF is also fetched when someone opens it.")
+        "the next batch runs with the hourly sync at 14:05 UTC. Any PDF is also fetched when someone opens it.",
+    )
     expect(page.locator(".run-progress [data-field=state_label]")).to_have_text("Succeeded")
     expect(page.locator(".run-progress")).to_contain_text("2,140 still to fetch")
     _fits(page, width)
@@ -183,7 +237,8 @@ def test_progress_shows_the_step_at_work_and_moves_live(screen, shot, partner_us
     page.goto(f"/runs/{run.pk}/")
     expect(page.locator("h1")).to_have_text("Full resync")
     expect(page.locator(".run-progress [data-field=phases_text]")).to_have_text(
-        "Customers: 120 · Billing contacts: 86 · Invoices: 1,200 · Invoice PDFs: 200 of 2,340 needed")
+        "Customers: 120 · Billing contacts: 86 · Invoices: 1,200 · Invoice PDFs: 200 of 2,340 needed"
+    )
     _fits(page, width)
     shot(page, f"connections-run-{width}")
 

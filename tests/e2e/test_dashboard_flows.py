@@ -1,4 +1,5 @@
 """End-to-end: the partner's everyday flows in a real browser against the HaloPSA sandbox."""
+
 from __future__ import annotations
 
 import re
@@ -55,7 +56,9 @@ def test_failed_connection_test_says_what_failed(page, sign_in, partner, partner
     expect(page.locator(".messages .msg-error")).to_contain_text("Bad credentials")
 
 
-def test_run_a_sync_and_see_the_progress_bar_finish(page, sign_in, shot, partner, partner_user, make_connection, halo_sandbox):
+def test_run_a_sync_and_see_the_progress_bar_finish(
+    page, sign_in, shot, partner, partner_user, make_connection, halo_sandbox
+):
     connection = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
     sign_in(partner_user)
     page.goto(f"/connections/{connection.pk}/")
@@ -81,15 +84,24 @@ def test_progress_bar_updates_live_while_a_run_works(page, sign_in, partner, par
     from integrations.models import SyncRun
 
     connection = make_connection(partner)
-    run = SyncRun.objects.create(connection=connection, trigger=SyncRun.Trigger.MANUAL, scope=SyncRun.Scope.FULL,
-                                 state=SyncRun.State.RUNNING, started_at=timezone.now(), progress_done=10, progress_total=40)
+    run = SyncRun.objects.create(
+        connection=connection,
+        trigger=SyncRun.Trigger.MANUAL,
+        scope=SyncRun.Scope.FULL,
+        state=SyncRun.State.RUNNING,
+        started_at=timezone.now(),
+        progress_done=10,
+        progress_total=40,
+    )
     sign_in(partner_user)
     page.goto(f"/connections/{connection.pk}/")
     bar = page.get_by_role("progressbar", name="Sync progress")
     expect(bar).to_have_attribute("aria-valuenow", "25")
     SyncRun.objects.filter(pk=run.pk).update(progress_done=30)
     expect(bar).to_have_attribute("aria-valuenow", "75")
-    SyncRun.objects.filter(pk=run.pk).update(progress_done=40, state=SyncRun.State.SUCCEEDED, finished_at=timezone.now())
+    SyncRun.objects.filter(pk=run.pk).update(
+        progress_done=40, state=SyncRun.State.SUCCEEDED, finished_at=timezone.now()
+    )
     expect(page.locator(".run-progress [data-field=state_label]")).to_have_text("Succeeded")
     expect(bar).to_have_attribute("aria-valuenow", "100")
 
@@ -117,7 +129,11 @@ def test_archive_an_invoice_deleted_in_halopsa(page, sign_in, shot, partner_user
     from integrations.models import Invoice, SyncRun
     from integrations.services.sync import sync_execute, sync_queue
 
-    target = Invoice.objects.filter(connection=synced, customer__is_unknown=False, is_credit_note=False).order_by("halopsa_id").first()
+    target = (
+        Invoice.objects.filter(connection=synced, customer__is_unknown=False, is_credit_note=False)
+        .order_by("halopsa_id")
+        .first()
+    )
     halo_sandbox.store.delete_invoice(target.halopsa_id)
     run, _ = sync_queue(connection=synced, scope=SyncRun.Scope.FULL, trigger=SyncRun.Trigger.CLI)
     sync_execute(run=SyncRun.objects.get(pk=run.pk))
@@ -144,8 +160,11 @@ def test_archive_an_invoice_deleted_in_halopsa(page, sign_in, shot, partner_user
 def test_record_a_payment_and_see_the_balance_change(page, sign_in, shot, partner_user, synced, halo_sandbox):
     from integrations.models import Invoice
 
-    invoice = (Invoice.objects.filter(connection=synced, status="open", is_credit_note=False, balance__gt=Decimal("10"))
-               .order_by("halopsa_id").first())
+    invoice = (
+        Invoice.objects.filter(connection=synced, status="open", is_credit_note=False, balance__gt=Decimal("10"))
+        .order_by("halopsa_id")
+        .first()
+    )
     before = invoice.balance
     sign_in(partner_user)
     page.goto(f"/invoices/{invoice.pk}/")
@@ -176,7 +195,12 @@ def test_main_pages_screenshots(page, sign_in, shot, partner_user, synced):
     expect(page.locator(".messages")).to_contain_text("Fetch new data")
     page.get_by_role("button", name="Fetch unpaid invoices").click()
     expect(page.locator(".messages")).to_contain_text("Fetch unpaid invoices")
-    for path, name in [("/", "07-home"), ("/customers/", "08-customers"), ("/payments/", "09-payments"), ("/activity/", "10-activity")]:
+    for path, name in [
+        ("/", "07-home"),
+        ("/customers/", "08-customers"),
+        ("/payments/", "09-payments"),
+        ("/activity/", "10-activity"),
+    ]:
         page.goto(path)
         expect(page.locator("main h1")).to_be_visible()
         shot(page, name)

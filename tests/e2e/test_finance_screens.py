@@ -1,5 +1,6 @@
 """Browser: the finance overview, list totals, date filters, CSV export, menu counts and profile,
 at desktop width and on a 390 px phone (issue 17). Screenshots: test-artifacts/screenshots/finance-*."""
+
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,16 @@ from tests.e2e.conftest import sign_in_page
 pytestmark = pytest.mark.e2e
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
-SCREENS = [("/", "home"), ("/invoices/", "invoices"), ("/payments/", "payments"), ("/customers/", "customers"),
-           ("customer", "customer"), ("/profile/", "profile"), ("/unknown-customers/", "unknown-customers"),
-           ("/archive-queue/", "archive-queue")]
+SCREENS = [
+    ("/", "home"),
+    ("/invoices/", "invoices"),
+    ("/payments/", "payments"),
+    ("/customers/", "customers"),
+    ("customer", "customer"),
+    ("/profile/", "profile"),
+    ("/unknown-customers/", "unknown-customers"),
+    ("/archive-queue/", "archive-queue"),
+]
 
 
 @pytest.fixture
@@ -48,15 +56,46 @@ def books(partner, make_connection):
     invoices = {}
     for customer, number, currency, late, total, balance, status in rows:
         invoices[number] = Invoice.objects.create(
-            connection=customer.connection, customer=customer, halopsa_id=int(number[-4:]), number=number, currency=currency,
-            invoice_date=today - timedelta(days=late + 30), due_date=today - timedelta(days=late), total=Decimal(total),
-            subtotal=Decimal(total), balance=Decimal(balance), amount_paid=Decimal(total) - Decimal(balance), status=status)
-    Invoice.objects.create(connection=main, customer=law, halopsa_id=1999, number="INV-0999", total=Decimal("10.00"),
-                           balance=Decimal("10.00"), deleted_in_halopsa_at=timezone.now())
-    Payment.objects.create(invoice=invoices["INV-1002"], connection=main, source="platform", amount=Decimal("300.00"),
-                           paid_on=today - timedelta(days=3), method="card", reference="PAY-77")
-    Payment.objects.create(invoice=invoices["INV-1006"], connection=main, source="halopsa", halopsa_id=5, amount=Decimal("640.00"),
-                           paid_on=today - timedelta(days=8), method="bank transfer")
+            connection=customer.connection,
+            customer=customer,
+            halopsa_id=int(number[-4:]),
+            number=number,
+            currency=currency,
+            invoice_date=today - timedelta(days=late + 30),
+            due_date=today - timedelta(days=late),
+            total=Decimal(total),
+            subtotal=Decimal(total),
+            balance=Decimal(balance),
+            amount_paid=Decimal(total) - Decimal(balance),
+            status=status,
+        )
+    Invoice.objects.create(
+        connection=main,
+        customer=law,
+        halopsa_id=1999,
+        number="INV-0999",
+        total=Decimal("10.00"),
+        balance=Decimal("10.00"),
+        deleted_in_halopsa_at=timezone.now(),
+    )
+    Payment.objects.create(
+        invoice=invoices["INV-1002"],
+        connection=main,
+        source="platform",
+        amount=Decimal("300.00"),
+        paid_on=today - timedelta(days=3),
+        method="card",
+        reference="PAY-77",
+    )
+    Payment.objects.create(
+        invoice=invoices["INV-1006"],
+        connection=main,
+        source="halopsa",
+        halopsa_id=5,
+        amount=Decimal("640.00"),
+        paid_on=today - timedelta(days=8),
+        method="bank transfer",
+    )
     return {"customer": dental}
 
 
@@ -67,11 +106,15 @@ def _path(path: str, books) -> str:
 def test_finance_overview_filters_and_export_at_desktop(page, shot, partner_user, books):
     sign_in_page(page, partner_user)
     owed = page.locator("section.receivables")
-    expect(owed.locator(".tile", has_text="Outstanding · USD")).to_contain_text("4,115.49 USD")  # the unknown invoice's too
+    expect(owed.locator(".tile", has_text="Outstanding · USD")).to_contain_text(
+        "4,115.49 USD"
+    )  # the unknown invoice's too
     expect(owed.locator(".tile", has_text="Overdue · USD")).to_contain_text("2,790.49 USD")
     expect(owed.locator(".tile", has_text="Outstanding · EUR")).to_contain_text("1,050.00 EUR")
     expect(owed.locator("table.ageing tr", has_text="31–60 days")).to_contain_text("2,200.00 USD")
-    expect(page.locator("nav .count")).to_have_text(["1", "2"])  # 1 unknown-customer invoice; 1 invoice + 1 customer deleted
+    expect(page.locator("nav .count")).to_have_text(
+        ["1", "2"]
+    )  # 1 unknown-customer invoice; 1 invoice + 1 customer deleted
     shot(page, "finance-home-desktop")
 
     # The overdue figure opens the overdue invoices, whose totals are the same.
@@ -93,7 +136,12 @@ def test_finance_overview_filters_and_export_at_desktop(page, shot, partner_user
     with open(download.value.path(), encoding="utf-8") as exported:
         rows = list(csv.reader(io.StringIO(exported.read())))
     assert [row[0] for row in rows[1:]] == ["INV-1003", "INV-1004"]
-    assert rows[0][5:9] == ["Currency", "Total", "Amount paid", "Balance"] and rows[1][5:9] == ["USD", "2200.00", "0.00", "2200.00"]
+    assert rows[0][5:9] == ["Currency", "Total", "Amount paid", "Balance"] and rows[1][5:9] == [
+        "USD",
+        "2200.00",
+        "0.00",
+        "2200.00",
+    ]
 
     page.goto("/invoices/?due_from=2026-02-30")
     expect(page.get_by_role("alert")).to_contain_text("Due from: Enter a date as YYYY-MM-DD.")

@@ -6,6 +6,7 @@ the confirmation pages (record, delete, status, archive), each payment's standin
 (pending, posted, failed with HaloPSA's message), the payment list, and the archive queue and
 unknown-customers tables fitting a phone without sideways scrolling.
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -31,7 +32,11 @@ def books(partner, make_connection, halo_sandbox):
     run, _ = sync_queue(connection=connection, scope=SyncRun.Scope.FULL, trigger=SyncRun.Trigger.CLI)
     sync_execute(run=SyncRun.objects.get(pk=run.pk))
     invoices = {i.halopsa_id: i for i in Invoice.objects.filter(connection=connection)}
-    gone = Invoice.objects.filter(connection=connection, status="open", customer__is_unknown=False).order_by("-halopsa_id").first()
+    gone = (
+        Invoice.objects.filter(connection=connection, status="open", customer__is_unknown=False)
+        .order_by("-halopsa_id")
+        .first()
+    )
     Invoice.objects.filter(pk=gone.pk).update(deleted_in_halopsa_at=timezone.now())
     Customer.objects.filter(connection=connection, halopsa_id=3).update(deleted_in_halopsa_at=timezone.now())
     return {"open": invoices[1], "partial": invoices[2], "paid": invoices[3], "void": invoices[7], "gone": gone}
@@ -158,9 +163,12 @@ def _fits(page, name: str, tables: str | None = None) -> None:
     """Nothing wider than the phone: neither the page nor the named tables scroll sideways."""
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, name
     if tables:
-        wide = page.evaluate("""(selector) => [...document.querySelectorAll(selector)]
+        wide = page.evaluate(
+            """(selector) => [...document.querySelectorAll(selector)]
             .filter(t => t.offsetParent !== null && t.scrollWidth > t.clientWidth + 1)
-            .map(t => t.scrollWidth + ' > ' + t.clientWidth)""", tables)
+            .map(t => t.scrollWidth + ' > ' + t.clientWidth)""",
+            tables,
+        )
         assert wide == [], f"{name}: {wide}"
 
 

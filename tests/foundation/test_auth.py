@@ -1,4 +1,5 @@
 """Sign-in and sign-out through the login form, the lockout after repeated failures, and the redirect for anonymous users."""
+
 from __future__ import annotations
 
 import pytest
@@ -224,7 +225,9 @@ def test_with_trusted_proxies_a_spoofed_address_neither_locks_others_nor_escapes
     attack("alice", BALANCER, forwarded_for=f"{ALICE_AT}, {ATTACKER_AT}")
 
     assert sign_in_from(client_csrf, "alice", PASSWORD, BALANCER, forwarded_for=ALICE_AT).status_code == 302
-    other_lie = sign_in_from(Client(enforce_csrf_checks=True), "alice", PASSWORD, BALANCER, forwarded_for=f"192.0.2.1, {ATTACKER_AT}")
+    other_lie = sign_in_from(
+        Client(enforce_csrf_checks=True), "alice", PASSWORD, BALANCER, forwarded_for=f"192.0.2.1, {ATTACKER_AT}"
+    )
     assert b"Too many failed sign-ins" in other_lie.content
 
 
@@ -235,20 +238,30 @@ def test_with_trusted_proxies_a_request_around_the_balancer_is_keyed_on_its_send
     assert sign_in_from(client_csrf, "alice", PASSWORD, BALANCER, forwarded_for=ALICE_AT).status_code == 302
 
 
-@pytest.mark.parametrize("trusted,remote,forwarded,expected", [
-    ([], "203.0.113.9", "198.51.100.7", "203.0.113.9"),
-    (["10.0.0.5"], "10.0.0.5", "198.51.100.7", "198.51.100.7"),
-    (["10.0.0.5"], "10.0.0.6", "198.51.100.7", "10.0.0.6"),
-    (["10.0.0.0/8"], "10.0.0.5", "1.2.3.4, 198.51.100.7, 10.1.1.1", "198.51.100.7"),  # two proxies, a forged left part
-    (["10.0.0.0/8"], "10.0.0.5", "", "10.0.0.5"),  # no header: the proxy itself
-    (["10.0.0.0/8"], "10.0.0.5", "10.2.2.2, 10.1.1.1", "10.2.2.2"),  # all trusted: the first
-    (["10.0.0.0/8"], "10.0.0.5", "not-an-ip", "10.0.0.5"),  # garbage where the client should be
-    (["10.0.0.0/8"], "10.0.0.5", "198.51.100.7:52100", "198.51.100.7"),
-    (["fd00::/8"], "fd00::1", "2001:db8::7", "2001:db8::7"),
-    (["fd00::/8"], "fd00::1", "[2001:db8::7]:443", "2001:db8::7"),
-    (["10.0.0.0/8"], "::ffff:10.0.0.5", "::ffff:198.51.100.7", "198.51.100.7"),
-])
-def test_client_ip_reads_forwarded_for_from_the_right_through_trusted_proxies(trusted, remote, forwarded, expected, rf, settings):
+@pytest.mark.parametrize(
+    "trusted,remote,forwarded,expected",
+    [
+        ([], "203.0.113.9", "198.51.100.7", "203.0.113.9"),
+        (["10.0.0.5"], "10.0.0.5", "198.51.100.7", "198.51.100.7"),
+        (["10.0.0.5"], "10.0.0.6", "198.51.100.7", "10.0.0.6"),
+        (
+            ["10.0.0.0/8"],
+            "10.0.0.5",
+            "1.2.3.4, 198.51.100.7, 10.1.1.1",
+            "198.51.100.7",
+        ),  # two proxies, a forged left part
+        (["10.0.0.0/8"], "10.0.0.5", "", "10.0.0.5"),  # no header: the proxy itself
+        (["10.0.0.0/8"], "10.0.0.5", "10.2.2.2, 10.1.1.1", "10.2.2.2"),  # all trusted: the first
+        (["10.0.0.0/8"], "10.0.0.5", "not-an-ip", "10.0.0.5"),  # garbage where the client should be
+        (["10.0.0.0/8"], "10.0.0.5", "198.51.100.7:52100", "198.51.100.7"),
+        (["fd00::/8"], "fd00::1", "2001:db8::7", "2001:db8::7"),
+        (["fd00::/8"], "fd00::1", "[2001:db8::7]:443", "2001:db8::7"),
+        (["10.0.0.0/8"], "::ffff:10.0.0.5", "::ffff:198.51.100.7", "198.51.100.7"),
+    ],
+)
+def test_client_ip_reads_forwarded_for_from_the_right_through_trusted_proxies(
+    trusted, remote, forwarded, expected, rf, settings
+):
     from syncportal.client_ip import client_ip
 
     settings.TRUSTED_PROXIES = trusted

@@ -1,4 +1,5 @@
 """integrations/conf.py: the HALOPSA_* settings' one home (defaults, parsing, re-reading)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,16 @@ from integrations.conf import HaloSettings, halo_settings, setting_name, setting
 
 
 def test_the_environment_overrides_only_what_it_names():
-    values = settings_from_env({"HALOPSA_RATE_LIMIT": "120", "HALOPSA_ALLOW_PRIVATE_NETWORKS": "yes",
-                                "HALOPSA_BILLING_FLAG_ALTERNATIVES": "a, b,", "HALOPSA_SYNC_RUN_SECONDS": "90.5",
-                                "HALOPSA_WEBHOOK_EVENTNOS": "Invoice Updated=7", "OTHER": "x"})
+    values = settings_from_env(
+        {
+            "HALOPSA_RATE_LIMIT": "120",
+            "HALOPSA_ALLOW_PRIVATE_NETWORKS": "yes",
+            "HALOPSA_BILLING_FLAG_ALTERNATIVES": "a, b,",
+            "HALOPSA_SYNC_RUN_SECONDS": "90.5",
+            "HALOPSA_WEBHOOK_EVENTNOS": "Invoice Updated=7",
+            "OTHER": "x",
+        }
+    )
     assert values["HALOPSA_RATE_LIMIT"] == 120 and values["HALOPSA_ALLOW_PRIVATE_NETWORKS"] is True
     assert values["HALOPSA_BILLING_FLAG_ALTERNATIVES"] == ("a", "b")
     assert values["HALOPSA_SYNC_RUN_SECONDS"] == 90.5
@@ -26,14 +34,17 @@ def test_the_environment_overrides_only_what_it_names():
     assert "OTHER" not in values
 
 
-@pytest.mark.parametrize("environ, named", [
-    ({"HALOPSA_RATE_LIMIT": "many"}, "HALOPSA_RATE_LIMIT"),
-    ({"HALOPSA_ALLOW_PRIVATE_NETWORKS": "perhaps"}, "HALOPSA_ALLOW_PRIVATE_NETWORKS"),
-    ({"HALOPSA_UNMEASURED_CLOCK": "guess"}, "HALOPSA_UNMEASURED_CLOCK"),
-    ({"HALOPSA_PDF_BUDGET_SHARE": "1.5"}, "HALOPSA_PDF_BUDGET_SHARE"),
-    ({"HALOPSA_SYNC_DELETION_CHECKS": "-1"}, "HALOPSA_SYNC_DELETION_CHECKS"),
-    ({"HALOPSA_WEBHOOK_EVENTNOS": "invoice updated"}, "HALOPSA_WEBHOOK_EVENTNOS"),
-])
+@pytest.mark.parametrize(
+    "environ, named",
+    [
+        ({"HALOPSA_RATE_LIMIT": "many"}, "HALOPSA_RATE_LIMIT"),
+        ({"HALOPSA_ALLOW_PRIVATE_NETWORKS": "perhaps"}, "HALOPSA_ALLOW_PRIVATE_NETWORKS"),
+        ({"HALOPSA_UNMEASURED_CLOCK": "guess"}, "HALOPSA_UNMEASURED_CLOCK"),
+        ({"HALOPSA_PDF_BUDGET_SHARE": "1.5"}, "HALOPSA_PDF_BUDGET_SHARE"),
+        ({"HALOPSA_SYNC_DELETION_CHECKS": "-1"}, "HALOPSA_SYNC_DELETION_CHECKS"),
+        ({"HALOPSA_WEBHOOK_EVENTNOS": "invoice updated"}, "HALOPSA_WEBHOOK_EVENTNOS"),
+    ],
+)
 def test_a_bad_value_is_refused_naming_the_setting(environ, named):
     with pytest.raises(ImproperlyConfigured, match=named):
         settings_from_env(environ)

@@ -1,4 +1,5 @@
 """Partner secrets are encrypted at rest; keys rotate without losing a value."""
+
 from __future__ import annotations
 
 import io
@@ -17,9 +18,7 @@ SECRET_COLUMNS = ("client_secret", "webhook_password", "webhook_hmac_secret")
 
 def raw_row(pk: int) -> dict[str, str]:
     with db.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {', '.join(SECRET_COLUMNS)} FROM integrations_connection WHERE id = %s", [pk]
-        )
+        cursor.execute(f"SELECT {', '.join(SECRET_COLUMNS)} FROM integrations_connection WHERE id = %s", [pk])
         return dict(zip(SECRET_COLUMNS, cursor.fetchone()))
 
 
@@ -85,7 +84,10 @@ def test_adding_a_new_key_first_keeps_old_values_readable_and_writes_with_the_ne
 
 def test_rotate_field_keys_re_encrypts_every_secret_with_the_newest_key(partner, make_connection, settings):
     old_key = settings.FIELD_ENCRYPTION_KEYS[0]
-    conns = [make_connection(partner, name=f"c{i}", client_secret=f"secret-{i}", webhook_hmac_secret=f"hmac-{i}") for i in range(3)]
+    conns = [
+        make_connection(partner, name=f"c{i}", client_secret=f"secret-{i}", webhook_hmac_secret=f"hmac-{i}")
+        for i in range(3)
+    ]
     passwords = {conn.pk: conn.webhook_password for conn in conns}
     new_key = Fernet.generate_key().decode()
     settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]

@@ -1,4 +1,5 @@
 """The home page: the partner's connections, or an explained empty state."""
+
 from __future__ import annotations
 
 
@@ -33,7 +34,9 @@ def test_home_lists_only_the_partners_own_connections(client, partner, other_par
     assert "No HaloPSA connection yet." not in content
 
 
-def test_staff_see_every_partners_connections_with_the_partner_named(client, partner, other_partner, staff_user, make_connection):
+def test_staff_see_every_partners_connections_with_the_partner_named(
+    client, partner, other_partner, staff_user, make_connection
+):
     make_connection(partner, name="Acme HaloPSA")
     make_connection(other_partner, name="Globex HaloPSA")
     client.force_login(staff_user)

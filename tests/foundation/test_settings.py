@@ -2,6 +2,7 @@
 
 Each case runs in a fresh Python process, because settings are read once at import.
 """
+
 from __future__ import annotations
 
 import json

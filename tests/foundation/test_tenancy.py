@@ -3,6 +3,7 @@
 Both partners get identical data (same names, numbers and HaloPSA ids), so a filter that keys on
 anything but the partner would show up as a leak.
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -23,32 +24,64 @@ def build_partner_data(partner, make_connection) -> dict[type, object]:
     connection = make_connection(partner, name="Main HaloPSA", client_secret="same-secret")
     customer = m.Customer.objects.create(connection=connection, halopsa_id=10, name="Contoso")
     contact = m.Contact.objects.create(
-        customer=customer, halopsa_key="accounts", source=m.Contact.Source.ACCOUNTS_CONTACT, name="Pat", email="pat@contoso.example"
+        customer=customer,
+        halopsa_key="accounts",
+        source=m.Contact.Source.ACCOUNTS_CONTACT,
+        name="Pat",
+        email="pat@contoso.example",
     )
     invoice = m.Invoice.objects.create(
-        connection=connection, customer=customer, halopsa_id=500, number="INV-500",
-        invoice_date=date(2026, 1, 5), total=Decimal("120.00"), balance=Decimal("120.00"),
+        connection=connection,
+        customer=customer,
+        halopsa_id=500,
+        number="INV-500",
+        invoice_date=date(2026, 1, 5),
+        total=Decimal("120.00"),
+        balance=Decimal("120.00"),
     )
-    line = m.InvoiceLine.objects.create(invoice=invoice, halopsa_id=1, description="Support", net_amount=Decimal("100.00"))
+    line = m.InvoiceLine.objects.create(
+        invoice=invoice, halopsa_id=1, description="Support", net_amount=Decimal("100.00")
+    )
     payment = m.Payment.objects.create(
-        invoice=invoice, connection=connection, halopsa_id=900, source=m.Origin.HALOPSA,
-        amount=Decimal("20.00"), paid_on=date(2026, 1, 6),
+        invoice=invoice,
+        connection=connection,
+        halopsa_id=900,
+        source=m.Origin.HALOPSA,
+        amount=Decimal("20.00"),
+        paid_on=date(2026, 1, 6),
     )
     pdf = m.InvoicePdf.objects.create(invoice=invoice, file="invoice_pdfs/2026/01/inv-500.pdf", sha256="0" * 64)
     cursor = m.SyncCursor.objects.create(connection=connection, entity=m.SyncCursor.Entity.INVOICES)
     run = m.SyncRun.objects.create(connection=connection, trigger=m.SyncRun.Trigger.MANUAL, scope=m.SyncRun.Scope.FULL)
     error = m.SyncError.objects.create(run=run, connection=connection, entity="invoices", halopsa_id=501, message="bad")
     job = m.PushJob.objects.create(
-        connection=connection, kind=m.PushJob.Kind.PAYMENT_CREATE, key=f"pay-{partner.pk}", payment=payment, invoice=invoice
+        connection=connection,
+        kind=m.PushJob.Kind.PAYMENT_CREATE,
+        key=f"pay-{partner.pk}",
+        payment=payment,
+        invoice=invoice,
     )
-    event = m.WebhookEvent.objects.create(connection=connection, dedupe_key="delivery-1", entity="invoices", object_id=500)
+    event = m.WebhookEvent.objects.create(
+        connection=connection, dedupe_key="delivery-1", entity="invoices", object_id=500
+    )
     audit = m.AuditEvent.objects.create(partner=partner, action="connection.create", summary="Created Main HaloPSA")
     incident = m.Incident.objects.create(connection=connection, kind=m.Incident.Kind.SYNC_FAILING, message="failing")
     return {
-        m.Partner: partner, m.Connection: connection, m.Customer: customer, m.Contact: contact,
-        m.Invoice: invoice, m.InvoiceLine: line, m.Payment: payment, m.InvoicePdf: pdf,
-        m.SyncCursor: cursor, m.SyncRun: run, m.SyncError: error, m.PushJob: job,
-        m.WebhookEvent: event, m.AuditEvent: audit, m.Incident: incident,
+        m.Partner: partner,
+        m.Connection: connection,
+        m.Customer: customer,
+        m.Contact: contact,
+        m.Invoice: invoice,
+        m.InvoiceLine: line,
+        m.Payment: payment,
+        m.InvoicePdf: pdf,
+        m.SyncCursor: cursor,
+        m.SyncRun: run,
+        m.SyncError: error,
+        m.PushJob: job,
+        m.WebhookEvent: event,
+        m.AuditEvent: audit,
+        m.Incident: incident,
     }
 
 
@@ -61,8 +94,21 @@ def world(partner, other_partner, make_connection):
 
 
 SCOPED_MODELS = [
-    m.Partner, m.Connection, m.Customer, m.Contact, m.Invoice, m.InvoiceLine, m.Payment, m.InvoicePdf,
-    m.SyncCursor, m.SyncRun, m.SyncError, m.PushJob, m.WebhookEvent, m.AuditEvent, m.Incident,
+    m.Partner,
+    m.Connection,
+    m.Customer,
+    m.Contact,
+    m.Invoice,
+    m.InvoiceLine,
+    m.Payment,
+    m.InvoicePdf,
+    m.SyncCursor,
+    m.SyncRun,
+    m.SyncError,
+    m.PushJob,
+    m.WebhookEvent,
+    m.AuditEvent,
+    m.Incident,
 ]
 
 

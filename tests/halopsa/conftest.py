@@ -1,5 +1,6 @@
 """Fixtures for the HaloPSA client tests: clients bound to a sandbox, a recording sleep, and a
 tiny stub HTTP server for answers the sandbox never gives (redirects, odd error bodies)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from integrations.halopsa.client import HaloClient
 from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SandboxServer
+from integrations.halopsa.client import HaloClient
 
 
 class RecordingSleep:
@@ -64,8 +65,11 @@ class StubHalo:
 
     def __init__(self) -> None:
         self.routes: dict[tuple[str, str], tuple[int, dict[str, str], bytes]] = {
-            ("POST", "/auth/token"): (200, {"Content-Type": "application/json"},
-                                      json.dumps({"access_token": self.TOKEN, "expires_in": 3600}).encode()),
+            ("POST", "/auth/token"): (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps({"access_token": self.TOKEN, "expires_in": 3600}).encode(),
+            ),
         }
         self.requests: list[tuple[str, str]] = []
         stub = self
@@ -106,7 +110,9 @@ class StubHalo:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def route(self, method: str, path: str, status: int, body: Any = b"", headers: dict[str, str] | None = None) -> None:
+    def route(
+        self, method: str, path: str, status: int, body: Any = b"", headers: dict[str, str] | None = None
+    ) -> None:
         if not isinstance(body, bytes):
             body = json.dumps(body).encode() if not isinstance(body, str) else body.encode()
         self.routes[(method, path)] = (status, {"Content-Type": "application/json", **(headers or {})}, body)

@@ -1,5 +1,6 @@
 """The request budget on the cache backends production uses: the database cache (no Redis) and
 Redis. Budgets must be shared by every process, so they live in these, not in process memory."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The client against the HaloPSA sandbox over real HTTP: auth, paging, filters, records, writes."""
+
 from __future__ import annotations
 
 import logging
@@ -8,14 +9,14 @@ from decimal import Decimal
 
 import pytest
 
+from halosandbox import SANDBOX_CLIENT_SECRET
+from halosandbox.shapes import WEBHOOK_EVENTNOS
 from integrations.halopsa.client import PAGE_SIZE, HaloClient, RequestStats
 from integrations.halopsa.exceptions import (
     HaloAuthError,
     HaloNotFound,
     HaloRequestRejected,
 )
-from halosandbox import SANDBOX_CLIENT_SECRET
-from halosandbox.shapes import WEBHOOK_EVENTNOS
 
 PAGING_DATASET = {"customers": 120, "contacts": 250, "billing_contacts": 60, "invoices": 230, "max_lines": 3}
 
@@ -246,14 +247,23 @@ def test_invoice_pdf_by_generation_and_by_attachment_id(halo_sandbox, make_clien
 
 
 def _payments_with_reference(sandbox, reference: str) -> list:
-    return [p for inv in (sandbox.store.get_invoice(i) for i in sandbox.store.query_invoice_ids())
-            for p in inv.payments if p.reference == reference]
+    return [
+        p
+        for inv in (sandbox.store.get_invoice(i) for i in sandbox.store.query_invoice_ids())
+        for p in inv.payments
+        if p.reference == reference
+    ]
 
 
 def test_create_find_and_delete_payment(halo_sandbox, make_client):
     client = make_client(halo_sandbox)
-    created = client.create_payment(invoice_id=1, amount=Decimal("12.34"), paid_on=date(2026, 11, 2),
-                                    reference="ap-pay-1", method_name="Alternative Payments")
+    created = client.create_payment(
+        invoice_id=1,
+        amount=Decimal("12.34"),
+        paid_on=date(2026, 11, 2),
+        reference="ap-pay-1",
+        method_name="Alternative Payments",
+    )
     assert created["amount"] == Decimal("12.34")
     assert created["reference"] == created["thirdpartyid"] == "ap-pay-1"
     assert created["date"].startswith("2026-11-02")
@@ -262,8 +272,12 @@ def test_create_find_and_delete_payment(halo_sandbox, make_client):
     assert client.find_payment_by_reference(invoice_id=1, reference="ap-pay") is None  # exact match only
     # Calling again (a task that ran twice) returns the same payment and posts nothing.
     posts = halo_sandbox.count_requests("/api/InvoicePayment", "POST")
-    assert client.create_payment(invoice_id=1, amount=Decimal("12.34"), paid_on=date(2026, 11, 2),
-                                 reference="ap-pay-1")["id"] == created["id"]
+    assert (
+        client.create_payment(invoice_id=1, amount=Decimal("12.34"), paid_on=date(2026, 11, 2), reference="ap-pay-1")[
+            "id"
+        ]
+        == created["id"]
+    )
     assert halo_sandbox.count_requests("/api/InvoicePayment", "POST") == posts
     assert len(_payments_with_reference(halo_sandbox, "ap-pay-1")) == 1
     assert client.delete_payment(created["id"]) is True
@@ -274,7 +288,9 @@ def test_create_find_and_delete_payment(halo_sandbox, make_client):
 def test_refused_payment_carries_halos_message(halo_sandbox, make_client):
     client = make_client(halo_sandbox)
     with pytest.raises(HaloRequestRejected) as caught:
-        client.create_payment(invoice_id=1, amount=Decimal("999999.00"), paid_on=date(2026, 11, 2), reference="too-much")
+        client.create_payment(
+            invoice_id=1, amount=Decimal("999999.00"), paid_on=date(2026, 11, 2), reference="too-much"
+        )
     assert caught.value.permanent and caught.value.status == 400
     assert "exceeds the amount due" in caught.value.message
     assert halo_sandbox.count_requests("/api/InvoicePayment", "POST") == 1
@@ -292,8 +308,13 @@ def test_update_and_void_invoice(halo_sandbox, make_client):
 def test_webhook_subscriptions(halo_sandbox, make_client):
     client = make_client(halo_sandbox)
     assert client.list_webhooks() == []
-    created = client.create_webhook({"name": "syncportal", "url": "https://portal.example.com/hooks/abc",
-                                     "events": [{"eventno": WEBHOOK_EVENTNOS["invoice updated"]}]})
+    created = client.create_webhook(
+        {
+            "name": "syncportal",
+            "url": "https://portal.example.com/hooks/abc",
+            "events": [{"eventno": WEBHOOK_EVENTNOS["invoice updated"]}],
+        }
+    )
     assert created["id"]
     assert [w["id"] for w in client.list_webhooks()] == [created["id"]]
     assert client.delete_webhook(created["id"]) is True
@@ -351,8 +372,11 @@ def test_every_request_log_line_names_the_connection_and_host(halo_sandbox, make
         client.version()
         list(client.iter_invoices())
         client.list_invoice_payments(2)  # says which list key HaloPSA used
-    lines = [r.getMessage() for r in caplog.records
-             if r.name == "integrations.halopsa.client" and r.module in ("client", "transport")]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "integrations.halopsa.client" and r.module in ("client", "transport")
+    ]
     where = f"halopsa connection={connection.pk} host={halo_sandbox.url.split('://')[1]} "
     assert [line for line in lines if not line.startswith(where)] == []
     assert sum(" status=" in line for line in lines) == len(halo_sandbox.request_log) >= 6

@@ -4,6 +4,7 @@ The partner types the HaloPSA URL, so the server may be their own. Each test giv
 small limits and a server that misbehaves on purpose (the sandbox's fault modes, or a stub on
 127.0.0.1), and checks that the client ends with a clear error well within the limit.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,13 @@ def test_headers_trickling_in_end_at_the_request_deadline(make_client):
     thread = threading.Thread(target=trickle_headers, daemon=True)
     thread.start()
     try:
-        client = make_client(None, base_url=f"http://127.0.0.1:{server.getsockname()[1]}", read_timeout=1,
-                             request_deadline=0.4, max_retries=0)
+        client = make_client(
+            None,
+            base_url=f"http://127.0.0.1:{server.getsockname()[1]}",
+            read_timeout=1,
+            request_deadline=0.4,
+            max_retries=0,
+        )
         client._token = type("T", (), {"value": "t", "expires_at": time.monotonic() + 60})()
         started = time.monotonic()
         with pytest.raises(HaloTimeout):
@@ -93,7 +99,9 @@ def test_an_answer_larger_than_the_cap_is_refused_without_reading_it_whole(halo_
     client = make_client(halo_sandbox, max_response_bytes=200_000)
     with pytest.raises(HaloBadResponse) as caught:
         list(client.iter_invoices())
-    assert "larger than the 0.190735 MB" in caught.value.message and "HALOPSA_MAX_RESPONSE_BYTES" in caught.value.message
+    assert (
+        "larger than the 0.190735 MB" in caught.value.message and "HALOPSA_MAX_RESPONSE_BYTES" in caught.value.message
+    )
     assert halo_sandbox.count_requests("/api/Invoice") == 1  # refused, not retried
     # By its Content-Length nothing is read; without one, reading stops at the cap (one chunk past at most).
     assert client.stats.bytes < (1_000 if declare_length else 200_000 + 64 * 1024)
@@ -195,8 +203,9 @@ def test_a_request_is_cut_at_the_callers_deadline(halo_sandbox, make_client):
 
 
 def test_the_budget_is_not_waited_for_past_the_deadline(halo_sandbox, make_client, sleeps):
-    client = make_client(halo_sandbox, rate_limit=3, rate_window=300, budget_max_wait=600,
-                         deadline=time.monotonic() + 30)
+    client = make_client(
+        halo_sandbox, rate_limit=3, rate_window=300, budget_max_wait=600, deadline=time.monotonic() + 30
+    )
     with pytest.raises(HaloDeadlineReached, match="request budget"):
         for _ in range(5):  # the window's few slots are spent, then the next wait (about 300 s) is not started
             client.get_client(1)
@@ -217,8 +226,10 @@ def test_a_byte_that_is_not_utf8_marks_its_record_and_spares_the_page(halo_sandb
 
 
 def test_marking_names_nested_fields_keys_and_leaves_valid_pages_alone():
-    body = (b'{"record_count":2,"columns":["\xff"],"invoices":[{"id":1,"lines":[{"d":"ok"},{"d":"x\xfe"}],'
-            b'"k\xe9y":1},{"id":2,"client_name":"fine","total":1.5}]}')
+    body = (
+        b'{"record_count":2,"columns":["\xff"],"invoices":[{"id":1,"lines":[{"d":"ok"},{"d":"x\xfe"}],'
+        b'"k\xe9y":1},{"id":2,"client_name":"fine","total":1.5}]}'
+    )
     parsed = parse_json(body, mark_invalid_text=True)
     first, second = parsed["invoices"]
     assert first[INVALID_TEXT_KEY] == ["lines[1].d", "k\ufffdy"] and first["lines"][1]["d"] == "x\ufffd"

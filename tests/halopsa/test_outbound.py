@@ -1,4 +1,5 @@
 """SSRF guard, redirects and secrets: the partner supplies the URL, so it is treated as hostile."""
+
 from __future__ import annotations
 
 import logging
@@ -6,9 +7,9 @@ import socket
 
 import pytest
 
+from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.exceptions import HaloBadResponse, HaloConnectionError, UnsafeURLError
-from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from tests.plugins.sandbox import record_issued_tokens
 
 
@@ -36,8 +37,13 @@ def connects(monkeypatch):
 def _resolve_to(monkeypatch, *addresses: str) -> None:
     def fake_getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
         return [
-            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
-             (a, port, 0, 0) if ":" in a else (a, port))
+            (
+                socket.AF_INET6 if ":" in a else socket.AF_INET,
+                socket.SOCK_STREAM,
+                6,
+                "",
+                (a, port, 0, 0) if ":" in a else (a, port),
+            )
             for a in addresses
         ]
 
@@ -45,18 +51,22 @@ def _resolve_to(monkeypatch, *addresses: str) -> None:
 
 
 def _client(url: str, **kwargs) -> HaloClient:
-    return HaloClient(base_url=url, client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET,
-                      max_retries=0, **kwargs)
+    return HaloClient(
+        base_url=url, client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET, max_retries=0, **kwargs
+    )
 
 
-@pytest.mark.parametrize("url_template", [
-    "{sandbox}",  # plain http
-    "https://127.0.0.1:{port}",
-    "https://10.0.0.1",
-    "https://169.254.169.254",
-    "https://[::1]:{port}",
-    "https://partner:pw@acme.halopsa.com",
-])
+@pytest.mark.parametrize(
+    "url_template",
+    [
+        "{sandbox}",  # plain http
+        "https://127.0.0.1:{port}",
+        "https://10.0.0.1",
+        "https://169.254.169.254",
+        "https://[::1]:{port}",
+        "https://partner:pw@acme.halopsa.com",
+    ],
+)
 def test_refused_urls_never_open_a_socket(private_networks_off, halo_sandbox, connects, url_template):
     url = url_template.format(sandbox=halo_sandbox.url, port=halo_sandbox.port)
     with pytest.raises(UnsafeURLError) as caught:
@@ -66,8 +76,9 @@ def test_refused_urls_never_open_a_socket(private_networks_off, halo_sandbox, co
     assert halo_sandbox.request_log == []
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "192.168.10.20",
-                                     "::ffff:10.0.0.1"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "192.168.10.20", "::ffff:10.0.0.1"]
+)
 def test_hostnames_are_checked_at_connect_time(private_networks_off, monkeypatch, connects, address):
     # The name passes the URL check; what it resolves to (now) decides: DNS rebinding cannot help.
     _resolve_to(monkeypatch, address)
@@ -112,8 +123,13 @@ def test_with_the_setting_on_the_sandbox_works_but_metadata_stays_refused(halo_s
 
 
 def test_redirects_are_reported_not_followed(halo_sandbox, stub_halo, connects):
-    stub_halo.route("GET", "/api/InstanceInfo", 302, b"",
-                    {"Location": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"})
+    stub_halo.route(
+        "GET",
+        "/api/InstanceInfo",
+        302,
+        b"",
+        {"Location": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"},
+    )
     with pytest.raises(HaloBadResponse) as caught:
         _client(stub_halo.url).version()
     assert "redirect" in caught.value.message and caught.value.permanent
@@ -140,8 +156,9 @@ def test_secrets_and_tokens_never_reach_the_logs(halo_sandbox_factory, caplog):
     sandbox = halo_sandbox_factory(dataset={"customers": 10, "contacts": 20, "invoices": 250, "max_lines": 2})
     issued = record_issued_tokens(sandbox)
     sandbox.add_fault("status", status=503, path="/api/Invoice", count=1)
-    client = HaloClient(base_url=sandbox.url, client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET,
-                        retry_base_delay=0.001)
+    client = HaloClient(
+        base_url=sandbox.url, client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET, retry_base_delay=0.001
+    )
     pages = 0
     for _page in client.invoice_pages():
         pages += 1

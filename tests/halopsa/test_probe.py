@@ -1,6 +1,7 @@
 """The shape probe (integrations/halopsa/probe.py) and its service (`connection_probe`): what it
 learns under every sandbox profile, what it costs in calls, and that a failing call is recorded
 instead of raised."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from halosandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME
 from integrations.halopsa.exceptions import HaloAuthError, HaloBadResponse
 from integrations.halopsa.probe import probe_shape
 from integrations.halopsa.shape import (
@@ -26,26 +28,40 @@ from integrations.halopsa.shape import (
     UNKNOWN,
     HaloShape,
 )
-from halosandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME
 
 # What the probe learns from the tiny dataset under the default profile, in 11 requests: token,
 # InstanceInfo, Client + its filter check, Users + its filter check, Invoice + its datesearch
 # check, Invoice/{id}, InvoicePayment, Webhook.
 DEFAULT_FACTS: dict[str, Any] = {
     "version": "2.130.1",
-    "invoice_datesearch": FILTER_WORKS, "invoice_order_by_modified": FILTER_WORKS,
-    "client_updated_filter": FILTER_WORKS, "user_updated_filter": FILTER_WORKS,
-    "client_order_by_updated": FILTER_WORKS, "user_order_by_updated": FILTER_WORKS,
-    "billing_flag_source": FLAG_ON_LIST, "billing_flag_field": "canaccessinvoices",
-    "payments_lookup": PAYMENTS_VIA_INVOICE, "payments_list_key": "invoicepayments", "payments_list_filter": FILTER_WORKS,
-    "missing_fields": {}, "problems": [], "probe_errors": [], "clock_offset_seconds": None,
+    "invoice_datesearch": FILTER_WORKS,
+    "invoice_order_by_modified": FILTER_WORKS,
+    "client_updated_filter": FILTER_WORKS,
+    "user_updated_filter": FILTER_WORKS,
+    "client_order_by_updated": FILTER_WORKS,
+    "user_order_by_updated": FILTER_WORKS,
+    "billing_flag_source": FLAG_ON_LIST,
+    "billing_flag_field": "canaccessinvoices",
+    "payments_lookup": PAYMENTS_VIA_INVOICE,
+    "payments_list_key": "invoicepayments",
+    "payments_list_filter": FILTER_WORKS,
+    "missing_fields": {},
+    "problems": [],
+    "probe_errors": [],
+    "clock_offset_seconds": None,
 }
-DEFAULT_CODES = {"0": {"seen": 4, "unpaid": 3, "paid": 0, "partial": 0},  # one of the four is void
-                 "1": {"seen": 2, "unpaid": 2, "paid": 0, "partial": 2},
-                 "2": {"seen": 1, "unpaid": 0, "paid": 1, "partial": 0}}
+DEFAULT_CODES = {
+    "0": {"seen": 4, "unpaid": 3, "paid": 0, "partial": 0},  # one of the four is void
+    "1": {"seen": 2, "unpaid": 2, "paid": 0, "partial": 2},
+    "2": {"seen": 1, "unpaid": 0, "paid": 1, "partial": 0},
+}
 ALL_CHANGES: dict[str, Any] = {
-    "invoice_datesearch": FILTER_IGNORED, "client_updated_filter": FILTER_IGNORED, "user_updated_filter": FILTER_IGNORED,
-    "billing_flag_source": FLAG_ON_DETAIL, "payments_list_key": BARE_ARRAY, "payments_list_filter": FILTER_IGNORED,
+    "invoice_datesearch": FILTER_IGNORED,
+    "client_updated_filter": FILTER_IGNORED,
+    "user_updated_filter": FILTER_IGNORED,
+    "billing_flag_source": FLAG_ON_DETAIL,
+    "payments_list_key": BARE_ARRAY,
+    "payments_list_filter": FILTER_IGNORED,
 }
 # profile -> (facts that differ from the default, requests)
 EXPECTED: dict[str, tuple[dict[str, Any], int]] = {
@@ -79,7 +95,9 @@ def test_what_the_probe_learns_under_every_profile(halo_sandbox_factory, make_cl
     assert learned["checked_at"]
     # The calls, counted twice: by the client and by HaloPSA. All reads but the token.
     assert result.requests == requests == len(sandbox.request_log)
-    assert {(e["method"], e["path"].lower()) for e in sandbox.request_log if e["method"] != "GET"} == {("POST", "/auth/token")}
+    assert {(e["method"], e["path"].lower()) for e in sandbox.request_log if e["method"] != "GET"} == {
+        ("POST", "/auth/token")
+    }
     assert not any("search" in entry["query"] for entry in sandbox.request_log)
 
 
@@ -120,15 +138,32 @@ def _answer(body: Any) -> tuple[int, dict[str, str], bytes]:
     return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
 
-def _stub_instance(stub, *, users=None, billinginfo_users=None, user_detail=None, invoices=None, invoice_detail=None,
-                   payments=None, clients=None) -> None:
+def _stub_instance(
+    stub,
+    *,
+    users=None,
+    billinginfo_users=None,
+    user_detail=None,
+    invoices=None,
+    invoice_detail=None,
+    payments=None,
+    clients=None,
+) -> None:
     """A small instance on the stub server; each list honours its far-future filter."""
     clients = [{"id": 1, "name": "Acme", "alastupdate": "2026-10-02T10:00:00"}] if clients is None else clients
-    users = [{"id": 5, "name": "Ann", "client_id": 1, "emailaddress": "a@x", "ulastupdate": "2026-10-02T10:00:00"}] \
-        if users is None else users
-    invoices = [{"id": 7, "total": 100, "amountpaid": 0, "paymentstatus": 0, "last_modified": "2026-10-03T10:00:00"},
-                {"id": 8, "total": 50, "amountpaid": 50, "paymentstatus": 2, "last_modified": "2026-10-01T10:00:00"}] \
-        if invoices is None else invoices
+    users = (
+        [{"id": 5, "name": "Ann", "client_id": 1, "emailaddress": "a@x", "ulastupdate": "2026-10-02T10:00:00"}]
+        if users is None
+        else users
+    )
+    invoices = (
+        [
+            {"id": 7, "total": 100, "amountpaid": 0, "paymentstatus": 0, "last_modified": "2026-10-03T10:00:00"},
+            {"id": 8, "total": 50, "amountpaid": 50, "paymentstatus": 2, "last_modified": "2026-10-01T10:00:00"},
+        ]
+        if invoices is None
+        else invoices
+    )
 
     def listing(key, rows, filter_param, alternative_rows=None, alternative_param=None):
         def answer(query):
@@ -136,17 +171,26 @@ def _stub_instance(stub, *, users=None, billinginfo_users=None, user_detail=None
             if alternative_param and query.get(alternative_param) == "true" and filter_param not in query:
                 chosen = alternative_rows
             return _answer({"record_count": len(chosen), key: chosen})
+
         return answer
 
     stub.route("GET", "/api/InstanceInfo", 200, {"app_version": "2.99.1"})
     stub.routes[("GET", "/api/Client")] = listing("clients", clients, "lastupdatefromdate")
-    stub.routes[("GET", "/api/Users")] = listing("users", users, "lastupdatefromdate",
-                                                 billinginfo_users if billinginfo_users is not None else users,
-                                                 "includebillinginfo")
+    stub.routes[("GET", "/api/Users")] = listing(
+        "users",
+        users,
+        "lastupdatefromdate",
+        billinginfo_users if billinginfo_users is not None else users,
+        "includebillinginfo",
+    )
     stub.route("GET", "/api/Users/5", 200, user_detail if user_detail is not None else users[0] if users else {})
     stub.routes[("GET", "/api/Invoice")] = listing("invoices", invoices, "datesearch")
-    stub.route("GET", "/api/Invoice/8", 200, invoice_detail if invoice_detail is not None else {"id": 8, "payments": []})
-    stub.route("GET", "/api/InvoicePayment", 200, payments if payments is not None else {"record_count": 0, "payments": []})
+    stub.route(
+        "GET", "/api/Invoice/8", 200, invoice_detail if invoice_detail is not None else {"id": 8, "payments": []}
+    )
+    stub.route(
+        "GET", "/api/InvoicePayment", 200, payments if payments is not None else {"record_count": 0, "payments": []}
+    )
     stub.route("GET", "/api/Webhook", 200, [])
 
 
@@ -177,25 +221,39 @@ def test_the_flag_with_billing_info_is_preferred_to_the_detail(stub_halo, make_c
 
 
 def test_no_exact_payments_list_blocks_payment_pushes(stub_halo, make_client):
-    _stub_instance(stub_halo, invoice_detail={"id": 8, "total": 50},  # no `payments`: says nothing
-                   payments=[{"id": 1, "invoice_id": 99, "amount": 3}])  # another invoice's row: filter ignored
+    _stub_instance(
+        stub_halo,
+        invoice_detail={"id": 8, "total": 50},  # no `payments`: says nothing
+        payments=[{"id": 1, "invoice_id": 99, "amount": 3}],
+    )  # another invoice's row: filter ignored
     shape = probe_shape(make_client(base_url=stub_halo.url)).shape
-    assert (shape.payments_lookup, shape.payments_list_filter, shape.payments_list_key) == (PAYMENTS_NOWHERE, FILTER_IGNORED, BARE_ARRAY)
+    assert (shape.payments_lookup, shape.payments_list_filter, shape.payments_list_key) == (
+        PAYMENTS_NOWHERE,
+        FILTER_IGNORED,
+        BARE_ARRAY,
+    )
     assert "not posted to HaloPSA" in shape.blocked(FEATURE_PAYMENT_PUSH)
 
 
 def test_the_list_is_used_when_the_invoice_does_not_carry_its_payments(stub_halo, make_client):
-    _stub_instance(stub_halo, invoice_detail={"id": 8, "total": 50},
-                   payments={"record_count": 1, "rows": [{"id": 1, "invoice_id": 8, "amount": 50, "date": "2026-10-01"}]})
+    _stub_instance(
+        stub_halo,
+        invoice_detail={"id": 8, "total": 50},
+        payments={"record_count": 1, "rows": [{"id": 1, "invoice_id": 8, "amount": 50, "date": "2026-10-01"}]},
+    )
     shape = probe_shape(make_client(base_url=stub_halo.url)).shape
     assert (shape.payments_lookup, shape.payments_list_key) == (PAYMENTS_VIA_LIST, "rows")
     assert shape.missing_fields["payment"] == ["type", "reference", "thirdpartyid", "payment_method_name"]
 
 
 def test_an_order_that_is_not_newest_first_is_ignored(stub_halo, make_client):
-    _stub_instance(stub_halo, invoices=[
-        {"id": 8, "total": 50, "amountpaid": 50, "paymentstatus": 2, "last_modified": "2026-10-01T10:00:00"},
-        {"id": 9, "total": 10, "amountpaid": 0, "paymentstatus": 0, "last_modified": "2026-10-03T10:00:00"}])
+    _stub_instance(
+        stub_halo,
+        invoices=[
+            {"id": 8, "total": 50, "amountpaid": 50, "paymentstatus": 2, "last_modified": "2026-10-01T10:00:00"},
+            {"id": 9, "total": 10, "amountpaid": 0, "paymentstatus": 0, "last_modified": "2026-10-03T10:00:00"},
+        ],
+    )
     assert probe_shape(make_client(base_url=stub_halo.url)).shape.invoice_order_by_modified == FILTER_IGNORED
 
 
@@ -211,8 +269,16 @@ def test_an_empty_instance_leaves_the_filters_unknown(stub_halo, make_client):
 def test_junk_answers_are_recorded_never_raised(stub_halo, make_client):
     _stub_instance(stub_halo)
     stub_halo.route("GET", "/api/Client", 200, "not a list")
-    stub_halo.route("GET", "/api/Invoice", 200, {"invoices": [{"id": 8, "total": "abc", "paymentstatus": {"x": 1},
-                                                                "last_modified": "yesterday", "lines": "none"}]})
+    stub_halo.route(
+        "GET",
+        "/api/Invoice",
+        200,
+        {
+            "invoices": [
+                {"id": 8, "total": "abc", "paymentstatus": {"x": 1}, "last_modified": "yesterday", "lines": "none"}
+            ]
+        },
+    )
     shape = probe_shape(make_client(base_url=stub_halo.url)).shape
     assert "GET /api/Client" in {error["call"] for error in shape.probe_errors}
     assert shape.paymentstatus_codes == {"missing": {"seen": 1, "unpaid": 0, "paid": 0, "partial": 0}}
@@ -228,7 +294,9 @@ def test_connection_probe_stores_the_shape_and_keeps_the_measured_clock(halo_san
     from integrations.services.connections import connection_probe, connection_shape_update
 
     connection = make_connection(partner, halo_sandbox)
-    connection_shape_update(connection=connection, clock_offset_seconds=-25200.0, clock_offset_measured_at="2026-12-01T10:00:00+00:00")
+    connection_shape_update(
+        connection=connection, clock_offset_seconds=-25200.0, clock_offset_measured_at="2026-12-01T10:00:00+00:00"
+    )
     result = connection_probe(connection=connection)
     stored = Connection.objects.get(pk=connection.pk)
     assert stored.shape_checked_at is not None and stored.halopsa_version == "2.130.1"
@@ -250,7 +318,9 @@ def test_connection_test_runs_the_probe(halo_sandbox, partner, make_connection):
     halo_sandbox.add_fault("status", status=403, path="/api/Invoice", count=50)
     failed = connection_test(connection=connection)
     assert (failed.ok, failed.failure) == (False, "permission")
-    assert "GET /api/Invoice" in {e["call"] for e in HaloShape.of(Connection.objects.get(pk=connection.pk)).probe_errors}
+    assert "GET /api/Invoice" in {
+        e["call"] for e in HaloShape.of(Connection.objects.get(pk=connection.pk)).probe_errors
+    }
 
 
 def test_connection_test_names_blocked_features(stub_halo, partner, make_connection):
@@ -263,10 +333,23 @@ def test_connection_test_names_blocked_features(stub_halo, partner, make_connect
 
 
 def test_a_damaged_stored_shape_reads_as_unknown():
-    shape = HaloShape.from_dict({"payments_lookup": ["invoice"], "paymentstatus_codes": [1], "clock_offset_seconds": "soon",
-                                 "problems": ["junk", {"feature": FEATURE_PAYMENT_PUSH, "message": "m"}], "version": 2,
-                                 "billing_flag_source": FLAG_ON_DETAIL, "not_a_field": 1})
-    assert (shape.payments_lookup, shape.paymentstatus_codes, shape.clock_offset_seconds, shape.version) == (UNKNOWN, {}, None, UNKNOWN)
+    shape = HaloShape.from_dict(
+        {
+            "payments_lookup": ["invoice"],
+            "paymentstatus_codes": [1],
+            "clock_offset_seconds": "soon",
+            "problems": ["junk", {"feature": FEATURE_PAYMENT_PUSH, "message": "m"}],
+            "version": 2,
+            "billing_flag_source": FLAG_ON_DETAIL,
+            "not_a_field": 1,
+        }
+    )
+    assert (shape.payments_lookup, shape.paymentstatus_codes, shape.clock_offset_seconds, shape.version) == (
+        UNKNOWN,
+        {},
+        None,
+        UNKNOWN,
+    )
     assert shape.billing_flag_source == FLAG_ON_DETAIL and shape.blocked(FEATURE_PAYMENT_PUSH) == "m"
     assert HaloShape.from_dict({"clock_offset_seconds": float("nan")}).clock_offset_seconds is None
     assert HaloShape.from_dict({"clock_offset_seconds": -25200}).halo_time_on_our_clock(None) is None

@@ -1,5 +1,6 @@
 """Faults from the sandbox: every mode recovers or ends in the right error; payments stay exactly-once;
 the request budget keeps the client under the server's limit."""
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ def test_429_without_retry_after_backs_off_then_gives_up(halo_sandbox, make_clie
     assert halo_sandbox.count_requests("/api/InstanceInfo") == 4
     # Full jitter: each wait is within the exponential cap for its attempt.
     assert len(sleeps.calls) == 3
-    assert all(0 <= d <= 0.01 * 2 ** i for i, d in enumerate(sleeps.calls))
+    assert all(0 <= d <= 0.01 * 2**i for i, d in enumerate(sleeps.calls))
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
@@ -186,12 +187,15 @@ def _payments(sandbox, reference: str) -> list:
     return [p for p in sandbox.store.get_invoice(1).payments if p.reference == reference]
 
 
-@pytest.mark.parametrize(("fault", "posts"), [
-    ({"mode": "lost_response"}, 1),  # committed in HaloPSA, answer lost: found by the lookup
-    ({"mode": "drop"}, 2),  # never performed: not found, posted again
-    ({"mode": "status", "status": 503}, 2),
-    ({"mode": "status", "status": 500}, 2),
-])
+@pytest.mark.parametrize(
+    ("fault", "posts"),
+    [
+        ({"mode": "lost_response"}, 1),  # committed in HaloPSA, answer lost: found by the lookup
+        ({"mode": "drop"}, 2),  # never performed: not found, posted again
+        ({"mode": "status", "status": 503}, 2),
+        ({"mode": "status", "status": 500}, 2),
+    ],
+)
 def test_create_payment_is_exactly_once_after_an_ambiguous_post(halo_sandbox, make_client, fault, posts):
     halo_sandbox.add_fault(path="/api/InvoicePayment", method="POST", count=1, **fault)
     client = make_client(halo_sandbox)
@@ -282,13 +286,16 @@ def test_permission_error_names_where_to_fix_it(stub_halo, make_client):
     assert caught.value.permanent
 
 
-@pytest.mark.parametrize("body", [
-    {"page_no": 1, "record_count": 3},  # no list key
-    {"invoices": "nope", "record_count": 3},
-    {"invoices": [], "record_count": "3"},
-    {"invoices": [{"id": 1}]},  # no record_count
-    [{"id": 1}],  # a bare array where an envelope is expected
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"page_no": 1, "record_count": 3},  # no list key
+        {"invoices": "nope", "record_count": 3},
+        {"invoices": [], "record_count": "3"},
+        {"invoices": [{"id": 1}]},  # no record_count
+        [{"id": 1}],  # a bare array where an envelope is expected
+    ],
+)
 def test_wrong_envelope_is_a_bad_response(stub_halo, make_client, body):
     stub_halo.route("GET", "/api/Invoice", 200, body)
     with pytest.raises(HaloBadResponse):
@@ -311,10 +318,12 @@ def test_a_server_with_a_smaller_page_cap_is_paged_to_the_end(stub_halo, make_cl
 
 def test_a_400_saying_the_token_expired_reauthenticates_once(stub_halo, make_client):
     # Some instances answer an expired token with 400 instead of 401 (reference peers).
-    answers = iter([
-        (400, {"error": "invalid_token", "error_description": "The access token has expired"}),
-        (200, {"app_version": "2.140.2"}),
-    ])
+    answers = iter(
+        [
+            (400, {"error": "invalid_token", "error_description": "The access token has expired"}),
+            (200, {"app_version": "2.140.2"}),
+        ]
+    )
 
     def instance_info(query):
         status, body = next(answers)

@@ -1,4 +1,5 @@
 """Pure unit tests: error-body parsing, Retry-After, query dates, Decimal JSON, address rules, budget."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,10 @@ from integrations.halopsa.outbound import address_refusal, validate_url
         ({"error": "invalid_client", "error_description": "Invalid client credentials"}, "Invalid client credentials"),
         ({"error": "invalid_client"}, "invalid_client"),
         ({"ClassName": "System.Exception", "Message": "Invoice is locked"}, "Invoice is locked"),
-        ({"Message": "The request is invalid.", "MessageDetail": "id must be set"}, "The request is invalid. id must be set"),
+        (
+            {"Message": "The request is invalid.", "MessageDetail": "id must be set"},
+            "The request is invalid. id must be set",
+        ),
         ({"message": "lower case key"}, "lower case key"),
         ({"resultCode": 3, "errorMessage": "Amount exceeds the balance"}, "Amount exceeds the balance"),
         ("Something went wrong", "Something went wrong"),
@@ -87,9 +91,16 @@ def test_json_numbers_are_decimal_both_ways():
 def test_request_bodies_keep_the_bytes_the_standard_library_wrote():
     # orjson writes the body; HaloPSA still gets what json.dumps(ensure_ascii) sent: text past
     # printable ASCII escaped (surrogate pairs beyond the BMP), dates in the query form, key order.
-    payload = [{"reference": "Zoë \u2028 \x7f \U0001f600", "date": date(2026, 3, 1), 7: True,
-                "when": datetime(2026, 3, 1, 14, 30, tzinfo=timezone(timedelta(hours=2))), "none": None,
-                "amounts": (Decimal("-0.00"), Decimal("1E+3"), Decimal("5E-8"))}]
+    payload = [
+        {
+            "reference": "Zoë \u2028 \x7f \U0001f600",
+            "date": date(2026, 3, 1),
+            7: True,
+            "when": datetime(2026, 3, 1, 14, 30, tzinfo=timezone(timedelta(hours=2))),
+            "none": None,
+            "amounts": (Decimal("-0.00"), Decimal("1E+3"), Decimal("5E-8")),
+        }
+    ]
     assert dumps_json(payload) == (
         b'[{"reference":"Zo\\u00eb \\u2028 \\u007f \\ud83d\\ude00","date":"2026-03-01T00:00:00","7":true,'
         b'"when":"2026-03-01T12:30:00","none":null,"amounts":[-0.00,1000,0.00000005]}]'
@@ -101,8 +112,16 @@ def test_request_bodies_keep_the_bytes_the_standard_library_wrote():
 @pytest.mark.parametrize(
     "payload",
     [
-        {"total": Decimal("1234.10"), "big": Decimal("1E+3"), "lines": [{"q": Decimal("0.0000001")}], "ok": True, "n": None,
-         "zero": Decimal("0E-10"), "small": Decimal("0.000001"), "neg": Decimal("-5E-8")},
+        {
+            "total": Decimal("1234.10"),
+            "big": Decimal("1E+3"),
+            "lines": [{"q": Decimal("0.0000001")}],
+            "ok": True,
+            "n": None,
+            "zero": Decimal("0E-10"),
+            "small": Decimal("0.000001"),
+            "neg": Decimal("-5E-8"),
+        },
         parse_json(b'{"bad": NaN, "worse": [-Infinity], "fine": 1.5}'),  # NaN is not JSON: stored as text
         {1: "int key", "date": date(2026, 1, 2), "when": datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)},
         {"huge": 2**70, "text": "Zoë \u00e9 \u2028"},
@@ -135,9 +154,24 @@ def test_nan_and_infinity_literals_parse_to_floats_the_mapping_refuses_and_store
 
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-     "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:a00:1::1", "64:ff9b::a00:1",
-     "224.0.0.1", "198.18.0.1"],
+    [
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "2002:a00:1::1",
+        "64:ff9b::a00:1",
+        "224.0.0.1",
+        "198.18.0.1",
+    ],
 )
 def test_non_public_addresses_are_refused(address):
     assert address_refusal(address, allow_private=False) is not None

@@ -13,6 +13,7 @@ A test that names one (`@pytest.mark.sandbox(profile=...)`, `make(profile=...)`)
 A test that checks the default wire shape itself (an envelope key, a field's presence) carries
 `@pytest.mark.default_wire_shape(reason="...")` and always gets the default profile.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,13 @@ PROFILE_ENV = "HALO_PROFILE"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--halo-profile", default=None, metavar="NAME",
-                     help=f"HaloPSA sandbox profile for the sandbox fixtures: default, all, or comma-separated "
-                          f"variant names (env {PROFILE_ENV})")
+    parser.addoption(
+        "--halo-profile",
+        default=None,
+        metavar="NAME",
+        help=f"HaloPSA sandbox profile for the sandbox fixtures: default, all, or comma-separated "
+        f"variant names (env {PROFILE_ENV})",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,7 +58,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         reason = marker.kwargs.get("reason", marker.args[0] if marker.args else "")
         if not isinstance(reason, str) or not reason.strip():
-            raise pytest.UsageError(f"{item.nodeid}: default_wire_shape needs reason=\"...\" (which shape it checks)")
+            raise pytest.UsageError(f'{item.nodeid}: default_wire_shape needs reason="..." (which shape it checks)')
 
 
 def _profile_for(request: pytest.FixtureRequest) -> str:
@@ -112,9 +117,15 @@ def halo_token(server: SandboxServer, scope: str = "all") -> str:
     with requests.Session() as session:
         session.trust_env = False
         response = session.post(
-            f"{server.url}/auth/token", params=params, timeout=10,
-            data={"grant_type": "client_credentials", "client_id": server.client_id,
-                  "client_secret": server.client_secret, "scope": scope},
+            f"{server.url}/auth/token",
+            params=params,
+            timeout=10,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": server.client_id,
+                "client_secret": server.client_secret,
+                "scope": scope,
+            },
         )
     response.raise_for_status()
     return response.json()["access_token"]

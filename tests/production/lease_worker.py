@@ -9,6 +9,7 @@ in a flock-protected file, and releases it. Each hold is appended to WORKDIR/hol
 on the machine); the interval lies inside the lease, so two holds may never overlap.
 `--no-lock` skips the lease: the control case proving the detector sees overlaps.
 """
+
 from __future__ import annotations
 
 import fcntl

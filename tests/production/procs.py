@@ -1,4 +1,5 @@
 """Helpers for tests that start real processes (settings loading, manage.py, gunicorn, lock races)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -89,8 +90,9 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60) 
 
 
 @contextmanager
-def gunicorn_serving(args: list[str], env: dict[str, str], log_path: Path, port: int,
-                     start_timeout: float = 60) -> Iterator[subprocess.Popen]:
+def gunicorn_serving(
+    args: list[str], env: dict[str, str], log_path: Path, port: int, start_timeout: float = 60
+) -> Iterator[subprocess.Popen]:
     """gunicorn (`-m gunicorn` plus args) logging to log_path, once /healthz answers on port;
     stopped with SIGTERM, as a platform stops the web process, when the block ends."""
     with log_path.open("w") as log:

@@ -4,6 +4,7 @@ Several Python processes race for the same lease through `lease_acquire`; every 
 with system-wide monotonic times and a flock-protected holder count. Never two holders at once,
 and every process gets its turn. A control run without the lease shows the detector sees overlaps.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,33 +16,38 @@ import pytest
 
 from tests.production.procs import PYTHON, clean_env, database_url_for, is_postgres, popen, private_tmp
 
+
 def postgres_only(test):
     test = pytest.mark.skipif(
         not is_postgres(), reason="runs in make test's PostgreSQL+Redis pass (needs DATABASE_URL=postgres://...)"
     )(test)
     return pytest.mark.postgres(test)
 
+
 WORKERS = 4
 ROUNDS = 8
 HOLD_SECONDS = 0.02
 
 
-def race(tmp_path: Path, db_settings: dict, *, name: str, use_lock: bool = True) -> tuple[list[tuple[int, int, int, int]], list[dict]]:
+def race(
+    tmp_path: Path, db_settings: dict, *, name: str, use_lock: bool = True
+) -> tuple[list[tuple[int, int, int, int]], list[dict]]:
     """Start WORKERS processes contending for `name`; returns (holds, per-process summaries)."""
     (tmp_path / "holders").write_text("0")
-    env = clean_env(tmp_path, DJANGO_SETTINGS_MODULE="syncportal.settings_test", DATABASE_URL=database_url_for(db_settings))
+    env = clean_env(
+        tmp_path, DJANGO_SETTINGS_MODULE="syncportal.settings_test", DATABASE_URL=database_url_for(db_settings)
+    )
     args = [PYTHON, "-m", "tests.production.lease_worker", name, str(ROUNDS), str(HOLD_SECONDS), str(tmp_path)]
     if not use_lock:
         args.append("--no-lock")
-    procs = [
-        popen(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(WORKERS)
-    ]
+    procs = [popen(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(WORKERS)]
     try:
         deadline = time.monotonic() + 60
         while len(list(tmp_path.glob("ready.*"))) < WORKERS:
             assert time.monotonic() < deadline, "contenders did not start"
-            assert all(proc.poll() is None for proc in procs), [proc.communicate() for proc in procs if proc.poll() is not None]
+            assert all(proc.poll() is None for proc in procs), [
+                proc.communicate() for proc in procs if proc.poll() is not None
+            ]
             time.sleep(0.02)
         (tmp_path / "go").touch()
         outputs = [proc.communicate(timeout=120) for proc in procs]
@@ -88,8 +94,10 @@ def test_only_one_process_at_a_time_holds_a_connection_lease(transactional_db, w
     # All released: the lease is free again.
     lease = Lease.objects.get(name="sync:connection:1")
     assert lease.owner == "" and lease.expires_at is None
-    print(f"\nlease race: {WORKERS} processes x {ROUNDS} holds of {HOLD_SECONDS}s in {elapsed:.2f}s, "
-          f"{sum(s['refused'] for s in summaries)} refusals, 0 overlaps")
+    print(
+        f"\nlease race: {WORKERS} processes x {ROUNDS} holds of {HOLD_SECONDS}s in {elapsed:.2f}s, "
+        f"{sum(s['refused'] for s in summaries)} refusals, 0 overlaps"
+    )
 
 
 @postgres_only

@@ -3,6 +3,7 @@
 Runs the processes a deployment runs, with production settings (PRODUCTION=true, https
 protection on, behind a TLS-terminating load balancer) against a fresh SQLite file.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.production.procs import BASE_DIR, MANAGE, PYTHON, free_port, gunicorn_serving, private_tmp, production_env, run
+from tests.production.procs import (
+    BASE_DIR,
+    MANAGE,
+    PYTHON,
+    free_port,
+    gunicorn_serving,
+    private_tmp,
+    production_env,
+    run,
+)
 
 PROXY_HTTPS = {"X-Forwarded-Proto": "https", "Host": "portal.example.com"}
 
@@ -51,7 +61,9 @@ def test_healthz_answers_over_plain_http_for_the_load_balancer(served):
 
 
 def test_plain_http_pages_are_redirected_to_https(served):
-    response = requests.get(f"{served['base']}/login/", headers={"Host": "portal.example.com"}, allow_redirects=False, timeout=10)
+    response = requests.get(
+        f"{served['base']}/login/", headers={"Host": "portal.example.com"}, allow_redirects=False, timeout=10
+    )
 
     assert response.status_code == 301
     assert response.headers["Location"] == "https://portal.example.com/login/"

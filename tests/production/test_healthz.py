@@ -1,4 +1,5 @@
 """/healthz for load balancers: database and broker checked, no sign-in, no https redirect."""
+
 from __future__ import annotations
 
 from django.db import OperationalError

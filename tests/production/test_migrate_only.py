@@ -2,6 +2,7 @@
 
 Both run real processes with the production settings (database cache, axes on), as an operator would.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,24 @@ def test_a_database_prepared_with_migrate_alone_has_the_cache_table(tmp_path):
 def test_export_connection_writes_only_json_to_stdout_and_logs_to_stderr(tmp_path):
     env = production_env(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'export.sqlite3'}", LOG_LEVEL="INFO")
     assert run([PYTHON, MANAGE, "migrate", "--noinput"], env).returncode == 0
-    created = run([PYTHON, MANAGE, "add_connection", "--partner", "Acme", "--name", "Main",
-                   "--url", "https://acme.halopsa.example", "--client-id", "id", "--client-secret", "secret"], env)
+    created = run(
+        [
+            PYTHON,
+            MANAGE,
+            "add_connection",
+            "--partner",
+            "Acme",
+            "--name",
+            "Main",
+            "--url",
+            "https://acme.halopsa.example",
+            "--client-id",
+            "id",
+            "--client-secret",
+            "secret",
+        ],
+        env,
+    )
     assert created.returncode == 0, created.stderr
     connection_id = created.stdout.strip().splitlines()[-1]  # add_connection ends with the new id
 

@@ -1,4 +1,5 @@
 """The Procfile names processes and commands that exist (a renamed command would break deploys)."""
+
 from __future__ import annotations
 
 import shlex

@@ -2,6 +2,7 @@
 
 These tests fail, not skip, when REDIS_URL is set but Redis does not answer.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,17 @@ import uuid
 
 import pytest
 
-from tests.production.procs import MANAGE, PYTHON, clean_env, database_url_for, free_port, is_postgres, popen, production_env, run
+from tests.production.procs import (
+    MANAGE,
+    PYTHON,
+    clean_env,
+    database_url_for,
+    free_port,
+    is_postgres,
+    popen,
+    production_env,
+    run,
+)
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="runs in make test's PostgreSQL+Redis pass (needs REDIS_URL)")
@@ -76,7 +87,10 @@ def test_an_unreachable_redis_fails_loudly(tmp_path):
 
 
 @needs_redis
-@pytest.mark.skipif(not is_postgres(), reason="runs in make test's PostgreSQL+Redis pass (the worker process must share the test database)")
+@pytest.mark.skipif(
+    not is_postgres(),
+    reason="runs in make test's PostgreSQL+Redis pass (the worker process must share the test database)",
+)
 def test_a_qcluster_process_runs_a_task_enqueued_through_redis(transactional_db, tmp_path):
     """The production path end to end: enqueue on Redis here, a separate qcluster runs it and stores the result."""
     from django.db import connection

@@ -1,4 +1,5 @@
 """500 connections do not all start their hourly sync at minute 0 (issue 11 item 3)."""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,12 @@ def test_hourly_syncs_of_500_connections_are_spread_evenly_over_the_hour(db):
     partners = [Partner.objects.create(name=f"MSP {i}") for i in range(10)]
     for i in range(CONNECTIONS):
         connection_create(
-            partner=partners[i % len(partners)], name=f"HaloPSA {i}", base_url=f"https://msp{i}.halopsa.com",
-            client_id="id", client_secret="secret", detect_version=False,
+            partner=partners[i % len(partners)],
+            name=f"HaloPSA {i}",
+            base_url=f"https://msp{i}.halopsa.com",
+            client_id="id",
+            client_secret="secret",
+            detect_version=False,
         )
 
     per_minute = Counter(Connection.objects.values_list("schedule_minute", flat=True))

@@ -7,6 +7,7 @@ which reads bodies on its event loop. These tests start gunicorn as the Procfile
 slow bodies open while other requests must be answered at once; the control run shows the same
 clients stall sync workers, so the first test can fail.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,9 @@ PROMPT = 2.0  # seconds: "answered at once" even on a busy 2-core machine
 
 
 def _delivery(object_id: int) -> bytes:
-    return json.dumps({"id": f"slow-{object_id}", "event": "invoice updated", "object_id": object_id,
-                       "invoice": {"id": object_id}}).encode()
+    return json.dumps(
+        {"id": f"slow-{object_id}", "event": "invoice updated", "object_id": object_id, "invoice": {"id": object_id}}
+    ).encode()
 
 
 @contextmanager
@@ -36,23 +38,42 @@ def _gunicorn(app: str, *extra: str, workers: int = 2):
     """gunicorn with gunicorn.conf.py on a fresh SQLite database holding one connection."""
     for tmp_path in private_tmp("slow"):
         port = free_port()
-        env = production_env(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", ALLOWED_HOSTS=f"{HOST},127.0.0.1",
-                             SECURE_HTTPS="false", HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY=str(workers))
+        env = production_env(
+            tmp_path,
+            DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            ALLOWED_HOSTS=f"{HOST},127.0.0.1",
+            SECURE_HTTPS="false",
+            HOST="127.0.0.1",
+            PORT=str(port),
+            WEB_CONCURRENCY=str(workers),
+        )
         for command in (["migrate", "--noinput"], ["createcachetable"]):
             result = run([PYTHON, MANAGE, *command], env, timeout=300)
             assert result.returncode == 0, result.stdout + result.stderr
-        made = run([PYTHON, MANAGE, "shell", "-c", (
-            "import json; from integrations.models import Partner, Connection; "
-            "c = Connection.objects.create(partner=Partner.objects.create(name='P'), name='Main', "
-            "base_url='https://acme.halopsa.com', client_id='id', client_secret='secret', halopsa_version='2.130.1'); "
-            "print(json.dumps({'path': f'/hooks/halo/{c.webhook_key}/', 'user': c.webhook_username, 'password': c.webhook_password}))"
-        )], env)
+        made = run(
+            [
+                PYTHON,
+                MANAGE,
+                "shell",
+                "-c",
+                (
+                    "import json; from integrations.models import Partner, Connection; "
+                    "c = Connection.objects.create(partner=Partner.objects.create(name='P'), name='Main', "
+                    "base_url='https://acme.halopsa.com', client_id='id', client_secret='secret', halopsa_version='2.130.1'); "
+                    "print(json.dumps({'path': f'/hooks/halo/{c.webhook_key}/', 'user': c.webhook_username, "
+                    "'password': c.webhook_password}))"
+                ),
+            ],
+            env,
+        )
         assert made.returncode == 0, made.stderr
         hook = json.loads(made.stdout.strip().splitlines()[-1])
         log_path = tmp_path / "gunicorn.log"
         with gunicorn_serving([app, "--config", "gunicorn.conf.py", *extra], env, log_path, port):
             auth = "Basic " + base64.b64encode(f"{hook['user']}:{hook['password']}".encode()).decode()
-            yield SimpleNamespace(base=f"http://127.0.0.1:{port}", port=port, path=hook["path"], auth=auth, log=log_path)
+            yield SimpleNamespace(
+                base=f"http://127.0.0.1:{port}", port=port, path=hook["path"], auth=auth, log=log_path
+            )
 
 
 class SlowClient:
@@ -61,8 +82,10 @@ class SlowClient:
     def __init__(self, served, object_id: int):
         self.body = _delivery(object_id)
         self.sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
-        head = (f"POST {served.path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-                f"Authorization: {served.auth}\r\nContent-Length: {len(self.body)}\r\nConnection: close\r\n\r\n")
+        head = (
+            f"POST {served.path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Authorization: {served.auth}\r\nContent-Length: {len(self.body)}\r\nConnection: close\r\n\r\n"
+        )
         self.sock.sendall(head.encode() + self.body[:5])
 
     def finish(self) -> int:
@@ -84,8 +107,12 @@ def _timed(call) -> tuple[float, requests.Response | None]:
 
 
 def _deliver(served, object_id: int, timeout: float = 10) -> requests.Response:
-    return requests.post(f"{served.base}{served.path}", data=_delivery(object_id), timeout=timeout,
-                         headers={"Host": HOST, "Content-Type": "application/json", "Authorization": served.auth})
+    return requests.post(
+        f"{served.base}{served.path}",
+        data=_delivery(object_id),
+        timeout=timeout,
+        headers={"Host": HOST, "Content-Type": "application/json", "Authorization": served.auth},
+    )
 
 
 def test_slow_webhook_bodies_do_not_stall_the_web_process():
@@ -121,15 +148,25 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read():
     with _gunicorn("syncportal.asgi", workers=1) as served:
         # Announced too large: refused from the headers alone, nothing of the body is sent.
         with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
-            sock.sendall((f"POST {served.path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {50 * 1024 * 1024}\r\n\r\n").encode())
+            sock.sendall(
+                (
+                    f"POST {served.path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {50 * 1024 * 1024}\r\n\r\n"
+                ).encode()
+            )
             assert sock.recv(65536).split(b" ", 2)[1] == b"413"
+
         # Chunked, no length given: refused once more than the limit has arrived.
         def chunks():
             for _ in range(12):
                 yield b"x" * (256 * 1024)
-        response = requests.post(f"{served.base}{served.path}", data=chunks(), timeout=10,
-                                 headers={"Host": HOST, "Content-Type": "application/json", "Authorization": served.auth})
+
+        response = requests.post(
+            f"{served.base}{served.path}",
+            data=chunks(),
+            timeout=10,
+            headers={"Host": HOST, "Content-Type": "application/json", "Authorization": served.auth},
+        )
         assert response.status_code == 413
         assert _deliver(served, 7).status_code == 202  # and the worker serves the next request
 
@@ -160,5 +197,6 @@ def test_the_web_process_runs_asgi_workers_with_the_stuck_view_watchdog():
     class Arbiter:
         app = SimpleNamespace(app_uri="syncportal.wsgi")
         cfg = SimpleNamespace(worker_class_str="asgi")
+
     with pytest.raises(RuntimeError, match=r"syncportal.asgi"):
         config["on_starting"](Arbiter())

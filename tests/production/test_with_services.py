@@ -1,4 +1,5 @@
 """scripts/with_services.sh: services up for the command, its exit code passed on, nothing left behind."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,10 @@ def port_open(port: int) -> bool:
 def test_runs_the_command_against_fresh_services_and_cleans_up():
     result = subprocess.run(
         [str(BASE_DIR / "scripts" / "with_services.sh"), PYTHON, "-c", PROBE],
-        cwd=str(BASE_DIR), capture_output=True, text=True, timeout=180,
+        cwd=str(BASE_DIR),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
     # The command's exit code is the script's exit code.

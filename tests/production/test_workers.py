@@ -6,6 +6,7 @@ of one connection ever overlapped, every connection holds HaloPSA's data, and Ha
 payment exactly once. The workers run the production settings (PRODUCTION=true, Redis broker and
 cache), not the test settings.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,7 +63,9 @@ def wait_until(predicate, timeout: float, what: str, logs) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(path.read_text()[-3000:] for path in logs))
+            raise AssertionError(
+                f"timed out waiting for {what}\n" + "\n".join(path.read_text()[-3000:] for path in logs)
+            )
         time.sleep(0.2)
 
 
@@ -88,8 +91,9 @@ def test_two_clusters_never_overlap_syncs_of_a_connection_and_never_double_post(
     first_run = SyncRun.objects.create(connection=connections[0], trigger=SyncRun.Trigger.CLI, scope=SyncRun.Scope.FULL)
     assert sync_execute(run=first_run).state == SyncRun.State.SUCCEEDED
     payable = list(
-        Invoice.objects.filter(connection=connections[0], status=Invoice.Status.OPEN, balance__gte=Decimal("5.00"))
-        .order_by("-invoice_date", "-id")[:3]
+        Invoice.objects.filter(
+            connection=connections[0], status=Invoice.Status.OPEN, balance__gte=Decimal("5.00")
+        ).order_by("-invoice_date", "-id")[:3]
     )
     assert payable, "the tiny dataset has open invoices"
 
@@ -105,7 +109,9 @@ def test_two_clusters_never_overlap_syncs_of_a_connection_and_never_double_post(
         for conn in connections:
             for _ in range(RUNS_PER_CONNECTION):
                 # Created directly (sync_queue would refuse a second run): the lease must do the refusing.
-                run = SyncRun.objects.create(connection=conn, trigger=SyncRun.Trigger.SCHEDULE, scope=SyncRun.Scope.FULL)
+                run = SyncRun.objects.create(
+                    connection=conn, trigger=SyncRun.Trigger.SCHEDULE, scope=SyncRun.Scope.FULL
+                )
                 runs.append(run)
                 for _ in range(2):  # every delivery duplicated
                     async_task("integrations.tasks.sync.sync_run_task", run.pk)
@@ -121,11 +127,15 @@ def test_two_clusters_never_overlap_syncs_of_a_connection_and_never_double_post(
         finished = (SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL, SyncRun.State.FAILED)
         wait_until(
             lambda: not SyncRun.objects.filter(pk__in=[r.pk for r in runs]).exclude(state__in=finished).exists(),
-            180, "all sync runs to finish", logs,
+            180,
+            "all sync runs to finish",
+            logs,
         )
         wait_until(
             lambda: not PushJob.objects.filter(pk__in=[j.pk for j in jobs]).exclude(state=PushJob.State.DONE).exists(),
-            180, "all pushes to finish", logs,
+            180,
+            "all pushes to finish",
+            logs,
         )
     finally:
         for proc, _ in clusters:
@@ -137,9 +147,11 @@ def test_two_clusters_never_overlap_syncs_of_a_connection_and_never_double_post(
         assert proc.returncode == 0, "\n".join(path.read_text()[-3000:] for path in logs)
 
     states = list(SyncRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("state", flat=True))
-    print(f"\n{CLUSTERS} clusters x {WORKERS_PER_CLUSTER} workers: {len(runs)} runs on {CONNECTIONS} connections "
-          f"(each delivered twice): {states.count(SyncRun.State.SUCCEEDED)} succeeded, "
-          f"{states.count(SyncRun.State.FAILED)} refused by the lease; {len(payments)} payments pushed (twice each)")
+    print(
+        f"\n{CLUSTERS} clusters x {WORKERS_PER_CLUSTER} workers: {len(runs)} runs on {CONNECTIONS} connections "
+        f"(each delivered twice): {states.count(SyncRun.State.SUCCEEDED)} succeeded, "
+        f"{states.count(SyncRun.State.FAILED)} refused by the lease; {len(payments)} payments pushed (twice each)"
+    )
     truth = srv.store.ground_truth()
     for conn in connections:
         conn_runs = list(SyncRun.objects.filter(connection=conn, started_at__isnull=False).order_by("started_at"))
@@ -151,9 +163,9 @@ def test_two_clusters_never_overlap_syncs_of_a_connection_and_never_double_post(
         assert set(Customer.objects.filter(connection=conn, is_unknown=False).values_list("halopsa_id", flat=True)) == {
             customer["halopsa_id"] for customer in truth["customers"]
         }
-        assert set(Invoice.objects.filter(connection=conn, is_credit_note=False).values_list("halopsa_id", flat=True)) == {
-            invoice["halopsa_id"] for invoice in truth["invoices"]
-        }
+        assert set(
+            Invoice.objects.filter(connection=conn, is_credit_note=False).values_list("halopsa_id", flat=True)
+        ) == {invoice["halopsa_id"] for invoice in truth["invoices"]}
         # Runs refused by the lease say why.
         for refused in SyncRun.objects.filter(connection=conn, started_at__isnull=True):
             assert refused.state == SyncRun.State.FAILED and "another sync" in refused.message.lower()

@@ -3,6 +3,7 @@
 The invoices are copied from the sandbox's own JSON through the shared mapping (what a pull
 would store), so these tests do not depend on the sync service.
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -33,7 +34,9 @@ def halo_payments(srv, halopsa_id: int, reference: str | None = None) -> list[di
 def mirror_invoice(connection, srv, halopsa_id: int) -> Invoice:
     """Store (or refresh) one sandbox invoice and its payments as a pull would."""
     payload = halo_invoice(srv, halopsa_id)
-    mapped = map_invoice({**payload, "lines": []})  # read without lines: say "none" (map_invoice refuses a missing list)
+    mapped = map_invoice(
+        {**payload, "lines": []}
+    )  # read without lines: say "none" (map_invoice refuses a missing list)
     client_id = mapped["halopsa_client_id"]
     if client_id:
         customer, _ = Customer.objects.get_or_create(
@@ -43,19 +46,43 @@ def mirror_invoice(connection, srv, halopsa_id: int) -> Invoice:
         customer, _ = Customer.objects.get_or_create(
             connection=connection, is_unknown=True, defaults={"name": Customer.UNKNOWN_NAME}
         )
-    fields = {k: mapped[k] for k in (
-        "number", "invoice_date", "due_date", "currency", "subtotal", "tax", "total", "amount_paid", "balance",
-        "status", "remote_status", "is_credit_note", "halopsa_client_id", "remote_updated_at", "fingerprint",
-    )}
+    fields = {
+        k: mapped[k]
+        for k in (
+            "number",
+            "invoice_date",
+            "due_date",
+            "currency",
+            "subtotal",
+            "tax",
+            "total",
+            "amount_paid",
+            "balance",
+            "status",
+            "remote_status",
+            "is_credit_note",
+            "halopsa_client_id",
+            "remote_updated_at",
+            "fingerprint",
+        )
+    }
     invoice, _ = Invoice.objects.update_or_create(
-        connection=connection, halopsa_id=halopsa_id, defaults={**fields, "customer": customer, "origin": Origin.HALOPSA}
+        connection=connection,
+        halopsa_id=halopsa_id,
+        defaults={**fields, "customer": customer, "origin": Origin.HALOPSA},
     )
     for row in mapped["payments"]:
         if Payment.objects.filter(connection=connection, halopsa_id=row["halopsa_id"]).exists():
             continue
         Payment.objects.create(
-            invoice=invoice, connection=connection, halopsa_id=row["halopsa_id"], source=Origin.HALOPSA,
-            kind=row["kind"], amount=row["amount"], paid_on=row["paid_on"], method=row["method"],
+            invoice=invoice,
+            connection=connection,
+            halopsa_id=row["halopsa_id"],
+            source=Origin.HALOPSA,
+            kind=row["kind"],
+            amount=row["amount"],
+            paid_on=row["paid_on"],
+            method=row["method"],
             reference=row["reference"],
         )
     return invoice
@@ -71,8 +98,14 @@ def portal_invoice(conn) -> Invoice:
     """An invoice created in the portal (never in HaloPSA)."""
     customer = Customer.objects.create(connection=conn, origin=Origin.PLATFORM, name="Walk-in Customer")
     return Invoice.objects.create(
-        connection=conn, customer=customer, origin=Origin.PLATFORM, number="P-1", currency="USD",
-        subtotal=Decimal("200.00"), total=Decimal("200.00"), balance=Decimal("200.00"),
+        connection=conn,
+        customer=customer,
+        origin=Origin.PLATFORM,
+        number="P-1",
+        currency="USD",
+        subtotal=Decimal("200.00"),
+        total=Decimal("200.00"),
+        balance=Decimal("200.00"),
     )
 
 
@@ -91,5 +124,8 @@ def clock_known(connection, srv) -> HaloShape:
 
     from integrations.services.connections import connection_shape_update
 
-    return connection_shape_update(connection=connection, clock_offset_seconds=srv.profile.clock_offset_ms / 1000,
-                                   clock_offset_measured_at=timezone.now().isoformat())
+    return connection_shape_update(
+        connection=connection,
+        clock_offset_seconds=srv.profile.clock_offset_ms / 1000,
+        clock_offset_measured_at=timezone.now().isoformat(),
+    )

@@ -2,6 +2,7 @@
 instance's local time, so the push measures the offset from HaloPSA's own stamp on our writes
 and the status conflict rule compares on one clock. Sandbox profile `local_clock`, hours and days
 away from ours (docs/push-rules.md, "Conflict rule")."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -72,8 +73,11 @@ def test_a_payment_post_measures_the_clock_once_a_day(halo_sandbox, conn, mirror
     connection = Connection.objects.get(pk=conn.pk)
     from integrations.services.connections import connection_shape_update
 
-    connection_shape_update(connection=connection, clock_offset_seconds=0.0,
-                            clock_offset_measured_at=(timezone.now() - timedelta(hours=25)).isoformat())
+    connection_shape_update(
+        connection=connection,
+        clock_offset_seconds=0.0,
+        clock_offset_measured_at=(timezone.now() - timedelta(hours=25)).isoformat(),
+    )
     with django_capture_on_commit_callbacks(execute=True):
         payment_record(invoice=Invoice.objects.get(pk=invoice.pk), amount="10.00")
     assert stored_shape(conn).clock_offset_seconds == pytest.approx(offset, abs=TOLERANCE)
@@ -94,14 +98,25 @@ def test_a_write_halopsa_did_not_stamp_measures_nothing(conn):
     _clock_offset_learn(conn, HaloShape(), _FakeClient({}), 1, before={}, answer=None, started=now, ended=now)
     # A write whose round trip took too long says too little.
     later = {"last_modified": "2026-12-05T03:00:05.000"}
-    _clock_offset_learn(conn, HaloShape(), _FakeClient(later), 1, before=stamp, answer=later, started=now - timedelta(minutes=1), ended=now)
+    _clock_offset_learn(
+        conn,
+        HaloShape(),
+        _FakeClient(later),
+        1,
+        before=stamp,
+        answer=later,
+        started=now - timedelta(minutes=1),
+        ended=now,
+    )
     assert stored_shape(conn).clock_offset_seconds is None
     _clock_offset_learn(conn, HaloShape(), _FakeClient(later), 1, before=stamp, answer=later, started=now, ended=now)
     assert stored_shape(conn).clock_offset_seconds is not None
 
 
 @pytest.mark.parametrize("halo_sandbox", CLOCKS, ids=CLOCK_IDS, indirect=True)
-def test_a_later_change_in_halopsa_wins_on_a_clock_hours_or_days_away(halo_sandbox, conn, mirror, django_capture_on_commit_callbacks):
+def test_a_later_change_in_halopsa_wins_on_a_clock_hours_or_days_away(
+    halo_sandbox, conn, mirror, django_capture_on_commit_callbacks
+):
     push_status(mirror(8), "void", django_capture_on_commit_callbacks)  # an earlier push measured the clock
     invoice = pull(conn, 1)
     with django_capture_on_commit_callbacks(execute=False):
@@ -117,7 +132,9 @@ def test_a_later_change_in_halopsa_wins_on_a_clock_hours_or_days_away(halo_sandb
 
 
 @pytest.mark.parametrize("halo_sandbox", CLOCKS, ids=CLOCK_IDS, indirect=True)
-def test_a_later_change_here_wins_on_a_clock_hours_or_days_away(halo_sandbox, conn, mirror, django_capture_on_commit_callbacks):
+def test_a_later_change_here_wins_on_a_clock_hours_or_days_away(
+    halo_sandbox, conn, mirror, django_capture_on_commit_callbacks
+):
     push_status(mirror(8), "void", django_capture_on_commit_callbacks)
     invoice = pull(conn, 1)
     halo_sandbox.store.add_payment(1, "10.00", reference="desk")  # HaloPSA: partially paid, first

@@ -1,4 +1,5 @@
 """`record_payment` and `delete_payment`: output, exit codes, and the push happening (tasks run inline)."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -23,7 +24,9 @@ def run(*args: str) -> str:
 def test_record_payment_prints_the_payment_id_last_and_pushes(halo_sandbox, mirror):
     """Committed for real (no test transaction): the push runs inside the command, as in production."""
     invoice = mirror(1)
-    output = run("record_payment", "--invoice", str(invoice.pk), "--amount", "12.34", "--method", "card", "--reference", "CH_1")
+    output = run(
+        "record_payment", "--invoice", str(invoice.pk), "--amount", "12.34", "--method", "card", "--reference", "CH_1"
+    )
     lines = output.strip().splitlines()
     payment = Payment.objects.get(pk=int(lines[-1]))
     assert payment.amount == Decimal("12.34") and payment.method == "card" and payment.reference == "CH_1"

@@ -1,6 +1,7 @@
 """Deferred pushes (docs/push-rules.md, "Outcome"): a push that cannot go now because another push
 holds its invoice, or because HaloPSA asks the portal to wait (429 and Retry-After), is put off:
 `retrying` later without counting an attempt, no incident, and it runs once its time comes."""
+
 from __future__ import annotations
 
 import importlib
@@ -29,7 +30,9 @@ def queued(mirror, django_capture_on_commit_callbacks):
 
 
 def push_failing_open(job: PushJob) -> bool:
-    return Incident.objects.filter(connection=job.connection, kind=Incident.Kind.PUSH_FAILING, resolved_at=None).exists()
+    return Incident.objects.filter(
+        connection=job.connection, kind=Incident.Kind.PUSH_FAILING, resolved_at=None
+    ).exists()
 
 
 def time_passes(job: PushJob) -> None:
@@ -98,11 +101,20 @@ def test_a_push_halopsa_asks_to_wait_is_deferred_however_often_and_runs_later(ha
 def test_migration_0010_reads_the_reason_from_the_old_message(conn):
     """Jobs stored before the field: the busy-invoice message becomes the reason, nothing else does."""
     migration = importlib.import_module("integrations.migrations.0010_pushjob_deferred_reason")
-    busy = PushJob.objects.create(connection=conn, kind=PushJob.Kind.INVOICE_STATUS, key="busy",
-                                  state=PushJob.State.RETRYING,
-                                  last_error="Waiting for another push to the same invoice to finish.")
-    failed = PushJob.objects.create(connection=conn, kind=PushJob.Kind.INVOICE_STATUS, key="failed",
-                                    state=PushJob.State.RETRYING, last_error="HaloPSA answered 503.")
+    busy = PushJob.objects.create(
+        connection=conn,
+        kind=PushJob.Kind.INVOICE_STATUS,
+        key="busy",
+        state=PushJob.State.RETRYING,
+        last_error="Waiting for another push to the same invoice to finish.",
+    )
+    failed = PushJob.objects.create(
+        connection=conn,
+        kind=PushJob.Kind.INVOICE_STATUS,
+        key="failed",
+        state=PushJob.State.RETRYING,
+        last_error="HaloPSA answered 503.",
+    )
 
     migration.reason_from_last_error(apps, None)
 

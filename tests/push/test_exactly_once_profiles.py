@@ -5,12 +5,14 @@ same invoice read its balance check needs; what worked is recorded in the connec
 a lookup the probe found impossible, or one that cannot be trusted, sends the job to a person and
 posts nothing.
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
 
+from halosandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME, PROFILE_VARIANTS
 from integrations.halopsa.shape import (
     FEATURE_PAYMENT_PUSH,
     PAYMENTS_NOWHERE,
@@ -20,7 +22,6 @@ from integrations.halopsa.shape import (
     HaloShape,
 )
 from integrations.models import PushJob
-from halosandbox.shapes import ALL_PROFILE, DEFAULT_PROFILE_NAME, PROFILE_VARIANTS
 from integrations.services.connections import connection_shape_update
 from integrations.services.payments import payment_delete, payment_record
 from integrations.services.push import push_job_process
@@ -34,11 +35,13 @@ EVERY_PROFILE = [DEFAULT_PROFILE_NAME, *PROFILE_VARIANTS, ALL_PROFILE]
 @pytest.fixture
 def queued(mirror, django_capture_on_commit_callbacks):
     """A payment recorded on a sandbox invoice whose push has not run yet."""
+
     def make(halopsa_id: int = 1, amount: str = "25.00"):
         invoice = mirror(halopsa_id)
         with django_capture_on_commit_callbacks(execute=False):
             payment = payment_record(invoice=invoice, amount=amount)
         return invoice, payment, PushJob.objects.get(payment=payment)
+
     return make
 
 
@@ -53,7 +56,9 @@ def assert_exactly_one(srv, invoice, payment, job) -> None:
 
 
 @pytest.mark.parametrize("lookup", [UNKNOWN, PAYMENTS_VIA_LIST])
-@pytest.mark.parametrize("halo_sandbox", [{"profile": name} for name in EVERY_PROFILE], ids=EVERY_PROFILE, indirect=True)
+@pytest.mark.parametrize(
+    "halo_sandbox", [{"profile": name} for name in EVERY_PROFILE], ids=EVERY_PROFILE, indirect=True
+)
 def test_a_lost_response_is_exactly_one_payment_under_every_profile(halo_sandbox, conn, queued, lookup):
     connection_shape_update(connection=conn, payments_lookup=lookup)
     invoice, payment, job = queued()
@@ -64,8 +69,12 @@ def test_a_lost_response_is_exactly_one_payment_under_every_profile(halo_sandbox
     assert not any("search" in entry["query"] for entry in halo_sandbox.request_log)
 
 
-@pytest.mark.parametrize("halo_sandbox", [{"profile": name} for name in EVERY_PROFILE], ids=EVERY_PROFILE, indirect=True)
-def test_deleting_a_payment_whose_id_never_came_back_under_every_profile(halo_sandbox, conn, queued, django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "halo_sandbox", [{"profile": name} for name in EVERY_PROFILE], ids=EVERY_PROFILE, indirect=True
+)
+def test_deleting_a_payment_whose_id_never_came_back_under_every_profile(
+    halo_sandbox, conn, queued, django_capture_on_commit_callbacks
+):
     invoice, payment, job = queued()
     halo_sandbox.store.add_payment(1, payment.amount, reference=payment.reference)  # posted; the answer was lost
     PushJob.objects.filter(pk=job.pk).update(state=PushJob.State.RUNNING)  # in flight when the person deletes
@@ -96,7 +105,11 @@ def test_the_list_lookup_costs_one_call_more_and_records_its_key(halo_sandbox, c
     invoice, payment, job = queued()
     # An instance whose invoice read carries no `payments`: only GET /InvoicePayment can tell.
     store, real_invoice_json = halo_sandbox.store, halo_sandbox.store.invoice_json
-    monkeypatch.setattr(store, "invoice_json", lambda *a, **k: {k2: v for k2, v in real_invoice_json(*a, **k).items() if k2 != "payments"})
+    monkeypatch.setattr(
+        store,
+        "invoice_json",
+        lambda *a, **k: {k2: v for k2, v in real_invoice_json(*a, **k).items() if k2 != "payments"},
+    )
     halo_sandbox.clear_request_log()
     push_job_process(job_id=job.pk)
     monkeypatch.undo()
@@ -111,7 +124,11 @@ def test_the_list_lookup_costs_one_call_more_and_records_its_key(halo_sandbox, c
 def test_no_trustworthy_list_needs_review_and_posts_nothing(halo_sandbox, conn, queued, monkeypatch):
     invoice, payment, job = queued()
     store, real_invoice_json = halo_sandbox.store, halo_sandbox.store.invoice_json
-    monkeypatch.setattr(store, "invoice_json", lambda *a, **k: {k2: v for k2, v in real_invoice_json(*a, **k).items() if k2 != "payments"})
+    monkeypatch.setattr(
+        store,
+        "invoice_json",
+        lambda *a, **k: {k2: v for k2, v in real_invoice_json(*a, **k).items() if k2 != "payments"},
+    )
     push_job_process(job_id=job.pk)
     job.refresh_from_db()
     assert job.state == PushJob.State.NEEDS_REVIEW
@@ -122,8 +139,11 @@ def test_no_trustworthy_list_needs_review_and_posts_nothing(halo_sandbox, conn, 
 
 def test_a_lookup_the_probe_found_impossible_blocks_the_push_with_its_message(halo_sandbox, conn, queued):
     message = "HaloPSA lists no invoice's payments exactly: payments made here are not posted."
-    connection_shape_update(connection=conn, payments_lookup=PAYMENTS_NOWHERE,
-                            problems=[{"feature": FEATURE_PAYMENT_PUSH, "message": message}])
+    connection_shape_update(
+        connection=conn,
+        payments_lookup=PAYMENTS_NOWHERE,
+        problems=[{"feature": FEATURE_PAYMENT_PUSH, "message": message}],
+    )
     invoice, payment, job = queued()
     halo_sandbox.clear_request_log()
     push_job_process(job_id=job.pk)

@@ -1,4 +1,5 @@
 """Recording and deleting platform payments: local effect at once, one push, HaloPSA reconciled."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -13,7 +14,9 @@ from tests.push.conftest import assert_ledgers_agree, halo_invoice, halo_payment
 pytestmark = pytest.mark.django_db
 
 
-def test_full_payment_posts_exactly_one_payment_and_reconciles(halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks):
+def test_full_payment_posts_exactly_one_payment_and_reconciles(
+    halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks
+):
     invoice = mirror(1)
     assert invoice.balance == Decimal("8950.37")
     with django_capture_on_commit_callbacks(execute=True):
@@ -35,7 +38,9 @@ def test_full_payment_posts_exactly_one_payment_and_reconciles(halo_sandbox, mir
     assert AuditEvent.objects.filter(action="payment.record", object_id=str(payment.pk), user=partner_user).exists()
 
 
-def test_partial_payment_lowers_balance_by_exactly_that_amount(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_partial_payment_lowers_balance_by_exactly_that_amount(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(2)  # partially paid in HaloPSA already: 616.86 due
     before = halo_invoice(halo_sandbox, 2)["amountdue"]
     with django_capture_on_commit_callbacks(execute=True):
@@ -63,14 +68,17 @@ def test_two_partial_payments_then_the_rest(halo_sandbox, mirror, django_capture
     assert_ledgers_agree(halo_sandbox, invoice)
 
 
-@pytest.mark.parametrize("amount, message", [
-    ("0", "greater than zero"),
-    ("-5.00", "greater than zero"),
-    ("12.345", "two decimal places"),
-    ("abc", "not an amount"),
-    ("NaN", "not an amount"),
-    (None, "Enter the payment amount"),
-])
+@pytest.mark.parametrize(
+    "amount, message",
+    [
+        ("0", "greater than zero"),
+        ("-5.00", "greater than zero"),
+        ("12.345", "two decimal places"),
+        ("abc", "not an amount"),
+        ("NaN", "not an amount"),
+        (None, "Enter the payment amount"),
+    ],
+)
 def test_bad_amounts_are_refused_and_nothing_is_sent(halo_sandbox, mirror, amount, message):
     invoice = mirror(1)
     halo_sandbox.clear_request_log()
@@ -83,7 +91,9 @@ def test_bad_amounts_are_refused_and_nothing_is_sent(halo_sandbox, mirror, amoun
     assert halo_sandbox.count_requests() == 0
 
 
-def test_overpayment_is_refused_with_a_clear_message_and_no_request(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_overpayment_is_refused_with_a_clear_message_and_no_request(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(2)
     halo_sandbox.clear_request_log()
     with django_capture_on_commit_callbacks(execute=True) as callbacks, pytest.raises(PaymentRefused) as refused:
@@ -127,10 +137,16 @@ def test_duplicate_reference_is_refused(halo_sandbox, mirror, django_capture_on_
     assert invoice.balance == Decimal("8949.37")  # the refused one changed nothing
 
 
-def test_rollback_of_the_surrounding_transaction_enqueues_nothing(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_rollback_of_the_surrounding_transaction_enqueues_nothing(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(1)
     halo_sandbox.clear_request_log()
-    with django_capture_on_commit_callbacks(execute=True) as callbacks, pytest.raises(RuntimeError), transaction.atomic():
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
         payment_record(invoice=invoice, amount="10.00")
         raise RuntimeError("the caller failed after recording")
     assert callbacks == []
@@ -151,12 +167,18 @@ def test_the_push_is_enqueued_only_on_commit(halo_sandbox, mirror, django_captur
     assert len(halo_payments(halo_sandbox, 1, payment.reference)) == 1
 
 
-def test_deposits_never_exist_a_payment_is_only_ever_an_invoice_payment(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_deposits_never_exist_a_payment_is_only_ever_an_invoice_payment(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(1)
     halo_sandbox.clear_request_log()
     with django_capture_on_commit_callbacks(execute=True):
         payment = payment_record(invoice=invoice, amount="50.00")
-    writes = [e for e in halo_sandbox.request_log if e["method"] in ("POST", "PUT", "PATCH", "DELETE") and e["path"] != "/auth/token"]
+    writes = [
+        e
+        for e in halo_sandbox.request_log
+        if e["method"] in ("POST", "PUT", "PATCH", "DELETE") and e["path"] != "/auth/token"
+    ]
     assert [(e["method"], e["path"]) for e in writes] == [("POST", "/api/InvoicePayment")]
     rows = halo_payments(halo_sandbox, 1, payment.reference)
     assert len(rows) == 1 and rows[0]["type"] == 0  # a payment, not a deposit or credit
@@ -177,7 +199,9 @@ def test_portal_invoice_payment_is_local_only(halo_sandbox, portal_invoice, djan
 # --- deleting ------------------------------------------------------------------------------------
 
 
-def test_delete_removes_it_in_halopsa_and_restores_the_balance(halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks):
+def test_delete_removes_it_in_halopsa_and_restores_the_balance(
+    halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks
+):
     invoice = mirror(2)
     with django_capture_on_commit_callbacks(execute=True):
         payment = payment_record(invoice=invoice, amount="616.86")
@@ -221,7 +245,9 @@ def test_halopsa_payments_cannot_be_deleted_here(halo_sandbox, mirror):
     assert len(halo_payments(halo_sandbox, 2)) == 2
 
 
-def test_delete_before_the_post_ran_cancels_it_and_sends_nothing(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_delete_before_the_post_ran_cancels_it_and_sends_nothing(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(1)
     halo_sandbox.clear_request_log()
     with django_capture_on_commit_callbacks(execute=False):
@@ -237,7 +263,9 @@ def test_delete_before_the_post_ran_cancels_it_and_sends_nothing(halo_sandbox, m
     assert invoice.balance == Decimal("8950.37")
 
 
-def test_delete_while_a_killed_post_had_landed_removes_what_halopsa_kept(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_delete_while_a_killed_post_had_landed_removes_what_halopsa_kept(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     """The worker posted, then died before saving HaloPSA's id; deleting still removes that payment."""
     from datetime import timedelta
 
@@ -251,7 +279,9 @@ def test_delete_while_a_killed_post_had_landed_removes_what_halopsa_kept(halo_sa
     create = PushJob.objects.get(payment=payment, kind=PushJob.Kind.PAYMENT_CREATE)
     # What the dead worker left behind: the payment in HaloPSA, the job "running", no id here.
     halo_sandbox.store.add_payment(1, "5.00", reference=payment.reference)
-    PushJob.objects.filter(pk=create.pk).update(state=PushJob.State.RUNNING, attempts=1, updated_at=timezone.now() - timedelta(hours=1))
+    PushJob.objects.filter(pk=create.pk).update(
+        state=PushJob.State.RUNNING, attempts=1, updated_at=timezone.now() - timedelta(hours=1)
+    )
 
     with django_capture_on_commit_callbacks(execute=True):
         payment_delete(payment=payment)
@@ -267,7 +297,9 @@ def test_delete_while_a_killed_post_had_landed_removes_what_halopsa_kept(halo_sa
     assert_ledgers_agree(halo_sandbox, invoice)
 
 
-def test_mirror_refresh_after_push_keeps_one_payment_row(halo_sandbox, conn, mirror, django_capture_on_commit_callbacks):
+def test_mirror_refresh_after_push_keeps_one_payment_row(
+    halo_sandbox, conn, mirror, django_capture_on_commit_callbacks
+):
     """A pull after the push sees our payment in HaloPSA under the id we stored: no duplicate row."""
     invoice = mirror(1)
     with django_capture_on_commit_callbacks(execute=True):

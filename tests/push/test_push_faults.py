@@ -1,4 +1,5 @@
 """Exactly-once under faults: every path ends with one payment in HaloPSA and the job done."""
+
 from __future__ import annotations
 
 import threading
@@ -28,11 +29,13 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def queued(mirror, django_capture_on_commit_callbacks):
     """A payment recorded on invoice 1 whose push has not run yet (the enqueue is dropped)."""
+
     def make(amount: str = "25.00"):
         invoice = mirror(1)
         with django_capture_on_commit_callbacks(execute=False):
             payment = payment_record(invoice=invoice, amount=amount)
         return invoice, payment, PushJob.objects.get(payment=payment)
+
     return make
 
 
@@ -116,7 +119,9 @@ def test_lost_response_and_lookup_failing_needs_review_then_manual_retry_finds_i
     job.refresh_from_db()
     assert job.state == PushJob.State.NEEDS_REVIEW
     assert "did not confirm" in job.last_error
-    assert Incident.objects.filter(connection=job.connection, kind=Incident.Kind.PUSH_FAILING, resolved_at=None).exists()
+    assert Incident.objects.filter(
+        connection=job.connection, kind=Incident.Kind.PUSH_FAILING, resolved_at=None
+    ).exists()
     # Never re-posted on its own, even by the sweeper.
     time_passes()
     push_due_dispatch()
@@ -128,7 +133,9 @@ def test_lost_response_and_lookup_failing_needs_review_then_manual_retry_finds_i
     assert_exactly_one(halo_sandbox, invoice, payment, job)
     assert halo_sandbox.count_requests("/api/InvoicePayment", method="POST") == 1
     assert AuditEvent.objects.filter(action="push.retry", user=partner_user).exists()
-    assert not Incident.objects.filter(connection=job.connection, kind=Incident.Kind.PUSH_FAILING, resolved_at=None).exists()
+    assert not Incident.objects.filter(
+        connection=job.connection, kind=Incident.Kind.PUSH_FAILING, resolved_at=None
+    ).exists()
 
 
 def test_duplicated_task_posts_once(halo_sandbox, queued):
@@ -209,7 +216,9 @@ def test_worker_killed_mid_push_is_resumed_by_the_sweeper(halo_sandbox, queued):
     """Killed after HaloPSA committed the POST: the job is stuck running; the sweeper resumes it."""
     invoice, payment, job = queued()
     halo_sandbox.store.add_payment(1, payment.amount, reference=payment.reference)  # what the dead worker posted
-    PushJob.objects.filter(pk=job.pk).update(state=PushJob.State.RUNNING, attempts=1, updated_at=timezone.now() - timedelta(minutes=30))
+    PushJob.objects.filter(pk=job.pk).update(
+        state=PushJob.State.RUNNING, attempts=1, updated_at=timezone.now() - timedelta(minutes=30)
+    )
     dispatched = push_due_dispatch()
     assert dispatched == 1
     assert_exactly_one(halo_sandbox, invoice, payment, job)
@@ -228,7 +237,10 @@ def test_halopsa_down_for_an_hour_then_recovers(halo_sandbox, queued):
     job.refresh_from_db()
     assert job.attempts == INCIDENT_AFTER_FAILURES + 2
     assert "503" in job.last_error
-    assert Incident.objects.filter(connection=job.connection, kind=Incident.Kind.PUSH_FAILING, resolved_at=None).count() == 1
+    assert (
+        Incident.objects.filter(connection=job.connection, kind=Incident.Kind.PUSH_FAILING, resolved_at=None).count()
+        == 1
+    )
     assert halo_invoice(halo_sandbox, 1)["amountdue"] == Decimal("8950.37")
 
     halo_sandbox.clear_faults()
@@ -317,8 +329,9 @@ def test_sweep_schedule_is_created_once():
     assert Schedule.objects.filter(name="push-sweep").count() == 1
 
 
-def test_broker_down_at_enqueue_the_payment_stands_and_the_sweeper_sends_it(halo_sandbox, mirror, monkeypatch,
-                                                                            django_capture_on_commit_callbacks):
+def test_broker_down_at_enqueue_the_payment_stands_and_the_sweeper_sends_it(
+    halo_sandbox, mirror, monkeypatch, django_capture_on_commit_callbacks
+):
     import django_q.tasks
 
     real_async_task = django_q.tasks.async_task

@@ -4,6 +4,7 @@ HaloPSA re-opens a paid invoice only when its payments are removed, and the port
 which: re-opening is refused (with that reason, in the audit log too), except for a mark as paid
 that has not left for HaloPSA yet, which re-opening cancels for real (docs/push-rules.md, "Status").
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.django_db
 
 
 def test_reopening_an_invoice_paid_in_halopsa_is_refused_with_the_reason_and_audited(
-        halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks):
+    halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks
+):
     invoice = mirror(3)  # paid in full by a payment in HaloPSA
     assert invoice.status == Invoice.Status.PAID
     assert Invoice.Status.OPEN not in payments.invoice_status_choices(invoice)
@@ -35,8 +37,9 @@ def test_reopening_an_invoice_paid_in_halopsa_is_refused_with_the_reason_and_aud
     assert event.user == partner_user and event.details["wanted"] == "open" and "payments" in event.details["reason"]
 
 
-def test_reopening_a_mark_as_paid_not_sent_yet_cancels_it(halo_sandbox, mirror, partner_user,
-                                                          django_capture_on_commit_callbacks):
+def test_reopening_a_mark_as_paid_not_sent_yet_cancels_it(
+    halo_sandbox, mirror, partner_user, django_capture_on_commit_callbacks
+):
     invoice = mirror(2)  # partly paid
     before = (invoice.amount_paid, invoice.balance)
     with django_capture_on_commit_callbacks(execute=False):
@@ -59,8 +62,9 @@ def test_reopening_a_mark_as_paid_not_sent_yet_cancels_it(halo_sandbox, mirror, 
     assert event.details["new"] == "partially_paid" and event.details["unsettled"] == str(before[1])
 
 
-def test_once_the_mark_as_paid_left_for_halopsa_reopening_is_refused(halo_sandbox, mirror,
-                                                                     django_capture_on_commit_callbacks):
+def test_once_the_mark_as_paid_left_for_halopsa_reopening_is_refused(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(1)
     with django_capture_on_commit_callbacks(execute=True):
         invoice_status_change(invoice=invoice, status="paid")

@@ -1,4 +1,5 @@
 """Two-way invoice status: pushed when changed here, and the conflict rule the pull applies."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -63,11 +64,14 @@ def test_reopen_of_a_partly_paid_invoice_follows_the_amounts(halo_sandbox, mirro
     assert invoice.status == Invoice.Status.PARTIALLY_PAID
     assert halo_invoice(halo_sandbox, 2)["voided"] is False
     assert list(PushJob.objects.filter(invoice=invoice).values_list("state", flat=True).order_by("id")) == [
-        PushJob.State.DONE, PushJob.State.DONE,
+        PushJob.State.DONE,
+        PushJob.State.DONE,
     ]
 
 
-def test_reopening_a_void_invoice_that_is_paid_unvoids_it_and_stays_paid(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_reopening_a_void_invoice_that_is_paid_unvoids_it_and_stays_paid(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(3)  # fully paid by a payment in HaloPSA
     with django_capture_on_commit_callbacks(execute=True):
         invoice_status_change(invoice=invoice, status="void")
@@ -120,7 +124,9 @@ def test_later_local_change_supersedes_an_unsent_one(halo_sandbox, mirror, djang
     assert (invoice.status, invoice.amount_paid, invoice.balance) == ("void", before[0], Decimal("0.00"))
 
 
-def test_a_status_push_whose_status_was_replaced_by_a_pull_is_cancelled(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_a_status_push_whose_status_was_replaced_by_a_pull_is_cancelled(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(1)
     with django_capture_on_commit_callbacks(execute=False):
         job = invoice_status_change(invoice=invoice, status="void").job
@@ -177,8 +183,9 @@ SAME_CLOCK = HaloShape(clock_offset_seconds=0.0)
 
 
 def winner(invoice, remote_status, remote_modified_at, shape=SAME_CLOCK):
-    return status_conflict_winner(invoice=invoice, remote_status=remote_status, remote_modified_at=remote_modified_at,
-                                  shape=shape)
+    return status_conflict_winner(
+        invoice=invoice, remote_status=remote_status, remote_modified_at=remote_modified_at, shape=shape
+    )
 
 
 def test_conflict_rule_nothing_changed_here_halopsa_wins():
@@ -215,7 +222,9 @@ def test_conflict_rule_compares_on_one_clock(offset_minutes):
     # HaloPSA's change a minute before ours.
     assert winner(invoice, "paid", changed - timedelta(minutes=1) + halo_clock, shape) == "local"
     # Read as if HaloPSA's clock were ours, one of the two would be decided wrongly.
-    naive = [winner(invoice, "paid", changed + delta + halo_clock) for delta in (timedelta(minutes=1), -timedelta(minutes=1))]
+    naive = [
+        winner(invoice, "paid", changed + delta + halo_clock) for delta in (timedelta(minutes=1), -timedelta(minutes=1))
+    ]
     assert naive != ["remote", "local"]
 
 
@@ -235,12 +244,18 @@ def test_conflict_rule_reads_the_offset_of_the_invoices_connection(halo_sandbox,
     Invoice.objects.filter(pk=invoice.pk).update(status="void", status_changed_locally_at=timezone.now())
     invoice = Invoice.objects.get(pk=invoice.pk)
     later_on_a_clock_7h_behind = invoice.status_changed_locally_at + timedelta(minutes=1) - timedelta(hours=7)
-    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=later_on_a_clock_7h_behind) == "local"
+    assert (
+        status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=later_on_a_clock_7h_behind)
+        == "local"
+    )
     from integrations.services.connections import connection_shape_update
 
     connection_shape_update(connection=conn, clock_offset_seconds=-7 * 3600.0)
     invoice = Invoice.objects.get(pk=invoice.pk)
-    assert status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=later_on_a_clock_7h_behind) == "remote"
+    assert (
+        status_conflict_winner(invoice=invoice, remote_status="paid", remote_modified_at=later_on_a_clock_7h_behind)
+        == "remote"
+    )
 
 
 def test_conflict_rule_both_agree():
@@ -259,13 +274,17 @@ def test_conflict_rule_against_the_sandbox(halo_sandbox, mirror, conn, django_ca
         invoice_status_change(invoice=invoice, status="void")
     invoice.refresh_from_db()
     # Without a later HaloPSA status change, a pull keeps ours.
-    remote = map_invoice({**halo_sandbox.store.invoice_json(halo_sandbox.store.get_invoice(1), include_lines=False), "lines": []})
+    remote = map_invoice(
+        {**halo_sandbox.store.invoice_json(halo_sandbox.store.get_invoice(1), include_lines=False), "lines": []}
+    )
     assert winner(invoice, remote["remote_status"], remote["remote_updated_at"], shape) == "local"
     # HaloPSA changes its status after ours: the later change wins.
     halo_sandbox.store.add_payment(1, "10.00", reference="desk")
     remote = map_invoice({**halo_invoice(halo_sandbox, 1), "lines": []})
     assert remote["remote_status"] == "partially_paid"
     assert remote["remote_updated_at"] >= invoice.status_changed_locally_at - timedelta(seconds=1)
-    Invoice.objects.filter(pk=invoice.pk).update(status_changed_locally_at=remote["remote_updated_at"] - timedelta(seconds=1))
+    Invoice.objects.filter(pk=invoice.pk).update(
+        status_changed_locally_at=remote["remote_updated_at"] - timedelta(seconds=1)
+    )
     invoice.refresh_from_db()
     assert winner(invoice, remote["remote_status"], remote["remote_updated_at"], shape) == "remote"

@@ -5,6 +5,7 @@ the way a pull keeps it (and the amounts it implies), and once HaloPSA has it, H
 and void flag decide. So "marked paid here, that payment then deleted in HaloPSA" ends open with
 the full balance after any pull, on a clock measured or not (docs/push-rules.md, "Status").
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -25,7 +26,9 @@ def pull(conn, halopsa_id: int, *, full: bool = False) -> Invoice:
     from integrations.services.sync import sync_execute, sync_record
 
     if full:
-        run = sync_execute(run=SyncRun.objects.create(connection=conn, scope=SyncRun.Scope.FULL, trigger=SyncRun.Trigger.MANUAL))
+        run = sync_execute(
+            run=SyncRun.objects.create(connection=conn, scope=SyncRun.Scope.FULL, trigger=SyncRun.Trigger.MANUAL)
+        )
     else:
         run = sync_record(connection=conn, entity="invoices", halopsa_id=halopsa_id, trigger=SyncRun.Trigger.MANUAL)
     assert run.state == SyncRun.State.SUCCEEDED, run.message
@@ -59,7 +62,8 @@ def marked_as_paid_payment(srv, halopsa_id: int) -> dict:
 @pytest.mark.parametrize("clock", ["measured", "unknown"])
 @pytest.mark.parametrize("full", [False, True], ids=["one-invoice pull", "full resync"])
 def test_marked_paid_here_then_that_payment_deleted_in_halopsa_is_open_again(
-        halo_sandbox, conn, clock, full, django_capture_on_commit_callbacks):
+    halo_sandbox, conn, clock, full, django_capture_on_commit_callbacks
+):
     invoice = pull(conn, 1)
     total = invoice.total
     mark_paid(invoice, django_capture_on_commit_callbacks)
@@ -79,7 +83,8 @@ def test_marked_paid_here_then_that_payment_deleted_in_halopsa_is_open_again(
 
 
 def test_marking_paid_settles_the_balance_at_once_and_a_pull_before_the_push_keeps_it(
-        halo_sandbox, conn, django_capture_on_commit_callbacks):
+    halo_sandbox, conn, django_capture_on_commit_callbacks
+):
     invoice = pull(conn, 2)  # partly paid in HaloPSA
     remaining = invoice.balance
     change = mark_paid(invoice, django_capture_on_commit_callbacks, push=False)
@@ -100,13 +105,17 @@ def test_marking_paid_settles_the_balance_at_once_and_a_pull_before_the_push_kee
 
 
 def test_a_mark_paid_halopsa_does_not_carry_out_needs_review_and_the_pull_then_follows_halopsa(
-        halo_sandbox, conn, monkeypatch, django_capture_on_commit_callbacks):
+    halo_sandbox, conn, monkeypatch, django_capture_on_commit_callbacks
+):
     invoice = pull(conn, 1)
     store = halo_sandbox.store
     real_update = store.update_invoice
     # An instance that accepts markaspaid and does nothing with it (its meaning is unverified).
-    monkeypatch.setattr(store, "update_invoice", lambda invoice_id, **fields: real_update(
-        invoice_id, **{k: v for k, v in fields.items() if k != "markaspaid"}))
+    monkeypatch.setattr(
+        store,
+        "update_invoice",
+        lambda invoice_id, **fields: real_update(invoice_id, **{k: v for k, v in fields.items() if k != "markaspaid"}),
+    )
     change = mark_paid(invoice, django_capture_on_commit_callbacks)
     change.job.refresh_from_db()
     assert change.job.state == PushJob.State.NEEDS_REVIEW
@@ -119,11 +128,14 @@ def test_a_mark_paid_halopsa_does_not_carry_out_needs_review_and_the_pull_then_f
     assert_status_agrees_with_amounts(invoice)
 
 
-@pytest.mark.parametrize("amounts, status", [
-    ({"total": Decimal("100.00"), "amount_paid": Decimal("0.00"), "balance": Decimal("100.00")}, "open"),
-    ({"total": Decimal("100.00"), "amount_paid": Decimal("40.00"), "balance": Decimal("60.00")}, "partially_paid"),
-    ({"total": Decimal("100.00"), "amount_paid": Decimal("100.00"), "balance": Decimal("0.00")}, "paid"),
-])
+@pytest.mark.parametrize(
+    "amounts, status",
+    [
+        ({"total": Decimal("100.00"), "amount_paid": Decimal("0.00"), "balance": Decimal("100.00")}, "open"),
+        ({"total": Decimal("100.00"), "amount_paid": Decimal("40.00"), "balance": Decimal("60.00")}, "partially_paid"),
+        ({"total": Decimal("100.00"), "amount_paid": Decimal("100.00"), "balance": Decimal("0.00")}, "paid"),
+    ],
+)
 @pytest.mark.parametrize("paymentstatus", [None, -1, 0, 1, 2])
 def test_halopsa_status_is_read_from_its_amounts_whatever_paymentstatus_says(amounts, status, paymentstatus):
     assert invoice_status(**amounts, voided=False, paymentstatus=paymentstatus) == status

@@ -1,4 +1,5 @@
 """Pushes and the pull sync together: ledgers agree to the cent, a pull never undoes a pending push."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -22,7 +23,9 @@ def pull(conn, halopsa_id: int) -> Invoice:
     return Invoice.objects.get(connection=conn, halopsa_id=halopsa_id)
 
 
-def test_after_payments_and_a_pull_the_ledgers_agree_to_the_cent(halo_sandbox, conn, django_capture_on_commit_callbacks):
+def test_after_payments_and_a_pull_the_ledgers_agree_to_the_cent(
+    halo_sandbox, conn, django_capture_on_commit_callbacks
+):
     invoice = pull(conn, 2)
     with django_capture_on_commit_callbacks(execute=True):
         first = payment_record(invoice=invoice, amount="100.01")
@@ -51,7 +54,9 @@ def test_a_pull_before_the_push_does_not_undo_the_payment(halo_sandbox, conn, dj
     assert_ledgers_agree(halo_sandbox, invoice)
 
 
-def test_a_pull_before_the_delete_reaches_halopsa_keeps_the_balance_restored(halo_sandbox, conn, django_capture_on_commit_callbacks):
+def test_a_pull_before_the_delete_reaches_halopsa_keeps_the_balance_restored(
+    halo_sandbox, conn, django_capture_on_commit_callbacks
+):
     invoice = pull(conn, 1)
     with django_capture_on_commit_callbacks(execute=True):
         payment = payment_record(invoice=invoice, amount="50.00")
@@ -66,7 +71,9 @@ def test_a_pull_before_the_delete_reaches_halopsa_keeps_the_balance_restored(hal
     assert_ledgers_agree(halo_sandbox, invoice)
 
 
-def test_unpushed_adjustment_counts_a_payment_found_only_by_reference_once(halo_sandbox, mirror, django_capture_on_commit_callbacks):
+def test_unpushed_adjustment_counts_a_payment_found_only_by_reference_once(
+    halo_sandbox, mirror, django_capture_on_commit_callbacks
+):
     invoice = mirror(1)
     with django_capture_on_commit_callbacks(execute=False):
         payment = payment_record(invoice=invoice, amount="10.00")
@@ -79,7 +86,9 @@ def test_unpushed_adjustment_counts_a_payment_found_only_by_reference_once(halo_
     ) == Decimal("0.00")
 
 
-def test_local_status_change_survives_a_pull_that_predates_its_push(halo_sandbox, conn, django_capture_on_commit_callbacks):
+def test_local_status_change_survives_a_pull_that_predates_its_push(
+    halo_sandbox, conn, django_capture_on_commit_callbacks
+):
     invoice = pull(conn, 1)
     with django_capture_on_commit_callbacks(execute=False):
         job = invoice_status_change(invoice=invoice, status="void").job
@@ -90,7 +99,9 @@ def test_local_status_change_survives_a_pull_that_predates_its_push(halo_sandbox
     assert invoice.status == Invoice.Status.VOID and halo_invoice(halo_sandbox, 1)["voided"] is True
 
 
-def test_a_later_status_change_in_halopsa_wins_over_an_unsent_one(halo_sandbox, conn, django_capture_on_commit_callbacks):
+def test_a_later_status_change_in_halopsa_wins_over_an_unsent_one(
+    halo_sandbox, conn, django_capture_on_commit_callbacks
+):
     clock_known(conn, halo_sandbox)  # an earlier push measured HaloPSA's clock (test_clock.py)
     invoice = pull(conn, 1)
     with django_capture_on_commit_callbacks(execute=False):
@@ -106,7 +117,9 @@ def test_a_later_status_change_in_halopsa_wins_over_an_unsent_one(halo_sandbox, 
     assert halo_sandbox.count_requests("/api/Invoice", method="POST") == 0
 
 
-def test_a_platform_payment_deleted_in_halopsa_is_shown_voided_after_the_next_pull(halo_sandbox, conn, django_capture_on_commit_callbacks):
+def test_a_platform_payment_deleted_in_halopsa_is_shown_voided_after_the_next_pull(
+    halo_sandbox, conn, django_capture_on_commit_callbacks
+):
     invoice = pull(conn, 2)
     with django_capture_on_commit_callbacks(execute=True):
         payment = payment_record(invoice=invoice, amount="40.00")
@@ -122,7 +135,9 @@ def test_a_platform_payment_deleted_in_halopsa_is_shown_voided_after_the_next_pu
     assert sorted(p.amount for p in live) == sorted(r["amount"] for r in halo_invoice(halo_sandbox, 2)["payments"])
 
 
-def test_a_pull_that_read_halopsa_before_the_push_landed_does_not_void_the_payment(halo_sandbox, conn, django_capture_on_commit_callbacks):
+def test_a_pull_that_read_halopsa_before_the_push_landed_does_not_void_the_payment(
+    halo_sandbox, conn, django_capture_on_commit_callbacks
+):
     from datetime import timedelta
 
     from django.utils import timezone

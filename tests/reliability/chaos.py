@@ -1,4 +1,5 @@
 """Shared pieces of the chaos tests: the fault mix, and our export compared with HaloPSA's truth."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -58,23 +59,39 @@ def _qty(value: Any) -> str:
 def truth_view(truth: dict[str, Any]) -> dict[str, Any]:
     """HaloPSA's ground truth reduced to what the export shows, amounts as exact cent strings."""
     customers = {
-        c["halopsa_id"]: {"name": c["name"], "billing_contacts": sorted((b["name"], b["email"]) for b in c["billing_contacts"])}
+        c["halopsa_id"]: {
+            "name": c["name"],
+            "billing_contacts": sorted((b["name"], b["email"]) for b in c["billing_contacts"]),
+        }
         for c in truth["customers"]
     }
     invoices = {}
     for inv in truth["invoices"]:
         invoices[inv["halopsa_id"]] = {
-            "number": inv["number"], "customer_halopsa_id": inv["customer_halopsa_id"],
-            "invoice_date": inv["invoice_date"], "due_date": inv["due_date"], "currency": inv["currency"],
-            "total": _money(inv["total"]), "tax": _money(inv["tax"]), "amount_paid": _money(inv["amount_paid"]),
+            "number": inv["number"],
+            "customer_halopsa_id": inv["customer_halopsa_id"],
+            "invoice_date": inv["invoice_date"],
+            "due_date": inv["due_date"],
+            "currency": inv["currency"],
+            "total": _money(inv["total"]),
+            "tax": _money(inv["tax"]),
+            "amount_paid": _money(inv["amount_paid"]),
             "balance": "0.00" if inv["voided"] else _money(inv["balance"]),  # a void invoice owes nothing here
             "status": "void" if inv["voided"] else STATUS_BY_PAYMENTSTATUS[inv["paymentstatus"]],
             "lines": [
-                (line["halopsa_id"], line["description"], _qty(line["quantity"]), _qty(line["unit_price"]),
-                 _money(line["net_amount"]), _money(line["tax_amount"]))
+                (
+                    line["halopsa_id"],
+                    line["description"],
+                    _qty(line["quantity"]),
+                    _qty(line["unit_price"]),
+                    _money(line["net_amount"]),
+                    _money(line["tax_amount"]),
+                )
                 for line in inv["lines"]
             ],
-            "payments": sorted((p["halopsa_id"], _money(p["amount"]), p["date"], p["reference"]) for p in inv["payments"]),
+            "payments": sorted(
+                (p["halopsa_id"], _money(p["amount"]), p["date"], p["reference"]) for p in inv["payments"]
+            ),
         }
     return {"customers": customers, "invoices": invoices}
 
@@ -87,19 +104,34 @@ def export_view(export: dict[str, Any]) -> dict[str, Any]:
             continue  # the connection's "unknown" customer has no HaloPSA counterpart
         assert c["halopsa_id"] not in customers, f"customer {c['halopsa_id']} exported twice"
         assert not c["deleted_in_halopsa"] and not c["archived"], c
-        customers[c["halopsa_id"]] = {"name": c["name"], "billing_contacts": sorted((b["name"], b["email"]) for b in c["billing_contacts"])}
+        customers[c["halopsa_id"]] = {
+            "name": c["name"],
+            "billing_contacts": sorted((b["name"], b["email"]) for b in c["billing_contacts"]),
+        }
     invoices: dict[int, Any] = {}
     for inv in export["invoices"]:
         assert inv["halopsa_id"] not in invoices, f"invoice {inv['halopsa_id']} exported twice"
         assert not inv["deleted_in_halopsa"] and not inv["archived"], inv["halopsa_id"]
         invoices[inv["halopsa_id"]] = {
-            "number": inv["number"], "customer_halopsa_id": inv["customer_halopsa_id"],
-            "invoice_date": inv["invoice_date"], "due_date": inv["due_date"], "currency": inv["currency"],
-            "total": inv["total"], "tax": inv["tax"], "amount_paid": inv["amount_paid"], "balance": inv["balance"],
+            "number": inv["number"],
+            "customer_halopsa_id": inv["customer_halopsa_id"],
+            "invoice_date": inv["invoice_date"],
+            "due_date": inv["due_date"],
+            "currency": inv["currency"],
+            "total": inv["total"],
+            "tax": inv["tax"],
+            "amount_paid": inv["amount_paid"],
+            "balance": inv["balance"],
             "status": inv["status"],
             "lines": [
-                (line["halopsa_id"], line["description"], _qty(line["quantity"]), _qty(line["unit_price"]),
-                 line["net_amount"], line["tax_amount"])
+                (
+                    line["halopsa_id"],
+                    line["description"],
+                    _qty(line["quantity"]),
+                    _qty(line["unit_price"]),
+                    line["net_amount"],
+                    line["tax_amount"],
+                )
                 for line in inv["lines"]
             ],
             "payments": sorted((p["halopsa_id"], p["amount"], p["date"], p["reference"]) for p in inv["payments"]),
@@ -120,6 +152,8 @@ def differences(ours: dict[str, Any], truth: dict[str, Any], limit: int = 10) ->
         for key in sorted(set(truth[kind]) & set(ours[kind])):
             if ours[kind][key] != truth[kind][key]:
                 fields = [f for f in truth[kind][key] if ours[kind][key].get(f) != truth[kind][key][f]]
-                found.append(f"{kind} {key} differs in {fields}: ours {[ours[kind][key][f] for f in fields]} "
-                             f"vs HaloPSA {[truth[kind][key][f] for f in fields]}")
+                found.append(
+                    f"{kind} {key} differs in {fields}: ours {[ours[kind][key][f] for f in fields]} "
+                    f"vs HaloPSA {[truth[kind][key][f] for f in fields]}"
+                )
     return found[: limit * 3]

@@ -7,6 +7,7 @@
 Run with the same environment as the processes under test (tests/reliability/procs.py), so the
 test process never opens their database itself (SQLite file or a PostgreSQL database of its own).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,22 @@ from typing import Any
 def _duplicates(model: Any, *fields: str, **filters: Any) -> int:
     from django.db.models import Count
 
-    return (
-        model.objects.filter(**filters).values(*fields).annotate(n=Count("id")).filter(n__gt=1).count()
-    )
+    return model.objects.filter(**filters).values(*fields).annotate(n=Count("id")).filter(n__gt=1).count()
 
 
 def state(connection_id: int) -> dict[str, Any]:
     from django.utils import timezone
 
     from integrations.models import (
-        Contact, Customer, Invoice, InvoiceLine, Lease, Payment, PushJob, SyncError, SyncRun,
+        Contact,
+        Customer,
+        Invoice,
+        InvoiceLine,
+        Lease,
+        Payment,
+        PushJob,
+        SyncError,
+        SyncRun,
     )
     from integrations.services.sync import lease_name
 
@@ -36,17 +43,34 @@ def state(connection_id: int) -> dict[str, Any]:
     lease = Lease.objects.filter(name=lease_name(connection_id)).first()
     return {
         "runs": [
-            {"id": r.pk, "state": r.state, "message": r.message, "failed": r.failed, "progress_done": r.progress_done,
-             "progress_total": r.progress_total, "api_requests": r.api_requests, "api_retries": r.api_retries}
+            {
+                "id": r.pk,
+                "state": r.state,
+                "message": r.message,
+                "failed": r.failed,
+                "progress_done": r.progress_done,
+                "progress_total": r.progress_total,
+                "api_requests": r.api_requests,
+                "api_retries": r.api_retries,
+            }
             for r in SyncRun.objects.filter(connection_id=connection_id).order_by("id")
         ],
-        "lease": None if lease is None else {
+        "lease": None
+        if lease is None
+        else {
             "held": bool(lease.owner) and lease.expires_at is not None and lease.expires_at >= now,
             "seconds_left": (lease.expires_at - now).total_seconds() if lease.expires_at else None,
         },
         "sync_errors": [
-            {"id": e.pk, "run_id": e.run_id, "entity": e.entity, "halopsa_id": e.halopsa_id, "message": e.message,
-             "resolved": e.resolved_at is not None, "payload": e.payload}
+            {
+                "id": e.pk,
+                "run_id": e.run_id,
+                "entity": e.entity,
+                "halopsa_id": e.halopsa_id,
+                "message": e.message,
+                "resolved": e.resolved_at is not None,
+                "payload": e.payload,
+            }
             for e in SyncError.objects.filter(connection_id=connection_id).order_by("id")
         ],
         "counts": {
@@ -59,22 +83,37 @@ def state(connection_id: int) -> dict[str, Any]:
         "duplicates": {
             "customers": _duplicates(Customer, "halopsa_id", connection_id=connection_id, halopsa_id__isnull=False),
             "invoices": _duplicates(Invoice, "halopsa_id", connection_id=connection_id, halopsa_id__isnull=False),
-            "lines": _duplicates(InvoiceLine, "invoice_id", "halopsa_id", invoice__connection_id=connection_id,
-                                 halopsa_id__isnull=False),
+            "lines": _duplicates(
+                InvoiceLine, "invoice_id", "halopsa_id", invoice__connection_id=connection_id, halopsa_id__isnull=False
+            ),
             "payments": _duplicates(Payment, "halopsa_id", connection_id=connection_id, halopsa_id__isnull=False),
-            "payment_references": _duplicates(Payment, "invoice_id", "reference", connection_id=connection_id,
-                                              source="platform"),
+            "payment_references": _duplicates(
+                Payment, "invoice_id", "reference", connection_id=connection_id, source="platform"
+            ),
             "contacts": _duplicates(Contact, "customer_id", "email", customer__connection_id=connection_id),
         },
         "push_jobs": [
-            {"id": j.pk, "kind": j.kind, "state": j.state, "attempts": j.attempts, "payment_id": j.payment_id,
-             "last_error": j.last_error}
+            {
+                "id": j.pk,
+                "kind": j.kind,
+                "state": j.state,
+                "attempts": j.attempts,
+                "payment_id": j.payment_id,
+                "last_error": j.last_error,
+            }
             for j in PushJob.objects.filter(connection_id=connection_id).order_by("id")
         ],
         "platform_payments": [
-            {"id": p.pk, "invoice_halopsa_id": p.invoice.halopsa_id, "amount": str(p.amount), "reference": p.reference,
-             "halopsa_id": p.halopsa_id}
-            for p in Payment.objects.filter(connection_id=connection_id, source="platform").select_related("invoice").order_by("id")
+            {
+                "id": p.pk,
+                "invoice_halopsa_id": p.invoice.halopsa_id,
+                "amount": str(p.amount),
+                "reference": p.reference,
+                "halopsa_id": p.halopsa_id,
+            }
+            for p in Payment.objects.filter(connection_id=connection_id, source="platform")
+            .select_related("invoice")
+            .order_by("id")
         ],
     }
 
@@ -96,8 +135,12 @@ def webhook_credentials(connection_id: int) -> dict[str, Any]:
     from integrations.models import Connection
 
     connection = Connection.objects.get(pk=connection_id)
-    return {"key": str(connection.webhook_key), "username": connection.webhook_username,
-            "password": connection.webhook_password, "realtime": connection.is_realtime}
+    return {
+        "key": str(connection.webhook_key),
+        "username": connection.webhook_username,
+        "password": connection.webhook_password,
+        "realtime": connection.is_realtime,
+    }
 
 
 def webhook_state(connection_id: int) -> dict[str, Any]:
@@ -134,8 +177,13 @@ def main(argv: list[str]) -> int:
 
     django.setup()
     command, connection_id = argv[0], int(argv[1])
-    commands = {"state": state, "expire-push-leases": expire_push_leases, "webhook-credentials": webhook_credentials,
-                "webhook-state": webhook_state, "webhook-sweep": webhook_sweep}
+    commands = {
+        "state": state,
+        "expire-push-leases": expire_push_leases,
+        "webhook-credentials": webhook_credentials,
+        "webhook-state": webhook_state,
+        "webhook-sweep": webhook_sweep,
+    }
     result = commands[command](connection_id)
     print(json.dumps(result, default=str))
     return 0

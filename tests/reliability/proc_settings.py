@@ -5,6 +5,7 @@ needs and production does not expose as variables: short client backoff (the ret
 runs), a short sync lease (a killed worker's lease lapses in seconds, not ten minutes), e-mail kept
 in memory (the console backend would mix incident mails into the commands' stdout).
 """
+
 import os
 
 from syncportal.settings import *  # noqa: F403

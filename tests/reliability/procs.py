@@ -5,6 +5,7 @@ tmp_path, or, when the suite runs on PostgreSQL (DATABASE_URL in the environment
 its own on that server, dropped afterwards. Processes use `tests.reliability.proc_settings`
 (the production settings plus test knobs) and never read a developer's .env.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,25 +76,41 @@ class ProcessWorld:
 
     def manage(self, *args: str, timeout: float = 300, check: bool = True, **env: str) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [PYTHON, MANAGE, *args], env={**self.env, **env}, cwd=str(BASE_DIR), capture_output=True, text=True,
+            [PYTHON, MANAGE, *args],
+            env={**self.env, **env},
+            cwd=str(BASE_DIR),
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
         if check:
-            assert result.returncode == 0, f"manage.py {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+            assert result.returncode == 0, (
+                f"manage.py {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def spawn(self, args: list[str], log_name: str, **env: str) -> subprocess.Popen:
         log = (self.tmp_path / log_name).open("ab")
-        return subprocess.Popen(args, env={**self.env, **env}, cwd=str(BASE_DIR), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args,
+            env={**self.env, **env},
+            cwd=str(BASE_DIR),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def spawn_manage(self, *args: str, log_name: str, **env: str) -> subprocess.Popen:
         return self.spawn([PYTHON, MANAGE, *args], log_name, **env)
 
     def probe(self, command: str, connection_id: int) -> dict[str, Any]:
         result = subprocess.run(
-            [PYTHON, "-m", "tests.reliability.probe", command, str(connection_id)], env=self.env, cwd=str(BASE_DIR),
-            capture_output=True, text=True, timeout=120,
+            [PYTHON, "-m", "tests.reliability.probe", command, str(connection_id)],
+            env=self.env,
+            cwd=str(BASE_DIR),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.strip().splitlines()[-1])
@@ -103,10 +120,22 @@ class ProcessWorld:
         if not self.env.get("REDIS_URL"):
             self.manage("createcachetable")
 
-    def add_connection(self, url: str, client_id: str, client_secret: str, *, partner: str = "Chaos MSP",
-                       name: str = "Main HaloPSA") -> int:
-        result = self.manage("add_connection", "--partner", partner, "--name", name, "--url", url,
-                             "--client-id", client_id, "--client-secret", client_secret)
+    def add_connection(
+        self, url: str, client_id: str, client_secret: str, *, partner: str = "Chaos MSP", name: str = "Main HaloPSA"
+    ) -> int:
+        result = self.manage(
+            "add_connection",
+            "--partner",
+            partner,
+            "--name",
+            name,
+            "--url",
+            url,
+            "--client-id",
+            client_id,
+            "--client-secret",
+            client_secret,
+        )
         return int(result.stdout.strip().splitlines()[-1])
 
     def export(self, connection_id: int) -> dict[str, Any]:

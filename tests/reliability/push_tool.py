@@ -11,6 +11,7 @@
 
 Each prints one JSON line with what it did.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,18 @@ def record(connection_id: int, plan_file: str) -> dict:
     for row in plan:
         invoice = Invoice.objects.get(connection_id=connection_id, halopsa_id=row["invoice"])
         out = StringIO()
-        call_command("record_payment", "--invoice", str(invoice.pk), "--amount", row["amount"],
-                     "--reference", row["reference"], "--method", "card", stdout=out)
+        call_command(
+            "record_payment",
+            "--invoice",
+            str(invoice.pk),
+            "--amount",
+            row["amount"],
+            "--reference",
+            row["reference"],
+            "--method",
+            "card",
+            stdout=out,
+        )
         recorded.append(int(out.getvalue().strip().splitlines()[-1]))
     return {"recorded": recorded}
 
@@ -54,9 +65,11 @@ def _time_passes(connection_id: int, settle: float) -> None:
     now = timezone.now()
     jobs = PushJob.objects.filter(connection_id=connection_id)
     jobs.filter(state=PushJob.State.RETRYING, updated_at__lte=now - timedelta(seconds=settle)).update(
-        next_attempt_at=now - timedelta(seconds=1))
-    jobs.filter(state=PushJob.State.PENDING).update(created_at=now - PENDING_GRACE - timedelta(seconds=1),
-                                                    next_attempt_at=now - timedelta(seconds=1))
+        next_attempt_at=now - timedelta(seconds=1)
+    )
+    jobs.filter(state=PushJob.State.PENDING).update(
+        created_at=now - PENDING_GRACE - timedelta(seconds=1), next_attempt_at=now - timedelta(seconds=1)
+    )
 
 
 def work(connection_id: int, rounds: int, settle: float) -> dict:
@@ -69,7 +82,8 @@ def work(connection_id: int, rounds: int, settle: float) -> dict:
         _time_passes(connection_id, settle)
         dispatched += push_due_dispatch()
         waiting = PushJob.objects.filter(connection_id=connection_id, state__in=UNFINISHED).exclude(
-            state=PushJob.State.NEEDS_REVIEW)
+            state=PushJob.State.NEEDS_REVIEW
+        )
         if not waiting.exists():
             break
         time.sleep(0.2)

@@ -11,6 +11,7 @@ after its cool-off and covering the admin sign-in, every cookie and header flag 
 settings, and the webhook endpoint refusing every unauthenticated request whatever the method,
 credentials or connection.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,7 +40,10 @@ def _snapshot():
     return (
         list(Connection.objects.values_list("pk", "name", "enabled", "paused")),
         list(Invoice.objects.order_by("pk").values_list("pk", "status", "archived_at", "customer_id")),
-        Payment.objects.count(), PushJob.objects.count(), SyncRun.objects.count(), AuditEvent.objects.count(),
+        Payment.objects.count(),
+        PushJob.objects.count(),
+        SyncRun.objects.count(),
+        AuditEvent.objects.count(),
     )
 
 
@@ -60,8 +64,10 @@ def test_the_same_post_with_its_token_goes_through(partner_user, mine):  # noqa:
     browser.force_login(partner_user)
     browser.get(reverse("connection_detail", kwargs={"pk": mine.connection.pk}))
     token = browser.cookies[settings.CSRF_COOKIE_NAME].value
-    response = browser.post(reverse("connection_state", kwargs={"pk": mine.connection.pk}),
-                            {"action": "disable", "csrfmiddlewaretoken": token})
+    response = browser.post(
+        reverse("connection_state", kwargs={"pk": mine.connection.pk}),
+        {"action": "disable", "csrfmiddlewaretoken": token},
+    )
     assert response.status_code == 302
     mine.connection.refresh_from_db()
     assert mine.connection.enabled is False
@@ -79,10 +85,25 @@ def test_sign_out_and_admin_posts_without_a_token_are_403(partner, partner_user,
 
     browser.force_login(superuser)
     change = reverse("admin:integrations_connection_change", args=[connection.pk])
-    assert browser.post(change, {"name": "renamed", "partner": partner.pk, "base_url": connection.base_url,
-                                 "client_id": "x", "invoice_number_field": "invoicenumber",
-                                 "billing_contact_rule": "accounts_only", "default_currency": "USD"}).status_code == 403
-    assert browser.post(reverse("admin:integrations_connection_delete", args=[connection.pk]), {"post": "yes"}).status_code == 403
+    assert (
+        browser.post(
+            change,
+            {
+                "name": "renamed",
+                "partner": partner.pk,
+                "base_url": connection.base_url,
+                "client_id": "x",
+                "invoice_number_field": "invoicenumber",
+                "billing_contact_rule": "accounts_only",
+                "default_currency": "USD",
+            },
+        ).status_code
+        == 403
+    )
+    assert (
+        browser.post(reverse("admin:integrations_connection_delete", args=[connection.pk]), {"post": "yes"}).status_code
+        == 403
+    )
     assert Connection.objects.filter(pk=connection.pk, name=connection.name).exists()
 
 
@@ -235,8 +256,12 @@ def test_webhook_endpoint_with_no_password_configured_accepts_nobody(client, par
     Connection.objects.filter(pk=connection.pk).update(webhook_password="")
     for auth in (_basic(connection.webhook_username, ""), _basic("", ""), None):
         headers = {"HTTP_AUTHORIZATION": auth} if auth else {}
-        response = client.post(reverse("halopsa-webhook", kwargs={"key": connection.webhook_key}), "{}",
-                               content_type="application/json", **headers)
+        response = client.post(
+            reverse("halopsa-webhook", kwargs={"key": connection.webhook_key}),
+            "{}",
+            content_type="application/json",
+            **headers,
+        )
         assert response.status_code == 401
     assert not WebhookEvent.objects.exists()
 
@@ -244,7 +269,11 @@ def test_webhook_endpoint_with_no_password_configured_accepts_nobody(client, par
 def test_unknown_or_malformed_webhook_keys_are_404(client, two_connections):
     mine_, _ = two_connections
     auth = {"HTTP_AUTHORIZATION": _basic(mine_.webhook_username, mine_.webhook_password)}
-    assert client.post("/hooks/halo/00000000-0000-0000-0000-000000000000/", "{}", content_type="application/json",
-                       **auth).status_code == 404
+    assert (
+        client.post(
+            "/hooks/halo/00000000-0000-0000-0000-000000000000/", "{}", content_type="application/json", **auth
+        ).status_code
+        == 404
+    )
     assert client.post("/hooks/halo/not-a-uuid/", "{}", content_type="application/json", **auth).status_code == 404
     assert client.post(f"/hooks/halo/{mine_.pk}/", "{}", content_type="application/json", **auth).status_code == 404

@@ -12,6 +12,7 @@ way a person does it from the dashboard. Afterwards:
   and linked to that HaloPSA payment; HaloPSA holds no other new payment;
 - every push job is done; a clean full pull then equals HaloPSA's ground truth (ledgers agree).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ pytestmark = pytest.mark.slow
 def add_push_faults(srv: SandboxServer) -> None:
     srv.add_fault("lost_response", count=1, path="/api/InvoicePayment", method="POST")  # one for sure
     srv.add_fault("lost_response", ratio=0.15, path="/api/InvoicePayment", method="POST")
-    srv.add_fault("slow", delay=SLOW_DELAY, ratio=0.06, path="/api/InvoicePayment", method="POST")  # timeout, then lands
+    srv.add_fault(
+        "slow", delay=SLOW_DELAY, ratio=0.06, path="/api/InvoicePayment", method="POST"
+    )  # timeout, then lands
     srv.add_fault("drop", ratio=0.08, path="/api/InvoicePayment")
     srv.add_fault("status", status=503, ratio=0.08, path="/api/InvoicePayment")
     srv.add_fault("status", status=500, ratio=0.04, path="/api/InvoicePayment")
@@ -57,8 +60,14 @@ def _payments_by_reference(srv: SandboxServer) -> dict[str, list[dict]]:
 
 
 def _tool(world: ProcessWorld, *args: str, **env: str) -> dict:
-    result = subprocess.run([PYTHON, "-m", "tests.reliability.push_tool", *args], env={**world.env, **env},
-                            cwd=str(BASE_DIR), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [PYTHON, "-m", "tests.reliability.push_tool", *args],
+        env={**world.env, **env},
+        cwd=str(BASE_DIR),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -71,19 +80,30 @@ def test_chaos_pushes_end_with_exactly_one_payment_each_in_halopsa(tmp_path):
     try:
         world.setup_database()
         connection_id = world.add_connection(srv.url, srv.client_id, srv.client_secret)
-        assert json.loads(world.manage("sync_connection", str(connection_id), "--full").stdout.splitlines()[-1])["state"] == "succeeded"
+        assert (
+            json.loads(world.manage("sync_connection", str(connection_id), "--full").stdout.splitlines()[-1])["state"]
+            == "succeeded"
+        )
         payments_before = sum(len(v) for v in _payments_by_reference(srv).values())
         references_before = set(_payments_by_reference(srv))
 
         # Payments of a few euros on open invoices, two on some invoices (pushes per invoice are serialised).
-        open_invoices = [i for i in world.export(connection_id)["invoices"]
-                         if i["status"] in ("open", "partially_paid") and Decimal(i["balance"]) >= Decimal("20.00")]
+        open_invoices = [
+            i
+            for i in world.export(connection_id)["invoices"]
+            if i["status"] in ("open", "partially_paid") and Decimal(i["balance"]) >= Decimal("20.00")
+        ]
         assert len(open_invoices) >= PAYMENTS * 2 // 3
         plan = []
         for n in range(PAYMENTS):
             invoice = open_invoices[n % (PAYMENTS * 2 // 3)]
-            plan.append({"invoice": invoice["halopsa_id"], "amount": f"{1 + n % 7}.{(13 * n) % 100:02d}",
-                         "reference": f"CHAOS-PAY-{n:03d}"})
+            plan.append(
+                {
+                    "invoice": invoice["halopsa_id"],
+                    "amount": f"{1 + n % 7}.{(13 * n) % 100:02d}",
+                    "reference": f"CHAOS-PAY-{n:03d}",
+                }
+            )
         (tmp_path / "plan.json").write_text(json.dumps(plan))
         recorded = _tool(world, "record", str(connection_id), str(tmp_path / "plan.json"), Q_SYNC="false")
         assert len(recorded["recorded"]) == PAYMENTS
@@ -91,13 +111,22 @@ def test_chaos_pushes_end_with_exactly_one_payment_each_in_halopsa(tmp_path):
 
         add_push_faults(srv)
         srv.clear_request_log()
-        worker = world.spawn([PYTHON, "-m", "tests.reliability.push_tool", "work", str(connection_id), "500", SETTLE],
-                             "push-worker.log", Q_SYNC="true")
-        sigkill_when(worker, lambda: srv.count_requests("/api/InvoicePayment", "POST") >= PAYMENTS // 3,
-                     log=tmp_path / "push-worker.log", timeout=300, message="a third of the payment POSTs")
+        worker = world.spawn(
+            [PYTHON, "-m", "tests.reliability.push_tool", "work", str(connection_id), "500", SETTLE],
+            "push-worker.log",
+            Q_SYNC="true",
+        )
+        sigkill_when(
+            worker,
+            lambda: srv.count_requests("/api/InvoicePayment", "POST") >= PAYMENTS // 3,
+            log=tmp_path / "push-worker.log",
+            timeout=300,
+            message="a third of the payment POSTs",
+        )
         killed = world.probe("state", connection_id)
-        figures["jobs_when_killed"] = {s: sum(1 for j in killed["push_jobs"] if j["state"] == s) for s in
-                                       {j["state"] for j in killed["push_jobs"]}}
+        figures["jobs_when_killed"] = {
+            s: sum(1 for j in killed["push_jobs"] if j["state"] == s) for s in {j["state"] for j in killed["push_jobs"]}
+        }
         assert any(j["state"] != "done" for j in killed["push_jobs"])
 
         # Ten minutes later: the abandoned job's lease is over; the sweep resumes under the same faults.

@@ -19,6 +19,7 @@ Expectations, stated up front:
   every customer and billing contact, invoice, line, payment, amount and balance to the cent;
   no (connection, halopsa_id) appears twice in any table.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,13 @@ import pytest
 
 from halosandbox import SandboxServer
 from tests.reliability.chaos import (
-    CHAOS_DATASET, READ_TIMEOUT, add_sync_faults, differences, export_view, fired, truth_view,
+    CHAOS_DATASET,
+    READ_TIMEOUT,
+    add_sync_faults,
+    differences,
+    export_view,
+    fired,
+    truth_view,
 )
 from tests.reliability.procs import ProcessWorld, sigkill_when
 
@@ -48,8 +55,12 @@ def test_chaos_full_sync_with_a_killed_worker_ends_equal_to_halopsa(tmp_path):
     started = time.monotonic()
     # Invoices written every 200 (two pages), so the worker killed after 8 invoice requests has
     # committed some batches and holds another one unwritten.
-    world = ProcessWorld(tmp_path, HALOPSA_READ_TIMEOUT=str(READ_TIMEOUT), TEST_HALOPSA_SYNC_LEASE_TTL=str(LEASE_TTL),
-                         HALOPSA_SYNC_WRITE_BATCH="200")
+    world = ProcessWorld(
+        tmp_path,
+        HALOPSA_READ_TIMEOUT=str(READ_TIMEOUT),
+        TEST_HALOPSA_SYNC_LEASE_TTL=str(LEASE_TTL),
+        HALOPSA_SYNC_WRITE_BATCH="200",
+    )
     srv = SandboxServer(dataset=CHAOS_DATASET, seed=7, port=0, rate_limit=0).start()
     try:
         world.setup_database()
@@ -61,8 +72,13 @@ def test_chaos_full_sync_with_a_killed_worker_ends_equal_to_halopsa(tmp_path):
 
         # 1. A worker syncing under faults is SIGKILLed once it has committed some invoice pages.
         worker = world.spawn_manage("sync_connection", str(connection_id), "--full", log_name="killed-worker.log")
-        sigkill_when(worker, lambda: srv.count_requests("/api/Invoice", "GET") >= 8, log=tmp_path / "killed-worker.log",
-                     timeout=180, message="the worker to reach the invoice pages")
+        sigkill_when(
+            worker,
+            lambda: srv.count_requests("/api/Invoice", "GET") >= 8,
+            log=tmp_path / "killed-worker.log",
+            timeout=180,
+            message="the worker to reach the invoice pages",
+        )
         assert worker.returncode == -signal.SIGKILL
         totals = fired(list(srv.request_log))
         killed = world.probe("state", connection_id)
@@ -94,16 +110,30 @@ def test_chaos_full_sync_with_a_killed_worker_ends_equal_to_halopsa(tmp_path):
             if summary["state"] in ("succeeded", "partial"):
                 completed = summary
                 # Every corrupted record served during this run is one SyncError of this run.
-                errors = [e for e in world.probe("state", connection_id)["sync_errors"] if e["run_id"] == summary["run_id"]]
+                errors = [
+                    e for e in world.probe("state", connection_id)["sync_errors"] if e["run_id"] == summary["run_id"]
+                ]
                 assert summary["failed"] == len(errors)
-                assert len([e for e in errors if e["entity"] != "pdfs"]) == faults.get("malformed_record", 0), (errors, faults)
+                assert len([e for e in errors if e["entity"] != "pdfs"]) == faults.get("malformed_record", 0), (
+                    errors,
+                    faults,
+                )
                 break
             assert result.returncode == 1 and summary["state"] == "failed"
         assert completed is not None, runs
         figures["chaos_runs"] = runs
         figures["faults_fired"] = totals
         # Every kind of fault happened at least once over the killed run and the chaos runs.
-        kinds = {"status 429", "status 503", "status 502", "slow", "drop", "expire_token", "malformed_json", "malformed_record"}
+        kinds = {
+            "status 429",
+            "status 503",
+            "status 502",
+            "slow",
+            "drop",
+            "expire_token",
+            "malformed_json",
+            "malformed_record",
+        }
         assert kinds <= set(totals), totals
 
         # 4. Faults off: one clean full run settles everything.
@@ -123,7 +153,9 @@ def test_chaos_full_sync_with_a_killed_worker_ends_equal_to_halopsa(tmp_path):
         assert differences(ours, truth) == []
         assert ours == truth
         figures.update(
-            runs_total=len(final["runs"]), sync_errors=len(all_errors), seconds=round(time.monotonic() - started, 1),
+            runs_total=len(final["runs"]),
+            sync_errors=len(all_errors),
+            seconds=round(time.monotonic() - started, 1),
             counts=final["counts"],
         )
         print("CHAOS SYNC FIGURES", json.dumps(figures))
@@ -137,7 +169,8 @@ def test_chaos_full_sync_with_a_killed_worker_ends_equal_to_halopsa(tmp_path):
 
 @pytest.mark.django_db
 def test_a_run_left_running_by_a_killed_worker_is_closed_by_the_next_run_that_takes_the_lease(
-        partner, make_connection, halo_sandbox):
+    partner, make_connection, halo_sandbox
+):
     from integrations.models import SyncRun
     from integrations.services.sync import INTERRUPTED_MESSAGE, sync_execute
 
@@ -153,14 +186,17 @@ def test_a_run_left_running_by_a_killed_worker_is_closed_by_the_next_run_that_ta
 
 @pytest.mark.django_db
 def test_an_invoice_synced_while_its_customer_was_unreadable_moves_to_the_customer_once_it_syncs(
-        partner, make_connection, halo_sandbox):
+    partner, make_connection, halo_sandbox
+):
     from integrations.models import Invoice, SyncError, SyncRun
     from integrations.services.sync import sync_execute
 
     connection = make_connection(partner, halo_sandbox)
 
     def run(scope, entity=""):
-        return sync_execute(run=SyncRun.objects.create(connection=connection, scope=scope, entity=entity, trigger="cli"))
+        return sync_execute(
+            run=SyncRun.objects.create(connection=connection, scope=scope, entity=entity, trigger="cli")
+        )
 
     assert run("full").state == "succeeded"
     client = halo_sandbox.store.create_client(name="Newcomer Ltd")
@@ -199,16 +235,19 @@ def test_a_pdf_that_failed_to_download_resolves_its_error_once_it_is_fetched(par
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("path,entity", [("/api/Users", "contacts"), ("/api/Client", "customers"), ("/api/Invoice", "invoices")])
-def test_an_unreadable_record_without_id_is_resolved_by_the_next_clean_full_read(partner, make_connection, halo_sandbox,
-                                                                                 monkeypatch, path, entity):
+@pytest.mark.parametrize(
+    "path,entity", [("/api/Users", "contacts"), ("/api/Client", "customers"), ("/api/Invoice", "invoices")]
+)
+def test_an_unreadable_record_without_id_is_resolved_by_the_next_clean_full_read(
+    partner, make_connection, halo_sandbox, monkeypatch, path, entity
+):
     """A corrupted list row without its id (the chaos run's second kind of bad record) cannot be
     matched by id later; a complete clean read of its entity proves it is readable again."""
-    from integrations.models import SyncError, SyncRun
-    from halosandbox import server as sandbox_server
-    from integrations.services.sync import sync_execute
-
     from django.utils import timezone
+
+    from halosandbox import server as sandbox_server
+    from integrations.models import SyncError, SyncRun
+    from integrations.services.sync import sync_execute
 
     # Probed already: the first sync's shape probe would otherwise take the one-shot fault.
     connection = make_connection(partner, halo_sandbox, shape_checked_at=timezone.now())

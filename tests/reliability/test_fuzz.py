@@ -15,6 +15,7 @@
 
 Deterministic: `derandomize=True`, no example database; example counts stay modest.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,33 +28,101 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
+from halosandbox import SandboxServer
 from integrations.halopsa import mapping
 from integrations.halopsa.client import parse_json
 from integrations.halopsa.mapping import MappingError
-from halosandbox import SandboxServer
 
-FUZZ = hsettings(max_examples=150, deadline=None, derandomize=True, database=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                        HealthCheck.data_too_large])
+FUZZ = hsettings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 BIGINT = 2**63
 INT32 = 2**31
 
 # --- junk values ---------------------------------------------------------------------------------
 
 JUNK_TEXT = [
-    "", " ", "abc", "NaN", "nan", "Infinity", "-Infinity", "inf", "1e308", "-1e308", "1e-308", "0x10", "1_000",
-    "12.345", "-0.00", "9" * 40, "²", "١٢٣", "٣.٥", "½", "1,000.00", "$12.00", "12.00 USD", "\x00", "\ud800",
-    "2026-13-45T25:61:61", "0000-00-00T00:00:00", "9999-12-31T23:59:59", "1899-12-30T00:00:00", "2026-02-29",
-    "true", "null", "[]", "{}", "💸" * 50,
+    "",
+    " ",
+    "abc",
+    "NaN",
+    "nan",
+    "Infinity",
+    "-Infinity",
+    "inf",
+    "1e308",
+    "-1e308",
+    "1e-308",
+    "0x10",
+    "1_000",
+    "12.345",
+    "-0.00",
+    "9" * 40,
+    "²",
+    "١٢٣",
+    "٣.٥",
+    "½",
+    "1,000.00",
+    "$12.00",
+    "12.00 USD",
+    "\x00",
+    "\ud800",
+    "2026-13-45T25:61:61",
+    "0000-00-00T00:00:00",
+    "9999-12-31T23:59:59",
+    "1899-12-30T00:00:00",
+    "2026-02-29",
+    "true",
+    "null",
+    "[]",
+    "{}",
+    "💸" * 50,
 ]
-NASTY = [None, True, False, 0, -1, 2**31, 2**63, 10**30, -(10**12), 1e308, -1e308, float("nan"), float("inf"),
-         float("-inf"), "", "abc", "NaN", "Infinity", "1e308", "²", "١٢٣", "99999999999", "5000", "-5000", "12.345",
-         "2026-13-45T25:61:61", "9999-12-31T23:59:59", "\x00", [], {}, [1], {"id": 1}, "x" * 70_000]
+NASTY = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**31,
+    2**63,
+    10**30,
+    -(10**12),
+    1e308,
+    -1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    "abc",
+    "NaN",
+    "Infinity",
+    "1e308",
+    "²",
+    "١٢٣",
+    "99999999999",
+    "5000",
+    "-5000",
+    "12.345",
+    "2026-13-45T25:61:61",
+    "9999-12-31T23:59:59",
+    "\x00",
+    [],
+    {},
+    [1],
+    {"id": 1},
+    "x" * 70_000,
+]
 # One draw in three is a known troublemaker; the rest is anything.
 scalars = st.one_of(
     st.sampled_from([v for v in NASTY if not isinstance(v, (list, dict))]),
     st.sampled_from([v for v in NASTY if not isinstance(v, (list, dict))]),
-    st.none(), st.booleans(),
+    st.none(),
+    st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.sampled_from([0, -1, 1, 2**31, 2**63 - 1, 2**63, 2**64, 10**30, -(10**12)]),
     st.floats(allow_nan=True, allow_infinity=True),
@@ -62,8 +131,11 @@ scalars = st.one_of(
     st.text(max_size=40),
     st.builds(lambda: "x" * 70_000),  # a huge string (built, so failure reports stay short)
 )
-junk = st.recursive(scalars, lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
-                    max_leaves=6)
+junk = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=6,
+)
 
 
 def _to_wire(value: Any) -> Any:
@@ -98,14 +170,51 @@ def samples() -> dict[str, Any]:
     return _SAMPLES
 
 
-INVOICE_FIELDS = ["id", "invoicenumber", "thirdpartyinvoicenumber", "client_id", "client_name", "invoice_date", "duedate",
-                  "last_modified", "currency_code_name", "currency", "total", "tax_total", "amountpaid", "amountdue",
-                  "amount_remaining", "paymentstatus", "voided", "invoicetype", "creditlinkedtoinvoiceid",
-                  "pdf_attachment_id", "lines", "payments"]
-LINE_FIELDS = ["id", "sequenceid", "qty_order", "unit_price", "net_amount", "tax_amount", "tax_rate",
-               "item_shortdescription", "item_longdescription"]
+INVOICE_FIELDS = [
+    "id",
+    "invoicenumber",
+    "thirdpartyinvoicenumber",
+    "client_id",
+    "client_name",
+    "invoice_date",
+    "duedate",
+    "last_modified",
+    "currency_code_name",
+    "currency",
+    "total",
+    "tax_total",
+    "amountpaid",
+    "amountdue",
+    "amount_remaining",
+    "paymentstatus",
+    "voided",
+    "invoicetype",
+    "creditlinkedtoinvoiceid",
+    "pdf_attachment_id",
+    "lines",
+    "payments",
+]
+LINE_FIELDS = [
+    "id",
+    "sequenceid",
+    "qty_order",
+    "unit_price",
+    "net_amount",
+    "tax_amount",
+    "tax_rate",
+    "item_shortdescription",
+    "item_longdescription",
+]
 PAYMENT_FIELDS = ["id", "type", "amount", "credit_note_id", "date", "reference", "thirdpartyid", "payment_method_name"]
-CLIENT_FIELDS = ["id", "name", "inactive", "alastupdate", "accountsemailaddress", "accountsfirstname", "accountslastname"]
+CLIENT_FIELDS = [
+    "id",
+    "name",
+    "inactive",
+    "alastupdate",
+    "accountsemailaddress",
+    "accountsfirstname",
+    "accountslastname",
+]
 USER_FIELDS = ["id", "client_id", "name", "firstname", "surname", "emailaddress", "inactive", "canaccessinvoices"]
 
 DELETE = object()
@@ -122,11 +231,19 @@ def mutated(draw, kind: str) -> Any:
         target, names = record, fields
         if kind == "invoice":
             where = draw(st.sampled_from(["top", "top", "line", "payment"]))
-            if (where == "line" and isinstance(record.get("lines"), list) and record["lines"]
-                    and isinstance(record["lines"][0], dict)):
+            if (
+                where == "line"
+                and isinstance(record.get("lines"), list)
+                and record["lines"]
+                and isinstance(record["lines"][0], dict)
+            ):
                 target, names = record["lines"][draw(st.integers(0, len(record["lines"]) - 1))], LINE_FIELDS
-            elif (where == "payment" and isinstance(record.get("payments"), list) and record["payments"]
-                    and isinstance(record["payments"][0], dict)):
+            elif (
+                where == "payment"
+                and isinstance(record.get("payments"), list)
+                and record["payments"]
+                and isinstance(record["payments"][0], dict)
+            ):
                 target, names = record["payments"][draw(st.integers(0, len(record["payments"]) - 1))], PAYMENT_FIELDS
         name = draw(st.sampled_from(names))
         value = draw(mutation_value)
@@ -149,11 +266,21 @@ def _id_ok(value: Any, *, required: bool) -> bool:
 
 
 def _money_ok(value: Any) -> bool:  # DecimalField(max_digits=14, decimal_places=2)
-    return isinstance(value, Decimal) and value.is_finite() and value == value.quantize(Decimal("0.01")) and abs(value) < Decimal("1e12")
+    return (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and value == value.quantize(Decimal("0.01"))
+        and abs(value) < Decimal("1e12")
+    )
 
 
 def _decimal4_ok(value: Any, below: str) -> bool:
-    return isinstance(value, Decimal) and value.is_finite() and value == value.quantize(Decimal("0.0001")) and abs(value) < Decimal(below)
+    return (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and value == value.quantize(Decimal("0.0001"))
+        and abs(value) < Decimal(below)
+    )
 
 
 def _text_ok(value: Any, limit: int | None) -> bool:
@@ -229,8 +356,12 @@ def test_billing_user_contact_maps_or_raises_mapping_error(payload, rule):
 @given(value=junk)
 def test_scalar_parsers_return_or_raise_mapping_error(value):
     value = over_the_wire({"v": value})["v"]
-    for parse in (lambda v: mapping.parse_money(v, "amount"), lambda v: mapping.parse_decimal(v, "qty"),
-                  lambda v: mapping.parse_halo_datetime(v, "date"), lambda v: mapping.parse_id(v, "id", required=False)):
+    for parse in (
+        lambda v: mapping.parse_money(v, "amount"),
+        lambda v: mapping.parse_decimal(v, "qty"),
+        lambda v: mapping.parse_halo_datetime(v, "date"),
+        lambda v: mapping.parse_id(v, "id", required=False),
+    ):
         try:
             parse(value)
         except MappingError:
@@ -241,8 +372,13 @@ def test_every_field_set_to_every_nasty_value_maps_or_raises_mapping_error():
     """The exhaustive companion of the Hypothesis tests: each field of an invoice (top level, a
     line, a payment), a client and a user, set to each nasty value in turn, or deleted."""
     problems = []
-    targets = [("invoice", None, INVOICE_FIELDS), ("invoice", "lines", LINE_FIELDS), ("invoice", "payments", PAYMENT_FIELDS),
-               ("client", None, CLIENT_FIELDS), ("user", None, USER_FIELDS)]
+    targets = [
+        ("invoice", None, INVOICE_FIELDS),
+        ("invoice", "lines", LINE_FIELDS),
+        ("invoice", "payments", PAYMENT_FIELDS),
+        ("client", None, CLIENT_FIELDS),
+        ("user", None, USER_FIELDS),
+    ]
     for kind, nested, fields in targets:
         for name in fields:
             for value in [DELETE, *NASTY]:
@@ -266,7 +402,9 @@ def test_every_field_set_to_every_nasty_value_maps_or_raises_mapping_error():
                     pass
                 except Exception as exc:  # noqa: BLE001 - collecting every failure is the point
                     shown = "<deleted>" if value is DELETE else repr(value)[:40]
-                    problems.append(f"{kind}{'.' + nested if nested else ''}.{name}={shown}: {type(exc).__name__}: {str(exc)[:80]}")
+                    problems.append(
+                        f"{kind}{'.' + nested if nested else ''}.{name}={shown}: {type(exc).__name__}: {str(exc)[:80]}"
+                    )
     assert not problems, "\n".join(problems)
 
 
@@ -274,16 +412,25 @@ def test_every_field_set_to_every_nasty_value_maps_or_raises_mapping_error():
 
 
 @FUZZ
-@given(records=st.lists(st.fixed_dictionaries({"id": st.integers(1, 10**6), "name": st.binary(max_size=12),
-                                                "client_name": st.binary(max_size=6)}), min_size=1, max_size=5))
+@given(
+    records=st.lists(
+        st.fixed_dictionaries(
+            {"id": st.integers(1, 10**6), "name": st.binary(max_size=12), "client_name": st.binary(max_size=6)}
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_invalid_utf8_fails_only_the_records_holding_it(records):
     from integrations.halopsa.payloads import INVALID_TEXT_KEY
 
     def quoted(raw: bytes) -> bytes:  # raw bytes inside a JSON string (quotes, backslashes, controls escaped)
         return b'"' + b"".join(b"\\u%04x" % b if b < 0x20 or b in b'"\\' else bytes([b]) for b in raw) + b'"'
 
-    rows = b",".join(b'{"id":%d,"name":%s,"client_name":%s}' % (r["id"], quoted(r["name"]), quoted(r["client_name"]))
-                     for r in records)
+    rows = b",".join(
+        b'{"id":%d,"name":%s,"client_name":%s}' % (r["id"], quoted(r["name"]), quoted(r["client_name"]))
+        for r in records
+    )
     body = b'{"record_count":%d,"clients":[%s]}' % (len(records), rows)
     parsed = parse_json(body, mark_invalid_text=True)
     for raw, row in zip(records, parsed["clients"]):
@@ -305,8 +452,27 @@ def _is_utf8(raw: bytes) -> bool:
 
 # --- webhook endpoint fuzz -------------------------------------------------------------------------
 
-DELIVERY_KEYS = ["id", "event", "object_id", "webhook_id", "timestamp", "message", "invoice", "client", "user", "payment"]
-EVENTS = ["invoice updated", "invoice created", "client updated", "user deleted", "payment created", "ticket updated", ""]
+DELIVERY_KEYS = [
+    "id",
+    "event",
+    "object_id",
+    "webhook_id",
+    "timestamp",
+    "message",
+    "invoice",
+    "client",
+    "user",
+    "payment",
+]
+EVENTS = [
+    "invoice updated",
+    "invoice created",
+    "client updated",
+    "user deleted",
+    "payment created",
+    "ticket updated",
+    "",
+]
 
 
 @st.composite
@@ -316,8 +482,13 @@ def webhook_bodies(draw) -> bytes:
         return draw(st.binary(max_size=300))
     if kind == "json":
         value = draw(junk)
-        return json.dumps(_to_wire(value), allow_nan=True, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
-    body: dict[str, Any] = {"id": draw(st.one_of(st.uuids().map(str), junk)), "event": draw(st.one_of(st.sampled_from(EVENTS), junk))}
+        return json.dumps(_to_wire(value), allow_nan=True, ensure_ascii=draw(st.booleans())).encode(
+            "utf-8", "surrogatepass"
+        )
+    body: dict[str, Any] = {
+        "id": draw(st.one_of(st.uuids().map(str), junk)),
+        "event": draw(st.one_of(st.sampled_from(EVENTS), junk)),
+    }
     for key in draw(st.lists(st.sampled_from(DELIVERY_KEYS), max_size=5)):
         body[key] = draw(st.one_of(junk, st.fixed_dictionaries({"id": junk})))
     if kind == "huge":
@@ -335,9 +506,17 @@ def _basic(connection) -> str:
 
 
 @pytest.mark.django_db
-@hsettings(max_examples=150, deadline=None, derandomize=True, database=None,
-           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(body=webhook_bodies(), content_type=st.sampled_from(["application/json", "text/plain", "", "application/octet-stream"]))
+@hsettings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    body=webhook_bodies(),
+    content_type=st.sampled_from(["application/json", "text/plain", "", "application/octet-stream"]),
+)
 def test_webhook_endpoint_never_fails_and_stores_only_what_it_accepts(client, realtime, body, content_type):
     from django.urls import reverse
 
@@ -346,8 +525,13 @@ def test_webhook_endpoint_never_fails_and_stores_only_what_it_accepts(client, re
 
     assert realtime.is_realtime
     before = set(WebhookEvent.objects.filter(connection=realtime).values_list("pk", flat=True))
-    response = client.generic("POST", reverse("halopsa-webhook", kwargs={"key": realtime.webhook_key}), body,
-                              content_type=content_type, HTTP_AUTHORIZATION=_basic(realtime))
+    response = client.generic(
+        "POST",
+        reverse("halopsa-webhook", kwargs={"key": realtime.webhook_key}),
+        body,
+        content_type=content_type,
+        HTTP_AUTHORIZATION=_basic(realtime),
+    )
     assert response.status_code < 500, response.content
     assert response.status_code in (200, 202, 400, 413), response.status_code
     assert response["Content-Type"].startswith("application/json")
@@ -371,18 +555,26 @@ def test_webhook_endpoint_never_fails_and_stores_only_what_it_accepts(client, re
 
 @pytest.mark.django_db
 @pytest.mark.sandbox(rate_limit=0)
-@hsettings(max_examples=40, deadline=None, derandomize=True, database=None,
-           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(mutations=st.lists(st.tuples(st.sampled_from(INVOICE_FIELDS), mutation_value), min_size=1, max_size=3),
-       pick=st.integers(min_value=0, max_value=10))
+@hsettings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    mutations=st.lists(st.tuples(st.sampled_from(INVOICE_FIELDS), mutation_value), min_size=1, max_size=3),
+    pick=st.integers(min_value=0, max_value=10),
+)
 @example(mutations=[("paymentstatus", float("inf"))], pick=0)
 @example(mutations=[("total", float("nan")), ("id", DELETE)], pick=1)
 @example(mutations=[("lines", [{"id": 9, "sequenceid": "²", "tax_rate": "5000", "unit_price": 1e308}])], pick=2)
-def test_a_sync_serving_one_junk_invoice_goes_on_with_the_rest(partner, make_connection, halo_sandbox, monkeypatch,
-                                                              mutations, pick):
+def test_a_sync_serving_one_junk_invoice_goes_on_with_the_rest(
+    partner, make_connection, halo_sandbox, monkeypatch, mutations, pick
+):
     """One invoice of an /api/Invoice page is replaced by a junk mutation of itself on the wire."""
-    from integrations.models import Invoice, SyncError, SyncRun
     from halosandbox import server as sandbox_server
+    from integrations.models import Invoice, SyncError, SyncRun
     from integrations.services.sync import sync_execute
     from tests.reliability.chaos import _money
 

@@ -10,6 +10,7 @@ Proven: no 5xx and no failed request; every delivery id stored exactly once; eve
 is processed once the sweep has picked up those that waited for the full sync's lease; the sync
 itself succeeds. Latency percentiles are reported (printed), never asserted.
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,8 +52,14 @@ def test_webhook_burst_while_a_full_sync_runs_loses_nothing_and_never_fails(tmp_
         creds = world.probe("webhook-credentials", connection_id)
         assert creds["realtime"], "the sandbox's HaloPSA version should allow webhooks"
         port = free_port()
-        web = world.spawn([PYTHON, "-m", "gunicorn", "syncportal.asgi", "--config", "gunicorn.conf.py"], "gunicorn.log",
-                          HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_THREADS="4")
+        web = world.spawn(
+            [PYTHON, "-m", "gunicorn", "syncportal.asgi", "--config", "gunicorn.conf.py"],
+            "gunicorn.log",
+            HOST="127.0.0.1",
+            PORT=str(port),
+            WEB_CONCURRENCY="2",
+            GUNICORN_THREADS="4",
+        )
         processes.append(web)
         worker = world.spawn_manage("qcluster", log_name="qcluster.log")
         processes.append(worker)
@@ -70,7 +77,9 @@ def test_webhook_burst_while_a_full_sync_runs_loses_nothing_and_never_fails(tmp_
         # The full sync starts first and runs through the burst.
         sync = world.spawn_manage("sync_connection", str(connection_id), "--full", log_name="sync.log")
         processes.append(sync)
-        wait_until(lambda: srv.count_requests("/api/Invoice", "GET") >= 1, timeout=60, message="the sync to reach invoices")
+        wait_until(
+            lambda: srv.count_requests("/api/Invoice", "GET") >= 1, timeout=60, message="the sync to reach invoices"
+        )
 
         url = f"{base}/hooks/halo/{creds['key']}/"
         auth = "Basic " + base64.b64encode(f"{creds['username']}:{creds['password']}".encode()).decode()
@@ -83,13 +92,21 @@ def test_webhook_burst_while_a_full_sync_runs_loses_nothing_and_never_fails(tmp_
             if session is None:
                 session = local.session = requests.Session()
                 session.trust_env = False
-            body = json.dumps({"id": f"load-{n}", "webhook_id": "w-1", "event": "invoice updated",
-                               "object_id": 1 + n % HOT_INVOICES, "invoice": {"id": 1 + n % HOT_INVOICES},
-                               "timestamp": "2026-11-25T00:00:00Z"})
+            body = json.dumps(
+                {
+                    "id": f"load-{n}",
+                    "webhook_id": "w-1",
+                    "event": "invoice updated",
+                    "object_id": 1 + n % HOT_INVOICES,
+                    "invoice": {"id": 1 + n % HOT_INVOICES},
+                    "timestamp": "2026-11-25T00:00:00Z",
+                }
+            )
             started = time.monotonic()
             try:
-                status: int | str = session.post(url, data=body, timeout=30, headers={
-                    "Authorization": auth, "Content-Type": "application/json"}).status_code
+                status: int | str = session.post(
+                    url, data=body, timeout=30, headers={"Authorization": auth, "Content-Type": "application/json"}
+                ).status_code
             except requests.RequestException as exc:
                 status = type(exc).__name__
             with lock:
@@ -127,12 +144,18 @@ def test_webhook_burst_while_a_full_sync_runs_loses_nothing_and_never_fails(tmp_
             firsts.setdefault(n, []).append(status)
         latencies = [latency for _, _, latency in results]
         figures = {
-            "deliveries": len(results), "unique": total, "seconds": round(sent_in, 1),
+            "deliveries": len(results),
+            "unique": total,
+            "seconds": round(sent_in, 1),
             "rate": round(len(results) / sent_in, 1),
-            "p50_ms": round(1000 * statistics.median(latencies), 1), "p95_ms": round(1000 * _percentile(latencies, 0.95), 1),
-            "p99_ms": round(1000 * _percentile(latencies, 0.99), 1), "max_ms": round(1000 * max(latencies), 1),
-            "status_counts": {str(s): statuses.count(s) for s in set(statuses)}, "event_states": final["states"],
-            "webhook_syncs": final["sync_records"], "sync": sync_summary,
+            "p50_ms": round(1000 * statistics.median(latencies), 1),
+            "p95_ms": round(1000 * _percentile(latencies, 0.95), 1),
+            "p99_ms": round(1000 * _percentile(latencies, 0.99), 1),
+            "max_ms": round(1000 * max(latencies), 1),
+            "status_counts": {str(s): statuses.count(s) for s in set(statuses)},
+            "event_states": final["states"],
+            "webhook_syncs": final["sync_records"],
+            "sync": sync_summary,
         }
         print("LOAD FIGURES", json.dumps(figures))
 

@@ -6,6 +6,7 @@ The secrets looked for: the client secret (old and new after an edit), the webho
 is also the HMAC secret when HMAC is on), the Basic `Authorization` value HaloPSA sends, and every
 access token the sandbox issued during the flow.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,8 +54,12 @@ def secret_flow(partner, partner_user, make_connection, client, caplog):
 
         auth = _basic(connection.webhook_username, connection.webhook_password)
         body = json.dumps({"id": "d-1", "event": "invoice updated", "object_id": 2, "invoice": {"id": 2}})
-        response = client.post(reverse("halopsa-webhook", kwargs={"key": connection.webhook_key}), body,
-                               content_type="application/json", HTTP_AUTHORIZATION=auth)
+        response = client.post(
+            reverse("halopsa-webhook", kwargs={"key": connection.webhook_key}),
+            body,
+            content_type="application/json",
+            HTTP_AUTHORIZATION=auth,
+        )
         assert response.status_code == 202
         event = webhook_event_process(event_id=WebhookEvent.objects.get(connection=connection).pk)
         assert event.state == "processed", event.error
@@ -68,16 +73,26 @@ def secret_flow(partner, partner_user, make_connection, client, caplog):
         new_secret = "cs2-" + pysecrets.token_urlsafe(24)
         srv.auth.client_secret = new_secret  # HaloPSA rotated it: the form checks the new one before saving
         client.force_login(partner_user)
-        form = {"name": connection.name, "base_url": connection.base_url, "auth_url": "", "client_id": connection.client_id,
-                "client_secret": new_secret, "tenant": "", "invoice_number_field": connection.invoice_number_field,
-                "billing_contact_rule": connection.billing_contact_rule, "default_currency": "USD"}
+        form = {
+            "name": connection.name,
+            "base_url": connection.base_url,
+            "auth_url": "",
+            "client_id": connection.client_id,
+            "client_secret": new_secret,
+            "tenant": "",
+            "invoice_number_field": connection.invoice_number_field,
+            "billing_contact_rule": connection.billing_contact_rule,
+            "default_currency": "USD",
+        }
         edited = client.post(reverse("connection_edit", kwargs={"pk": connection.pk}), form)
         assert edited.status_code == 302, edited.content.decode()[:2000]
         connection.refresh_from_db()
         assert connection.client_secret == new_secret
         assert tokens, "the sandbox issued no token: the flow did not authenticate"
         yield {
-            "connection": connection, "records": list(caplog.records), "sandbox": srv,
+            "connection": connection,
+            "records": list(caplog.records),
+            "sandbox": srv,
             "secrets": [client_secret, new_secret, connection.webhook_password, auth.split()[1], *tokens],
         }
     finally:
@@ -120,8 +135,10 @@ def test_database_dump_and_every_stored_value_hold_no_plaintext_secret(secret_fl
     assert scanned > 500
     # The columns hold Fernet tokens the configured key decrypts (encryption with the env key).
     with db.cursor() as cursor:
-        cursor.execute("SELECT client_secret, webhook_password FROM integrations_connection WHERE id = %s",
-                       [secret_flow["connection"].pk])
+        cursor.execute(
+            "SELECT client_secret, webhook_password FROM integrations_connection WHERE id = %s",
+            [secret_flow["connection"].pk],
+        )
         stored_secret, stored_password = cursor.fetchone()
     connection = Connection.objects.get(pk=secret_flow["connection"].pk)
     assert current_fernet().decrypt(stored_secret.encode()).decode() == connection.client_secret
@@ -140,7 +157,10 @@ def test_a_dump_loads_back_to_the_same_secrets(partner, make_connection, tmp_pat
     call_command("loaddata", str(fixture), verbosity=0)
     loaded = Connection.objects.get()
     assert (loaded.client_secret, loaded.webhook_password, loaded.webhook_hmac_secret) == (
-        "round-trip-secret", password, "round-trip-hmac")
+        "round-trip-secret",
+        password,
+        "round-trip-hmac",
+    )
 
 
 def test_a_dump_written_with_an_unknown_key_is_refused_on_load(partner, make_connection, tmp_path, settings):
@@ -163,14 +183,20 @@ def test_pages_forms_and_admin_never_render_the_secrets(client, partner, partner
     from integrations.models import User
 
     superuser = User.objects.create_superuser("root", "root@example.com", "correct-horse-battery")
-    connection = make_connection(partner, client_secret="never-render-" + pysecrets.token_hex(8),
-                                 halopsa_version="2.200.1")
+    connection = make_connection(
+        partner, client_secret="never-render-" + pysecrets.token_hex(8), halopsa_version="2.200.1"
+    )
     connection.refresh_from_db()
     secret, password = connection.client_secret, connection.webhook_password
     client.force_login(partner_user)
-    pages = [reverse("home"), reverse("connection_edit", kwargs={"pk": connection.pk}), reverse("connection_create"),
-             reverse("connection_delete", kwargs={"pk": connection.pk}), reverse("activity"),
-             reverse("connection_progress", kwargs={"pk": connection.pk})]
+    pages = [
+        reverse("home"),
+        reverse("connection_edit", kwargs={"pk": connection.pk}),
+        reverse("connection_create"),
+        reverse("connection_delete", kwargs={"pk": connection.pk}),
+        reverse("activity"),
+        reverse("connection_progress", kwargs={"pk": connection.pk}),
+    ]
     for url in pages:
         html = client.get(url).content.decode()
         assert secret not in html and password not in html, url
@@ -182,12 +208,15 @@ def test_pages_forms_and_admin_never_render_the_secrets(client, partner, partner
     detail = client.get(reverse("connection_detail", kwargs={"pk": connection.pk})).content.decode()
     assert secret not in detail
     assert detail.count(password) == 1
-    setup = detail[detail.index('id="webhooks"'):]
+    setup = detail[detail.index('id="webhooks"') :]
     assert password in setup[: setup.index("</section>")]
 
     client.force_login(superuser)
-    for url in (reverse("admin:integrations_connection_change", args=[connection.pk]),
-                reverse("admin:integrations_connection_changelist"), reverse("admin:index")):
+    for url in (
+        reverse("admin:integrations_connection_change", args=[connection.pk]),
+        reverse("admin:integrations_connection_changelist"),
+        reverse("admin:index"),
+    ):
         response = client.get(url)
         assert response.status_code == 200, url
         html = response.content.decode()
@@ -219,7 +248,9 @@ def test_key_rotation_end_to_end_and_worker_logs_without_secrets(tmp_path):
         again = world.manage("sync_connection", str(connection_id), "--full", FIELD_ENCRYPTION_KEYS=new_key)
         assert json.loads(again.stdout.splitlines()[-1])["state"] == "succeeded", again.stderr[-2000:]
         # The old key alone no longer reads anything: the values really are under the new key.
-        stale = world.manage("sync_connection", str(connection_id), "--full", FIELD_ENCRYPTION_KEYS=old_key, check=False)
+        stale = world.manage(
+            "sync_connection", str(connection_id), "--full", FIELD_ENCRYPTION_KEYS=old_key, check=False
+        )
         assert stale.returncode != 0
         assert "could not be decrypted" in stale.stderr and client_secret not in stale.stdout + stale.stderr
 

@@ -1,4 +1,5 @@
 """OAuth2 client credentials, bearer checks, token expiry and the rolling rate limit."""
+
 from __future__ import annotations
 
 import time
@@ -10,11 +11,16 @@ from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from tests.plugins.sandbox import halo_session_for
 
 
-def _token_request(server, *, secret=SANDBOX_CLIENT_SECRET, client_id=SANDBOX_CLIENT_ID, tenant=None,
-                   grant_type="client_credentials"):
+def _token_request(
+    server, *, secret=SANDBOX_CLIENT_SECRET, client_id=SANDBOX_CLIENT_ID, tenant=None, grant_type="client_credentials"
+):
     params = {"tenant": tenant} if tenant is not None else None
-    return requests.post(f"{server.url}/auth/token", params=params, timeout=10, data={
-        "grant_type": grant_type, "client_id": client_id, "client_secret": secret, "scope": "all"})
+    return requests.post(
+        f"{server.url}/auth/token",
+        params=params,
+        timeout=10,
+        data={"grant_type": grant_type, "client_id": client_id, "client_secret": secret, "scope": "all"},
+    )
 
 
 def test_token_success_shape(halo_sandbox):

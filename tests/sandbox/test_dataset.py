@@ -1,5 +1,6 @@
 """The seeded generator: determinism, coverage of the tiny dataset, bench size without blowing up,
 and ground truth that agrees with what the API serves."""
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,11 @@ def test_custom_sizes_are_validated():
 def test_ground_truth_matches_the_api(halo_sandbox_factory):
     server = halo_sandbox_factory(dataset="demo", seed=4, rate_limit=0)
     session = halo_session_for(server)
-    unpaid = [i for i in server.store.query_invoice_ids(paymentstatuses=frozenset({0}))
-              if not server.store.get_invoice(i).voided]
+    unpaid = [
+        i
+        for i in server.store.query_invoice_ids(paymentstatuses=frozenset({0}))
+        if not server.store.get_invoice(i).voided
+    ]
     server.store.add_payment(unpaid[0], "1.00")
     server.store.apply_credit(unpaid[1], "2.00")
     server.store.delete_invoice(unpaid[2])
@@ -90,8 +94,13 @@ def test_ground_truth_matches_the_api(halo_sandbox_factory):
     served = []
     page = 1
     while True:
-        body = json.loads(session.get(f"{server.url}/api/Invoice", params={
-            "pageinate": "true", "page_size": 100, "page_no": page, "includelines": "true"}).text, parse_float=Decimal)
+        body = json.loads(
+            session.get(
+                f"{server.url}/api/Invoice",
+                params={"pageinate": "true", "page_size": 100, "page_no": page, "includelines": "true"},
+            ).text,
+            parse_float=Decimal,
+        )
         served += body["invoices"]
         if page * 100 >= body["record_count"]:
             break
@@ -123,8 +132,10 @@ def test_bench_size_is_lazy_and_fast(halo_sandbox_factory):
     build_seconds = time.monotonic() - started
     session = halo_session_for(server)
     started = time.monotonic()
-    body = session.get(f"{server.url}/api/Invoice", params={
-        "pageinate": "true", "page_size": 100, "page_no": 500, "includelines": "true"}).json()
+    body = session.get(
+        f"{server.url}/api/Invoice",
+        params={"pageinate": "true", "page_size": 100, "page_no": 500, "includelines": "true"},
+    ).json()
     first_page_seconds = time.monotonic() - started
     assert 90_000 < body["record_count"] < 100_000  # credit notes excluded by default
     assert len(body["invoices"]) == 100
@@ -132,12 +143,18 @@ def test_bench_size_is_lazy_and_fast(halo_sandbox_factory):
     assert 100 <= lines <= 800
     started = time.monotonic()
     for page in range(1, 21):
-        session.get(f"{server.url}/api/Invoice", params={
-            "pageinate": "true", "page_size": 100, "page_no": page, "includelines": "true"})
+        session.get(
+            f"{server.url}/api/Invoice",
+            params={"pageinate": "true", "page_size": 100, "page_no": page, "includelines": "true"},
+        )
     per_page = (time.monotonic() - started) / 20
     # Nothing was materialised beyond the pages asked for.
     assert server.store.overrides == {}
-    assert build_seconds < 10 and first_page_seconds < 5 and per_page < 0.5, (build_seconds, first_page_seconds, per_page)
+    assert build_seconds < 10 and first_page_seconds < 5 and per_page < 0.5, (
+        build_seconds,
+        first_page_seconds,
+        per_page,
+    )
     users = session.get(f"{server.url}/api/Users", params={"includeinactive": "true", "pageinate": "true"}).json()
     assert users["record_count"] == 10_000
     billing = sum(u.canaccessinvoices for u in server.store.users.values())

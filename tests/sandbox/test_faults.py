@@ -1,4 +1,5 @@
 """Fault injection: every mode, count and ratio, path/method matching, bad control requests."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,9 @@ def test_lost_response_commits_the_payment(halo_sandbox, halo_session):
     before = halo_sandbox.store.get_invoice(1).amountdue
     _fault(halo_sandbox, mode="lost_response", path="/api/InvoicePayment", method="POST")
     with pytest.raises(requests.exceptions.ConnectionError):
-        halo_session.post(f"{url}/api/InvoicePayment",
-                          json=[{"invoice_id": 1, "amount": "25.00", "thirdpartyid": "ALT-PAY-1"}])
+        halo_session.post(
+            f"{url}/api/InvoicePayment", json=[{"invoice_id": 1, "amount": "25.00", "thirdpartyid": "ALT-PAY-1"}]
+        )
     # The write happened even though the client never saw a response; it can find it by thirdpartyid.
     assert halo_sandbox.store.get_invoice(1).amountdue == before - Decimal("25.00")
     found = halo_session.get(f"{url}/api/InvoicePayment", params={"invoice_id": 1, "search": "ALT-PAY-1"}).json()
@@ -126,19 +128,22 @@ def test_fault_list_and_clear(halo_sandbox, halo_session):
     assert halo_session.get(f"{halo_sandbox.url}/api/Client").status_code == 200
 
 
-@pytest.mark.parametrize("method,path,body", [
-    ("POST", "/_sandbox/faults", {"mode": "explode"}),
-    ("POST", "/_sandbox/faults", {"mode": "status", "count": -1}),
-    ("POST", "/_sandbox/faults", {"mode": "status", "ratio": 3}),
-    ("PATCH", "/_sandbox/invoices/abc", {"amount": 1}),
-    ("PATCH", "/_sandbox/invoices/1", {"amount": "lots"}),
-    ("PATCH", "/_sandbox/invoices/1", {"no_such_field": 1}),
-    ("PATCH", "/_sandbox/clients/1", {"colour": "red"}),
-    ("POST", "/_sandbox/invoices/1/payments", {"amount": -5}),
-    ("POST", "/_sandbox/reset", {"dataset": "nope"}),
-    ("PUT", "/_sandbox/version", {}),
-    ("POST", "/_sandbox/webhooks", {"url": "ftp://x"}),
-])
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("POST", "/_sandbox/faults", {"mode": "explode"}),
+        ("POST", "/_sandbox/faults", {"mode": "status", "count": -1}),
+        ("POST", "/_sandbox/faults", {"mode": "status", "ratio": 3}),
+        ("PATCH", "/_sandbox/invoices/abc", {"amount": 1}),
+        ("PATCH", "/_sandbox/invoices/1", {"amount": "lots"}),
+        ("PATCH", "/_sandbox/invoices/1", {"no_such_field": 1}),
+        ("PATCH", "/_sandbox/clients/1", {"colour": "red"}),
+        ("POST", "/_sandbox/invoices/1/payments", {"amount": -5}),
+        ("POST", "/_sandbox/reset", {"dataset": "nope"}),
+        ("PUT", "/_sandbox/version", {}),
+        ("POST", "/_sandbox/webhooks", {"url": "ftp://x"}),
+    ],
+)
 def test_bad_control_requests_get_400_and_server_survives(halo_sandbox, halo_session, method, path, body):
     response = requests.request(method, f"{halo_sandbox.url}{path}", json=body, timeout=10)
     assert response.status_code == 400, response.text
@@ -220,5 +225,9 @@ def test_invalid_utf8_breaks_one_record_of_a_valid_page(halo_sandbox, halo_sessi
 
 
 def test_new_modes_validate_their_options(halo_sandbox):
-    for body in ({"mode": "trickle", "chunk": 0}, {"mode": "huge_body", "size": -1}, {"mode": "status", "query": "page_no=2"}):
+    for body in (
+        {"mode": "trickle", "chunk": 0},
+        {"mode": "huge_body", "size": -1},
+        {"mode": "status", "query": "page_no=2"},
+    ):
         assert requests.post(f"{halo_sandbox.url}/_sandbox/faults", json=body, timeout=10).status_code == 400

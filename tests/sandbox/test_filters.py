@@ -1,4 +1,5 @@
 """List filters: incremental (last_modified / lastupdatefromdate), statuses, customer, lines, credits."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -24,16 +25,19 @@ def test_datesearch_last_modified_returns_only_changed_invoices(halo_sandbox, ha
     url = halo_sandbox.url
     everything = _get(halo_session, url, "/api/Invoice")["invoices"]
     cursor = max(i["last_modified"] for i in everything)
-    assert _get(halo_session, url, "/api/Invoice", datesearch="last_modified", start_date=_after(cursor))[
-        "record_count"] == 0
+    assert (
+        _get(halo_session, url, "/api/Invoice", datesearch="last_modified", start_date=_after(cursor))["record_count"]
+        == 0
+    )
     changed = halo_sandbox.store.update_invoice(1, duedate="2027-01-31")
     assert changed["last_modified"] > cursor
     body = _get(halo_session, url, "/api/Invoice", datesearch="last_modified", start_date=_after(cursor))
     assert [i["id"] for i in body["invoices"]] == [1]
     assert body["invoices"][0]["duedate"] == "2027-01-31T00:00:00"
     # ISO with Z is accepted too (Halo's web UI sends it)
-    body = _get(halo_session, url, "/api/Invoice", datesearch="last_modified",
-                start_date=changed["last_modified"] + "Z")
+    body = _get(
+        halo_session, url, "/api/Invoice", datesearch="last_modified", start_date=changed["last_modified"] + "Z"
+    )
     assert [i["id"] for i in body["invoices"]] == [1]
 
 
@@ -42,8 +46,15 @@ def test_datesearch_invoice_date_window(halo_sandbox, halo_session):
     invoices = _get(halo_session, url, "/api/Invoice", includecredits="true")["invoices"]
     dates = sorted(i["invoice_date"] for i in invoices)
     low, high = dates[1], dates[-2]
-    body = _get(halo_session, url, "/api/Invoice", includecredits="true", datesearch="invoice_date",
-                start_date=low, end_date=high)
+    body = _get(
+        halo_session,
+        url,
+        "/api/Invoice",
+        includecredits="true",
+        datesearch="invoice_date",
+        start_date=low,
+        end_date=high,
+    )
     expected = [i["id"] for i in invoices if low <= i["invoice_date"] <= high]
     assert sorted(i["id"] for i in body["invoices"]) == sorted(expected)
     assert 0 < len(expected) < len(invoices)
@@ -101,9 +112,14 @@ def test_clients_active_flags_and_lastupdate(halo_sandbox, halo_session):
     assert [c["id"] for c in both] == [1, 2, 3] and both[2]["inactive"] is True
     assert [c["id"] for c in _get(halo_session, url, "/api/Client", activeinactive="false,true")["clients"]] == [3]
     cursor = max(c["alastupdate"] for c in both)
-    assert _get(halo_session, url, "/api/Client", includeinactive="true", lastupdatefromdate=_after(cursor))["clients"] == []
+    assert (
+        _get(halo_session, url, "/api/Client", includeinactive="true", lastupdatefromdate=_after(cursor))["clients"]
+        == []
+    )
     halo_sandbox.store.update_client(2, name="Bluebird Freight")
-    changed = _get(halo_session, url, "/api/Client", includeinactive="true", lastupdatefromdate=_after(cursor))["clients"]
+    changed = _get(halo_session, url, "/api/Client", includeinactive="true", lastupdatefromdate=_after(cursor))[
+        "clients"
+    ]
     assert [(c["id"], c["name"]) for c in changed] == [(2, "Bluebird Freight")]
     assert _get(halo_session, url, "/api/Client", search="cobalt", includeinactive="true")["clients"][0]["id"] == 3
 
@@ -131,8 +147,14 @@ def test_get_by_id_and_404(halo_sandbox, halo_session):
     url = halo_sandbox.url
     assert halo_session.get(f"{url}/api/Invoice/1").json()["id"] == 1
     assert "lines" in halo_session.get(f"{url}/api/Invoice/1", params={"includedetails": "true"}).json()
-    for path in ("/api/Invoice/999", "/api/Client/999", "/api/Users/999", "/api/InvoicePayment/999999",
-                 "/api/Attachment/5", "/api/NoSuchThing"):
+    for path in (
+        "/api/Invoice/999",
+        "/api/Client/999",
+        "/api/Users/999",
+        "/api/InvoicePayment/999999",
+        "/api/Attachment/5",
+        "/api/NoSuchThing",
+    ):
         response = halo_session.get(f"{url}{path}")
         assert response.status_code == 404, path
         assert "Message" in response.json()
@@ -142,7 +164,9 @@ def test_get_by_id_and_404(halo_sandbox, halo_session):
 
 def test_client_create_and_update_through_api(halo_sandbox, halo_session):
     url = halo_sandbox.url
-    created = halo_session.post(f"{url}/api/Client", json=[{"name": "Echo Vets", "accountsemailaddress": "ap@echo.example"}])
+    created = halo_session.post(
+        f"{url}/api/Client", json=[{"name": "Echo Vets", "accountsemailaddress": "ap@echo.example"}]
+    )
     assert created.status_code == 201 and created.json()["name"] == "Echo Vets"
     updated = halo_session.post(f"{url}/api/Client", json=[{"id": created.json()["id"], "inactive": True}])
     assert updated.status_code == 200 and updated.json()["inactive"] is True

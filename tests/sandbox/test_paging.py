@@ -1,4 +1,5 @@
 """HaloPSA paging conventions: pageinate/page_size/page_no, 100-row cap, record_count, envelopes."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,9 +24,15 @@ def exact_server(halo_sandbox_factory):
 
 def test_exact_multiple_of_page_size_has_no_extra_page(exact_server):
     server, session = exact_server
-    first = _page(session, server.url, "/api/Client", pageinate="true", page_size=100, page_no=1, includeinactive="true")
-    second = _page(session, server.url, "/api/Client", pageinate="true", page_size=100, page_no=2, includeinactive="true")
-    third = _page(session, server.url, "/api/Client", pageinate="true", page_size=100, page_no=3, includeinactive="true")
+    first = _page(
+        session, server.url, "/api/Client", pageinate="true", page_size=100, page_no=1, includeinactive="true"
+    )
+    second = _page(
+        session, server.url, "/api/Client", pageinate="true", page_size=100, page_no=2, includeinactive="true"
+    )
+    third = _page(
+        session, server.url, "/api/Client", pageinate="true", page_size=100, page_no=3, includeinactive="true"
+    )
     assert first["record_count"] == second["record_count"] == third["record_count"] == 200
     assert (first["page_no"], first["page_size"]) == (1, 100)
     assert len(first["clients"]) == len(second["clients"]) == 100
@@ -36,8 +43,9 @@ def test_exact_multiple_of_page_size_has_no_extra_page(exact_server):
 
 def test_page_size_above_cap_is_served_as_100_with_full_record_count(exact_server):
     server, session = exact_server
-    body = _page(session, server.url, "/api/Invoice", pageinate="true", page_size=1000, page_no=1,
-                 includecredits="true")
+    body = _page(
+        session, server.url, "/api/Invoice", pageinate="true", page_size=1000, page_no=1, includecredits="true"
+    )
     assert body["record_count"] == 200
     assert body["page_size"] == 100
     assert len(body["invoices"]) == 100
@@ -57,8 +65,9 @@ def test_last_partial_page(exact_server):
 
 
 def test_empty_result_still_has_envelope(halo_sandbox, halo_session):
-    body = _page(halo_session, halo_sandbox.url, "/api/Invoice", pageinate="true", page_size=50, page_no=1,
-                 client_id=99999)
+    body = _page(
+        halo_session, halo_sandbox.url, "/api/Invoice", pageinate="true", page_size=50, page_no=1, client_id=99999
+    )
     assert body == {"page_no": 1, "page_size": 50, "record_count": 0, "invoices": []}
 
 

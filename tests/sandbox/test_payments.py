@@ -1,4 +1,5 @@
 """Payments and credits: exact Decimal balance math through the API and the control API."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,7 @@ from decimal import Decimal
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from halosandbox import SandboxError, Store
 
@@ -32,9 +32,20 @@ def test_amounts_have_two_decimals_on_the_wire(halo_sandbox, halo_session):
 def test_create_and_delete_payment_restores_balance_exactly(halo_sandbox, halo_session):
     url = halo_sandbox.url
     before = _invoice(halo_session, halo_sandbox, 1)
-    response = halo_session.post(f"{url}/api/InvoicePayment", json=[{
-        "invoice_id": 1, "amount": "100.10", "date": "2026-11-01", "reference": "Stripe ch_1",
-        "thirdpartyid": "ALT-42", "payment_method_name": "Card", "method": 1}])
+    response = halo_session.post(
+        f"{url}/api/InvoicePayment",
+        json=[
+            {
+                "invoice_id": 1,
+                "amount": "100.10",
+                "date": "2026-11-01",
+                "reference": "Stripe ch_1",
+                "thirdpartyid": "ALT-42",
+                "payment_method_name": "Card",
+                "method": 1,
+            }
+        ],
+    )
     assert response.status_code == 201
     created = json.loads(response.text, parse_float=Decimal)
     assert isinstance(created, list) and len(created) == 1
@@ -60,22 +71,26 @@ def test_create_and_delete_payment_restores_balance_exactly(halo_sandbox, halo_s
 def test_paying_the_rest_marks_paid(halo_sandbox, halo_session):
     invoice = _invoice(halo_session, halo_sandbox, 2)
     assert invoice["paymentstatus"] == 1
-    halo_session.post(f"{halo_sandbox.url}/api/InvoicePayment",
-                      json=[{"invoice_id": 2, "amount": str(invoice["amountdue"])}])
+    halo_session.post(
+        f"{halo_sandbox.url}/api/InvoicePayment", json=[{"invoice_id": 2, "amount": str(invoice["amountdue"])}]
+    )
     paid = _invoice(halo_session, halo_sandbox, 2)
     assert paid["amountdue"] == 0 and paid["paymentstatus"] == 2
     _assert_balanced(paid)
 
 
-@pytest.mark.parametrize("row,message", [
-    ({"invoice_id": 1, "amount": 0}, "greater than zero"),
-    ({"invoice_id": 1, "amount": -3}, "greater than zero"),
-    ({"invoice_id": 1, "amount": "9999999"}, "exceeds"),
-    ({"invoice_id": 1, "amount": "abc"}, "not an amount"),
-    ({"invoice_id": 999, "amount": 1}, "not found"),
-    ({"invoice_id": 7, "amount": 1}, "voided"),
-    ({"invoice_id": 5, "amount": 1}, "credit note"),
-])
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"invoice_id": 1, "amount": 0}, "greater than zero"),
+        ({"invoice_id": 1, "amount": -3}, "greater than zero"),
+        ({"invoice_id": 1, "amount": "9999999"}, "exceeds"),
+        ({"invoice_id": 1, "amount": "abc"}, "not an amount"),
+        ({"invoice_id": 999, "amount": 1}, "not found"),
+        ({"invoice_id": 7, "amount": 1}, "voided"),
+        ({"invoice_id": 5, "amount": 1}, "credit note"),
+    ],
+)
 def test_invalid_payments_refused_with_400_and_nothing_changes(halo_sandbox, halo_session, row, message):
     before = halo_sandbox.store.ground_truth()
     response = halo_session.post(f"{halo_sandbox.url}/api/InvoicePayment", json=[row])
@@ -86,8 +101,10 @@ def test_invalid_payments_refused_with_400_and_nothing_changes(halo_sandbox, hal
 
 def test_batch_is_all_or_nothing(halo_sandbox, halo_session):
     due = _invoice(halo_session, halo_sandbox, 1)["amountdue"]
-    response = halo_session.post(f"{halo_sandbox.url}/api/InvoicePayment", json=[
-        {"invoice_id": 1, "amount": str(due - 1)}, {"invoice_id": 1, "amount": "2.00"}])
+    response = halo_session.post(
+        f"{halo_sandbox.url}/api/InvoicePayment",
+        json=[{"invoice_id": 1, "amount": str(due - 1)}, {"invoice_id": 1, "amount": "2.00"}],
+    )
     assert response.status_code == 400
     assert _invoice(halo_session, halo_sandbox, 1)["amountpaid"] == 0
 
@@ -100,14 +117,17 @@ def test_payment_list_filters(halo_sandbox, halo_session):
     assert {p["invoice_id"] for p in for_invoice["invoicepayments"]} == {2}
     for_client = halo_session.get(f"{url}/api/InvoicePayment", params={"client_id": 2}).json()
     assert {p["client_id"] for p in for_client["invoicepayments"]} == {2}
-    paged = halo_session.get(f"{url}/api/InvoicePayment", params={"pageinate": "true", "page_size": 3, "page_no": 2}).json()
+    paged = halo_session.get(
+        f"{url}/api/InvoicePayment", params={"pageinate": "true", "page_size": 3, "page_no": 2}
+    ).json()
     assert paged["record_count"] == 4 and len(paged["invoicepayments"]) == 1
 
 
 def test_payment_applied_in_halopsa_via_control_api(halo_sandbox, halo_session):
     url = halo_sandbox.url
-    response = requests.post(f"{url}/_sandbox/invoices/1/payments", json={"amount": "0.01", "date": "2026-11-02"},
-                             timeout=10)
+    response = requests.post(
+        f"{url}/_sandbox/invoices/1/payments", json={"amount": "0.01", "date": "2026-11-02"}, timeout=10
+    )
     assert response.status_code == 201
     invoice = _invoice(halo_session, halo_sandbox, 1)
     assert invoice["amountpaid"] == Decimal("0.01") and invoice["paymentstatus"] == 1
@@ -124,7 +144,9 @@ def test_credit_note_applied_reduces_balance(halo_sandbox, halo_session):
     assert after["amountdue"] == before["amountdue"] - Decimal("93.69")
     credit_rows = [p for p in after["payments"] if p["type"] == 1]
     assert [p["credit_note_id"] for p in credit_rows] == [note["id"]]
-    credits = halo_session.get(f"{url}/api/Invoice", params={"includecredits": "true", "includeinvoices": "false"}).json()
+    credits = halo_session.get(
+        f"{url}/api/Invoice", params={"includecredits": "true", "includeinvoices": "false"}
+    ).json()
     assert note["id"] in [i["id"] for i in credits["invoices"]]
     # removing the credit application restores the balance and un-applies the note
     halo_session.delete(f"{url}/api/InvoicePayment/{credit_rows[0]['id']}")
@@ -138,19 +160,22 @@ def test_invoice_updates_through_api(halo_sandbox, halo_session):
     assert response.status_code == 200 and response.json()["duedate"] == "2027-02-01T00:00:00"
     voided = halo_session.post(f"{url}/api/Invoice/8/void")
     assert voided.status_code == 200 and voided.json()["voided"] is True
-    paid = json.loads(halo_session.post(f"{url}/api/Invoice", json=[{"id": 1, "markaspaid": True}]).text,
-                      parse_float=Decimal)
+    paid = json.loads(
+        halo_session.post(f"{url}/api/Invoice", json=[{"id": 1, "markaspaid": True}]).text, parse_float=Decimal
+    )
     assert paid["paymentstatus"] == 2 and paid["amountdue"] == 0
     _assert_balanced(paid)
 
 
 def test_edit_unpaid_invoice_amount_and_due_date(halo_sandbox, halo_session):
     url = halo_sandbox.url
-    response = requests.patch(f"{url}/_sandbox/invoices/1", json={"amount": "1234.56", "duedate": "2027-03-01"},
-                              timeout=10)
+    response = requests.patch(
+        f"{url}/_sandbox/invoices/1", json={"amount": "1234.56", "duedate": "2027-03-01"}, timeout=10
+    )
     assert response.status_code == 200
-    invoice = json.loads(halo_session.get(f"{url}/api/Invoice/1", params={"includedetails": "true"}).text,
-                         parse_float=Decimal)
+    invoice = json.loads(
+        halo_session.get(f"{url}/api/Invoice/1", params={"includedetails": "true"}).text, parse_float=Decimal
+    )
     assert invoice["total"] == Decimal("1234.56") and invoice["amountdue"] == Decimal("1234.56")
     assert sum(line["total_price"] for line in invoice["lines"]) == Decimal("1234.56")
     assert invoice["duedate"] == "2027-03-01T00:00:00"
@@ -160,8 +185,11 @@ def test_edit_unpaid_invoice_amount_and_due_date(halo_sandbox, halo_session):
 
 def test_create_invoice_without_customer_and_delete(halo_sandbox, halo_session):
     url = halo_sandbox.url
-    created = requests.post(f"{url}/_sandbox/invoices", json={"lines": [
-        {"description": "Consulting", "qty": "1.5", "unit_price": "100.00", "tax_rate": "20"}]}, timeout=10).json()
+    created = requests.post(
+        f"{url}/_sandbox/invoices",
+        json={"lines": [{"description": "Consulting", "qty": "1.5", "unit_price": "100.00", "tax_rate": "20"}]},
+        timeout=10,
+    ).json()
     assert created["client_id"] == 0 and created["client_name"] == ""
     assert created["total"] == 180.0 and created["tax_total"] == 30.0
     listed = halo_session.get(f"{url}/api/Invoice").json()["invoices"]

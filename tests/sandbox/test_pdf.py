@@ -1,4 +1,5 @@
 """Invoice PDFs: valid structure, exact xref offsets, new attachment id whenever the invoice changes."""
+
 from __future__ import annotations
 
 import re
@@ -12,10 +13,10 @@ def assert_valid_pdf(data: bytes) -> None:
     assert data.startswith(b"%PDF-1.4\n")
     assert data.rstrip().endswith(b"%%EOF")
     startxref = int(re.search(rb"startxref\n(\d+)\n%%EOF", data).group(1))
-    assert data[startxref:startxref + 4] == b"xref"
+    assert data[startxref : startxref + 4] == b"xref"
     header = re.match(rb"xref\n0 (\d+)\n", data[startxref:])
     count = int(header.group(1))
-    table = data[startxref + header.end():].split(b"\n")[:count]
+    table = data[startxref + header.end() :].split(b"\n")[:count]
     assert table[0] == b"0000000000 65535 f "
     for number, row in enumerate(table[1:], start=1):
         offset = int(row[:10])
@@ -23,7 +24,7 @@ def assert_valid_pdf(data: bytes) -> None:
         assert data[offset:].startswith(f"{number} 0 obj".encode()), number
     length = int(re.search(rb"/Length (\d+)", data).group(1))
     stream_start = data.index(b"stream\n") + len(b"stream\n")
-    assert data[stream_start + length:].startswith(b"\nendstream")
+    assert data[stream_start + length :].startswith(b"\nendstream")
 
 
 def test_writer_escapes_and_stays_valid():

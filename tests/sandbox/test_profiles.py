@@ -1,5 +1,6 @@
 """Sandbox profiles (issue 16): each variant's behaviour over real HTTP, the control call, the CLI
 flag, the pytest option, and that no profile changes the data (the ground truth)."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,10 @@ def pair(halo_sandbox_factory):
     sessions = []
 
     def make(profile, **kwargs):
-        servers = (halo_sandbox_factory(profile=profile, rate_limit=0, **kwargs),
-                   halo_sandbox_factory(profile="default", rate_limit=0, **kwargs))
+        servers = (
+            halo_sandbox_factory(profile=profile, rate_limit=0, **kwargs),
+            halo_sandbox_factory(profile="default", rate_limit=0, **kwargs),
+        )
         for server in servers:
             sessions.append(halo_session_for(server))
         return servers[0], sessions[-2], servers[1], sessions[-1]
@@ -136,8 +139,10 @@ def test_payments_bare_array_ignores_paging_and_has_no_envelope(pair):
     assert len(expected) >= 3
     body = _get(session, server, "/api/InvoicePayment", pageinate="true", page_size=1, page_no=2)
     assert body == expected
-    assert _get(session, server, "/api/InvoicePayment", invoice_id=PARTLY_PAID) == \
-        _get(default_session, default, "/api/InvoicePayment", invoice_id=PARTLY_PAID)["invoicepayments"]
+    assert (
+        _get(session, server, "/api/InvoicePayment", invoice_id=PARTLY_PAID)
+        == _get(default_session, default, "/api/InvoicePayment", invoice_id=PARTLY_PAID)["invoicepayments"]
+    )
 
 
 def test_payments_key_payments_renames_the_envelope_key(pair):
@@ -157,8 +162,10 @@ def test_bare_array_wins_over_key_payments(pair):
 def test_search_ignores_reference_finds_by_invoice_number_and_client_only(pair):
     server, session, default, default_session = pair("search_ignores_reference")
     for srv, sess in ((server, session), (default, default_session)):
-        posted = sess.post(f"{srv.url}/api/InvoicePayment", json=[{
-            "invoice_id": UNPAID, "amount": "10.00", "reference": "PLAT-7f3a", "thirdpartyid": "ALT-7f3a"}])
+        posted = sess.post(
+            f"{srv.url}/api/InvoicePayment",
+            json=[{"invoice_id": UNPAID, "amount": "10.00", "reference": "PLAT-7f3a", "thirdpartyid": "ALT-7f3a"}],
+        )
         assert posted.status_code == 201, posted.text
     for needle in ("PLAT-7f3a", "ALT-7f3a"):
         assert _get(session, server, "/api/InvoicePayment", search=needle)["invoicepayments"] == []
@@ -224,7 +231,9 @@ def test_unpaid_minus_one_marks_only_unpaid_invoices_and_filters_on_minus_one(pa
     assert {i["id"] for i in minus_one} == default_unpaid
     assert all(i["paymentstatus"] == -1 for i in minus_one)
     assert _get(session, server, "/api/Invoice", paymentstatuses="0")["record_count"] == 0
-    assert {i["id"] for i in _get(session, server, "/api/Invoice", paymentstatuses="0,-1")["invoices"]} == default_unpaid
+    assert {
+        i["id"] for i in _get(session, server, "/api/Invoice", paymentstatuses="0,-1")["invoices"]
+    } == default_unpaid
     # Paying part of it: computed from then on, as today.
     session.post(f"{server.url}/api/InvoicePayment", json=[{"invoice_id": UNPAID, "amount": "1.00"}])
     assert _get(session, server, f"/api/Invoice/{UNPAID}")["paymentstatus"] == PAYMENTSTATUS_PARTIALLY_PAID
@@ -233,11 +242,14 @@ def test_unpaid_minus_one_marks_only_unpaid_invoices_and_filters_on_minus_one(pa
 def test_no_datesearch_ignores_the_date_filter_but_orders_by_last_modified(pair):
     server, session, default, default_session = pair("no_datesearch")
     future = "2099-01-01T00:00:00"
-    assert _get(default_session, default, "/api/Invoice", datesearch="last_modified", start_date=future)[
-        "record_count"] == 0
+    assert (
+        _get(default_session, default, "/api/Invoice", datesearch="last_modified", start_date=future)["record_count"]
+        == 0
+    )
     every = _get(session, server, "/api/Invoice")
-    filtered = _get(session, server, "/api/Invoice", datesearch="last_modified", start_date=future,
-                    end_date="2099-12-31")
+    filtered = _get(
+        session, server, "/api/Invoice", datesearch="last_modified", start_date=future, end_date="2099-12-31"
+    )
     assert filtered["record_count"] == every["record_count"] > 0
     ordered = _get(session, server, "/api/Invoice", order="last_modified", orderdesc="true")["invoices"]
     stamps = [i["last_modified"] for i in ordered]
@@ -263,14 +275,24 @@ def test_local_clock_moves_every_timestamp_and_no_calendar_date(pair, offset_min
     shift = timedelta(minutes=-420 if offset_minutes is None else offset_minutes)
     moved = lambda text: datetime.fromisoformat(text) + shift  # noqa: E731
     pairs = [
-        (_get(session, server, "/api/Client", includeinactive="true")["clients"],
-         _get(default_session, default, "/api/Client", includeinactive="true")["clients"]),
+        (
+            _get(session, server, "/api/Client", includeinactive="true")["clients"],
+            _get(default_session, default, "/api/Client", includeinactive="true")["clients"],
+        ),
         (_get(session, server, "/api/Users")["users"], _get(default_session, default, "/api/Users")["users"]),
-        (_get(session, server, "/api/Invoice", includelines="true", includecredits="true")["invoices"],
-         _get(default_session, default, "/api/Invoice", includelines="true", includecredits="true")["invoices"]),
+        (
+            _get(session, server, "/api/Invoice", includelines="true", includecredits="true")["invoices"],
+            _get(default_session, default, "/api/Invoice", includelines="true", includecredits="true")["invoices"],
+        ),
     ]
-    timestamp_keys = {"datecreated", "alastupdate", "ulastupdate", "date_created", "last_modified",
-                      "pdf_attachment_date_created"}
+    timestamp_keys = {
+        "datecreated",
+        "alastupdate",
+        "ulastupdate",
+        "date_created",
+        "last_modified",
+        "pdf_attachment_date_created",
+    }
     seen = set()
     for local_rows, utc_rows in pairs:
         for local, utc in zip(local_rows, utc_rows, strict=True):
@@ -289,28 +311,40 @@ def test_local_clock_reads_query_dates_in_its_own_frame(pair):
     offset = timedelta(minutes=-4320)
     changed = session.post(f"{server.url}/api/Invoice", json=[{"id": UNPAID, "duedate": "2027-01-31"}]).json()
     local = changed["last_modified"]
-    assert datetime.fromisoformat(local) == datetime.fromisoformat(
-        format_timestamp(server.store.get_invoice(UNPAID).last_modified_ms)) + offset
+    assert (
+        datetime.fromisoformat(local)
+        == datetime.fromisoformat(format_timestamp(server.store.get_invoice(UNPAID).last_modified_ms)) + offset
+    )
     for start in (local, local + "Z", _after(local, hours=-1)):
-        ids = [i["id"] for i in _get(session, server, "/api/Invoice", datesearch="last_modified",
-                                     start_date=start)["invoices"]]
+        ids = [
+            i["id"]
+            for i in _get(session, server, "/api/Invoice", datesearch="last_modified", start_date=start)["invoices"]
+        ]
         assert ids == [UNPAID], start
     utc_value = _after(local, minutes=4320)  # our clock's reading of the same moment
     assert _get(session, server, "/api/Invoice", datesearch="last_modified", start_date=utc_value)["record_count"] == 0
 
     client = session.post(f"{server.url}/api/Client", json=[{"id": 2, "website": "https://bluebird.example"}]).json()
-    assert [c["id"] for c in _get(session, server, "/api/Client",
-                                  lastupdatefromdate=client["alastupdate"])["clients"]] == [2]
-    assert _get(session, server, "/api/Client", lastupdatefromdate=_after(client["alastupdate"], days=3))[
-        "record_count"] == 0
-    assert [c["id"] for c in _get(session, server, "/api/Client",
-                                  lastupdatetodate=_after(client["alastupdate"], milliseconds=-1))["clients"]] == [1]
+    assert [
+        c["id"] for c in _get(session, server, "/api/Client", lastupdatefromdate=client["alastupdate"])["clients"]
+    ] == [2]
+    assert (
+        _get(session, server, "/api/Client", lastupdatefromdate=_after(client["alastupdate"], days=3))["record_count"]
+        == 0
+    )
+    assert [
+        c["id"]
+        for c in _get(session, server, "/api/Client", lastupdatetodate=_after(client["alastupdate"], milliseconds=-1))[
+            "clients"
+        ]
+    ] == [1]
 
 
 def test_local_clock_leaves_payment_dates_and_invoice_dates_alone(pair):
     server, session, _, _ = pair("local_clock")
-    posted = session.post(f"{server.url}/api/InvoicePayment", json=[{
-        "invoice_id": UNPAID, "amount": "5.00", "date": "2026-11-02"}]).json()[0]
+    posted = session.post(
+        f"{server.url}/api/InvoicePayment", json=[{"invoice_id": UNPAID, "amount": "5.00", "date": "2026-11-02"}]
+    ).json()[0]
     assert posted["date"] == "2026-11-02T00:00:00"
     invoice = server.store.get_invoice(UNPAID)
     body = _get(session, server, f"/api/Invoice/{UNPAID}")
@@ -324,11 +358,17 @@ def test_local_clock_leaves_payment_dates_and_invoice_dates_alone(pair):
 
 def test_control_call_sets_and_reports_the_profile(halo_sandbox):
     assert _control(halo_sandbox, "GET", "profile").json() == {
-        "profile": "default", "variants": [], "clock_offset_minutes": -420}
+        "profile": "default",
+        "variants": [],
+        "clock_offset_minutes": -420,
+    }
     answer = _control(halo_sandbox, "PUT", "profile", profile="local_clock,nulls_omitted", clock_offset_minutes=-4320)
     assert answer.status_code == 200
-    assert answer.json() == {"profile": "nulls_omitted,local_clock", "variants": ["nulls_omitted", "local_clock"],
-                             "clock_offset_minutes": -4320}
+    assert answer.json() == {
+        "profile": "nulls_omitted,local_clock",
+        "variants": ["nulls_omitted", "local_clock"],
+        "clock_offset_minutes": -4320,
+    }
     described = _control(halo_sandbox, "GET", "").json()
     assert (described["profile"], described["clock_offset_minutes"]) == ("nulls_omitted,local_clock", -4320)
     # Served from the next request on.
@@ -342,12 +382,15 @@ def test_control_call_sets_and_reports_the_profile(halo_sandbox):
         assert _get(session, halo_sandbox, f"/api/Invoice/{NO_CUSTOMER}")["client_name"] == ""
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"profile": "flag_on_details"}, "unknown HaloPSA profile 'flag_on_details'"),
-    ({"profile": 3}, "profile must be a string"),
-    ({"profile": "local_clock", "clock_offset_minutes": "soon"}, "clock_offset_minutes"),
-    ({"clock_offset_minutes": 60}, "profile is required"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"profile": "flag_on_details"}, "unknown HaloPSA profile 'flag_on_details'"),
+        ({"profile": 3}, "profile must be a string"),
+        ({"profile": "local_clock", "clock_offset_minutes": "soon"}, "clock_offset_minutes"),
+        ({"clock_offset_minutes": 60}, "profile is required"),
+    ],
+)
 def test_control_call_refuses_bad_profiles_and_keeps_the_current_one(halo_sandbox, body, message):
     halo_sandbox.set_profile("no_datesearch")
     answer = _control(halo_sandbox, "PUT", "profile", **body)
@@ -373,9 +416,24 @@ def test_cli_refuses_unknown_profiles_and_bad_offsets():
 
 def test_cli_serves_the_profile_it_was_given():
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "halopsa_sandbox", "--port", "0", "--dataset", "tiny",
-         "--profile", "flag_on_detail,local_clock", "--clock-offset-minutes", "-4320"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ},
+        [
+            sys.executable,
+            "manage.py",
+            "halopsa_sandbox",
+            "--port",
+            "0",
+            "--dataset",
+            "tiny",
+            "--profile",
+            "flag_on_detail,local_clock",
+            "--clock-offset-minutes",
+            "-4320",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
     )
     try:
         output, url = [], None
@@ -390,8 +448,10 @@ def test_cli_serves_the_profile_it_was_given():
         with requests.Session() as session:
             session.trust_env = False
             assert session.get(f"{url}/_sandbox/profile", timeout=5).json() == {
-                "profile": "flag_on_detail,local_clock", "variants": ["flag_on_detail", "local_clock"],
-                "clock_offset_minutes": -4320}
+                "profile": "flag_on_detail,local_clock",
+                "variants": ["flag_on_detail", "local_clock"],
+                "clock_offset_minutes": -4320,
+            }
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=15)
         assert process.returncode == 0
@@ -411,11 +471,19 @@ def test_ground_truth_is_the_same_under_all(halo_sandbox_factory):
         server = halo_sandbox_factory(profile=profile, dataset="demo", seed=4, rate_limit=0)
         with halo_session_for(server) as session:
             # The same changes through the API under each profile.
-            unpaid = _get(session, server, "/api/Invoice", paymentstatuses="-1" if profile == "all" else "0",
-                          pageinate="true", page_size=3)["invoices"]
+            unpaid = _get(
+                session,
+                server,
+                "/api/Invoice",
+                paymentstatuses="-1" if profile == "all" else "0",
+                pageinate="true",
+                page_size=3,
+            )["invoices"]
             for invoice in unpaid:
-                answer = session.post(f"{server.url}/api/InvoicePayment", json=[{
-                    "invoice_id": invoice["id"], "amount": "12.34", "date": "2026-11-03", "reference": "R"}])
+                answer = session.post(
+                    f"{server.url}/api/InvoicePayment",
+                    json=[{"invoice_id": invoice["id"], "amount": "12.34", "date": "2026-11-03", "reference": "R"}],
+                )
                 assert answer.status_code == 201, answer.text
             truth = _control(server, "GET", "ground_truth").json()
         assert truth == server.store.ground_truth()
@@ -446,12 +514,23 @@ def test_fixtures_follow_the_option(request, halo_sandbox, halo_sandbox_factory)
 
 
 def _run_pytest(*args, env=None):
-    selection = [f"tests/sandbox/test_profiles.py::{name}" for name in (
-        "test_a_profile_named_by_the_test_wins", "test_default_wire_shape_pins_the_default_profile",
-        "test_fixtures_follow_the_option")]
+    selection = [
+        f"tests/sandbox/test_profiles.py::{name}"
+        for name in (
+            "test_a_profile_named_by_the_test_wins",
+            "test_default_wire_shape_pins_the_default_profile",
+            "test_fixtures_follow_the_option",
+        )
+    ]
     environment = {k: v for k, v in os.environ.items() if k != "HALO_PROFILE"}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *selection, *args],
-                          cwd=ROOT, capture_output=True, text=True, env={**environment, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *selection, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**environment, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_option_and_environment_set_the_profile_of_the_fixtures():

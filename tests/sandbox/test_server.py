@@ -1,4 +1,5 @@
 """The server as a process and under concurrency: management command, parallel clients, stop()."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_management_command_runs_until_sigint():
     process = subprocess.Popen(
         [sys.executable, "manage.py", "halopsa_sandbox", "--port", "0", "--dataset", "tiny", "--version", "2.99.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
     )
     try:
         output = []
@@ -53,15 +58,20 @@ def test_management_command_runs_until_sigint():
 
 def test_parallel_readers_and_writers_keep_the_books_balanced(halo_sandbox_factory):
     server = halo_sandbox_factory(dataset="demo", seed=2, rate_limit=0)
-    unpaid = [i for i in server.store.query_invoice_ids(paymentstatuses=frozenset({0}))
-              if not server.store.get_invoice(i).voided][:8]
+    unpaid = [
+        i
+        for i in server.store.query_invoice_ids(paymentstatuses=frozenset({0}))
+        if not server.store.get_invoice(i).voided
+    ][:8]
     errors: list[str] = []
 
     def reader(_: int) -> None:
         session = halo_session_for(server)
         for page in range(1, 4):
-            response = session.get(f"{server.url}/api/Invoice", params={
-                "pageinate": "true", "page_size": 50, "page_no": page, "includelines": "true"})
+            response = session.get(
+                f"{server.url}/api/Invoice",
+                params={"pageinate": "true", "page_size": 50, "page_no": page, "includelines": "true"},
+            )
             if response.status_code != 200:
                 errors.append(response.text)
         session.close()
@@ -69,7 +79,9 @@ def test_parallel_readers_and_writers_keep_the_books_balanced(halo_sandbox_facto
     def writer(invoice_id: int) -> None:
         session = halo_session_for(server)
         for _ in range(5):
-            response = session.post(f"{server.url}/api/InvoicePayment", json=[{"invoice_id": invoice_id, "amount": "1.00"}])
+            response = session.post(
+                f"{server.url}/api/InvoicePayment", json=[{"invoice_id": invoice_id, "amount": "1.00"}]
+            )
             if response.status_code != 201:
                 errors.append(response.text)
         session.close()
@@ -108,6 +120,5 @@ def test_simulator_package_stands_alone():
         "print(sorted(n for n in sys.modules if n.split('.')[0] in {'django', 'integrations', 'syncportal'}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -1,5 +1,6 @@
 """Outbound webhooks: HaloPSA-shaped bodies, events as objects, Basic/HMAC auth, retries, version gating,
 non-blocking."""
+
 from __future__ import annotations
 
 import base64
@@ -78,8 +79,14 @@ def test_version_compare_is_numeric():
 
 def test_type_0_sends_no_authentication(halo_sandbox, receiver):
     hook = receiver()
-    halo_sandbox.add_webhook(hook.url, authentication_type=0, authentication_header="Token",
-                             basic_username="halo", basic_password="unused", events=["client created"])
+    halo_sandbox.add_webhook(
+        hook.url,
+        authentication_type=0,
+        authentication_header="Token",
+        basic_username="halo",
+        basic_password="unused",
+        events=["client created"],
+    )
     halo_sandbox.store.create_client(name="Open Door Ltd")
     assert halo_sandbox.wait_for_webhooks(5)
     [call] = hook.calls
@@ -88,10 +95,22 @@ def test_type_0_sends_no_authentication(halo_sandbox, receiver):
 
 def test_basic_auth_delivery_with_halo_shape(halo_sandbox, halo_session, receiver):
     hook = receiver()
-    subscription = halo_session.post(f"{halo_sandbox.url}/api/Webhook", json=[{
-        "name": "Portal", "url": hook.url, "authentication_type": 1, "basic_username": "halo",
-        "basic_password": "s3cret", "events": [{"eventno": WEBHOOK_EVENTNOS["invoice updated"]},
-                                               {"eventno": str(WEBHOOK_EVENTNOS["payment created"])}]}]).json()
+    subscription = halo_session.post(
+        f"{halo_sandbox.url}/api/Webhook",
+        json=[
+            {
+                "name": "Portal",
+                "url": hook.url,
+                "authentication_type": 1,
+                "basic_username": "halo",
+                "basic_password": "s3cret",
+                "events": [
+                    {"eventno": WEBHOOK_EVENTNOS["invoice updated"]},
+                    {"eventno": str(WEBHOOK_EVENTNOS["payment created"])},
+                ],
+            }
+        ],
+    ).json()
     assert re.fullmatch(r"[0-9a-f-]{36}", subscription["id"])
     halo_session.post(f"{halo_sandbox.url}/api/InvoicePayment", json=[{"invoice_id": 1, "amount": "5.00"}])
     halo_sandbox.store.update_client(1, name="Not subscribed")  # "client updated" not in events
@@ -107,7 +126,9 @@ def test_basic_auth_delivery_with_halo_shape(halo_sandbox, halo_session, receive
     assert invoice_event["invoice"]["amountdue"] == 8945.37
     assert invoice_event["webhook_id"] == subscription["id"]
     assert isinstance(invoice_event["notification_id"], int)
-    assert re.fullmatch(r"[0-9a-f-]{36}", invoice_event["id"]) and re.fullmatch(r"[0-9a-f-]{36}", invoice_event["escmsg_id"])
+    assert re.fullmatch(r"[0-9a-f-]{36}", invoice_event["id"]) and re.fullmatch(
+        r"[0-9a-f-]{36}", invoice_event["escmsg_id"]
+    )
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z", invoice_event["timestamp"])
     assert {"message", "agent_id"} <= set(invoice_event)
     payment_event = next(b for b in bodies if b["event"] == "payment created")
@@ -117,8 +138,14 @@ def test_basic_auth_delivery_with_halo_shape(halo_sandbox, halo_session, receive
 
 def test_hmac_type_sends_the_signature_and_no_basic_auth(halo_sandbox, receiver):
     hook = receiver()
-    halo_sandbox.add_webhook(hook.url, authentication_type=3, authentication_header="Token",
-                             basic_username="halo", basic_password="shared-key", events=["client created"])
+    halo_sandbox.add_webhook(
+        hook.url,
+        authentication_type=3,
+        authentication_header="Token",
+        basic_username="halo",
+        basic_password="shared-key",
+        events=["client created"],
+    )
     halo_sandbox.store.create_client(name="Delta Dental")
     assert halo_sandbox.wait_for_webhooks(5)
     [call] = hook.calls
@@ -182,8 +209,9 @@ def test_slow_receiver_does_not_block_the_change(halo_sandbox, halo_session, rec
 def test_webhook_crud_via_api_and_control(halo_sandbox, halo_session, receiver):
     url = halo_sandbox.url
     hook = receiver()
-    created = requests.post(f"{url}/_sandbox/webhooks", json={"url": hook.url, "active": False,
-                                                               "events": ["client updated"]}, timeout=10).json()
+    created = requests.post(
+        f"{url}/_sandbox/webhooks", json={"url": hook.url, "active": False, "events": ["client updated"]}, timeout=10
+    ).json()
     listed = halo_session.get(f"{url}/api/Webhook").json()
     assert [w["id"] for w in listed] == [created["id"]]
     assert halo_session.get(f"{url}/api/Webhook/{created['id']}").json()["active"] is False
@@ -211,8 +239,19 @@ def test_events_are_objects_with_an_eventno(halo_sandbox, halo_session):
     assert refused.status_code == 400 and "eventno" in refused.json()["Message"]
     assert halo_session.get(url).json() == []
     # Known eventnos attach; an unknown one, or an object without eventno, is dropped silently.
-    created = halo_session.post(url, json=[{**base, "events": [
-        {"eventno": WEBHOOK_EVENTNOS["invoice updated"]}, {"eventno": 61}, {"name": "invoice created"}]}]).json()
+    created = halo_session.post(
+        url,
+        json=[
+            {
+                **base,
+                "events": [
+                    {"eventno": WEBHOOK_EVENTNOS["invoice updated"]},
+                    {"eventno": 61},
+                    {"name": "invoice created"},
+                ],
+            }
+        ],
+    ).json()
     [event] = created["events"]
     assert event["eventno"] == WEBHOOK_EVENTNOS["invoice updated"] and event["name"] == "invoice updated"
     assert event["webhook_id"] == created["id"] and isinstance(event["id"], int)
@@ -238,8 +277,10 @@ def test_a_webhook_without_events_delivers_nothing(halo_sandbox, receiver):
 
 def test_control_api_ticks_events_by_name_like_a_person(halo_sandbox, halo_session, receiver):
     hook = receiver()
-    registered = halo_session.post(f"{halo_sandbox.url}/api/Webhook", json=[{"url": hook.url, "authentication_type": 1,
-                                                                           "basic_username": "u", "basic_password": "p"}]).json()
+    registered = halo_session.post(
+        f"{halo_sandbox.url}/api/Webhook",
+        json=[{"url": hook.url, "authentication_type": 1, "basic_username": "u", "basic_password": "p"}],
+    ).json()
     assert registered["events"] == []
     control = f"{halo_sandbox.url}/_sandbox/webhooks/{registered['id']}/events"
     ticked = requests.post(control, json={"events": ["client updated", "invoice updated"]}, timeout=10)
@@ -248,8 +289,10 @@ def test_control_api_ticks_events_by_name_like_a_person(halo_sandbox, halo_sessi
     assert [e["name"] for e in again["events"]] == ["client updated", "invoice updated"]
     assert requests.post(control, json={"events": ["invoice paid"]}, timeout=10).status_code == 400
     assert requests.post(control, json={"events": "client updated"}, timeout=10).status_code == 400
-    assert requests.post(f"{halo_sandbox.url}/_sandbox/webhooks/nope/events", json={"events": []},
-                         timeout=10).status_code == 404
+    assert (
+        requests.post(f"{halo_sandbox.url}/_sandbox/webhooks/nope/events", json={"events": []}, timeout=10).status_code
+        == 404
+    )
     halo_sandbox.store.update_client(1, name="Heard")
     assert halo_sandbox.wait_for_webhooks(5)
     assert [b["event"] for b in hook.bodies()] == ["client updated"]

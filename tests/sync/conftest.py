@@ -1,4 +1,5 @@
 """Fixtures of the pull-sync tests."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,8 +30,9 @@ def run_sync():
         from integrations.models import SyncRun
         from integrations.services.sync import sync_execute
 
-        run = SyncRun.objects.create(connection=connection, scope=scope, trigger=trigger, entity=entity,
-                                     target_halopsa_id=halopsa_id)
+        run = SyncRun.objects.create(
+            connection=connection, scope=scope, trigger=trigger, entity=entity, target_halopsa_id=halopsa_id
+        )
         return sync_execute(run=run)
 
     return _run

@@ -1,4 +1,5 @@
 """The operator commands' exact output: add_connection, sync_connection, export_connection, ensure_schedules."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django_q.models import Schedule
 
-from integrations.models import Connection, Customer, Invoice, Partner, Payment
 from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from integrations.models import Connection, Customer, Invoice, Partner, Payment
 from integrations.services.leases import lease_acquire
 from integrations.services.sync import lease_name
 from tests.sync.helpers import truth_snapshot
@@ -38,53 +39,166 @@ def _last_line(text: str) -> str:
 
 
 def test_add_connection_creates_partner_connection_and_schedule(halo_sandbox):
-    out, _ = _call("add_connection", "--partner", "New MSP", "--name", "Main", "--url", halo_sandbox.url,
-                   "--client-id", SANDBOX_CLIENT_ID, "--client-secret", SANDBOX_CLIENT_SECRET, "--tenant", "")
+    out, _ = _call(
+        "add_connection",
+        "--partner",
+        "New MSP",
+        "--name",
+        "Main",
+        "--url",
+        halo_sandbox.url,
+        "--client-id",
+        SANDBOX_CLIENT_ID,
+        "--client-secret",
+        SANDBOX_CLIENT_SECRET,
+        "--tenant",
+        "",
+    )
     connection = Connection.objects.get(pk=int(_last_line(out)))
     assert connection.partner.name == "New MSP" and connection.name == "Main"
     assert connection.client_secret == SANDBOX_CLIENT_SECRET
     assert connection.halopsa_version == "2.130.1"
     assert Schedule.objects.filter(name=f"sync-connection-{connection.pk}").exists()
     # The partner is reused for a second connection.
-    out, _ = _call("add_connection", "--partner", "New MSP", "--name", "Second", "--url", halo_sandbox.url,
-                   "--client-id", "x", "--client-secret", "y")
+    out, _ = _call(
+        "add_connection",
+        "--partner",
+        "New MSP",
+        "--name",
+        "Second",
+        "--url",
+        halo_sandbox.url,
+        "--client-id",
+        "x",
+        "--client-secret",
+        "y",
+    )
     assert Partner.objects.filter(name="New MSP").count() == 1
     assert Connection.objects.get(pk=int(_last_line(out))).partner_id == connection.partner_id
 
 
 def test_add_connection_refuses_bad_input_clearly(db):
     with pytest.raises(CommandError, match="Enter a valid URL"):
-        _call("add_connection", "--partner", "P", "--name", "N", "--url", "not a url", "--client-id", "a", "--client-secret", "b")
-    _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://example.halopsa.com",
-          "--client-id", "a", "--client-secret", "b")
+        _call(
+            "add_connection",
+            "--partner",
+            "P",
+            "--name",
+            "N",
+            "--url",
+            "not a url",
+            "--client-id",
+            "a",
+            "--client-secret",
+            "b",
+        )
+    _call(
+        "add_connection",
+        "--partner",
+        "P",
+        "--name",
+        "N",
+        "--url",
+        "https://example.halopsa.com",
+        "--client-id",
+        "a",
+        "--client-secret",
+        "b",
+    )
     with pytest.raises(CommandError, match="already has a connection named"):
-        _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://example.halopsa.com",
-              "--client-id", "a", "--client-secret", "b")
+        _call(
+            "add_connection",
+            "--partner",
+            "P",
+            "--name",
+            "N",
+            "--url",
+            "https://example.halopsa.com",
+            "--client-id",
+            "a",
+            "--client-secret",
+            "b",
+        )
 
 
 def test_add_connection_refuses_a_second_connection_to_the_same_halopsa(db):
-    _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://acme.halopsa.com", "--client-id", "a",
-          "--client-secret", "b")
+    _call(
+        "add_connection",
+        "--partner",
+        "P",
+        "--name",
+        "N",
+        "--url",
+        "https://acme.halopsa.com",
+        "--client-id",
+        "a",
+        "--client-secret",
+        "b",
+    )
     with pytest.raises(CommandError, match="already have a connection to this HaloPSA with this client ID: “N”"):
-        _call("add_connection", "--partner", "P", "--name", "Twin", "--url", "https://ACME.halopsa.com/",
-              "--client-id", "a", "--client-secret", "b")
+        _call(
+            "add_connection",
+            "--partner",
+            "P",
+            "--name",
+            "Twin",
+            "--url",
+            "https://ACME.halopsa.com/",
+            "--client-id",
+            "a",
+            "--client-secret",
+            "b",
+        )
     assert Connection.objects.count() == 1
 
 
 def test_add_connection_refuses_urls_the_portal_does_not_call(db, settings):
     settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = False
     with pytest.raises(CommandError, match="must start with https://"):
-        _call("add_connection", "--partner", "P", "--name", "N", "--url", "http://acme.halopsa.com", "--client-id", "a",
-              "--client-secret", "b")
+        _call(
+            "add_connection",
+            "--partner",
+            "P",
+            "--name",
+            "N",
+            "--url",
+            "http://acme.halopsa.com",
+            "--client-id",
+            "a",
+            "--client-secret",
+            "b",
+        )
     with pytest.raises(CommandError, match="must not contain a user name or password"):
-        _call("add_connection", "--partner", "P", "--name", "N", "--url", "https://u:p@acme.halopsa.com", "--client-id", "a",
-              "--client-secret", "b")
+        _call(
+            "add_connection",
+            "--partner",
+            "P",
+            "--name",
+            "N",
+            "--url",
+            "https://u:p@acme.halopsa.com",
+            "--client-id",
+            "a",
+            "--client-secret",
+            "b",
+        )
     assert not Connection.objects.exists()
 
 
 def test_add_connection_never_fails_because_halopsa_is_unreachable(db):
-    out, _ = _call("add_connection", "--partner", "P", "--name", "Offline", "--url", "https://127.0.0.1:9",
-                   "--client-id", "a", "--client-secret", "b")
+    out, _ = _call(
+        "add_connection",
+        "--partner",
+        "P",
+        "--name",
+        "Offline",
+        "--url",
+        "https://127.0.0.1:9",
+        "--client-id",
+        "a",
+        "--client-secret",
+        "b",
+    )
     connection = Connection.objects.get(pk=int(_last_line(out)))
     assert connection.halopsa_version == ""
     assert "not detected" in out
@@ -140,41 +254,84 @@ def test_sync_connection_unknown_id(db):
 def test_export_connection_shape_and_values(connection, halo_sandbox):
     _call("sync_connection", str(connection.pk), "--full")
     invoice = Invoice.objects.get(connection=connection, halopsa_id=1)
-    Payment.objects.create(invoice=invoice, connection=connection, source="platform", amount=Decimal("12.50"),
-                           paid_on="2026-11-01", reference="SP-EXPORT")
+    Payment.objects.create(
+        invoice=invoice,
+        connection=connection,
+        source="platform",
+        amount=Decimal("12.50"),
+        paid_on="2026-11-01",
+        reference="SP-EXPORT",
+    )
     out, _ = _call("export_connection", str(connection.pk))
     data = json.loads(out)
     assert list(data) == ["customers", "invoices"]
     customer_keys = ["id", "halopsa_id", "name", "archived", "deleted_in_halopsa", "billing_contacts"]
     assert all(list(c) == customer_keys for c in data["customers"])
     unknown = [c for c in data["customers"] if c["halopsa_id"] is None]
-    assert unknown == [{"id": Customer.objects.get(connection=connection, is_unknown=True).pk, "halopsa_id": None,
-                        "name": "unknown", "archived": False, "deleted_in_halopsa": False, "billing_contacts": []}]
+    assert unknown == [
+        {
+            "id": Customer.objects.get(connection=connection, is_unknown=True).pk,
+            "halopsa_id": None,
+            "name": "unknown",
+            "archived": False,
+            "deleted_in_halopsa": False,
+            "billing_contacts": [],
+        }
+    ]
     acme = next(c for c in data["customers"] if c["halopsa_id"] == 1)
-    assert acme["billing_contacts"] == [{"name": "Alice Moreno", "email": "accounts@acmedental.example"},
-                                        {"name": "Dana Whitfield", "email": "dana.whitfield@acmedentalgroup.example"}]
-    invoice_keys = ["id", "halopsa_id", "number", "customer_name", "customer_halopsa_id", "invoice_date", "due_date",
-                    "currency", "total", "tax", "amount_paid", "balance", "status", "archived", "deleted_in_halopsa",
-                    "pdf_sha256", "lines", "payments"]
+    assert acme["billing_contacts"] == [
+        {"name": "Alice Moreno", "email": "accounts@acmedental.example"},
+        {"name": "Dana Whitfield", "email": "dana.whitfield@acmedentalgroup.example"},
+    ]
+    invoice_keys = [
+        "id",
+        "halopsa_id",
+        "number",
+        "customer_name",
+        "customer_halopsa_id",
+        "invoice_date",
+        "due_date",
+        "currency",
+        "total",
+        "tax",
+        "amount_paid",
+        "balance",
+        "status",
+        "archived",
+        "deleted_in_halopsa",
+        "pdf_sha256",
+        "lines",
+        "payments",
+    ]
     assert all(list(i) == invoice_keys for i in data["invoices"])
     truth = truth_snapshot(halo_sandbox)["invoices"]
     for row in data["invoices"]:
         expected = truth[row["halopsa_id"]]
         assert row["total"] == str(expected["total"]) and row["balance"] == str(expected["balance"])
         assert row["invoice_date"] == expected["invoice_date"] and len(row["invoice_date"]) == 10
-        assert all(list(line) == ["halopsa_id", "description", "quantity", "unit_price", "net_amount", "tax_amount"]
-                   for line in row["lines"])
+        assert all(
+            list(line) == ["halopsa_id", "description", "quantity", "unit_price", "net_amount", "tax_amount"]
+            for line in row["lines"]
+        )
         assert row["pdf_sha256"] and len(row["pdf_sha256"]) == 64
     first = next(i for i in data["invoices"] if i["halopsa_id"] == 1)
     assert first["id"] == invoice.pk
     assert first["lines"][0]["quantity"].count(".") == 1 and first["total"].split(".")[1].__len__() == 2
     platform = next(p for p in first["payments"] if p["reference"] == "SP-EXPORT")
-    assert platform == {"id": platform["id"], "halopsa_id": None, "amount": "12.50", "date": "2026-11-01",
-                        "source": "platform", "reference": "SP-EXPORT"}
+    assert platform == {
+        "id": platform["id"],
+        "halopsa_id": None,
+        "amount": "12.50",
+        "date": "2026-11-01",
+        "source": "platform",
+        "reference": "SP-EXPORT",
+    }
     no_customer = next(i for i in data["invoices"] if i["halopsa_id"] == 6)
     assert (no_customer["customer_name"], no_customer["customer_halopsa_id"]) == ("unknown", None)
     partial = next(i for i in data["invoices"] if i["halopsa_id"] == 2)
-    assert {p["source"] for p in partial["payments"]} == {"halopsa"} and all(p["halopsa_id"] for p in partial["payments"])
+    assert {p["source"] for p in partial["payments"]} == {"halopsa"} and all(
+        p["halopsa_id"] for p in partial["payments"]
+    )
 
 
 def test_export_query_count_does_not_grow_with_rows(partner, make_connection, halo_sandbox_factory, settings):
@@ -195,7 +352,9 @@ def test_export_query_count_does_not_grow_with_rows(partner, make_connection, ha
 def test_ensure_schedules_is_idempotent(partner, make_connection):
     enabled = make_connection(partner, name="on")
     disabled = make_connection(partner, name="off", enabled=False)
-    Schedule.objects.create(name="sync-connection-999999", func="integrations.tasks.sync.sync_scheduled_task", args="(999999,)")
+    Schedule.objects.create(
+        name="sync-connection-999999", func="integrations.tasks.sync.sync_scheduled_task", args="(999999,)"
+    )
     out, _ = _call("ensure_schedules")
     _call("ensure_schedules")
     names = set(Schedule.objects.filter(name__startswith="sync-connection-").values_list("name", flat=True))
@@ -211,9 +370,11 @@ def test_ensure_schedules_collapses_duplicate_rows(partner, make_connection):
     connection = make_connection(partner, name="on")
     sync_name = f"sync-connection-{connection.pk}"
     oldest = {}
-    for name, func in ((sync_name, "integrations.tasks.sync.sync_scheduled_task"),
-                       ("push-sweep", "integrations.tasks.push.push_sweep_task"),
-                       ("webhook-sweep", "integrations.tasks.webhooks.webhook_sweep_task")):
+    for name, func in (
+        (sync_name, "integrations.tasks.sync.sync_scheduled_task"),
+        ("push-sweep", "integrations.tasks.push.push_sweep_task"),
+        ("webhook-sweep", "integrations.tasks.webhooks.webhook_sweep_task"),
+    ):
         Schedule.objects.filter(name=name).delete()
         oldest[name] = Schedule.objects.create(name=name, func=func).pk
         Schedule.objects.create(name=name, func=func)

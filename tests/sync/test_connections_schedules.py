@@ -1,4 +1,5 @@
 """Connection services (create/update/delete/state/test) and their hourly schedules; the scheduled task."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -8,8 +9,8 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django_q.models import Schedule
 
-from integrations.models import AuditEvent, Connection, Customer, Invoice, InvoicePdf, SyncCursor, SyncRun
 from halosandbox import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from integrations.models import AuditEvent, Connection, Customer, Invoice, InvoicePdf, SyncCursor, SyncRun
 from integrations.schedules import next_run_at, schedule_name
 from integrations.services.connections import (
     connection_create,
@@ -30,8 +31,14 @@ def _create(partner, url="https://example.halopsa.com", **fields):
 
 
 def test_create_detects_version_and_ensures_an_hourly_schedule(partner, halo_sandbox, partner_user):
-    connection = connection_create(partner=partner, user=partner_user, name="Main", base_url=halo_sandbox.url,
-                                   client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET)
+    connection = connection_create(
+        partner=partner,
+        user=partner_user,
+        name="Main",
+        base_url=halo_sandbox.url,
+        client_id=SANDBOX_CLIENT_ID,
+        client_secret=SANDBOX_CLIENT_SECRET,
+    )
     assert connection.halopsa_version == "2.130.1" and connection.version_checked_at is not None
     schedule = Schedule.objects.get(name=schedule_name(connection.pk))
     assert schedule.func == "integrations.tasks.sync.sync_scheduled_task"
@@ -107,7 +114,9 @@ def test_connection_test_success_and_failures(partner, make_connection, halo_san
     assert Connection.objects.get(name="bad").last_test_ok is False
     unreachable = connection_test(connection=make_connection(partner, name="down", base_url="https://127.0.0.1:9"))
     assert unreachable.failure == "unreachable"
-    wrong_path = connection_test(connection=make_connection(partner, name="path", base_url=halo_sandbox.url + "/nothing-here"))
+    wrong_path = connection_test(
+        connection=make_connection(partner, name="path", base_url=halo_sandbox.url + "/nothing-here")
+    )
     assert wrong_path.failure == "bad_url"
     scheme = connection_test(connection=make_connection(partner, name="scheme", base_url="ftp://example.com"))
     assert scheme.failure == "bad_url"
@@ -128,7 +137,9 @@ def test_refused_address(partner, make_connection, settings):
     assert result.failure == "refused_address"
 
 
-def test_scheduled_task_skips_paused_and_picks_scope(partner, make_connection, halo_sandbox, django_capture_on_commit_callbacks):
+def test_scheduled_task_skips_paused_and_picks_scope(
+    partner, make_connection, halo_sandbox, django_capture_on_commit_callbacks
+):
     connection = make_connection(partner, halo_sandbox)
     with django_capture_on_commit_callbacks(execute=True):
         run_id = sync_scheduled_task(connection.pk)
@@ -154,15 +165,18 @@ def test_sync_run_task_with_a_missing_run(db):
 # --- one connection per HaloPSA and client id, URLs the portal may call (issue 17 item 7) ------
 
 
-@pytest.mark.parametrize("url,key", [
-    ("https://acme.halopsa.com", "https://acme.halopsa.com"),
-    ("HTTPS://Acme.HaloPSA.com:443/", "https://acme.halopsa.com"),
-    ("https://acme.halopsa.com.//", "https://acme.halopsa.com"),
-    ("https://acme.halopsa.com:8443/halo/", "https://acme.halopsa.com:8443/halo"),
-    ("http://127.0.0.1:80", "http://127.0.0.1"),
-    ("https://[::1]:443", "https://[::1]"),
-    ("https://bücher.example", "https://xn--bcher-kva.example"),
-])
+@pytest.mark.parametrize(
+    "url,key",
+    [
+        ("https://acme.halopsa.com", "https://acme.halopsa.com"),
+        ("HTTPS://Acme.HaloPSA.com:443/", "https://acme.halopsa.com"),
+        ("https://acme.halopsa.com.//", "https://acme.halopsa.com"),
+        ("https://acme.halopsa.com:8443/halo/", "https://acme.halopsa.com:8443/halo"),
+        ("http://127.0.0.1:80", "http://127.0.0.1"),
+        ("https://[::1]:443", "https://[::1]"),
+        ("https://bücher.example", "https://xn--bcher-kva.example"),
+    ],
+)
 def test_halopsa_url_key_normalises_what_names_the_same_halopsa(url, key):
     from integrations.models import halopsa_url_key
 
@@ -194,8 +208,14 @@ def test_the_database_refuses_a_twin_written_around_the_service(partner):
 
     first = _create(partner, url="https://acme.halopsa.com", detect_version=False)
     with pytest.raises(IntegrityError), transaction.atomic():
-        Connection.objects.create(partner=partner, name="Raced", base_url="https://acme.halopsa.com/",
-                                  base_url_key=first.base_url_key, client_id=first.client_id, client_secret="x")
+        Connection.objects.create(
+            partner=partner,
+            name="Raced",
+            base_url="https://acme.halopsa.com/",
+            base_url_key=first.base_url_key,
+            client_id=first.client_id,
+            client_secret="x",
+        )
 
 
 def test_a_twin_saved_meanwhile_is_a_clear_error_not_a_500(partner, monkeypatch):
@@ -208,11 +228,14 @@ def test_a_twin_saved_meanwhile_is_a_clear_error_not_a_500(partner, monkeypatch)
         _create(partner, name="Raced", url="https://acme.halopsa.com", detect_version=False)
 
 
-@pytest.mark.parametrize("url,message", [
-    ("http://acme.halopsa.com", "must start with https://"),
-    ("https://me:pw@acme.halopsa.com", "must not contain a user name or password"),
-    ("https://192.168.1.10", "loopback, private, link-local or reserved address"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("http://acme.halopsa.com", "must start with https://"),
+        ("https://me:pw@acme.halopsa.com", "must not contain a user name or password"),
+        ("https://192.168.1.10", "loopback, private, link-local or reserved address"),
+    ],
+)
 def test_create_applies_the_outbound_url_rules(partner, settings, url, message):
     settings.HALOPSA_ALLOW_PRIVATE_NETWORKS = False
     with pytest.raises(ValidationError, match=message):
@@ -230,7 +253,9 @@ def test_check_credentials_refuses_before_saving(partner, halo_sandbox):
     assert (connection.halopsa_version, connection.last_test_ok) == ("2.130.1", True)
 
 
-def test_connection_test_records_why_it_failed_and_a_pass_ends_the_credentials_alert(partner, make_connection, halo_sandbox):
+def test_connection_test_records_why_it_failed_and_a_pass_ends_the_credentials_alert(
+    partner, make_connection, halo_sandbox
+):
     from integrations.models import Incident
     from integrations.services.incidents import incident_open
 

@@ -2,6 +2,7 @@
 starts at the cursor minus HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS, so a record HaloPSA stamped a
 little before the cursor, but listed only after the last read (its own write delays, equal
 timestamps), is read again."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -37,8 +38,9 @@ def _due(connection, invoice_id: int) -> str:
     return Invoice.objects.get(connection=connection, halopsa_id=invoice_id).due_date.isoformat()
 
 
-def test_a_change_stamped_inside_the_overlap_before_the_cursor_is_read_again(connection, halo_sandbox, run_sync,
-                                                                              settings):
+def test_a_change_stamped_inside_the_overlap_before_the_cursor_is_read_again(
+    connection, halo_sandbox, run_sync, settings
+):
     settings.HALOPSA_PDF_BATCH = 0
     assert run_sync(connection, "full").state == "succeeded"
     cursor = _invoice_cursor(connection)

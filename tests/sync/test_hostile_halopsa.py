@@ -3,6 +3,7 @@
 A broken upstream ends the run with a clear message or fails one record; nothing already stored
 is lost, and no live record is flagged "deleted in HaloPSA" on a guess.
 """
+
 from __future__ import annotations
 
 import time
@@ -32,16 +33,20 @@ def _listed_invoice_ids(srv) -> list[int]:
 
 
 def _flagged(connection) -> set[int]:
-    return set(Invoice.objects.filter(connection=connection, deleted_in_halopsa_at__isnull=False)
-               .values_list("halopsa_id", flat=True))
+    return set(
+        Invoice.objects.filter(connection=connection, deleted_in_halopsa_at__isnull=False).values_list(
+            "halopsa_id", flat=True
+        )
+    )
 
 
 # --- the run's own time limit ----------------------------------------------------------------------
 
 
 @pytest.mark.sandbox(dataset=BATCHED)
-def test_a_run_out_of_time_stops_cleanly_keeps_what_it_read_and_the_next_run_goes_on(connection, halo_sandbox,
-                                                                                  run_sync, monkeypatch):
+def test_a_run_out_of_time_stops_cleanly_keeps_what_it_read_and_the_next_run_goes_on(
+    connection, halo_sandbox, run_sync, monkeypatch
+):
     original = HaloClient.invoice_pages
 
     def time_runs_out_after_the_first_page(self, **kwargs):
@@ -79,8 +84,9 @@ def test_the_run_limit_stays_inside_the_workers_task_timeout(settings):
 
 
 @pytest.mark.sandbox(dataset=BATCHED)
-def test_pdfs_stop_at_the_run_limit_without_errors_and_a_follow_up_continues(connection, halo_sandbox, run_sync,
-                                                                            settings, monkeypatch):
+def test_pdfs_stop_at_the_run_limit_without_errors_and_a_follow_up_continues(
+    connection, halo_sandbox, run_sync, settings, monkeypatch
+):
     from integrations.services.sync import run as sync_service  # where sync_execute queues the follow-up
 
     settings.HALOPSA_PDF_BATCH = 50
@@ -122,7 +128,9 @@ def test_a_trickling_invoice_list_fails_the_run_at_the_request_deadline(connecti
 def test_a_huge_answer_fails_the_run_clearly_and_loses_nothing(connection, halo_sandbox, run_sync, settings):
     assert run_sync(connection, "full").state == "succeeded"
     settings.HALOPSA_MAX_RESPONSE_BYTES = 1_000_000
-    halo_sandbox.add_fault("huge_body", path="/api/Invoice", method="GET", size=20_000_000, declare_length=False, ratio=1)
+    halo_sandbox.add_fault(
+        "huge_body", path="/api/Invoice", method="GET", size=20_000_000, declare_length=False, ratio=1
+    )
     run = run_sync(connection, "full")
     assert run.state == "failed" and "larger than the 0.953674 MB" in run.message
     assert run.api_bytes < 2_000_000  # the 20 MB answer was not read
@@ -146,7 +154,9 @@ def test_endless_pages_fail_the_run_and_flag_nothing(connection, halo_sandbox, r
 
 
 @pytest.mark.sandbox(dataset=BATCHED)
-def test_a_record_deleted_while_the_list_is_paged_never_flags_a_live_one(connection, halo_sandbox, run_sync, monkeypatch):
+def test_a_record_deleted_while_the_list_is_paged_never_flags_a_live_one(
+    connection, halo_sandbox, run_sync, monkeypatch
+):
     """The known case: deleting a record of page 1 (after it was read) moves every later row up
     one place, so page 2 starts one row late and its first record is never listed. That live
     record is checked by id, found, and not flagged; the deleted one is flagged by the next full read."""
@@ -190,7 +200,9 @@ def test_a_row_skipped_by_page_drift_is_not_flagged_but_written(connection, halo
 @pytest.mark.sandbox(dataset=BATCHED)
 def test_rows_a_drifting_list_sends_twice_are_read_once(connection, halo_sandbox, run_sync):
     assert run_sync(connection, "full").state == "succeeded"
-    halo_sandbox.add_fault("page_drift", path="/api/Invoice", method="GET", shift=1, ratio=1)  # a row added before page 2
+    halo_sandbox.add_fault(
+        "page_drift", path="/api/Invoice", method="GET", shift=1, ratio=1
+    )  # a row added before page 2
     run = run_sync(connection, "full")
     listed = len(_listed_invoice_ids(halo_sandbox))
     assert run.state == "succeeded" and run.failed == 0
@@ -210,19 +222,24 @@ def test_many_candidates_are_checked_with_one_id_only_list(connection, halo_sand
     halo_sandbox.clear_request_log()
     run = run_sync(connection, "full")
     assert run.state == "succeeded" and _flagged(connection) == set(gone)
-    invoice_gets = [e for e in halo_sandbox.request_log if e["method"] == "GET" and e["path"].startswith("/api/Invoice")]
+    invoice_gets = [
+        e for e in halo_sandbox.request_log if e["method"] == "GET" and e["path"].startswith("/api/Invoice")
+    ]
     assert sum(e["query"].get("idonly") == "true" for e in invoice_gets) == 1
     assert not any(e["path"] != "/api/Invoice" for e in invoice_gets)  # no GET by id
 
 
 @pytest.mark.sandbox(dataset=BATCHED)
-def test_an_id_only_list_that_lacks_records_just_read_flags_nothing(connection, halo_sandbox, run_sync, settings,
-                                                                    monkeypatch):
+def test_an_id_only_list_that_lacks_records_just_read_flags_nothing(
+    connection, halo_sandbox, run_sync, settings, monkeypatch
+):
     assert run_sync(connection, "full").state == "succeeded"
     settings.HALOPSA_SYNC_DELETION_CHECKS = 0
     halo_sandbox.store.delete_invoice(_listed_invoice_ids(halo_sandbox)[5])
     original = HaloClient.listed_ids
-    monkeypatch.setattr(HaloClient, "listed_ids", lambda self, entity: set(sorted(original(self, entity))[100:]))  # capped
+    monkeypatch.setattr(
+        HaloClient, "listed_ids", lambda self, entity: set(sorted(original(self, entity))[100:])
+    )  # capped
     run = run_sync(connection, "full")
     assert run.state == "succeeded" and not _flagged(connection)
     assert "lacked records its full list had just shown" in run.message
@@ -243,15 +260,24 @@ def test_a_check_that_fails_flags_nothing_unchecked(connection, halo_sandbox, ru
 def test_a_billing_user_skipped_by_page_drift_keeps_the_contact(connection, halo_sandbox, run_sync):
     assert run_sync(connection, "full").state == "succeeded"
     users = halo_sandbox.store.query_users(include_active=True, include_inactive=True)
-    contacts = set(Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False)
-                   .values_list("halopsa_user_id", flat=True))
+    contacts = set(
+        Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False).values_list(
+            "halopsa_user_id", flat=True
+        )
+    )
     target = next(index for index, user in enumerate(users) if index >= 100 and user.id in contacts)
     halo_sandbox.add_fault("page_drift", path="/api/Users", method="GET", shift=-(target - 99), ratio=1)
     halo_sandbox.clear_request_log()
     run = run_sync(connection, "full")
     assert run.state == "succeeded", run.message
-    assert set(Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False)
-               .values_list("halopsa_user_id", flat=True)) == contacts
+    assert (
+        set(
+            Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False).values_list(
+                "halopsa_user_id", flat=True
+            )
+        )
+        == contacts
+    )
     assert halo_sandbox.count_requests(f"/api/Users/{users[target].id}") == 1  # confirmed it is still there
 
 

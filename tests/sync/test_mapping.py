@@ -1,4 +1,5 @@
 """Unit tests of integrations/halopsa/mapping.py: literal HaloPSA payloads in, field values out."""
+
 from __future__ import annotations
 
 import json
@@ -32,18 +33,50 @@ def invoice_payload(**overrides):
         "creditlinkedtoinvoiceid": 0,
         "pdf_attachment_id": 1000042,
         "lines": [
-            {"id": 4201, "sequenceid": 1, "item_shortdescription": "Managed services", "qty_order": Decimal("10.00"),
-             "unit_price": Decimal("100.00"), "net_amount": Decimal("1000.00"), "tax_rate": Decimal("0"),
-             "tax_amount": Decimal("0.00")},
-            {"id": 4202, "sequenceid": 2, "item_shortdescription": "Firewall", "qty_order": Decimal("1.00"),
-             "unit_price": Decimal("200.00"), "net_amount": Decimal("200.00"), "tax_rate": Decimal("17.25"),
-             "tax_amount": Decimal("34.50")},
+            {
+                "id": 4201,
+                "sequenceid": 1,
+                "item_shortdescription": "Managed services",
+                "qty_order": Decimal("10.00"),
+                "unit_price": Decimal("100.00"),
+                "net_amount": Decimal("1000.00"),
+                "tax_rate": Decimal("0"),
+                "tax_amount": Decimal("0.00"),
+            },
+            {
+                "id": 4202,
+                "sequenceid": 2,
+                "item_shortdescription": "Firewall",
+                "qty_order": Decimal("1.00"),
+                "unit_price": Decimal("200.00"),
+                "net_amount": Decimal("200.00"),
+                "tax_rate": Decimal("17.25"),
+                "tax_amount": Decimal("34.50"),
+            },
         ],
         "payments": [
-            {"id": 421, "invoice_id": 42, "date": "2026-09-05T00:00:00", "amount": Decimal("150.00"), "type": 0,
-             "credit_note_id": 0, "reference": "PMT-42-1", "thirdpartyid": "", "payment_method_name": "Bank Transfer"},
-            {"id": 422, "invoice_id": 42, "date": "2026-09-06T00:00:00", "amount": Decimal("50.00"), "type": 1,
-             "credit_note_id": 43, "reference": "Credit note 10043", "thirdpartyid": "", "payment_method_name": "Credit Note"},
+            {
+                "id": 421,
+                "invoice_id": 42,
+                "date": "2026-09-05T00:00:00",
+                "amount": Decimal("150.00"),
+                "type": 0,
+                "credit_note_id": 0,
+                "reference": "PMT-42-1",
+                "thirdpartyid": "",
+                "payment_method_name": "Bank Transfer",
+            },
+            {
+                "id": 422,
+                "invoice_id": 42,
+                "date": "2026-09-06T00:00:00",
+                "amount": Decimal("50.00"),
+                "type": 1,
+                "credit_note_id": 43,
+                "reference": "Credit note 10043",
+                "thirdpartyid": "",
+                "payment_method_name": "Credit Note",
+            },
         ],
     }
     payload.update(overrides)
@@ -53,13 +86,16 @@ def invoice_payload(**overrides):
 # --- scalars --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, expected", [
-    (Decimal("1234.5"), Decimal("1234.50")),
-    ("1234.505", Decimal("1234.51")),
-    (10, Decimal("10.00")),
-    ("-0.005", Decimal("-0.01")),
-    (0.1, Decimal("0.10")),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (Decimal("1234.5"), Decimal("1234.50")),
+        ("1234.505", Decimal("1234.51")),
+        (10, Decimal("10.00")),
+        ("-0.005", Decimal("-0.01")),
+        (0.1, Decimal("0.10")),
+    ],
+)
 def test_parse_money_quantizes_to_cents(value, expected):
     result = mapping.parse_money(value)
     assert result == expected
@@ -78,17 +114,20 @@ def test_parse_money_default_only_for_missing_values():
         mapping.parse_money("x", "tax_total", default=Decimal("0.00"))
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("2026-10-10T10:00:00", datetime(2026, 10, 10, 10, 0, tzinfo=timezone.utc)),
-    ("2026-10-10T10:00:00.1234567", datetime(2026, 10, 10, 10, 0, 0, 123456, tzinfo=timezone.utc)),
-    ("2026-10-10T10:00:00Z", datetime(2026, 10, 10, 10, 0, tzinfo=timezone.utc)),
-    ("2026-10-10T12:00:00+02:00", datetime(2026, 10, 10, 10, 0, tzinfo=timezone.utc)),
-    ("2026-10-10", datetime(2026, 10, 10, tzinfo=timezone.utc)),
-    ("1900-01-01T00:00:00", None),
-    ("1980-01-01T00:00:00", None),
-    (None, None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("2026-10-10T10:00:00", datetime(2026, 10, 10, 10, 0, tzinfo=timezone.utc)),
+        ("2026-10-10T10:00:00.1234567", datetime(2026, 10, 10, 10, 0, 0, 123456, tzinfo=timezone.utc)),
+        ("2026-10-10T10:00:00Z", datetime(2026, 10, 10, 10, 0, tzinfo=timezone.utc)),
+        ("2026-10-10T12:00:00+02:00", datetime(2026, 10, 10, 10, 0, tzinfo=timezone.utc)),
+        ("2026-10-10", datetime(2026, 10, 10, tzinfo=timezone.utc)),
+        ("1900-01-01T00:00:00", None),
+        ("1980-01-01T00:00:00", None),
+        (None, None),
+        ("", None),
+    ],
+)
 def test_parse_halo_datetime_naive_is_utc_and_sentinels_are_none(value, expected):
     assert mapping.parse_halo_datetime(value) == expected
 
@@ -99,36 +138,44 @@ def test_parse_halo_datetime_refuses_junk(value):
         mapping.parse_halo_datetime(value, "duedate")
 
 
-@pytest.mark.parametrize("value, money, quantity", [
-    # parse_json's Decimals and ints take a fast path; strings the general one: same values and exponents.
-    (Decimal("1.5"), "1.50", "1.5000"),
-    ("1.5", "1.50", "1.5000"),
-    (Decimal("2.345"), "2.35", "2.3450"),
-    (Decimal("-0.005"), "-0.01", "-0.0050"),
-    (Decimal("-0"), "-0.00", "-0.0000"),
-    (Decimal("1E+2"), "100.00", "100.0000"),
-    (7, "7.00", "7.0000"),
-    (" 7 ", "7.00", "7.0000"),
-    (Decimal("0.00005"), "0.00", "0.0001"),
-])
+@pytest.mark.parametrize(
+    "value, money, quantity",
+    [
+        # parse_json's Decimals and ints take a fast path; strings the general one: same values and exponents.
+        (Decimal("1.5"), "1.50", "1.5000"),
+        ("1.5", "1.50", "1.5000"),
+        (Decimal("2.345"), "2.35", "2.3450"),
+        (Decimal("-0.005"), "-0.01", "-0.0050"),
+        (Decimal("-0"), "-0.00", "-0.0000"),
+        (Decimal("1E+2"), "100.00", "100.0000"),
+        (7, "7.00", "7.0000"),
+        (" 7 ", "7.00", "7.0000"),
+        (Decimal("0.00005"), "0.00", "0.0001"),
+    ],
+)
 def test_money_and_decimals_keep_their_exponent_whatever_the_input_type(value, money, quantity):
     assert str(mapping.parse_money(value)) == money
     assert str(mapping.parse_decimal(value, "qty")) == quantity
-    assert str(mapping.parse_decimal(value, "qty", places=1)) == str(Decimal(quantity).quantize(Decimal("0.1"), "ROUND_HALF_UP"))
+    assert str(mapping.parse_decimal(value, "qty", places=1)) == str(
+        Decimal(quantity).quantize(Decimal("0.1"), "ROUND_HALF_UP")
+    )
 
 
-@pytest.mark.parametrize("value, message", [
-    (True, "total is not a number: True"),
-    (None, "total is not a number: None"),
-    (Decimal("NaN"), "total is not a number: Decimal('NaN')"),
-    (Decimal("sNaN"), "total is not a number: Decimal('sNaN')"),
-    (Decimal("-Infinity"), "total is not a number: Decimal('-Infinity')"),
-    ("Infinity", "total is not a number: 'Infinity'"),
-    (float("inf"), "total is not a number: 'inf'"),
-    (Decimal("1E+12"), "total is out of range: Decimal('1E+12')"),
-    (-10**12, "total is out of range: -1000000000000"),
-    ("1e12", "total is out of range: '1e12'"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (True, "total is not a number: True"),
+        (None, "total is not a number: None"),
+        (Decimal("NaN"), "total is not a number: Decimal('NaN')"),
+        (Decimal("sNaN"), "total is not a number: Decimal('sNaN')"),
+        (Decimal("-Infinity"), "total is not a number: Decimal('-Infinity')"),
+        ("Infinity", "total is not a number: 'Infinity'"),
+        (float("inf"), "total is not a number: 'inf'"),
+        (Decimal("1E+12"), "total is out of range: Decimal('1E+12')"),
+        (-(10**12), "total is out of range: -1000000000000"),
+        ("1e12", "total is out of range: '1e12'"),
+    ],
+)
 def test_parse_money_rejections_are_worded_the_same_on_every_path(value, message):
     with pytest.raises(MappingError) as info:
         mapping.parse_money(value, "total")
@@ -142,13 +189,26 @@ def test_parse_decimal_limit_applies_to_decimals_and_ints():
             mapping.parse_decimal(value, "rate", limit=Decimal("1000"))
 
 
-@pytest.mark.parametrize("value, required, expected", [
-    (5, True, 5), ("5", True, 5), (Decimal("5"), True, 5), (Decimal("5.0"), True, 5),
-    (0, False, None), ("0", False, None), (-3, False, None), (2**63 - 1, True, 2**63 - 1),
-    (0, True, "id is not a valid id: 0"), (-3, True, "id is not a valid id: -3"),
-    (2**63, True, "id is out of range: 9223372036854775808"), (True, True, "id is missing"), (False, False, None),
-    (Decimal("Infinity"), True, "id is not an id: Decimal('Infinity')"), (5.5, True, "id is not an id: 5.5"),
-])
+@pytest.mark.parametrize(
+    "value, required, expected",
+    [
+        (5, True, 5),
+        ("5", True, 5),
+        (Decimal("5"), True, 5),
+        (Decimal("5.0"), True, 5),
+        (0, False, None),
+        ("0", False, None),
+        (-3, False, None),
+        (2**63 - 1, True, 2**63 - 1),
+        (0, True, "id is not a valid id: 0"),
+        (-3, True, "id is not a valid id: -3"),
+        (2**63, True, "id is out of range: 9223372036854775808"),
+        (True, True, "id is missing"),
+        (False, False, None),
+        (Decimal("Infinity"), True, "id is not an id: Decimal('Infinity')"),
+        (5.5, True, "id is not an id: 5.5"),
+    ],
+)
 def test_parse_id_int_fast_path_matches_the_general_path(value, required, expected):
     if isinstance(expected, str):
         with pytest.raises(MappingError) as info:
@@ -160,13 +220,32 @@ def test_parse_id_int_fast_path_matches_the_general_path(value, required, expect
 
 
 TRICKY_TIMESTAMPS = [
-    "2026-10-10T10:00:00", "2026-10-10T10:00:00.1", "2026-10-10T10:00:00.382", "2026-10-10T10:00:00.123456",
-    "2026-10-10T10:00:00.1234567", "2026-10-10 10:00:00", "2026-10-10", "2024-02-29T23:59:59",
-    "1980-01-01T00:00:00", "1980-01-01T00:00:00.0000001", "1980-01-01T00:00:00.000001", "1900-01-01T00:00:00", "0001-01-01T00:00:00",
-    "2026-10-10 10:00:00.1", "2026-10-10T10:00:00.000", "2026-10-10T10:00:00Z", "2026-10-10T10:00:00z",
-    "2026-10-10T12:00:00+02:00", "2026-10-10T02:00:00-0800",
-    "1980-01-01T01:00:00+01:00", "1980-01-01T00:30:00-00:31", "2026-10-10T10:00", " 2026-10-10T10:00:00 ", "2026-10-10t10:00:00",
-    "2026-10-10T10:00:00 Z", "٢٠٢٦-١٠-١٠T10:00:00",
+    "2026-10-10T10:00:00",
+    "2026-10-10T10:00:00.1",
+    "2026-10-10T10:00:00.382",
+    "2026-10-10T10:00:00.123456",
+    "2026-10-10T10:00:00.1234567",
+    "2026-10-10 10:00:00",
+    "2026-10-10",
+    "2024-02-29T23:59:59",
+    "1980-01-01T00:00:00",
+    "1980-01-01T00:00:00.0000001",
+    "1980-01-01T00:00:00.000001",
+    "1900-01-01T00:00:00",
+    "0001-01-01T00:00:00",
+    "2026-10-10 10:00:00.1",
+    "2026-10-10T10:00:00.000",
+    "2026-10-10T10:00:00Z",
+    "2026-10-10T10:00:00z",
+    "2026-10-10T12:00:00+02:00",
+    "2026-10-10T02:00:00-0800",
+    "1980-01-01T01:00:00+01:00",
+    "1980-01-01T00:30:00-00:31",
+    "2026-10-10T10:00",
+    " 2026-10-10T10:00:00 ",
+    "2026-10-10t10:00:00",
+    "2026-10-10T10:00:00 Z",
+    "٢٠٢٦-١٠-١٠T10:00:00",
 ]
 
 
@@ -183,13 +262,31 @@ def test_parse_halo_datetime_fast_path_agrees_with_the_general_parser(value):
 def test_parse_halo_datetime_fast_path_takes_halopsa_shapes_only():
     for value in ("2026-10-10T10:00:00", "2026-10-10T10:00:00.1234567", "2026-10-10 10:00:00.1"):
         assert mapping._PLAIN_DATETIME_RE.match(value)
-    for value in ("2026-10-10", "2026-10-10T10:00:00Z", "2026-10-10T10:00:00+01:00", "2026-10-10T24:00:00", "2026-W41-1T10:00:00",
-                  "2026-10-10T10:00:00\n", "2026-10-10T10:00:00.12345678", "٢٠٢٦-١٠-١٠T10:00:00"):
+    for value in (
+        "2026-10-10",
+        "2026-10-10T10:00:00Z",
+        "2026-10-10T10:00:00+01:00",
+        "2026-10-10T24:00:00",
+        "2026-W41-1T10:00:00",
+        "2026-10-10T10:00:00\n",
+        "2026-10-10T10:00:00.12345678",
+        "٢٠٢٦-١٠-١٠T10:00:00",
+    ):
         assert not mapping._PLAIN_DATETIME_RE.match(value)
 
 
-@pytest.mark.parametrize("value", ["2026-02-30T00:00:00", "2026-10-10T24:00:00", "2026-10-10T23:59:60", "0000-01-01T00:00:00",
-                                   "2026-10-10T10:00:00.12345678", "2026-W41-1T10:00:00", "2026-10-10T10:00+01"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-02-30T00:00:00",
+        "2026-10-10T24:00:00",
+        "2026-10-10T23:59:60",
+        "0000-01-01T00:00:00",
+        "2026-10-10T10:00:00.12345678",
+        "2026-W41-1T10:00:00",
+        "2026-10-10T10:00+01",
+    ],
+)
 def test_parse_halo_datetime_bad_values_are_worded_the_same_on_every_path(value):
     with pytest.raises(MappingError) as info:
         mapping.parse_halo_datetime(value, "duedate")
@@ -218,17 +315,56 @@ def test_fingerprint_is_stable_and_content_sensitive():
 # --- customers and billing contacts ---------------------------------------------------------
 
 CLIENT = {
-    "id": 7, "name": "Acme Dental Group", "inactive": False, "alastupdate": "2026-09-01T08:00:00.000",
-    "accountsemailaddress": "accounts@acme.example", "accountsfirstname": "Alice", "accountslastname": "Moreno",
+    "id": 7,
+    "name": "Acme Dental Group",
+    "inactive": False,
+    "alastupdate": "2026-09-01T08:00:00.000",
+    "accountsemailaddress": "accounts@acme.example",
+    "accountsfirstname": "Alice",
+    "accountslastname": "Moreno",
 }
 USERS = [
-    {"id": 1, "client_id": 7, "name": "Dana Whitfield", "emailaddress": "dana@acme.example", "canaccessinvoices": True, "inactive": False},
-    {"id": 2, "client_id": 7, "name": "Evan Price", "emailaddress": "evan@acme.example", "canaccessinvoices": False, "inactive": False},
-    {"id": 3, "client_id": 7, "name": "Ivan Petrov", "emailaddress": "ivan@acme.example", "canaccessinvoices": True, "inactive": True},
-    {"id": 4, "client_id": 8, "name": "Other Client", "emailaddress": "o@other.example", "canaccessinvoices": True, "inactive": False},
+    {
+        "id": 1,
+        "client_id": 7,
+        "name": "Dana Whitfield",
+        "emailaddress": "dana@acme.example",
+        "canaccessinvoices": True,
+        "inactive": False,
+    },
+    {
+        "id": 2,
+        "client_id": 7,
+        "name": "Evan Price",
+        "emailaddress": "evan@acme.example",
+        "canaccessinvoices": False,
+        "inactive": False,
+    },
+    {
+        "id": 3,
+        "client_id": 7,
+        "name": "Ivan Petrov",
+        "emailaddress": "ivan@acme.example",
+        "canaccessinvoices": True,
+        "inactive": True,
+    },
+    {
+        "id": 4,
+        "client_id": 8,
+        "name": "Other Client",
+        "emailaddress": "o@other.example",
+        "canaccessinvoices": True,
+        "inactive": False,
+    },
     {"id": 5, "client_id": 7, "name": "No Mail", "emailaddress": "", "canaccessinvoices": True, "inactive": False},
-    {"id": 6, "client_id": 7, "name": "Accounts Twin", "emailaddress": "ACCOUNTS@acme.example",
-     "canaccessinvoices": True, "inactive": False},
+    {
+        "id": 6,
+        "client_id": 7,
+        "name": "Accounts Twin",
+        "emailaddress": "ACCOUNTS@acme.example",
+        "canaccessinvoices": True,
+        "inactive": False,
+    },
 ]
 
 
@@ -242,12 +378,15 @@ def test_map_client():
     assert changed["fingerprint"] != mapped["fingerprint"]
 
 
-@pytest.mark.parametrize("payload, message", [
-    ({"name": "No id"}, "client id is missing"),
-    ({"id": "x", "name": "Bad id"}, "client id is not an id"),
-    ({"id": 3, "name": "  "}, "client 3 has no name"),
-    ("not a dict", "client is not an object"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"name": "No id"}, "client id is missing"),
+        ({"id": "x", "name": "Bad id"}, "client id is not an id"),
+        ({"id": 3, "name": "  "}, "client 3 has no name"),
+        ("not a dict", "client is not an object"),
+    ],
+)
 def test_map_client_malformed(payload, message):
     with pytest.raises(MappingError, match=message):
         mapping.map_client(payload)
@@ -274,7 +413,9 @@ def test_other_billing_rules():
 def test_client_without_accounts_email_has_only_users():
     client = {**CLIENT, "accountsemailaddress": "", "accountsfirstname": "", "accountslastname": ""}
     assert [c["email"] for c in mapping.billing_contacts_for_client(client, USERS, "accounts_and_invoice_users")] == [
-        "ACCOUNTS@acme.example", "dana@acme.example"]
+        "ACCOUNTS@acme.example",
+        "dana@acme.example",
+    ]
 
 
 def test_contact_fingerprint_changes_with_name():
@@ -300,7 +441,11 @@ def test_map_invoice_fields_lines_and_payments():
     assert mapped["invoice_date"] == date(2026, 9, 1)
     assert mapped["due_date"] == date(2026, 10, 1)
     assert mapped["currency"] == "USD"
-    assert (mapped["total"], mapped["tax"], mapped["subtotal"]) == (Decimal("1234.50"), Decimal("34.50"), Decimal("1200.00"))
+    assert (mapped["total"], mapped["tax"], mapped["subtotal"]) == (
+        Decimal("1234.50"),
+        Decimal("34.50"),
+        Decimal("1200.00"),
+    )
     assert (mapped["amount_paid"], mapped["balance"]) == (Decimal("200.00"), Decimal("1034.50"))
     assert mapped["status"] == "partially_paid"
     assert mapped["halopsa_client_id"] == 7
@@ -310,21 +455,31 @@ def test_map_invoice_fields_lines_and_payments():
     assert mapped["lines"][1]["tax_rate"] == Decimal("17.2500")
     assert mapped["lines"][1]["tax_amount"] == Decimal("34.50")
     assert [(p["halopsa_id"], p["kind"], p["amount"]) for p in mapped["payments"]] == [
-        (421, "payment", Decimal("150.00")), (422, "credit", Decimal("50.00"))]
+        (421, "payment", Decimal("150.00")),
+        (422, "credit", Decimal("50.00")),
+    ]
     assert mapped["payments"][0]["paid_on"] == date(2026, 9, 5)
 
 
 def test_invoice_number_field_is_per_connection():
     assert mapping.map_invoice(invoice_payload(), number_field="thirdpartyinvoicenumber")["number"] == "QB-1042"
     # An invoice without a third-party number still gets HaloPSA's number rather than none.
-    assert mapping.map_invoice(invoice_payload(thirdpartyinvoicenumber=""), number_field="thirdpartyinvoicenumber")["number"] == "10042"
+    assert (
+        mapping.map_invoice(invoice_payload(thirdpartyinvoicenumber=""), number_field="thirdpartyinvoicenumber")[
+            "number"
+        ]
+        == "10042"
+    )
 
 
-@pytest.mark.parametrize("overrides, status", [
-    ({"amountpaid": Decimal("0"), "amountdue": Decimal("1234.50"), "paymentstatus": 0, "payments": []}, "open"),
-    ({"amountpaid": Decimal("1234.50"), "amountdue": Decimal("0"), "paymentstatus": 2}, "paid"),
-    ({"voided": True}, "void"),
-])
+@pytest.mark.parametrize(
+    "overrides, status",
+    [
+        ({"amountpaid": Decimal("0"), "amountdue": Decimal("1234.50"), "paymentstatus": 0, "payments": []}, "open"),
+        ({"amountpaid": Decimal("1234.50"), "amountdue": Decimal("0"), "paymentstatus": 2}, "paid"),
+        ({"voided": True}, "void"),
+    ],
+)
 def test_invoice_status(overrides, status):
     assert mapping.map_invoice(invoice_payload(**overrides))["status"] == status
 
@@ -340,7 +495,13 @@ def test_deposits_and_zero_payments_are_left_out():
 
 @pytest.mark.parametrize("missing", [None, ""])
 def test_missing_net_amount_and_amount_due_are_computed(missing):
-    line = {"id": 1, "qty_order": Decimal("2"), "unit_price": Decimal("1.255"), "net_amount": missing, "net_total": Decimal("9")}
+    line = {
+        "id": 1,
+        "qty_order": Decimal("2"),
+        "unit_price": Decimal("1.255"),
+        "net_amount": missing,
+        "net_total": Decimal("9"),
+    }
     mapped = mapping.map_invoice(invoice_payload(lines=[line], amountdue=missing, amount_remaining=Decimal("1")))
     assert str(mapped["lines"][0]["net_amount"]) == "2.51"  # 2 x 1.2550, not net_total: net_amount is there, empty
     assert str(mapped["balance"]) == "1034.50"
@@ -353,12 +514,30 @@ def test_balance_falls_back_to_total_minus_paid():
 
 
 def test_credit_note_is_recognised_and_keeps_its_negative_total():
-    mapped = mapping.map_invoice(invoice_payload(
-        id=43, invoicetype=1, creditlinkedtoinvoiceid=42, total=Decimal("-50.00"), tax_total=Decimal("0"),
-        amountpaid=Decimal("-50.00"), amountdue=Decimal("0.00"), payments=[], paymentstatus=2,
-        lines=[{"id": 4301, "sequenceid": 1, "item_shortdescription": "Credit", "qty_order": 1, "unit_price": Decimal("-50.00"),
-                "net_amount": Decimal("-50.00"), "tax_amount": 0}],
-    ))
+    mapped = mapping.map_invoice(
+        invoice_payload(
+            id=43,
+            invoicetype=1,
+            creditlinkedtoinvoiceid=42,
+            total=Decimal("-50.00"),
+            tax_total=Decimal("0"),
+            amountpaid=Decimal("-50.00"),
+            amountdue=Decimal("0.00"),
+            payments=[],
+            paymentstatus=2,
+            lines=[
+                {
+                    "id": 4301,
+                    "sequenceid": 1,
+                    "item_shortdescription": "Credit",
+                    "qty_order": 1,
+                    "unit_price": Decimal("-50.00"),
+                    "net_amount": Decimal("-50.00"),
+                    "tax_amount": 0,
+                }
+            ],
+        )
+    )
     assert mapped["is_credit_note"] is True
     assert mapped["total"] == Decimal("-50.00")
     assert mapped["lines"][0]["net_amount"] == Decimal("-50.00")
@@ -372,8 +551,15 @@ def test_negative_payment_is_a_clear_error():
 
 def test_empty_lines_and_missing_optional_fields():
     # (lines: null is refused: tests/sync/test_inconsistent_records.py)
-    payload = invoice_payload(lines=[], payments=None, tax_total=None, currency_code_name=None, client_id=0,
-                              pdf_attachment_id=0, duedate="1900-01-01T00:00:00")
+    payload = invoice_payload(
+        lines=[],
+        payments=None,
+        tax_total=None,
+        currency_code_name=None,
+        client_id=0,
+        pdf_attachment_id=0,
+        duedate="1900-01-01T00:00:00",
+    )
     mapped = mapping.map_invoice(payload, default_currency="EUR")
     assert mapped["lines"] == [] and mapped["payments"] == []
     assert mapped["tax"] == Decimal("0.00")
@@ -383,13 +569,16 @@ def test_empty_lines_and_missing_optional_fields():
     assert mapped["due_date"] is None
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"total": "abc"}, "invoice 42: total is not a number: 'abc'"),
-    ({"total": None}, "invoice 42: total is not a number"),
-    ({"lines": "nope"}, "invoice 42: lines is not a list"),
-    ({"lines": [{"id": 1, "qty_order": "many"}]}, "invoice 42: line qty_order is not a number"),
-    ({"invoice_date": "someday"}, "invoice 42: invoice_date is not a date"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"total": "abc"}, "invoice 42: total is not a number: 'abc'"),
+        ({"total": None}, "invoice 42: total is not a number"),
+        ({"lines": "nope"}, "invoice 42: lines is not a list"),
+        ({"lines": [{"id": 1, "qty_order": "many"}]}, "invoice 42: line qty_order is not a number"),
+        ({"invoice_date": "someday"}, "invoice 42: invoice_date is not a date"),
+    ],
+)
 def test_map_invoice_malformed(overrides, message):
     with pytest.raises(MappingError) as info:
         mapping.map_invoice(invoice_payload(**overrides))
@@ -406,7 +595,9 @@ def test_map_invoice_missing_id():
 
 
 def test_unicode_line_descriptions():
-    lines = [{"id": 1, "item_shortdescription": "Überstunden – 東京 ✓", "qty_order": 1, "unit_price": 1, "net_amount": 1}]
+    lines = [
+        {"id": 1, "item_shortdescription": "Überstunden – 東京 ✓", "qty_order": 1, "unit_price": 1, "net_amount": 1}
+    ]
     assert mapping.map_invoice(invoice_payload(lines=lines))["lines"][0]["description"] == "Überstunden – 東京 ✓"
 
 
@@ -418,8 +609,8 @@ def test_fingerprint_ignores_nothing_that_we_store():
 
 
 def test_payload_parsed_as_json_with_decimal():
-    text = json.dumps({**invoice_payload(), "total": 0, "tax_total": 0}, default=str).replace('"total": 0', '"total": 1234.5')
+    text = json.dumps({**invoice_payload(), "total": 0, "tax_total": 0}, default=str).replace(
+        '"total": 0', '"total": 1234.5'
+    )
     payload = json.loads(text, parse_float=Decimal)
     assert mapping.map_invoice(payload)["total"] == Decimal("1234.50")
-
-

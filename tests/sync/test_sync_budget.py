@@ -1,4 +1,5 @@
 """A run that reads lists waits out the client-side request budget instead of failing (issue 10)."""
+
 from __future__ import annotations
 
 import pytest

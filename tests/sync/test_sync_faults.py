@@ -1,4 +1,5 @@
 """Bad records, HaloPSA failing mid-run, interrupted runs, leases and incidents."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,12 @@ def connection(unprobed_connection, halo_sandbox):
 
 
 def _counts(connection):
-    return (Customer.objects.filter(connection=connection).count(), Invoice.objects.filter(connection=connection).count(),
-            InvoiceLine.objects.filter(invoice__connection=connection).count(), Payment.objects.filter(connection=connection).count())
+    return (
+        Customer.objects.filter(connection=connection).count(),
+        Invoice.objects.filter(connection=connection).count(),
+        InvoiceLine.objects.filter(invoice__connection=connection).count(),
+        Payment.objects.filter(connection=connection).count(),
+    )
 
 
 def test_malformed_record_becomes_a_sync_error_and_the_rest_commits(connection, halo_sandbox, run_sync):
@@ -60,7 +65,9 @@ def test_halopsa_failing_beyond_retries_fails_the_run_and_a_rerun_completes(conn
 
 
 @pytest.mark.sandbox(dataset="demo")
-def test_run_interrupted_mid_paging_loses_nothing_and_rerun_creates_no_duplicates(connection, halo_sandbox, run_sync, monkeypatch):
+def test_run_interrupted_mid_paging_loses_nothing_and_rerun_creates_no_duplicates(
+    connection, halo_sandbox, run_sync, monkeypatch
+):
     original = HaloClient.invoice_pages
 
     def first_page_then_die(self, **kwargs):
@@ -100,9 +107,13 @@ def _pages_then(error, pages_before: int, read: list):
 
 
 @pytest.mark.sandbox(dataset=BATCHED)
-def test_pages_read_before_halopsa_fails_are_written_although_their_write_batch_was_not_full(connection, run_sync, monkeypatch):
+def test_pages_read_before_halopsa_fails_are_written_although_their_write_batch_was_not_full(
+    connection, run_sync, monkeypatch
+):
     read: list = []
-    monkeypatch.setattr(HaloClient, "invoice_pages", _pages_then(HaloConnectionError("simulated network loss"), 3, read))
+    monkeypatch.setattr(
+        HaloClient, "invoice_pages", _pages_then(HaloConnectionError("simulated network loss"), 3, read)
+    )
 
     run = run_sync(connection, "full")
 
@@ -135,7 +146,9 @@ def test_a_run_that_lost_its_lease_writes_none_of_its_pending_pages(connection, 
 
 @pytest.mark.sandbox(dataset=BATCHED)
 @pytest.mark.parametrize(("interval", "expected"), [(None, 0), (0, 7)])
-def test_the_lease_is_renewed_when_due_not_on_every_page(connection, run_sync, monkeypatch, settings, interval, expected):
+def test_the_lease_is_renewed_when_due_not_on_every_page(
+    connection, run_sync, monkeypatch, settings, interval, expected
+):
     from integrations.services.sync import context as sync_service  # where the run renews its lease
 
     settings.HALOPSA_PDF_BATCH = 0
@@ -281,7 +294,9 @@ def test_rejected_credentials_open_an_incident_resolved_by_success(partner, make
     connection = make_connection(partner, halo_sandbox, client_secret="wrong")
     run = run_sync(connection, "incremental")
     assert run.state == "failed" and "rejected" in run.message.lower()
-    assert Incident.objects.filter(connection=connection, kind="credentials_rejected", resolved_at__isnull=True).exists()
+    assert Incident.objects.filter(
+        connection=connection, kind="credentials_rejected", resolved_at__isnull=True
+    ).exists()
     from halosandbox import SANDBOX_CLIENT_SECRET
 
     connection.client_secret = SANDBOX_CLIENT_SECRET
@@ -326,8 +341,9 @@ def test_a_record_without_id_prevents_flagging_deletions(connection, halo_sandbo
     assert error.resolved_at is not None  # a complete, clean read of the entity closes id-less errors
 
 
-def test_sync_error_retry_queues_that_record_and_resolves_it(connection, halo_sandbox, run_sync, partner_user,
-                                                             django_capture_on_commit_callbacks):
+def test_sync_error_retry_queues_that_record_and_resolves_it(
+    connection, halo_sandbox, run_sync, partner_user, django_capture_on_commit_callbacks
+):
     from integrations.models import AuditEvent
     from integrations.services.sync import sync_error_retry
 
@@ -375,7 +391,9 @@ def test_a_record_the_database_refuses_fails_alone(connection, halo_sandbox, run
     error = SyncError.objects.get(run=run)
     assert error.halopsa_id == 1 and "could not be stored" in error.message and error.payload["id"] == 1
     assert set(Invoice.objects.filter(connection=connection).values_list("halopsa_id", flat=True)) == {2, 3, 4, 6, 7, 8}
-    assert run.created == 3 + 4 + 6  # customers (with their accounts contacts), user contacts, invoices (not the failed one)
+    assert (
+        run.created == 3 + 4 + 6
+    )  # customers (with their accounts contacts), user contacts, invoices (not the failed one)
     assert Customer.objects.filter(connection=connection, is_unknown=True).count() == 1
 
 

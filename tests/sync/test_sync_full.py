@@ -1,4 +1,5 @@
 """Full sync against the sandbox over real HTTP: our copy equals HaloPSA's ground truth."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -61,7 +62,9 @@ def test_rerun_is_idempotent_with_no_database_writes(connection, halo_sandbox, r
         again = run_sync(connection, "full")
     assert again.state == "succeeded"
     assert (again.created, again.updated, again.failed) == (0, 0, 0)
-    assert again.unchanged >= first.created - 1  # every record read again, none written (the unknown customer is not read)
+    assert (
+        again.unchanged >= first.created - 1
+    )  # every record read again, none written (the unknown customer is not read)
     assert mirror_writes(queries) == []
     assert {m: m.objects.count() for m in counts} == counts
     assert dict(Invoice.objects.values_list("pk", "updated_at")) == stamps
@@ -78,7 +81,9 @@ def test_cursors_recorded_after_success(connection, run_sync):
     assert cursors["invoices"].last_full_sync_at is not None and cursors["invoices"].last_success_at is not None
 
 
-def test_page_processing_uses_a_bounded_number_of_queries(partner, make_connection, halo_sandbox_factory, run_sync, settings):
+def test_page_processing_uses_a_bounded_number_of_queries(
+    partner, make_connection, halo_sandbox_factory, run_sync, settings
+):
     """Queries grow with pages, not records: 250 invoices cost about what 120 do, per page."""
     settings.HALOPSA_PDF_BATCH = 0
     small = halo_sandbox_factory(dataset={"customers": 5, "contacts": 10, "invoices": 100, "max_lines": 3})

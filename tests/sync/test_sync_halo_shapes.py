@@ -2,6 +2,7 @@
 clock in another frame, filters an instance ignores, the billing flag elsewhere, unpaid as -1,
 null fields left out. What the instance supports is the connection's HaloShape: learned by the
 probe on a first sync, or found out by the sync itself (`unprobed_connection`)."""
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,11 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from halosandbox.shapes import PROFILE_VARIANTS
 from integrations.halopsa import mapping
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.shape import HaloShape
 from integrations.models import Contact, Customer, HaloUserFlag, Invoice, SyncCursor, SyncError
-from halosandbox.shapes import PROFILE_VARIANTS
 from tests.sync.helpers import assert_matches_truth, export_snapshot, list_queries, truth_as_exported, truth_snapshot
 
 pytestmark = pytest.mark.django_db
@@ -69,8 +70,9 @@ def _pages_patched(monkeypatch, method: str, change) -> None:
 
 @pytest.mark.parametrize("probed", [True, False], ids=["probed", "unprobed"])
 @pytest.mark.parametrize("profile", [*PROFILE_VARIANTS, "all"])
-def test_export_of_a_full_sync_equals_the_truth_under_every_profile(profile, probed, partner, make_connection,
-                                                                     halo_sandbox_factory):
+def test_export_of_a_full_sync_equals_the_truth_under_every_profile(
+    profile, probed, partner, make_connection, halo_sandbox_factory
+):
     srv = halo_sandbox_factory(dataset="demo", profile=profile)
     fields = {} if probed else {"shape_checked_at": timezone.now()}
     connection = make_connection(partner, srv, **fields)
@@ -91,8 +93,9 @@ def test_export_of_a_full_sync_equals_the_truth_under_every_profile(profile, pro
 
 
 @pytest.mark.parametrize("offset", [-420, -4320], ids=["7h-behind", "3d-behind"])
-def test_incremental_picks_up_edits_when_halopsa_clock_is_behind_ours(offset, partner, make_connection,
-                                                                      halo_sandbox_factory, run_sync):
+def test_incremental_picks_up_edits_when_halopsa_clock_is_behind_ours(
+    offset, partner, make_connection, halo_sandbox_factory, run_sync
+):
     srv = halo_sandbox_factory(profile="local_clock", clock_offset_minutes=offset)
     connection = make_connection(partner, srv)
     assert run_sync(connection, "full").state == "succeeded"
@@ -124,8 +127,9 @@ def test_recent_reads_since_the_cursor_not_our_clock(partner, make_connection, h
     assert dict(SyncCursor.objects.filter(connection=connection).values_list("entity", "changed_since")) == cursors
 
 
-def test_a_record_changed_while_the_run_reads_is_not_skipped(unprobed_connection, halo_sandbox_factory, run_sync,
-                                                              monkeypatch, settings):
+def test_a_record_changed_while_the_run_reads_is_not_skipped(
+    unprobed_connection, halo_sandbox_factory, run_sync, monkeypatch, settings
+):
     """Invoice 1 (page 1) changes after its page was read, invoice 150 (page 2) a second later,
     before page 2 is read: the newest time seen is invoice 150's. Without the overlap, only the
     run's reading time taken off that keeps invoice 1's change inside the next read."""
@@ -163,8 +167,9 @@ def test_cursor_never_moves_back_and_keeps_still_when_nothing_was_seen(connectio
     assert _cursor(connection, "invoices") == ahead
 
 
-def test_records_without_a_change_time_are_read_in_full_and_the_run_says_so(connection, halo_sandbox, run_sync,
-                                                                            monkeypatch):
+def test_records_without_a_change_time_are_read_in_full_and_the_run_says_so(
+    connection, halo_sandbox, run_sync, monkeypatch
+):
     def drop_last_modified(page_no, records):
         records[0].pop("last_modified", None)
 
@@ -199,7 +204,8 @@ def test_a_change_time_far_ahead_does_not_push_the_cursor_beyond_a_day_from_now(
 
 
 def test_without_datesearch_the_incremental_reads_newest_first_and_stops_at_the_cursor(
-        unprobed_connection, halo_sandbox_factory, run_sync):
+    unprobed_connection, halo_sandbox_factory, run_sync
+):
     srv = halo_sandbox_factory(dataset=PAGED, profile="no_datesearch")
     connection = unprobed_connection(srv)
     run_sync(connection, "full")
@@ -225,7 +231,8 @@ def test_without_datesearch_the_incremental_reads_newest_first_and_stops_at_the_
 
 
 def test_an_order_the_instance_does_not_keep_means_a_full_read_and_the_run_says_so(
-        unprobed_connection, halo_sandbox_factory, run_sync, monkeypatch):
+    unprobed_connection, halo_sandbox_factory, run_sync, monkeypatch
+):
     srv = halo_sandbox_factory(dataset=PAGED, profile="no_datesearch")
     connection = unprobed_connection(srv, halo_shape={"invoice_datesearch": "ignored"})
     run_sync(connection, "full")
@@ -250,8 +257,9 @@ def test_an_order_the_instance_does_not_keep_means_a_full_read_and_the_run_says_
     assert all("order" not in q for q in list_queries(srv, "/api/Invoice"))
 
 
-def test_datesearch_said_to_work_but_ignored_is_noticed_from_the_rows(unprobed_connection, halo_sandbox_factory,
-                                                                      run_sync):
+def test_datesearch_said_to_work_but_ignored_is_noticed_from_the_rows(
+    unprobed_connection, halo_sandbox_factory, run_sync
+):
     srv = halo_sandbox_factory(profile="no_datesearch")
     connection = unprobed_connection(srv, halo_shape={"invoice_datesearch": "works"})
     run_sync(connection, "full")
@@ -260,8 +268,9 @@ def test_datesearch_said_to_work_but_ignored_is_noticed_from_the_rows(unprobed_c
     assert _shape(connection).invoice_datesearch == "ignored"
 
 
-def test_without_lastupdate_filters_clients_and_users_are_read_newest_first(unprobed_connection, halo_sandbox_factory,
-                                                                            run_sync):
+def test_without_lastupdate_filters_clients_and_users_are_read_newest_first(
+    unprobed_connection, halo_sandbox_factory, run_sync
+):
     srv = halo_sandbox_factory(dataset=PAGED, profile="no_lastupdate_filter")
     connection = unprobed_connection(srv)
     run_sync(connection, "full")
@@ -295,7 +304,9 @@ def test_billing_flag_on_user_details_only(probed, partner, make_connection, hal
     candidates = _could_be_billing_users(srv)
     if not probed:  # exactly one detail per user who could be a billing contact, none for the rest
         assert sorted(_detail_calls(srv)) == sorted(f"/api/Users/{i}" for i in candidates)
-    assert set(HaloUserFlag.objects.filter(connection=connection).values_list("halopsa_user_id", flat=True)) >= candidates
+    assert (
+        set(HaloUserFlag.objects.filter(connection=connection).values_list("halopsa_user_id", flat=True)) >= candidates
+    )
     # Nothing changed: no detail is read again, even by a full read.
     srv.clear_request_log()
     run_sync(connection, "full")
@@ -310,7 +321,8 @@ def test_billing_flag_on_user_details_only(probed, partner, make_connection, hal
 
 
 def test_user_details_per_run_are_capped_and_waiting_users_keep_their_contacts(
-        unprobed_connection, halo_sandbox_factory, run_sync, settings):
+    unprobed_connection, halo_sandbox_factory, run_sync, settings
+):
     settings.HALOPSA_SYNC_USER_DETAILS_PER_RUN = 2
     srv = halo_sandbox_factory(profile="flag_on_detail")
     connection = unprobed_connection(srv)
@@ -370,12 +382,16 @@ def test_a_flag_the_rows_lack_is_unknown_never_false(connection, halo_sandbox, r
     assert_matches_truth(connection, halo_sandbox)
 
 
-def test_no_billing_flag_anywhere_syncs_accounts_contacts_only_and_says_why(unprobed_connection, halo_sandbox,
-                                                                            run_sync):
+def test_no_billing_flag_anywhere_syncs_accounts_contacts_only_and_says_why(
+    unprobed_connection, halo_sandbox, run_sync
+):
     connection = unprobed_connection(halo_sandbox)
     run_sync(connection, "full")
-    user_contacts = set(Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False)
-                        .values_list("pk", flat=True))
+    user_contacts = set(
+        Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False).values_list(
+            "pk", flat=True
+        )
+    )
     assert user_contacts
     connection.halo_shape = {"billing_flag_source": "none"}
     connection.save(update_fields=["halo_shape"])
@@ -385,17 +401,26 @@ def test_no_billing_flag_anywhere_syncs_accounts_contacts_only_and_says_why(unpr
     assert run.state == "succeeded"
     assert "Billing contacts from HaloPSA users are not synced" in run.message
     assert list_queries(halo_sandbox, "/api/Users") == []
-    assert Contact.objects.filter(customer__connection=connection, email="ap@first.example", halopsa_key="accounts").exists()
+    assert Contact.objects.filter(
+        customer__connection=connection, email="ap@first.example", halopsa_key="accounts"
+    ).exists()
     # Nothing is known about users now: their contacts are neither added nor removed.
-    assert set(Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False)
-               .values_list("pk", flat=True)) == user_contacts
+    assert (
+        set(
+            Contact.objects.filter(customer__connection=connection, halopsa_user_id__isnull=False).values_list(
+                "pk", flat=True
+            )
+        )
+        == user_contacts
+    )
 
 
 # --- unpaid invoices (halopsa-facts §3.6) ---------------------------------------------------------
 
 
-def test_fetch_unpaid_includes_minus_one_and_never_calls_an_unpaid_invoice_paid(partner, make_connection,
-                                                                                halo_sandbox_factory, run_sync):
+def test_fetch_unpaid_includes_minus_one_and_never_calls_an_unpaid_invoice_paid(
+    partner, make_connection, halo_sandbox_factory, run_sync
+):
     srv = halo_sandbox_factory(profile="unpaid_minus_one")
     connection = make_connection(partner, srv)
     run_sync(connection, "full")
@@ -417,9 +442,9 @@ def test_fetch_unpaid_includes_minus_one_and_never_calls_an_unpaid_invoice_paid(
 # --- null fields left out (halopsa-facts §2) -------------------------------------------------------
 
 
-def test_missing_required_fields_are_per_record_errors_and_the_rest_is_stored(partner, make_connection,
-                                                                              halo_sandbox_factory, run_sync,
-                                                                              monkeypatch):
+def test_missing_required_fields_are_per_record_errors_and_the_rest_is_stored(
+    partner, make_connection, halo_sandbox_factory, run_sync, monkeypatch
+):
     srv = halo_sandbox_factory(profile="nulls_omitted")
     connection = make_connection(partner, srv)
 
@@ -444,8 +469,12 @@ def test_missing_required_fields_are_per_record_errors_and_the_rest_is_stored(pa
     assert errors[("contacts", None)] == "user id is missing"
     # Everything else is in, with the fields HaloPSA left out read as null.
     truth = truth_snapshot(srv)
-    assert set(Invoice.objects.filter(connection=connection).values_list("halopsa_id", flat=True)) == set(truth["invoices"]) - {2}
-    assert set(Customer.objects.filter(connection=connection, is_unknown=False).values_list("halopsa_id", flat=True)) >= {1, 2}
+    assert set(Invoice.objects.filter(connection=connection).values_list("halopsa_id", flat=True)) == set(
+        truth["invoices"]
+    ) - {2}
+    assert set(
+        Customer.objects.filter(connection=connection, is_unknown=False).values_list("halopsa_id", flat=True)
+    ) >= {1, 2}
     again = run_sync(connection, "full")
     assert again.state == "succeeded"
     assert_matches_truth(connection, srv)
@@ -454,8 +483,9 @@ def test_missing_required_fields_are_per_record_errors_and_the_rest_is_stored(pa
 # --- the first sync probes -----------------------------------------------------------------------
 
 
-def test_first_sync_probes_the_shape_and_a_failing_probe_never_fails_it(connection, halo_sandbox, run_sync,
-                                                                       monkeypatch):
+def test_first_sync_probes_the_shape_and_a_failing_probe_never_fails_it(
+    connection, halo_sandbox, run_sync, monkeypatch
+):
     from integrations.services import connections
 
     calls = []
@@ -482,26 +512,41 @@ def test_the_billing_flag_missing_is_unknown_and_only_matters_for_users_who_coul
     assert mapping.billing_flag(user) is None
     with pytest.raises(mapping.BillingFlagUnknown):
         mapping.billing_user_contact(user, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS)
-    assert mapping.billing_user_contact({**user, "canaccessinvoices": False}, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS) is None
-    assert mapping.billing_user_contact(user, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS, can_access_invoices=True)["email"] == "a@b.example"
+    assert (
+        mapping.billing_user_contact({**user, "canaccessinvoices": False}, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS)
+        is None
+    )
+    assert (
+        mapping.billing_user_contact(user, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS, can_access_invoices=True)["email"]
+        == "a@b.example"
+    )
     # Whoever cannot qualify anyway needs no flag.
     assert mapping.billing_user_contact({**user, "inactive": True}, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS) is None
     assert mapping.billing_user_contact({**user, "emailaddress": ""}, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS) is None
     assert mapping.billing_user_contact(user, mapping.RULE_ACCOUNTS_ONLY) is None
     # Another flag the probe found.
-    assert mapping.billing_user_contact({**user, "sendaccountsemails": True}, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS,
-                                        flag_field="sendaccountsemails") is not None
+    assert (
+        mapping.billing_user_contact(
+            {**user, "sendaccountsemails": True},
+            mapping.RULE_ACCOUNTS_AND_INVOICE_USERS,
+            flag_field="sendaccountsemails",
+        )
+        is not None
+    )
 
 
-@pytest.mark.parametrize("fields, balance, status", [
-    ({"paymentstatus": -1, "amountdue": 0, "amountpaid": 0}, "120.00", "open"),
-    ({"paymentstatus": 0, "amountdue": 0, "amountpaid": 0}, "120.00", "open"),
-    ({"amountdue": 0, "amountpaid": 0}, "120.00", "open"),  # no paymentstatus either
-    ({"paymentstatus": 2, "amountdue": 0, "amountpaid": 0}, "0.00", "paid"),  # HaloPSA says paid
-    ({"paymentstatus": -1, "amountdue": 0, "amountpaid": 120}, "0.00", "paid"),
-    ({"paymentstatus": -1, "amountdue": 20, "amountpaid": 100}, "20.00", "partially_paid"),
-    ({"paymentstatus": -1, "amountpaid": 0}, "120.00", "open"),  # amountdue left out
-])
+@pytest.mark.parametrize(
+    "fields, balance, status",
+    [
+        ({"paymentstatus": -1, "amountdue": 0, "amountpaid": 0}, "120.00", "open"),
+        ({"paymentstatus": 0, "amountdue": 0, "amountpaid": 0}, "120.00", "open"),
+        ({"amountdue": 0, "amountpaid": 0}, "120.00", "open"),  # no paymentstatus either
+        ({"paymentstatus": 2, "amountdue": 0, "amountpaid": 0}, "0.00", "paid"),  # HaloPSA says paid
+        ({"paymentstatus": -1, "amountdue": 0, "amountpaid": 120}, "0.00", "paid"),
+        ({"paymentstatus": -1, "amountdue": 20, "amountpaid": 100}, "20.00", "partially_paid"),
+        ({"paymentstatus": -1, "amountpaid": 0}, "120.00", "open"),  # amountdue left out
+    ],
+)
 def test_unpaid_minus_one_and_a_zero_amountdue_with_nothing_paid(fields, balance, status):
     mapped = mapping.map_invoice({"id": 9, "invoicenumber": "9", "total": 120, "lines": [], **fields})
     assert (mapped["balance"], mapped["status"]) == (Decimal(balance), status)
@@ -523,13 +568,17 @@ def test_only_required_fields_are_required():
     with pytest.raises(mapping.MappingError, match="user id is missing"):
         mapping.billing_user_contact({"emailaddress": "x@y.example"}, mapping.RULE_ACCOUNTS_AND_INVOICE_USERS)
     # A line with nothing but an id, a payment without an amount (nothing applied: not mirrored).
-    mapped = mapping.map_invoice({"id": 9, "invoicenumber": "9", "total": 1, "lines": [{"id": 1}],
-                                  "payments": [{"id": 3, "date": "2026-10-01"}]})
+    mapped = mapping.map_invoice(
+        {"id": 9, "invoicenumber": "9", "total": 1, "lines": [{"id": 1}], "payments": [{"id": 3, "date": "2026-10-01"}]}
+    )
     assert mapped["lines"][0]["net_amount"] == Decimal("0.00") and mapped["payments"] == []
 
 
 def test_updated_at_reads_each_records_change_time():
-    assert mapping.updated_at({"last_modified": "2026-10-01T10:00:00.123"}, "invoice").isoformat() == "2026-10-01T10:00:00.123000+00:00"
+    assert (
+        mapping.updated_at({"last_modified": "2026-10-01T10:00:00.123"}, "invoice").isoformat()
+        == "2026-10-01T10:00:00.123000+00:00"
+    )
     assert mapping.updated_at({"alastupdate": "2026-10-01T10:00:00"}, "client").hour == 10
     assert mapping.updated_at({"ulastupdate": "1900-01-01T00:00:00"}, "user") is None  # HaloPSA's "no date"
     assert mapping.updated_at({}, "invoice") is None

@@ -1,4 +1,5 @@
 """Incremental syncs after changes made in HaloPSA (through the sandbox's store)."""
+
 from __future__ import annotations
 
 from datetime import date
@@ -35,8 +36,10 @@ def test_no_change_incremental_costs_three_api_calls_and_no_writes(connection, h
         assert invoice_query["datesearch"] == "last_modified" and invoice_query["start_date"]
     else:
         assert (invoice_query["order"], invoice_query["orderdesc"]) == ("last_modified", "true")
-    for query, fact, order in ((client_query, shape.client_updated_filter, "alastupdate"),
-                               (users_query, shape.user_updated_filter, "ulastupdate")):
+    for query, fact, order in (
+        (client_query, shape.client_updated_filter, "alastupdate"),
+        (users_query, shape.user_updated_filter, "ulastupdate"),
+    ):
         assert query["lastupdatefromdate"] if fact == "works" else query["order"] == order
 
 
@@ -122,7 +125,10 @@ def test_sync_record_updates_one_invoice(connection, halo_sandbox, run_sync):
     invoice = Invoice.objects.get(connection=connection, halopsa_id=1)
     # The invoice and its new PDF (the payment changed it), nothing else: PDFs are real time too.
     assert run.state == "succeeded" and run.updated == 2
-    assert [e["path"] for e in halo_sandbox.request_log] == ["/api/Invoice/1", f"/api/Attachment/{invoice.pdf_attachment_id}"]
+    assert [e["path"] for e in halo_sandbox.request_log] == [
+        "/api/Invoice/1",
+        f"/api/Attachment/{invoice.pdf_attachment_id}",
+    ]
     assert invoice.pdf.attachment_id == invoice.pdf_attachment_id
     assert invoice.status == "partially_paid"
     assert invoice.payments.get(reference="EXT-1").amount == Decimal("100.00")
@@ -134,8 +140,14 @@ def test_reappearing_rows_are_unflagged_and_archived_and_portal_rows_untouched(c
     Invoice.objects.filter(connection=connection, halopsa_id=1).update(deleted_in_halopsa_at=now)
     Invoice.objects.filter(connection=connection, halopsa_id=2).update(archived_at=now)
     portal_customer = Customer.objects.create(connection=connection, name="Portal Only", origin="platform")
-    portal_invoice = Invoice.objects.create(connection=connection, customer=portal_customer, origin="platform",
-                                            number="P-1", total=Decimal("10.00"), balance=Decimal("10.00"))
+    portal_invoice = Invoice.objects.create(
+        connection=connection,
+        customer=portal_customer,
+        origin="platform",
+        number="P-1",
+        total=Decimal("10.00"),
+        balance=Decimal("10.00"),
+    )
     halo_sandbox.store.update_invoice(2, duedate="2027-01-31")
     run_sync(connection, "full")
     assert Invoice.objects.get(connection=connection, halopsa_id=1).deleted_in_halopsa_at is None
@@ -147,11 +159,15 @@ def test_reappearing_rows_are_unflagged_and_archived_and_portal_rows_untouched(c
     assert portal_customer.deleted_in_halopsa_at is None and portal_customer.name == "Portal Only"
 
 
-def test_assigned_unknown_invoice_keeps_its_customer_until_halopsa_gives_one(connection, halo_sandbox, run_sync, partner_user):
+def test_assigned_unknown_invoice_keeps_its_customer_until_halopsa_gives_one(
+    connection, halo_sandbox, run_sync, partner_user
+):
     run_sync(connection, "full")
     invoice = Invoice.objects.get(connection=connection, halopsa_id=6)
     acme = Customer.objects.get(connection=connection, halopsa_id=1)
-    Invoice.objects.filter(pk=invoice.pk).update(customer=acme, customer_assigned_at=timezone.now(), customer_assigned_by=partner_user)
+    Invoice.objects.filter(pk=invoice.pk).update(
+        customer=acme, customer_assigned_at=timezone.now(), customer_assigned_by=partner_user
+    )
     halo_sandbox.store.update_invoice(6, duedate="2027-02-01")  # changed in HaloPSA, still no customer
     run_sync(connection, "incremental")
     invoice.refresh_from_db()
@@ -186,7 +202,9 @@ def test_pending_platform_payment_keeps_reducing_the_balance_until_halopsa_has_i
     assert_matches_truth(connection, halo_sandbox)
 
 
-def test_scheduled_poll_on_realtime_connection_counts_what_webhooks_missed(partner, make_connection, halo_sandbox, run_sync):
+def test_scheduled_poll_on_realtime_connection_counts_what_webhooks_missed(
+    partner, make_connection, halo_sandbox, run_sync
+):
     connection = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
     assert connection.is_realtime
     run_sync(connection, "full")

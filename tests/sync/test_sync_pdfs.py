@@ -1,4 +1,5 @@
 """Invoice PDFs: last phase, new/changed only, unpaid first, capped per run, fetched on first view."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,13 @@ def test_pdfs_stored_with_sha256_and_fetched_last(connection, halo_sandbox, run_
         content = pdf.file.read()
         pdf.file.close()
         assert content.startswith(b"%PDF")
-        assert pdf.sha256 == hashlib.sha256(content).hexdigest() == hashlib.sha256(
-            halo_sandbox.invoice_pdf(halo_sandbox.store.get_invoice(pdf.invoice.halopsa_id))).hexdigest()
+        assert (
+            pdf.sha256
+            == hashlib.sha256(content).hexdigest()
+            == hashlib.sha256(
+                halo_sandbox.invoice_pdf(halo_sandbox.store.get_invoice(pdf.invoice.halopsa_id))
+            ).hexdigest()
+        )
         assert pdf.attachment_id == pdf.invoice.pdf_attachment_id
         assert pdf.size == len(content)
         assert str(settings.MEDIA_ROOT) in pdf.file.path

@@ -1,4 +1,5 @@
 """Per-connection settings: invoices created since, invoice number field, billing-contact rule."""
+
 from __future__ import annotations
 
 from datetime import date
@@ -47,7 +48,11 @@ def test_invoice_number_from_third_party_field(partner, make_connection, halo_sa
 
 
 def _emails(connection, halopsa_id):
-    return sorted(Contact.objects.filter(customer__connection=connection, customer__halopsa_id=halopsa_id).values_list("email", flat=True))
+    return sorted(
+        Contact.objects.filter(customer__connection=connection, customer__halopsa_id=halopsa_id).values_list(
+            "email", flat=True
+        )
+    )
 
 
 def test_billing_contact_rule_per_connection(partner, make_connection, halo_sandbox, run_sync):
@@ -68,5 +73,7 @@ def test_accounts_contact_and_user_with_the_same_email_appear_once(connection, h
     halo_sandbox.store.update_user(1, emailaddress="ACCOUNTS@acmedental.example")
     run_sync(connection, "full")
     acme = Customer.objects.get(connection=connection, halopsa_id=1)
-    assert [(c.halopsa_key, c.email) for c in acme.billing_contacts.all()] == [("accounts", "accounts@acmedental.example")]
+    assert [(c.halopsa_key, c.email) for c in acme.billing_contacts.all()] == [
+        ("accounts", "accounts@acmedental.example")
+    ]
     assert_matches_truth(connection, halo_sandbox)

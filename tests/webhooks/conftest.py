@@ -1,4 +1,5 @@
 """Helpers for webhook tests: signed deliveries shaped like HaloPSA's (docs/halopsa-facts.md §6)."""
+
 from __future__ import annotations
 
 import base64
@@ -45,8 +46,16 @@ def delivery(event: str = "invoice updated", object_id: int = 101, *, delivery_i
 def post_webhook(client):
     """POST a delivery with the connection's credentials (override any part to break it)."""
 
-    def _post(connection, payload=None, *, raw: bytes | None = None, auth: str | None = None,
-              signature: str | None = None, path: str | None = None, **extra):
+    def _post(
+        connection,
+        payload=None,
+        *,
+        raw: bytes | None = None,
+        auth: str | None = None,
+        signature: str | None = None,
+        path: str | None = None,
+        **extra,
+    ):
         body = raw if raw is not None else json.dumps(payload if payload is not None else delivery()).encode()
         headers = {}
         if auth is None:
@@ -56,8 +65,9 @@ def post_webhook(client):
         if signature is not None:
             headers["HTTP_TOKEN"] = signature
         headers.update(extra)
-        return client.generic("POST", path or webhook_path(connection), body,
-                              content_type="application/json", **headers)
+        return client.generic(
+            "POST", path or webhook_path(connection), body, content_type="application/json", **headers
+        )
 
     return _post
 
@@ -104,8 +114,9 @@ def tick_by_hand(sandbox, webhook_id: str, *names: str) -> dict:
     """A person ticks events on the webhook in HaloPSA's UI (the sandbox's control API)."""
     import requests
 
-    response = requests.post(f"{sandbox.url}/_sandbox/webhooks/{webhook_id}/events", json={"events": list(names)},
-                             timeout=10)
+    response = requests.post(
+        f"{sandbox.url}/_sandbox/webhooks/{webhook_id}/events", json={"events": list(names)}, timeout=10
+    )
     assert response.status_code == 200, response.text
     return response.json()
 

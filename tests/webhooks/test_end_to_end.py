@@ -4,6 +4,7 @@ The portal processes each event inline (Q_CLUSTER sync=True in the test settings
 server's request thread, by re-fetching the record from the sandbox's API. So once the sandbox has
 delivered everything (`wait_for_webhooks`), the database shows the result.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,26 @@ from decimal import Decimal
 import pytest
 from django.core.management import call_command
 
+from halosandbox.shapes import WEBHOOK_EVENTNOS
 from integrations.models import (
-    AuditEvent, Contact, Customer, Invoice, Payment, SyncRun, WebhookEvent,
+    AuditEvent,
+    Contact,
+    Customer,
+    Invoice,
+    Payment,
+    SyncRun,
+    WebhookEvent,
 )
 from integrations.selectors import webhook_health
 from integrations.services.sync import sync_execute
-from halosandbox.shapes import WEBHOOK_EVENTNOS
 from integrations.services.webhooks import (
-    SUBSCRIBED_EVENTS, WebhookError, webhook_event_process, webhook_event_replay, webhook_events_requeue_stale,
-    webhook_setup_instructions, webhook_subscription_create,
+    SUBSCRIBED_EVENTS,
+    WebhookError,
+    webhook_event_process,
+    webhook_event_replay,
+    webhook_events_requeue_stale,
+    webhook_setup_instructions,
+    webhook_subscription_create,
 )
 from tests.webhooks.conftest import basic_auth, delivery, hmac_signature, http_session, tick_by_hand, webhook_path
 
@@ -31,8 +43,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def full_sync(connection) -> SyncRun:
-    run = sync_execute(run=SyncRun.objects.create(connection=connection, scope=SyncRun.Scope.FULL,
-                                                  trigger=SyncRun.Trigger.MANUAL))
+    run = sync_execute(
+        run=SyncRun.objects.create(connection=connection, scope=SyncRun.Scope.FULL, trigger=SyncRun.Trigger.MANUAL)
+    )
     assert run.state == SyncRun.State.SUCCEEDED, run.message
     return run
 
@@ -45,9 +58,18 @@ def delivered_ok(sandbox) -> bool:
 
 
 def open_invoice(connection) -> Invoice:
-    return (Invoice.objects.filter(connection=connection, status=Invoice.Status.OPEN, is_credit_note=False,
-                                   balance__gt=Decimal("50"), deleted_in_halopsa_at__isnull=True)
-            .exclude(customer__is_unknown=True).order_by("halopsa_id").first())
+    return (
+        Invoice.objects.filter(
+            connection=connection,
+            status=Invoice.Status.OPEN,
+            is_credit_note=False,
+            balance__gt=Decimal("50"),
+            deleted_in_halopsa_at__isnull=True,
+        )
+        .exclude(customer__is_unknown=True)
+        .order_by("halopsa_id")
+        .first()
+    )
 
 
 @pytest.fixture
@@ -86,14 +108,20 @@ class TestHaloPsaChangesReachThePortal:
         invoice.refresh_from_db()
         assert invoice.total == new_total
         assert invoice.balance == new_total - invoice.amount_paid
-        assert len(invoice.lines.all()) == len(halo_sandbox.store.invoice_json(halo_sandbox.store.get_invoice(invoice.halopsa_id))["lines"])
+        assert len(invoice.lines.all()) == len(
+            halo_sandbox.store.invoice_json(halo_sandbox.store.get_invoice(invoice.halopsa_id))["lines"]
+        )
         # The PDF is real time too: HaloPSA's new PDF is already here.
         assert invoice.pdf_attachment_id != old_attachment
         assert invoice.pdf.attachment_id == invoice.pdf_attachment_id
         event = WebhookEvent.objects.get(connection=conn, event="invoice updated", object_id=invoice.halopsa_id)
         assert event.state == WebhookEvent.State.PROCESSED and event.error == ""
-        assert SyncRun.objects.filter(connection=conn, trigger=SyncRun.Trigger.WEBHOOK,
-                                      target_halopsa_id=invoice.halopsa_id, state=SyncRun.State.SUCCEEDED).exists()
+        assert SyncRun.objects.filter(
+            connection=conn,
+            trigger=SyncRun.Trigger.WEBHOOK,
+            target_halopsa_id=invoice.halopsa_id,
+            state=SyncRun.State.SUCCEEDED,
+        ).exists()
 
     def test_payment_applied_in_halopsa(self, conn, halo_sandbox):
         invoice = open_invoice(conn)
@@ -111,8 +139,12 @@ class TestHaloPsaChangesReachThePortal:
         assert states == {"payment created": "processed", "invoice updated": "processed"}
 
     def test_customer_added(self, conn, halo_sandbox):
-        client = halo_sandbox.store.create_client(name="Brand New Dental", accountsemailaddress="ap@brandnew.example",
-                                                  accountsfirstname="Ada", accountslastname="Payer")
+        client = halo_sandbox.store.create_client(
+            name="Brand New Dental",
+            accountsemailaddress="ap@brandnew.example",
+            accountsfirstname="Ada",
+            accountslastname="Payer",
+        )
         assert halo_sandbox.wait_for_webhooks(20)
         assert delivered_ok(halo_sandbox)
         customer = Customer.objects.get(connection=conn, halopsa_id=client["id"])
@@ -121,8 +153,13 @@ class TestHaloPsaChangesReachThePortal:
 
     def test_billing_user_added(self, conn, halo_sandbox):
         customer = Customer.objects.filter(connection=conn, is_unknown=False).order_by("halopsa_id").first()
-        user = halo_sandbox.store.create_user(client_id=customer.halopsa_id, firstname="Bill", surname="Ing",
-                                              emailaddress="billing@new.example", canaccessinvoices=True)
+        user = halo_sandbox.store.create_user(
+            client_id=customer.halopsa_id,
+            firstname="Bill",
+            surname="Ing",
+            emailaddress="billing@new.example",
+            canaccessinvoices=True,
+        )
         assert halo_sandbox.wait_for_webhooks(20)
         contact = Contact.objects.get(customer=customer, halopsa_user_id=user["id"])
         assert contact.email == "billing@new.example"
@@ -175,7 +212,9 @@ class TestDeliveryRobustness:
         assert WebhookEvent.objects.filter(connection=conn).count() == 1
         assert SyncRun.objects.filter(connection=conn, trigger=SyncRun.Trigger.WEBHOOK).count() == 1
 
-    def test_out_of_order_and_tampered_deliveries_leave_the_current_state(self, conn, halo_sandbox, webhook_live_server):
+    def test_out_of_order_and_tampered_deliveries_leave_the_current_state(
+        self, conn, halo_sandbox, webhook_live_server
+    ):
         invoice = open_invoice(conn)
         original = invoice.total
         halo_sandbox.store.update_invoice(invoice.halopsa_id, amount=original + Decimal("1.00"))
@@ -196,8 +235,13 @@ class TestDeliveryRobustness:
 
     def test_event_processed_twice_syncs_once(self, conn):
         invoice = open_invoice(conn)
-        event = WebhookEvent.objects.create(connection=conn, dedupe_key="manual", event="invoice updated",
-                                            entity="invoice", object_id=invoice.halopsa_id)
+        event = WebhookEvent.objects.create(
+            connection=conn,
+            dedupe_key="manual",
+            event="invoice updated",
+            entity="invoice",
+            object_id=invoice.halopsa_id,
+        )
         assert webhook_event_process(event_id=event.pk).state == WebhookEvent.State.PROCESSED
         assert webhook_event_process(event_id=event.pk).state == WebhookEvent.State.PROCESSED
         assert SyncRun.objects.filter(connection=conn, trigger=SyncRun.Trigger.WEBHOOK).count() == 1
@@ -205,8 +249,16 @@ class TestDeliveryRobustness:
 
     def test_events_for_one_record_share_one_fetch(self, conn):
         invoice = open_invoice(conn)
-        events = [WebhookEvent.objects.create(connection=conn, dedupe_key=f"k{n}", event="invoice updated",
-                                              entity="invoice", object_id=invoice.halopsa_id) for n in range(3)]
+        events = [
+            WebhookEvent.objects.create(
+                connection=conn,
+                dedupe_key=f"k{n}",
+                event="invoice updated",
+                entity="invoice",
+                object_id=invoice.halopsa_id,
+            )
+            for n in range(3)
+        ]
         webhook_event_process(event_id=events[-1].pk)
         assert set(WebhookEvent.objects.values_list("state", flat=True)) == {WebhookEvent.State.PROCESSED}
         assert SyncRun.objects.filter(connection=conn, trigger=SyncRun.Trigger.WEBHOOK).count() == 1
@@ -219,38 +271,65 @@ class TestDeliveryRobustness:
 
         invoice = open_invoice(conn)
         long_ago = timezone.now() - timedelta(hours=2)  # older than the task timeout
-        event = WebhookEvent.objects.create(connection=conn, dedupe_key="dead", event="invoice updated", entity="invoice",
-                                            object_id=invoice.halopsa_id, state=WebhookEvent.State.PROCESSING,
-                                            claimed_at=long_ago, attempts=1)
-        fresh = WebhookEvent.objects.create(connection=conn, dedupe_key="busy", event="invoice updated", entity="invoice",
-                                            object_id=invoice.halopsa_id, state=WebhookEvent.State.PROCESSING,
-                                            claimed_at=timezone.now(), attempts=1)
+        event = WebhookEvent.objects.create(
+            connection=conn,
+            dedupe_key="dead",
+            event="invoice updated",
+            entity="invoice",
+            object_id=invoice.halopsa_id,
+            state=WebhookEvent.State.PROCESSING,
+            claimed_at=long_ago,
+            attempts=1,
+        )
+        fresh = WebhookEvent.objects.create(
+            connection=conn,
+            dedupe_key="busy",
+            event="invoice updated",
+            entity="invoice",
+            object_id=invoice.halopsa_id,
+            state=WebhookEvent.State.PROCESSING,
+            claimed_at=timezone.now(),
+            attempts=1,
+        )
         assert webhook_events_requeue_stale() == 1
         assert WebhookEvent.objects.get(pk=event.pk).state == WebhookEvent.State.PROCESSED
         assert WebhookEvent.objects.get(pk=fresh.pk).state == WebhookEvent.State.PROCESSING  # still someone's
 
     def test_payment_event_without_invoice_id_uses_our_copy_of_the_payment(self, conn, halo_sandbox):
         payment = Payment.objects.filter(connection=conn, source="halopsa").select_related("invoice").first()
-        event = WebhookEvent.objects.create(connection=conn, dedupe_key="p", event="payment updated",
-                                            entity="payment", object_id=payment.halopsa_id, payload={"payment": {}})
+        event = WebhookEvent.objects.create(
+            connection=conn,
+            dedupe_key="p",
+            event="payment updated",
+            entity="payment",
+            object_id=payment.halopsa_id,
+            payload={"payment": {}},
+        )
         halo_sandbox.clear_request_log()
         assert webhook_event_process(event_id=event.pk).state == WebhookEvent.State.PROCESSED
         assert halo_sandbox.count_requests(f"/api/Invoice/{payment.invoice.halopsa_id}") == 1
 
     def test_payment_event_for_an_unknown_invoice_is_ignored_with_a_reason(self, conn):
-        event = WebhookEvent.objects.create(connection=conn, dedupe_key="p", event="payment created",
-                                            entity="payment", object_id=999_999, payload={"payment": {}})
+        event = WebhookEvent.objects.create(
+            connection=conn,
+            dedupe_key="p",
+            event="payment created",
+            entity="payment",
+            object_id=999_999,
+            payload={"payment": {}},
+        )
         event = webhook_event_process(event_id=event.pk)
         assert event.state == WebhookEvent.State.IGNORED and "invoice is unknown" in event.error
 
     def test_busy_connection_puts_the_event_back_for_the_sweep(self, conn, settings):
-        from integrations.services.webhooks import processing as service  # where the event waits for the lease
         from integrations.services.leases import lease_acquire, lease_release
         from integrations.services.sync import lease_name
+        from integrations.services.webhooks import processing as service  # where the event waits for the lease
 
         invoice = open_invoice(conn)
-        event = WebhookEvent.objects.create(connection=conn, dedupe_key="busy", event="invoice updated",
-                                            entity="invoice", object_id=invoice.halopsa_id)
+        event = WebhookEvent.objects.create(
+            connection=conn, dedupe_key="busy", event="invoice updated", entity="invoice", object_id=invoice.halopsa_id
+        )
         owner = lease_acquire(lease_name(conn.pk), 60)  # an hourly sync is running
         original_delays = service.LEASE_WAIT_DELAYS
         service.LEASE_WAIT_DELAYS = (0.01,)
@@ -262,9 +341,11 @@ class TestDeliveryRobustness:
         assert event.state == WebhookEvent.State.RECEIVED and "Waiting" in event.error
         assert not SyncRun.objects.filter(connection=conn, trigger=SyncRun.Trigger.WEBHOOK).exists()
         from django_q.models import Schedule
+
         assert Schedule.objects.filter(name=service.SWEEP_SCHEDULE_NAME, func=service.SWEEP_TASK).exists()
         # The sweep re-queues it (inline here) once it has waited long enough.
         from datetime import timedelta
+
         assert service.webhook_events_requeue_stale(older_than=timedelta(0)) == 1
         assert WebhookEvent.objects.get(pk=event.pk).state == WebhookEvent.State.PROCESSED
 
@@ -273,8 +354,11 @@ class TestAuthenticationOnTheWire:
     def test_failures_are_401_and_store_nothing(self, conn, webhook_live_server, make_connection, other_partner):
         other = make_connection(other_partner, halopsa_version="2.130.1")
         payload = delivery("invoice updated", 1)
-        for auth in ("", basic_auth(conn.webhook_username, "wrong"),
-                     basic_auth(other.webhook_username, other.webhook_password)):
+        for auth in (
+            "",
+            basic_auth(conn.webhook_username, "wrong"),
+            basic_auth(other.webhook_username, other.webhook_password),
+        ):
             response = post(conn, webhook_live_server, payload, auth=auth)
             assert response.status_code == 401
             assert response.json() == {"error": "authentication failed"}
@@ -293,8 +377,12 @@ class TestAuthenticationOnTheWire:
 
     def test_unknown_key_oversized_and_malformed(self, conn, webhook_live_server, settings):
         with http_session() as session:
-            unknown = session.post(webhook_live_server.url + "/hooks/halo/00000000-0000-4000-8000-000000000000/",
-                                   data=b"{}", headers={"Content-Type": "application/json"}, timeout=10)
+            unknown = session.post(
+                webhook_live_server.url + "/hooks/halo/00000000-0000-4000-8000-000000000000/",
+                data=b"{}",
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
         assert unknown.status_code == 404 and unknown.json() == {"error": "unknown webhook endpoint"}
         settings.HALOPSA_WEBHOOK_MAX_BODY = 2048
         big = post(conn, webhook_live_server, delivery(padding="x" * 5000))
@@ -324,8 +412,9 @@ class TestSchemes:
         return invoice
 
     @pytest.mark.parametrize("hmac_secret", ["", "hmac-" + "k" * 30])
-    def test_registered_through_the_api_with_known_eventnos(self, synced, halo_sandbox, partner_user, settings,
-                                                            hmac_secret):
+    def test_registered_through_the_api_with_known_eventnos(
+        self, synced, halo_sandbox, partner_user, settings, hmac_secret
+    ):
         settings.HALOPSA_WEBHOOK_EVENTNOS = {name: WEBHOOK_EVENTNOS[name] for name in SUBSCRIBED_EVENTS}
         conn = synced(webhook_hmac_secret=hmac_secret)
         check = webhook_subscription_create(connection=conn, user=partner_user)
@@ -339,25 +428,37 @@ class TestSchemes:
         conn = synced(webhook_hmac_secret="hmac-" + "m" * 30)
         setup = webhook_setup_instructions(conn)
         # What a person enters in HaloPSA from the page: type 3, the header, the secret, the events.
-        halo_sandbox.add_webhook(setup["url"], authentication_type=setup["authentication_type"],
-                                 authentication_header=setup["hmac_header"], basic_password=setup["hmac_secret"],
-                                 events=setup["events"])
+        halo_sandbox.add_webhook(
+            setup["url"],
+            authentication_type=setup["authentication_type"],
+            authentication_header=setup["hmac_header"],
+            basic_password=setup["hmac_secret"],
+            events=setup["events"],
+        )
         invoice = self.edit_an_invoice(conn, halo_sandbox)
         assert delivered_ok(halo_sandbox)
         assert Invoice.objects.get(pk=invoice.pk).total == invoice.total + Decimal("3.00")
         # Basic credentials alone, even the connection's own, do not get in; a wrong signature neither.
         body = json.dumps(delivery("invoice updated", invoice.halopsa_id)).encode()
         assert post(conn, webhook_live_server, raw=body).status_code == 401
-        assert post(conn, webhook_live_server, raw=body, auth="",
-                    signature=hmac_signature("not-the-key", body)).status_code == 401
+        assert (
+            post(
+                conn, webhook_live_server, raw=body, auth="", signature=hmac_signature("not-the-key", body)
+            ).status_code
+            == 401
+        )
         assert WebhookEvent.objects.filter(connection=conn).count() == 1
 
     def test_basic_set_up_by_hand(self, synced, halo_sandbox):
         conn = synced()
         setup = webhook_setup_instructions(conn)
-        halo_sandbox.add_webhook(setup["url"], authentication_type=setup["authentication_type"],
-                                 basic_username=setup["username"], basic_password=setup["password"],
-                                 events=setup["events"])
+        halo_sandbox.add_webhook(
+            setup["url"],
+            authentication_type=setup["authentication_type"],
+            basic_username=setup["username"],
+            basic_password=setup["password"],
+            events=setup["events"],
+        )
         invoice = self.edit_an_invoice(conn, halo_sandbox)
         assert delivered_ok(halo_sandbox)
         assert Invoice.objects.get(pk=invoice.pk).total == invoice.total + Decimal("3.00")
@@ -367,11 +468,18 @@ class TestSchemes:
         conn = synced(webhook_hmac_secret="hmac-" + "w" * 30 if connection_scheme == "hmac" else "")
         setup = webhook_setup_instructions(conn)
         if connection_scheme == "hmac":  # HaloPSA set to Basic, with the connection's Basic credentials
-            fields = {"authentication_type": 1, "basic_username": conn.webhook_username,
-                      "basic_password": conn.webhook_password}
+            fields = {
+                "authentication_type": 1,
+                "basic_username": conn.webhook_username,
+                "basic_password": conn.webhook_password,
+            }
         else:  # HaloPSA set to sign, keyed by the connection's Basic password
-            fields = {"authentication_type": 3, "authentication_header": "Token",
-                      "basic_username": conn.webhook_username, "basic_password": conn.webhook_password}
+            fields = {
+                "authentication_type": 3,
+                "authentication_header": "Token",
+                "basic_username": conn.webhook_username,
+                "basic_password": conn.webhook_password,
+            }
         halo_sandbox.add_webhook(setup["url"], events=setup["events"], **fields)
         self.edit_an_invoice(conn, halo_sandbox)
         assert halo_sandbox.webhook_deliveries
@@ -381,16 +489,21 @@ class TestSchemes:
 
 class TestVersionGating:
     @pytest.mark.sandbox(version="2.99.0")
-    def test_old_halopsa_sends_nothing_and_posted_events_are_ignored(self, webhook_live_server, halo_sandbox,
-                                                                      make_connection, partner, partner_user):
+    def test_old_halopsa_sends_nothing_and_posted_events_are_ignored(
+        self, webhook_live_server, halo_sandbox, make_connection, partner, partner_user
+    ):
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.99.0")
         assert not conn.is_realtime
         with pytest.raises(WebhookError):
             webhook_subscription_create(connection=conn, user=partner_user)
         # Even a webhook registered by hand never fires on this version.
-        halo_sandbox.add_webhook(webhook_live_server.url + webhook_path(conn), authentication_type=1,
-                                 basic_username=conn.webhook_username, basic_password=conn.webhook_password,
-                                 events=list(SUBSCRIBED_EVENTS))
+        halo_sandbox.add_webhook(
+            webhook_live_server.url + webhook_path(conn),
+            authentication_type=1,
+            basic_username=conn.webhook_username,
+            basic_password=conn.webhook_password,
+            events=list(SUBSCRIBED_EVENTS),
+        )
         halo_sandbox.store.create_client(name="Too Old Ltd")
         assert halo_sandbox.wait_for_webhooks(5)
         assert halo_sandbox.webhook_deliveries == []
@@ -433,8 +546,9 @@ class TestPollSafetyNet:
 
 
 class TestConnectionTestSetsTheMode:
-    @pytest.mark.parametrize(("version", "realtime"), [("2.99.0", False), ("2.122.0", False), ("2.122.1", True),
-                                                       ("v2.126.32", True)])
+    @pytest.mark.parametrize(
+        ("version", "realtime"), [("2.99.0", False), ("2.122.0", False), ("2.122.1", True), ("v2.126.32", True)]
+    )
     def test_version_detection(self, halo_sandbox_factory, make_connection, partner, version, realtime):
         from integrations.services.connections import connection_test
 
@@ -472,8 +586,11 @@ class TestBurst:
     @pytest.mark.sandbox(rate_limit=0)
     def test_500_deliveries_lose_nothing(self, conn, halo_sandbox, webhook_live_server, settings):
         settings.HALOPSA_RATE_LIMIT = 100_000  # the client's own budget: this test is about the receiver
-        invoices = list(Invoice.objects.filter(connection=conn, deleted_in_halopsa_at__isnull=True)
-                        .values_list("halopsa_id", flat=True)[:10])
+        invoices = list(
+            Invoice.objects.filter(connection=conn, deleted_in_halopsa_at__isnull=True).values_list(
+                "halopsa_id", flat=True
+            )[:10]
+        )
         payloads = [delivery("invoice updated", invoices[n % len(invoices)]) for n in range(480)]
         payloads += payloads[:20]  # 20 HaloPSA retries of deliveries already sent
 

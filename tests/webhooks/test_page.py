@@ -1,5 +1,6 @@
 """The webhook set-up on the connection page: the manual path first, only the scheme's secret, and
 the API registration helper saying what HaloPSA showed when read back."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 def webhook_section(client, connection) -> str:
     html = client.get(reverse("connection_detail", kwargs={"pk": connection.pk})).content.decode()
-    section = html[html.index('id="webhooks"'):]
+    section = html[html.index('id="webhooks"') :]
     return section[: section.index("</section>")]
 
 
@@ -45,9 +46,12 @@ def test_an_hmac_connection_shows_its_secret_and_header_and_no_basic_password(si
     assert "Basic Authentication" not in section
 
 
-def test_registering_says_what_is_attached_and_what_to_tick(signed_in, make_connection, partner, halo_sandbox,
-                                                            settings):
-    settings.HALOPSA_WEBHOOK_EVENTNOS = {name: WEBHOOK_EVENTNOS[name] for name in ("invoice created", "invoice updated")}
+def test_registering_says_what_is_attached_and_what_to_tick(
+    signed_in, make_connection, partner, halo_sandbox, settings
+):
+    settings.HALOPSA_WEBHOOK_EVENTNOS = {
+        name: WEBHOOK_EVENTNOS[name] for name in ("invoice created", "invoice updated")
+    }
     conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
     response = signed_in.post(reverse("connection_webhook_subscribe", kwargs={"pk": conn.pk}), follow=True)
     html = response.content.decode()

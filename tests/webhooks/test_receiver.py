@@ -3,6 +3,7 @@
 These run inside a test transaction, so on-commit callbacks (the processing task) are captured,
 not run: each test can count exactly what would have been enqueued.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,12 @@ def test_accepted_delivery_is_stored_and_queued(post_webhook, realtime_connectio
     assert response.status_code == 202
     event = WebhookEvent.objects.get()
     assert response.json() == {"status": "accepted", "event_id": event.pk}
-    assert (event.connection, event.entity, event.object_id, event.event) == (realtime_connection, "invoice", 101, "invoice updated")
+    assert (event.connection, event.entity, event.object_id, event.event) == (
+        realtime_connection,
+        "invoice",
+        101,
+        "invoice updated",
+    )
     assert event.state == WebhookEvent.State.RECEIVED
     assert event.dedupe_key == f"id:{payload['id']}"
     assert len(callbacks) == 1
@@ -35,9 +41,12 @@ def test_accepted_delivery_is_stored_and_queued(post_webhook, realtime_connectio
     assert realtime_connection.webhook_password not in json.dumps(event.headers)
 
 
-@pytest.mark.parametrize("case", ["missing", "wrong_password", "wrong_username", "garbled", "bearer", "no_colon", "empty_password"])
-def test_bad_credentials_get_the_same_401_and_store_nothing(case, post_webhook, realtime_connection,
-                                                            django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "case", ["missing", "wrong_password", "wrong_username", "garbled", "bearer", "no_colon", "empty_password"]
+)
+def test_bad_credentials_get_the_same_401_and_store_nothing(
+    case, post_webhook, realtime_connection, django_capture_on_commit_callbacks
+):
     conn = realtime_connection
     auth = {
         "missing": "",
@@ -105,8 +114,9 @@ class TestHmac:
         assert response["WWW-Authenticate"] == 'Basic realm="syncportal"'
         assert WebhookEvent.objects.count() == 0 and callbacks == []
 
-    @pytest.mark.parametrize("signature", [None, "", "bm90LWEtc2lnbmF0dXJl", "wrong-key", "other-body",
-                                           "password-as-key", "\u00e9t\u00e9"])
+    @pytest.mark.parametrize(
+        "signature", [None, "", "bm90LWEtc2lnbmF0dXJl", "wrong-key", "other-body", "password-as-key", "\u00e9t\u00e9"]
+    )
     def test_missing_or_wrong_signature_is_401(self, conn, post_webhook, signature):
         body = json.dumps(delivery()).encode()
         if signature == "wrong-key":
@@ -122,7 +132,9 @@ class TestHmac:
 
     def test_signature_header_is_not_stored(self, conn, post_webhook):
         body = json.dumps(delivery()).encode()
-        assert post_webhook(conn, raw=body, auth="", signature=hmac_signature("s3cret-hmac-key", body)).status_code == 202
+        assert (
+            post_webhook(conn, raw=body, auth="", signature=hmac_signature("s3cret-hmac-key", body)).status_code == 202
+        )
         assert "Token" not in WebhookEvent.objects.get().headers
 
     @override_settings(HALOPSA_WEBHOOK_HMAC_HEADER="X-Halo-Signature")
@@ -184,16 +196,19 @@ def test_oversized_body_is_413_and_not_stored(post_webhook, realtime_connection)
     assert post_webhook(realtime_connection, delivery(padding="x" * 300)).status_code == 202
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (b"{not json", "not valid JSON"),
-    (b"", "not valid JSON"),
-    (b"[1, 2]", "batching"),
-    (b'"a string"', "JSON object"),
-    (b"42", "JSON object"),
-    (b'{"id": NaN}', "not valid JSON"),
-    (b"\xff\xfe{}", "UTF-8"),
-    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"[1, 2]", "batching"),
+        (b'"a string"', "JSON object"),
+        (b"42", "JSON object"),
+        (b'{"id": NaN}', "not valid JSON"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+    ],
+)
 def test_malformed_bodies_are_400_with_a_clear_error(post_webhook, realtime_connection, raw, message):
     with override_settings(HALOPSA_WEBHOOK_MAX_BODY=300_000):
         response = post_webhook(realtime_connection, raw=raw)
@@ -202,8 +217,9 @@ def test_malformed_bodies_are_400_with_a_clear_error(post_webhook, realtime_conn
     assert WebhookEvent.objects.count() == 0
 
 
-def test_same_delivery_twice_is_one_event_and_one_task(post_webhook, realtime_connection,
-                                                        django_capture_on_commit_callbacks):
+def test_same_delivery_twice_is_one_event_and_one_task(
+    post_webhook, realtime_connection, django_capture_on_commit_callbacks
+):
     payload = delivery("invoice updated", 7)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         first = post_webhook(realtime_connection, payload)
@@ -236,8 +252,9 @@ def test_without_delivery_id_the_body_hash_dedupes(post_webhook, realtime_connec
 
 
 @pytest.mark.parametrize("version", ["2.99.0", "2.122.0", "", "garbage"])
-def test_old_or_unknown_version_events_are_stored_ignored(post_webhook, make_connection, partner, version,
-                                                          django_capture_on_commit_callbacks):
+def test_old_or_unknown_version_events_are_stored_ignored(
+    post_webhook, make_connection, partner, version, django_capture_on_commit_callbacks
+):
     conn = make_connection(partner, halopsa_version=version)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = post_webhook(conn)
@@ -255,14 +272,17 @@ def test_paused_connection_events_are_stored_ignored(post_webhook, make_connecti
     assert "paused" in WebhookEvent.objects.get().error
 
 
-@pytest.mark.parametrize(("event_name", "key", "entity"), [
-    ("invoice updated", "invoice", "invoice"),
-    ("payment created", "payment", "payment"),
-    ("client deleted", "client", "client"),
-    ("user created", "user", "user"),
-    ("Payment applied to Invoice", "payment", "payment"),
-    ("something changed", "invoice", "invoice"),  # falls back to the object key
-])
+@pytest.mark.parametrize(
+    ("event_name", "key", "entity"),
+    [
+        ("invoice updated", "invoice", "invoice"),
+        ("payment created", "payment", "payment"),
+        ("client deleted", "client", "client"),
+        ("user created", "user", "user"),
+        ("Payment applied to Invoice", "payment", "payment"),
+        ("something changed", "invoice", "invoice"),  # falls back to the object key
+    ],
+)
 def test_entity_comes_from_the_event_name_or_object_key(post_webhook, realtime_connection, event_name, key, entity):
     payload = delivery("invoice updated", 55)
     payload["event"] = event_name
@@ -294,10 +314,13 @@ def test_object_id_falls_back_to_the_entity_object(post_webhook, realtime_connec
     assert WebhookEvent.objects.get().object_id == 77
 
 
-@pytest.mark.parametrize("raw", [
-    rb'{"id": "a\u0000b", "event": "invoice\u0000 updated", "object_id": 5, "invoice": {"k\u0000": "v\u0000"}}',
-    rb'{"id": "\ud800", "event": "invoice updated \udfff", "object_id": 5, "invoice": {"name": "\ud83d"}}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        rb'{"id": "a\u0000b", "event": "invoice\u0000 updated", "object_id": 5, "invoice": {"k\u0000": "v\u0000"}}',
+        rb'{"id": "\ud800", "event": "invoice updated \udfff", "object_id": 5, "invoice": {"name": "\ud83d"}}',
+    ],
+)
 def test_text_a_database_cannot_store_is_made_storable(post_webhook, realtime_connection, raw):
     # PostgreSQL refuses NUL and lone surrogates; JSON allows both as escapes.
     response = post_webhook(realtime_connection, raw=raw)
@@ -308,8 +331,9 @@ def test_text_a_database_cannot_store_is_made_storable(post_webhook, realtime_co
     assert "\x00" not in event.event + event.dedupe_key
 
 
-def test_the_receiver_itself_never_calls_halopsa(post_webhook, halo_sandbox, make_connection, partner,
-                                                django_capture_on_commit_callbacks):
+def test_the_receiver_itself_never_calls_halopsa(
+    post_webhook, halo_sandbox, make_connection, partner, django_capture_on_commit_callbacks
+):
     # The answer never waits on HaloPSA: all API work happens in the queued task.
     halo_sandbox.add_fault("slow", delay=30)
     conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
@@ -321,7 +345,8 @@ def test_the_receiver_itself_never_calls_halopsa(post_webhook, halo_sandbox, mak
 
 
 def test_unreachable_queue_still_accepts_and_leaves_the_event_for_the_sweep(
-        post_webhook, realtime_connection, monkeypatch, django_capture_on_commit_callbacks):
+    post_webhook, realtime_connection, monkeypatch, django_capture_on_commit_callbacks
+):
     from django_q.models import Schedule
 
     from integrations.services.webhooks import processing as service  # where the event's task is queued
@@ -348,14 +373,18 @@ def test_error_reports_hide_the_authorization_header(realtime_connection):
     from syncportal.reporting import SecretHidingReporterFilter
 
     auth = basic_auth(realtime_connection.webhook_username, realtime_connection.webhook_password)
-    request = RequestFactory().post(webhook_path(realtime_connection), data=b"{}", content_type="application/json",
-                                    HTTP_AUTHORIZATION=auth)
+    request = RequestFactory().post(
+        webhook_path(realtime_connection), data=b"{}", content_type="application/json", HTTP_AUTHORIZATION=auth
+    )
     meta = SecretHidingReporterFilter().get_safe_request_meta(request)
     assert auth not in json.dumps({k: str(v) for k, v in meta.items()})
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=20)
     | st.decimals(allow_nan=False, allow_infinity=False, places=2),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
@@ -363,12 +392,17 @@ json_values = st.recursive(
 
 
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.one_of(
-    json_values.map(lambda value: json.dumps(value, default=str).encode()),
-    st.dictionaries(st.sampled_from(["id", "event", "object_id", "invoice", "payment", "user", "client"]),
-                    json_values, max_size=6).map(lambda value: json.dumps(value, default=str).encode()),
-    st.binary(max_size=200),
-))
+@given(
+    body=st.one_of(
+        json_values.map(lambda value: json.dumps(value, default=str).encode()),
+        st.dictionaries(
+            st.sampled_from(["id", "event", "object_id", "invoice", "payment", "user", "client"]),
+            json_values,
+            max_size=6,
+        ).map(lambda value: json.dumps(value, default=str).encode()),
+        st.binary(max_size=200),
+    )
+)
 def test_random_bodies_never_get_a_server_error(post_webhook, realtime_connection, body):
     response = post_webhook(realtime_connection, raw=body)
     assert response.status_code in (200, 202, 400)

@@ -1,18 +1,17 @@
 """Webhook set-up (manual instructions, API registration and its read-back check, the auth scheme),
 version detection and health."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
-
 import json
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from integrations.models import AuditEvent, Connection, SyncRun, WebhookEvent, parse_version
 from halosandbox.shapes import WEBHOOK_EVENTNOS
+from integrations.models import AuditEvent, Connection, SyncRun, WebhookEvent, parse_version
 from integrations.selectors import webhook_health
 from integrations.services.webhooks import (
     SUBSCRIBED_EVENTS,
@@ -29,14 +28,17 @@ pytestmark = pytest.mark.django_db
 
 
 class TestVersion:
-    @pytest.mark.parametrize(("text", "expected"), [
-        ("2.122.1", (2, 122, 1)),
-        ("v2.126.32", (2, 126, 32)),
-        ("V2.81.18", (2, 81, 18)),
-        (" 2.135.4 ", (2, 135, 4)),
-        ("", None),
-        ("garbage", None),
-    ])
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("2.122.1", (2, 122, 1)),
+            ("v2.126.32", (2, 126, 32)),
+            ("V2.81.18", (2, 81, 18)),
+            (" 2.135.4 ", (2, 135, 4)),
+            ("", None),
+            ("garbage", None),
+        ],
+    )
     def test_parse_version(self, text, expected):
         assert parse_version(text) == expected
 
@@ -44,11 +46,22 @@ class TestVersion:
         assert parse_version("2.99") < parse_version("2.122.1")
         assert parse_version("2.99.0") < parse_version("2.122.1") < parse_version("2.122.2") < parse_version("2.130")
 
-    @pytest.mark.parametrize(("version", "realtime"), [
-        ("2.122.1", True), ("v2.126.32", True), ("3.0", True), ("2.130.1", True),
-        ("2.122.0", False), ("2.99", False), ("2.99.0", False), ("v2.81.18", False),
-        ("", False), ("garbage", False), ("unknown", False),
-    ])
+    @pytest.mark.parametrize(
+        ("version", "realtime"),
+        [
+            ("2.122.1", True),
+            ("v2.126.32", True),
+            ("3.0", True),
+            ("2.130.1", True),
+            ("2.122.0", False),
+            ("2.99", False),
+            ("2.99.0", False),
+            ("v2.81.18", False),
+            ("", False),
+            ("garbage", False),
+            ("unknown", False),
+        ],
+    )
     def test_is_realtime(self, make_connection, partner, version, realtime):
         assert make_connection(partner, halopsa_version=version).is_realtime is realtime
 
@@ -68,7 +81,8 @@ class TestSubscription:
         settings.SITE_URL = "https://portal.example.com"
 
     def test_without_known_eventnos_nothing_is_attached_and_everything_is_left_to_tick(
-            self, halo_sandbox, make_connection, partner, partner_user, settings):
+        self, halo_sandbox, make_connection, partner, partner_user, settings
+    ):
         # The default: HaloPSA's numbers are unknown (docs/halopsa-facts.md §11.4).
         settings.HALOPSA_WEBHOOK_EVENTNOS = {}
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
@@ -93,7 +107,8 @@ class TestSubscription:
         assert audit.details["to_tick"] == list(SUBSCRIBED_EVENTS)
 
     def test_known_eventnos_are_attached_as_objects_and_confirmed(
-            self, halo_sandbox, make_connection, partner, partner_user, settings):
+        self, halo_sandbox, make_connection, partner, partner_user, settings
+    ):
         settings.HALOPSA_WEBHOOK_EVENTNOS = sandbox_eventnos()
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
         check = webhook_subscription_create(connection=conn, user=partner_user)
@@ -102,14 +117,19 @@ class TestSubscription:
         assert [event["eventno"] for event in hook["events"]] == [WEBHOOK_EVENTNOS[n] for n in SUBSCRIBED_EVENTS]
         assert check["attached"] == list(SUBSCRIBED_EVENTS) and check["to_tick"] == []
         assert webhook_subscription_outcome(check) == (
-            True, "Webhook registered in HaloPSA and read back: 12 of 12 events attached.")
+            True,
+            "Webhook registered in HaloPSA and read back: 12 of 12 events attached.",
+        )
         # The check really read the webhook back.
         assert halo_sandbox.count_requests(f"/api/Webhook/{hook['id']}", "GET") == 1
 
     def test_an_eventno_halopsa_does_not_have_is_reported_as_not_attached(
-            self, halo_sandbox, make_connection, partner, partner_user, settings):
-        settings.HALOPSA_WEBHOOK_EVENTNOS = {**sandbox_eventnos("invoice created", "client updated"),
-                                             "invoice updated": 61}  # a wrong guess: the sandbox drops it
+        self, halo_sandbox, make_connection, partner, partner_user, settings
+    ):
+        settings.HALOPSA_WEBHOOK_EVENTNOS = {
+            **sandbox_eventnos("invoice created", "client updated"),
+            "invoice updated": 61,
+        }  # a wrong guess: the sandbox drops it
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
         check = webhook_subscription_create(connection=conn, user=partner_user)
         [hook] = halo_sandbox.store.list_webhooks()
@@ -119,7 +139,8 @@ class TestSubscription:
         assert check["complete"] is False
 
     def test_update_keeps_what_a_person_ticked_and_adds_the_known_ones(
-            self, halo_sandbox, make_connection, partner, partner_user, settings):
+        self, halo_sandbox, make_connection, partner, partner_user, settings
+    ):
         settings.HALOPSA_WEBHOOK_EVENTNOS = {}
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
         webhook_subscription_create(connection=conn, user=partner_user)
@@ -138,8 +159,9 @@ class TestSubscription:
         conn.refresh_from_db()
         assert conn.webhook_subscription_id == hook["id"]
 
-    def test_update_without_known_eventnos_keeps_the_ticked_events(self, halo_sandbox, make_connection, partner,
-                                                                   partner_user, settings):
+    def test_update_without_known_eventnos_keeps_the_ticked_events(
+        self, halo_sandbox, make_connection, partner, partner_user, settings
+    ):
         settings.HALOPSA_WEBHOOK_EVENTNOS = {}
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
         webhook_subscription_create(connection=conn, user=partner_user)
@@ -150,7 +172,8 @@ class TestSubscription:
         assert check["other_events"] == ["invoice updated"] and check["attached"] == []
 
     def test_a_configured_event_the_portal_does_not_subscribe_to_is_refused(
-            self, halo_sandbox, make_connection, partner, partner_user, settings):
+        self, halo_sandbox, make_connection, partner, partner_user, settings
+    ):
         settings.HALOPSA_WEBHOOK_EVENTNOS = {"invoice paid": 5}
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
         with pytest.raises(WebhookError, match=r"'invoice paid'.*not subscribe to"):
@@ -158,7 +181,8 @@ class TestSubscription:
         assert halo_sandbox.store.list_webhooks() == []
 
     def test_a_webhook_that_cannot_be_read_back_is_not_called_registered(
-            self, halo_sandbox, make_connection, partner, partner_user, settings):
+        self, halo_sandbox, make_connection, partner, partner_user, settings
+    ):
         settings.HALOPSA_WEBHOOK_EVENTNOS = sandbox_eventnos()
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
         halo_sandbox.add_fault("status", status=403, path="/api/Webhook/", method="GET", count=1)
@@ -170,15 +194,18 @@ class TestSubscription:
         complete, outcome = webhook_subscription_outcome(check)
         assert complete is False and "not confirmed" in outcome and "registered" not in outcome
 
-    @pytest.mark.parametrize(("version", "message"), [("", "Test the connection first"), ("2.99.0", "older than 2.122.1")])
+    @pytest.mark.parametrize(
+        ("version", "message"), [("", "Test the connection first"), ("2.99.0", "older than 2.122.1")]
+    )
     def test_refused_without_real_time(self, halo_sandbox, make_connection, partner, partner_user, version, message):
         conn = make_connection(partner, halo_sandbox, halopsa_version=version)
         with pytest.raises(WebhookError, match=message):
             webhook_subscription_create(connection=conn, user=partner_user)
         assert halo_sandbox.store.list_webhooks() == []
 
-    def test_hmac_connection_registers_a_signed_webhook_without_basic(self, halo_sandbox, make_connection, partner,
-                                                                     partner_user, settings):
+    def test_hmac_connection_registers_a_signed_webhook_without_basic(
+        self, halo_sandbox, make_connection, partner, partner_user, settings
+    ):
         settings.HALOPSA_WEBHOOK_EVENTNOS = sandbox_eventnos()
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1", webhook_hmac_secret="hmac-key-123")
         password = conn.webhook_password
@@ -203,20 +230,27 @@ class FakeHaloClient:
         return self.webhook
 
 
-@pytest.mark.parametrize(("changes", "problem"), [
-    ({"url": "https://elsewhere.example.com/hook"}, "Its URL in HaloPSA is 'https://elsewhere.example.com/hook'"),
-    ({"authentication_type": 0}, "authentication type in HaloPSA is 0, not 1 (Basic)"),
-    ({"active": False}, "not active"),
-    ({"disabled": True}, "not active"),
-    ({"events": None}, "did not list the webhook's events"),
-])
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"url": "https://elsewhere.example.com/hook"}, "Its URL in HaloPSA is 'https://elsewhere.example.com/hook'"),
+        ({"authentication_type": 0}, "authentication type in HaloPSA is 0, not 1 (Basic)"),
+        ({"active": False}, "not active"),
+        ({"disabled": True}, "not active"),
+        ({"events": None}, "did not list the webhook's events"),
+    ],
+)
 def test_the_check_reports_what_halopsa_holds(make_connection, partner, settings, changes, problem):
     from integrations.services.webhooks import _subscription_check, webhook_endpoint_url
 
     conn = make_connection(partner, halopsa_version="2.130.1")
-    webhook = {"id": "0f0f0f0f-1111-2222-3333-444455556666", "url": webhook_endpoint_url(conn),
-               "authentication_type": 1, "active": True,
-               "events": [{"eventno": str(number)} for number in WEBHOOK_EVENTNOS.values()]}
+    webhook = {
+        "id": "0f0f0f0f-1111-2222-3333-444455556666",
+        "url": webhook_endpoint_url(conn),
+        "authentication_type": 1,
+        "active": True,
+        "events": [{"eventno": str(number)} for number in WEBHOOK_EVENTNOS.values()],
+    }
     complete = _subscription_check(FakeHaloClient(webhook), conn, webhook["id"], sandbox_eventnos())
     assert complete["complete"] is True and complete["problems"] == []  # the same webhook, unchanged
     check = _subscription_check(FakeHaloClient({**webhook, **changes}), conn, webhook["id"], sandbox_eventnos())
@@ -298,9 +332,19 @@ class TestSetupInstructions:
         assert 'HMAC (authentication type 3), header "X-Signature"' in auth_step and "Basic" not in auth_step
 
     def test_the_last_check_is_shown_with_its_time(self, make_connection, partner):
-        conn = make_connection(partner, halopsa_version="2.130.1", webhook_subscription_check={
-            "checked_at": "2026-01-02T03:04:05+00:00", "verified": True, "events_listed": True,
-            "attached": ["invoice updated"], "to_tick": ["invoice created"], "problems": [], "complete": False})
+        conn = make_connection(
+            partner,
+            halopsa_version="2.130.1",
+            webhook_subscription_check={
+                "checked_at": "2026-01-02T03:04:05+00:00",
+                "verified": True,
+                "events_listed": True,
+                "attached": ["invoice updated"],
+                "to_tick": ["invoice created"],
+                "problems": [],
+                "complete": False,
+            },
+        )
         check = webhook_setup_instructions(conn)["subscription_check"]
         assert check["checked_at"] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt_timezone.utc)
         assert "1 of 12 events attached" in check["outcome"]
@@ -311,13 +355,33 @@ class TestHealth:
         conn = make_connection(partner, halopsa_version="2.130.1")
         now = timezone.now()
         for n, state in enumerate(["processed", "processed", "failed", "ignored"]):
-            WebhookEvent.objects.create(connection=conn, dedupe_key=f"k{n}", entity="invoice", object_id=n + 1,
-                                        state=state, received_at=now - timedelta(minutes=n))
-        WebhookEvent.objects.create(connection=conn, dedupe_key="old", state="processed", received_at=now - timedelta(days=2))
-        SyncRun.objects.create(connection=conn, trigger="schedule", scope="incremental", state="succeeded",
-                               queued_at=now - timedelta(hours=2), fixed_by_poll=1)
-        SyncRun.objects.create(connection=conn, trigger="schedule", scope="incremental", state="succeeded",
-                               queued_at=now - timedelta(hours=1), fixed_by_poll=3)
+            WebhookEvent.objects.create(
+                connection=conn,
+                dedupe_key=f"k{n}",
+                entity="invoice",
+                object_id=n + 1,
+                state=state,
+                received_at=now - timedelta(minutes=n),
+            )
+        WebhookEvent.objects.create(
+            connection=conn, dedupe_key="old", state="processed", received_at=now - timedelta(days=2)
+        )
+        SyncRun.objects.create(
+            connection=conn,
+            trigger="schedule",
+            scope="incremental",
+            state="succeeded",
+            queued_at=now - timedelta(hours=2),
+            fixed_by_poll=1,
+        )
+        SyncRun.objects.create(
+            connection=conn,
+            trigger="schedule",
+            scope="incremental",
+            state="succeeded",
+            queued_at=now - timedelta(hours=1),
+            fixed_by_poll=3,
+        )
         SyncRun.objects.create(connection=conn, trigger="webhook", scope="invoice", state="succeeded", queued_at=now)
         health = webhook_health(conn, now=now)
         assert health["events_24h"] == {"received": 0, "processing": 0, "processed": 2, "ignored": 1, "failed": 1}
@@ -353,8 +417,10 @@ def test_eventnos_setting_is_read_strictly():
     from integrations.conf import parse_webhook_eventnos as _webhook_eventnos
 
     assert _webhook_eventnos("") == {}
-    assert _webhook_eventnos(" Invoice  Updated = 124 ,client created=45,") == {"invoice updated": 124,
-                                                                                 "client created": 45}
+    assert _webhook_eventnos(" Invoice  Updated = 124 ,client created=45,") == {
+        "invoice updated": 124,
+        "client created": 45,
+    }
     for bad in ("invoice updated", "invoice updated=abc", "=12", "invoice updated=-1"):
         with pytest.raises(ImproperlyConfigured, match="HALOPSA_WEBHOOK_EVENTNOS"):
             _webhook_eventnos(bad)

@@ -3,6 +3,7 @@
 django-q2's Schedule.name is not unique: under load two workers each created a 'webhook-sweep' row
 2 ms apart, after which every ensure raised MultipleObjectsReturned and left its event "processing".
 """
+
 from __future__ import annotations
 
 import threading
@@ -18,8 +19,9 @@ pytestmark = pytest.mark.django_db
 
 
 def _sweep_row(**fields) -> Schedule:
-    return Schedule.objects.create(name=SWEEP_SCHEDULE_NAME, func=SWEEP_TASK, schedule_type=Schedule.MINUTES,
-                                   minutes=5, repeats=-1, **fields)
+    return Schedule.objects.create(
+        name=SWEEP_SCHEDULE_NAME, func=SWEEP_TASK, schedule_type=Schedule.MINUTES, minutes=5, repeats=-1, **fields
+    )
 
 
 def test_duplicate_rows_collapse_to_the_oldest_instead_of_raising():
@@ -35,7 +37,11 @@ def test_created_once_and_an_existing_row_is_left_as_it_is():
     webhook_sweep_schedule_ensure()
     schedule = Schedule.objects.get(name=SWEEP_SCHEDULE_NAME)
     assert (schedule.func, schedule.schedule_type, schedule.minutes, schedule.repeats) == (
-        SWEEP_TASK, Schedule.MINUTES, 5, -1)
+        SWEEP_TASK,
+        Schedule.MINUTES,
+        5,
+        -1,
+    )
     Schedule.objects.filter(pk=schedule.pk).update(minutes=15)  # e.g. changed by hand in the admin
 
     webhook_sweep_schedule_ensure()

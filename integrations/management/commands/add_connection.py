@@ -7,6 +7,7 @@ user:password@) and a second connection of the partner to the same HaloPSA URL a
 Unlike the dashboard's form it does not ask HaloPSA first, so it works while HaloPSA is
 unreachable; the version is detected afterwards, best effort.
 """
+
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
@@ -39,9 +40,13 @@ class Command(BaseCommand):
                 raise CommandError(f"Partner {partner.name!r} already has a connection named {options['name']!r}.")
             try:
                 connection = connection_create(
-                    partner=partner, name=options["name"], base_url=options["url"].strip(),
-                    client_id=options["client_id"].strip(), client_secret=options["client_secret"],
-                    tenant=options["tenant"].strip(), detect_version=False,
+                    partner=partner,
+                    name=options["name"],
+                    base_url=options["url"].strip(),
+                    client_id=options["client_id"].strip(),
+                    client_secret=options["client_secret"],
+                    tenant=options["tenant"].strip(),
+                    detect_version=False,
                 )
             except ValidationError as exc:
                 raise CommandError("; ".join(exc.messages)) from None

@@ -1,4 +1,5 @@
 """Delete (void) a payment made on the platform, and in HaloPSA: `manage.py delete_payment ID`."""
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser

@@ -3,13 +3,16 @@
 One hourly sync schedule per enabled connection (and none for others), the push sweep and the
 webhook sweep.
 """
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Create or update the hourly sync schedule of every enabled connection, the push sweep and the webhook sweep."
+    help = (
+        "Create or update the hourly sync schedule of every enabled connection, the push sweep and the webhook sweep."
+    )
 
     def handle(self, *args, **options) -> None:
         from integrations.schedules import ensure_schedules

@@ -13,6 +13,7 @@ portal's id, HaloPSA ids of records without a HaloPSA counterpart are null. Void
 payments are left out (they no longer count). Rows are streamed in chunks (a constant number of
 queries per chunk), so 100k invoices export without holding them all in memory.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,14 +85,25 @@ def export_invoices(connection: Connection) -> Iterator[dict[str, Any]]:
             "deleted_in_halopsa": invoice.deleted_in_halopsa,
             "pdf_sha256": pdf.sha256 if pdf is not None else None,
             "lines": [
-                {"halopsa_id": line.halopsa_id, "description": line.description, "quantity": _decimal(line.quantity),
-                 "unit_price": _decimal(line.unit_price), "net_amount": _decimal(line.net_amount),
-                 "tax_amount": _decimal(line.tax_amount)}
+                {
+                    "halopsa_id": line.halopsa_id,
+                    "description": line.description,
+                    "quantity": _decimal(line.quantity),
+                    "unit_price": _decimal(line.unit_price),
+                    "net_amount": _decimal(line.net_amount),
+                    "tax_amount": _decimal(line.tax_amount),
+                }
                 for line in invoice.lines.all()
             ],
             "payments": [
-                {"id": p.pk, "halopsa_id": p.halopsa_id, "amount": _decimal(p.amount), "date": _date(p.paid_on),
-                 "source": p.source, "reference": p.reference}
+                {
+                    "id": p.pk,
+                    "halopsa_id": p.halopsa_id,
+                    "amount": _decimal(p.amount),
+                    "date": _date(p.paid_on),
+                    "source": p.source,
+                    "reference": p.reference,
+                }
                 for p in invoice.payments.all()
             ],
         }

@@ -1,4 +1,5 @@
 """Run the HaloPSA sandbox in the foreground: `python manage.py halopsa_sandbox --port 8765 --dataset demo`."""
+
 from __future__ import annotations
 
 import json
@@ -19,19 +20,29 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8765)
-        parser.add_argument("--dataset", default="demo",
-                            help='"tiny", "demo", "bench", or JSON sizes like \'{"customers": 50, "invoices": 500}\'')
+        parser.add_argument(
+            "--dataset",
+            default="demo",
+            help='"tiny", "demo", "bench", or JSON sizes like \'{"customers": 50, "invoices": 500}\'',
+        )
         parser.add_argument("--seed", type=int, default=1)
         parser.add_argument("--version", dest="halo_version", default=None, help="HaloPSA version to report")
         parser.add_argument("--rate-limit", type=int, default=300, help="requests per window; 0 disables")
         parser.add_argument("--rate-window", type=float, default=300)
         parser.add_argument("--token-lifetime", type=float, default=3600)
         parser.add_argument("--tenant", default=None)
-        parser.add_argument("--profile", default="default",
-                            help='HaloPSA variants to play: "default", "all", or comma-separated names '
-                                 '(see halosandbox/shapes.py PROFILE_VARIANTS)')
-        parser.add_argument("--clock-offset-minutes", type=int, default=None,
-                            help="with the local_clock variant: the instance's clock minus UTC (default -420)")
+        parser.add_argument(
+            "--profile",
+            default="default",
+            help='HaloPSA variants to play: "default", "all", or comma-separated names '
+            "(see halosandbox/shapes.py PROFILE_VARIANTS)",
+        )
+        parser.add_argument(
+            "--clock-offset-minutes",
+            type=int,
+            default=None,
+            help="with the local_clock variant: the instance's clock minus UTC (default -420)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from halosandbox import SandboxServer
@@ -49,10 +60,17 @@ class Command(BaseCommand):
             raise CommandError(f"--profile/--clock-offset-minutes: {exc}") from exc
         try:
             server = SandboxServer(
-                dataset=dataset, seed=options["seed"], host=options["host"], port=options["port"],
-                version=options["halo_version"] or DEFAULT_VERSION, token_lifetime=options["token_lifetime"],
-                rate_limit=options["rate_limit"], rate_window=options["rate_window"], tenant=options["tenant"],
-                profile=options["profile"], clock_offset_minutes=options["clock_offset_minutes"],
+                dataset=dataset,
+                seed=options["seed"],
+                host=options["host"],
+                port=options["port"],
+                version=options["halo_version"] or DEFAULT_VERSION,
+                token_lifetime=options["token_lifetime"],
+                rate_limit=options["rate_limit"],
+                rate_window=options["rate_window"],
+                tenant=options["tenant"],
+                profile=options["profile"],
+                clock_offset_minutes=options["clock_offset_minutes"],
             )
             server.start()
         except (ValueError, OSError) as exc:
@@ -62,8 +80,10 @@ class Command(BaseCommand):
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
         info = server.describe()
-        self.stdout.write(f"HaloPSA sandbox running at {server.url} (dataset {info['dataset']}, seed {info['seed']}, "
-                          f"version {info['version']}; {info['customers']} customers, {info['invoices']} invoices)")
+        self.stdout.write(
+            f"HaloPSA sandbox running at {server.url} (dataset {info['dataset']}, seed {info['seed']}, "
+            f"version {info['version']}; {info['customers']} customers, {info['invoices']} invoices)"
+        )
         profile = server.profile
         if profile.variants:
             self.stdout.write(f"profile: {profile.name} (clock offset {profile.clock_offset_minutes} min)")

@@ -2,6 +2,7 @@
 
 Prints what happened, then the new payment's portal id as the last line (for scripts).
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -19,8 +20,12 @@ class Command(BaseCommand):
         parser.add_argument("--invoice", required=True, type=int, help="The invoice's portal id.")
         parser.add_argument("--amount", required=True, help="Amount with at most two decimals, e.g. 12.34.")
         parser.add_argument("--method", default="", help="Payment method shown in HaloPSA, e.g. card.")
-        parser.add_argument("--reference", default="", help="Reference HaloPSA will carry (generated when omitted; must be unique).")
-        parser.add_argument("--paid-on", default="", help="Payment date YYYY-MM-DD, from 2000-01-01 to today (default: today, UTC).")
+        parser.add_argument(
+            "--reference", default="", help="Reference HaloPSA will carry (generated when omitted; must be unique)."
+        )
+        parser.add_argument(
+            "--paid-on", default="", help="Payment date YYYY-MM-DD, from 2000-01-01 to today (default: today, UTC)."
+        )
 
     def handle(self, *args, **options) -> None:
         invoice = Invoice.objects.select_related("connection").filter(pk=options["invoice"]).first()
@@ -34,8 +39,12 @@ class Command(BaseCommand):
                 raise CommandError(f"--paid-on {options['paid_on']!r} is not a date (YYYY-MM-DD).") from None
         try:
             payment = payment_record(
-                invoice=invoice, amount=options["amount"], method=options["method"],
-                reference=options["reference"], paid_on=paid_on, user=None,
+                invoice=invoice,
+                amount=options["amount"],
+                method=options["method"],
+                reference=options["reference"],
+                paid_on=paid_on,
+                user=None,
             )
         except PaymentRefused as exc:
             raise CommandError(f"Payment refused: {exc.message}") from None

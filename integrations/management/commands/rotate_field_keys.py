@@ -1,4 +1,5 @@
 """Re-encrypt stored partner secrets with the newest FIELD_ENCRYPTION_KEYS key (see docs/deploy.md)."""
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
@@ -13,7 +14,11 @@ class Command(BaseCommand):
         result = field_keys_rotate()
         self.stdout.write(
             f"Re-encrypted {result.rotated} value(s) with the newest key"
-            + (f"; {result.skipped_changed} changed meanwhile (already written with the newest key)" if result.skipped_changed else "")
+            + (
+                f"; {result.skipped_changed} changed meanwhile (already written with the newest key)"
+                if result.skipped_changed
+                else ""
+            )
             + "."
         )
         if result.undecryptable:

@@ -7,6 +7,7 @@ The delivery is authenticated the way the connection's webhooks are (its Basic c
 only its HMAC signature), so a 202 proves the URL, the credentials and the queue; the event then
 appears on the connection's page.
 """
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -23,18 +24,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--connection", required=True, type=int, help="The connection's portal id.")
-        parser.add_argument("--event", default="invoice updated", help=f"Event name, one of: {', '.join(SUBSCRIBED_EVENTS)}.")
+        parser.add_argument(
+            "--event", default="invoice updated", help=f"Event name, one of: {', '.join(SUBSCRIBED_EVENTS)}."
+        )
         parser.add_argument("--object-id", type=int, default=1, help="HaloPSA id of the record the event names.")
         parser.add_argument("--url", default="", help="Portal base URL to send to (default: SITE_URL).")
-        parser.add_argument("--wrong-secret", action="store_true",
-                            help="Send a wrong password or HMAC signature (expect 401).")
+        parser.add_argument(
+            "--wrong-secret", action="store_true", help="Send a wrong password or HMAC signature (expect 401)."
+        )
 
     def handle(self, *args, **options) -> None:
         connection = Connection.objects.filter(pk=options["connection"]).first()
         if connection is None:
             raise CommandError(f"Connection {options['connection']} does not exist.")
         url, headers, body = webhook_test_delivery(
-            connection, event=options["event"], object_id=options["object_id"],
+            connection,
+            event=options["event"],
+            object_id=options["object_id"],
             secret="not-the-secret" if options["wrong_secret"] else None,
         )
         if options["url"]:

@@ -1,4 +1,5 @@
 """Prepare the demo `make run` shows: a partner, a user, and a connection to the built-in sandbox."""
+
 from __future__ import annotations
 
 import secrets
@@ -35,8 +36,11 @@ class Command(BaseCommand):
             user.save()
             connection = Connection.objects.filter(partner=partner, name=DEMO_CONNECTION).first()
             # Any, as the services' **fields take them (str values would be matched to their bool options).
-            fields: dict[str, Any] = {"base_url": sandbox_url, "client_id": SANDBOX_CLIENT_ID,
-                                      "client_secret": SANDBOX_CLIENT_SECRET}
+            fields: dict[str, Any] = {
+                "base_url": sandbox_url,
+                "client_id": SANDBOX_CLIENT_ID,
+                "client_secret": SANDBOX_CLIENT_SECRET,
+            }
             if connection is None:
                 connection = connection_create(partner=partner, name=DEMO_CONNECTION, **fields)
             else:
@@ -44,5 +48,7 @@ class Command(BaseCommand):
         result = connection_test(connection=connection)
         state = f"HaloPSA {result.version}" if result.ok else f"test failed: {result.message}"
         run, _ = sync_queue(connection=connection, scope=SyncRun.Scope.FULL, trigger=SyncRun.Trigger.MANUAL)
-        self.stdout.write(f"Demo connection '{connection.name}' -> {sandbox_url} ({state}); first sync queued (run {run.pk}).")
+        self.stdout.write(
+            f"Demo connection '{connection.name}' -> {sandbox_url} ({state}); first sync queued (run {run.pk})."
+        )
         self.stdout.write(f"Sign in at the portal as user '{DEMO_USERNAME}' with password '{password}'.")

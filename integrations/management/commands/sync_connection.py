@@ -4,6 +4,7 @@ Runs a sync in the foreground, progress on stderr; the last stdout line is one J
 {"run_id", "state", "api_requests", "created", "updated", "unchanged", "failed"}. Exit status 1
 when the run failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("connection_id", type=int)
-        parser.add_argument("--full", action="store_true", help="Re-read everything and flag records deleted in HaloPSA.")
-        parser.add_argument("--entity", choices=["customers", "invoices", "pdfs"], help="Sync only this entity type (in full).")
+        parser.add_argument(
+            "--full", action="store_true", help="Re-read everything and flag records deleted in HaloPSA."
+        )
+        parser.add_argument(
+            "--entity", choices=["customers", "invoices", "pdfs"], help="Sync only this entity type (in full)."
+        )
 
     def handle(self, *args, **options) -> None:
         from integrations.services.sync import LEASE_CONFLICT_MESSAGE, sync_execute
@@ -48,8 +53,13 @@ class Command(BaseCommand):
         if run.message == LEASE_CONFLICT_MESSAGE:
             self.stderr.write("Wait for the running sync to finish, then try again.")
         summary = {
-            "run_id": run.pk, "state": run.state, "api_requests": run.api_requests,
-            "created": run.created, "updated": run.updated, "unchanged": run.unchanged, "failed": run.failed,
+            "run_id": run.pk,
+            "state": run.state,
+            "api_requests": run.api_requests,
+            "created": run.created,
+            "updated": run.updated,
+            "unchanged": run.unchanged,
+            "failed": run.failed,
         }
         self.stdout.write(json.dumps(summary))
         if run.state == SyncRun.State.FAILED:

@@ -8,6 +8,7 @@ A connection uses one scheme (docs/webhooks.md). Switching to HMAC generates a n
 webhook in HaloPSA must then be changed to match, by hand or with "Register" on the connection's
 page. Secrets are never printed: the connection's page shows what the partner must copy.
 """
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -40,8 +41,12 @@ class Command(BaseCommand):
             except WebhookError as exc:
                 raise CommandError(exc.message) from None
         setup = webhook_setup_instructions(connection)
-        self.stdout.write(f"Connection {connection.pk} ({connection.name}): webhooks authenticate with "
-                          f"{setup['authentication']} (HaloPSA authentication type {setup['authentication_type']}).")
+        self.stdout.write(
+            f"Connection {connection.pk} ({connection.name}): webhooks authenticate with "
+            f"{setup['authentication']} (HaloPSA authentication type {setup['authentication_type']})."
+        )
         if setup["scheme"] != before:
-            self.stdout.write("Changed: update the webhook in HaloPSA to match (the connection's page shows how), "
-                              "or its deliveries will be refused with 401.")
+            self.stdout.write(
+                "Changed: update the webhook in HaloPSA to match (the connection's page shows how), "
+                "or its deliveries will be refused with 401."
+            )

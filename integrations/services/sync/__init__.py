@@ -33,8 +33,10 @@ The package, by concern:
 Bulk inserts are in services/bulk_db.py; the rules shared with the push (status conflicts,
 payments on their way) in services/reconcile.py.
 """
+
 from __future__ import annotations
 
+from integrations.services.bulk_db import insert_rows as _insert_rows
 from integrations.services.sync.config import (
     ENTITIES,
     ENTITY_CONTACTS,
@@ -67,13 +69,34 @@ from integrations.services.sync.run import (
     sync_record,
     sync_scope_for_schedule,
 )
-from integrations.services.bulk_db import insert_rows as _insert_rows
 
 # What other code and the tests import from here (private names: tests reach into them).
 __all__ = [
-    "ENTITIES", "ENTITY_CONTACTS", "ENTITY_CUSTOMERS", "ENTITY_INVOICES", "ENTITY_PDFS", "INTERRUPTED_MESSAGE",
-    "LEASE_CONFLICT_MESSAGE", "PdfUnavailable", "SyncAborted", "_Runner", "_insert_invoices", "_insert_rows",
-    "_rare_cycle_collection", "customer_unknown", "cursor_overlap", "invoice_pdf_ensure", "lease_name", "lease_ttl",
-    "pdf_batch_size", "pdf_phase_seconds", "pdf_store", "run_seconds", "sync_error_retry", "sync_execute",
-    "sync_queue", "sync_record", "sync_scope_for_schedule",
+    "ENTITIES",
+    "ENTITY_CONTACTS",
+    "ENTITY_CUSTOMERS",
+    "ENTITY_INVOICES",
+    "ENTITY_PDFS",
+    "INTERRUPTED_MESSAGE",
+    "LEASE_CONFLICT_MESSAGE",
+    "PdfUnavailable",
+    "SyncAborted",
+    "_Runner",
+    "_insert_invoices",
+    "_insert_rows",
+    "_rare_cycle_collection",
+    "customer_unknown",
+    "cursor_overlap",
+    "invoice_pdf_ensure",
+    "lease_name",
+    "lease_ttl",
+    "pdf_batch_size",
+    "pdf_phase_seconds",
+    "pdf_store",
+    "run_seconds",
+    "sync_error_retry",
+    "sync_execute",
+    "sync_queue",
+    "sync_record",
+    "sync_scope_for_schedule",
 ]

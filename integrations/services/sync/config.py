@@ -1,5 +1,6 @@
 """What every part of a sync run shares: the entity names, the run's messages, and the
 settings that bound a run (lease, cursors, run time, deletion checks, user details)."""
+
 from __future__ import annotations
 
 from datetime import timedelta

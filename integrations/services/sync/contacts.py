@@ -1,6 +1,7 @@
 """Billing contacts from HaloPSA users: which users qualify (the connection's rule and the user's
 billing flag, read from list rows or, where they lack it, from each user's details), kept per
 customer, pruned after a complete read of the users."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -48,9 +49,13 @@ class ContactsSync:
         shape = self.ctx.shape
         if shape.billing_flag_source != FLAG_NOWHERE:
             return False
-        self.ctx.note(shape.blocked("billing_contacts") or (
-            f"Billing contacts from HaloPSA users are not synced: this HaloPSA shows no {shape.billing_flag_field} "
-            "on users. Accounts contacts of customers are synced."))
+        self.ctx.note(
+            shape.blocked("billing_contacts")
+            or (
+                f"Billing contacts from HaloPSA users are not synced: this HaloPSA shows no {shape.billing_flag_field} "
+                "on users. Accounts contacts of customers are synced."
+            )
+        )
         return True
 
     def _user_pages(self, **query: Any) -> Iterator[Page]:
@@ -86,9 +91,14 @@ class ContactsSync:
         ctx = self.ctx
         keep_users = self.keep_user_ids
         stale_users = {
-            pk: user_id for pk, customer_id, key, user_id in Contact.objects.filter(
-                customer__connection=ctx.connection, customer__origin=Origin.HALOPSA, halopsa_key__startswith="user:",
-            ).values_list("pk", "customer_id", "halopsa_key", "halopsa_user_id").iterator(chunk_size=2000)
+            pk: user_id
+            for pk, customer_id, key, user_id in Contact.objects.filter(
+                customer__connection=ctx.connection,
+                customer__origin=Origin.HALOPSA,
+                halopsa_key__startswith="user:",
+            )
+            .values_list("pk", "customer_id", "halopsa_key", "halopsa_user_id")
+            .iterator(chunk_size=2000)
             if f"{customer_id}:{key}" not in kept and user_id not in keep_users
         }
         unseen = {user_id for user_id in stale_users.values() if user_id is not None and user_id not in seen_users}
@@ -96,7 +106,7 @@ class ContactsSync:
         stale = [pk for pk, user_id in stale_users.items() if user_id not in still_there]
         for start in range(0, len(stale), CHUNK):
             with transaction.atomic():
-                Contact.objects.filter(pk__in=stale[start:start + CHUNK]).delete()
+                Contact.objects.filter(pk__in=stale[start : start + CHUNK]).delete()
         ctx.counts.updated += len(stale)
 
     def of_customer(self, client_id: int) -> None:
@@ -138,8 +148,10 @@ class ContactsSync:
         client_ids = {client_id for client_id, contact in desired.values() if client_id and contact}
         client_ids.update(client_id for client_id, _ in flag_unknown.values() if client_id)
         customers = {
-            c.halopsa_id: c for c in Customer.objects.filter(
-                connection=self.ctx.connection, halopsa_id__in=client_ids, origin=Origin.HALOPSA).order_by()
+            c.halopsa_id: c
+            for c in Customer.objects.filter(
+                connection=self.ctx.connection, halopsa_id__in=client_ids, origin=Origin.HALOPSA
+            ).order_by()
             if c.halopsa_id is not None  # never None: the filter
         }
         if flag_unknown:
@@ -150,7 +162,9 @@ class ContactsSync:
             self.ctx.page_done(len(records))
         return kept
 
-    def _desired(self, records: list[Any], rule: str, flag_field: str) -> tuple[Desired, dict[int, tuple[int | None, Any]]]:
+    def _desired(
+        self, records: list[Any], rule: str, flag_field: str
+    ) -> tuple[Desired, dict[int, tuple[int | None, Any]]]:
         """(the contact each user should be, {user id: (client id, row)} of users whose row
         lacks the billing flag); records that cannot be read become sync errors."""
         ctx = self.ctx
@@ -180,30 +194,41 @@ class ContactsSync:
         ctx.saw(ENTITY_CONTACTS, newest, unstamped)
         return desired, flag_unknown
 
-    def _decide_by_details(self, desired: Desired, flag_unknown: dict[int, tuple[int | None, Any]],
-                           customers: dict[int, Customer], rule: str, flag_field: str) -> None:
+    def _decide_by_details(
+        self,
+        desired: Desired,
+        flag_unknown: dict[int, tuple[int | None, Any]],
+        customers: dict[int, Customer],
+        rule: str,
+        flag_field: str,
+    ) -> None:
         """Users whose row lacks the billing flag join `desired` once their flag is known.
 
         Only users who could be billing contacts of ours need the flag: inactive users and users
         without an address were decided from their rows, users of clients we do not have here
         are no contacts."""
-        flags = self._billing_flags({user_id: row for user_id, (client_id, row) in flag_unknown.items() if client_id in customers},
-                                    flag_field)
+        flags = self._billing_flags(
+            {user_id: row for user_id, (client_id, row) in flag_unknown.items() if client_id in customers}, flag_field
+        )
         for user_id, (client_id, row) in flag_unknown.items():
             if client_id not in customers:
                 desired[user_id] = (client_id, None)
             elif flags.get(user_id) is not None:
-                desired[user_id] = (client_id, mapping.billing_user_contact(
-                    row, rule, can_access_invoices=flags[user_id], flag_field=flag_field))
+                desired[user_id] = (
+                    client_id,
+                    mapping.billing_user_contact(row, rule, can_access_invoices=flags[user_id], flag_field=flag_field),
+                )
 
     def _apply(self, desired: Desired, customers: dict[int, Customer], *, with_customer: bool) -> set:
         """Create, update and delete contacts so each user is the contact `desired` says (one
         address appears once per customer). Returns the keys kept (see `page`)."""
         ctx = self.ctx
-        existing = list(Contact.objects.filter(
-            Q(customer__connection=ctx.connection)
-            & (Q(halopsa_user_id__in=list(desired)) | Q(customer_id__in=[c.pk for c in customers.values()]))
-        ))
+        existing = list(
+            Contact.objects.filter(
+                Q(customer__connection=ctx.connection)
+                & (Q(halopsa_user_id__in=list(desired)) | Q(customer_id__in=[c.pk for c in customers.values()]))
+            )
+        )
         by_user: dict[int, list[Contact]] = defaultdict(list)
         by_customer: dict[int, list[Contact]] = defaultdict(list)
         for row in existing:
@@ -242,7 +267,11 @@ class ContactsSync:
                 by_customer[customer.pk].append(row)
                 ctx.counts.created += 1
             elif current.fingerprint != contact["fingerprint"]:
-                current.name, current.email, current.fingerprint = contact["name"], contact["email"], contact["fingerprint"]
+                current.name, current.email, current.fingerprint = (
+                    contact["name"],
+                    contact["email"],
+                    contact["fingerprint"],
+                )
                 current.updated_at = ctx.now
                 to_update.append(current)
                 ctx.counts.updated += 1
@@ -263,7 +292,10 @@ class ContactsSync:
         if not rows:
             return {}
         ctx = self.ctx
-        stored = {f.halopsa_user_id: f for f in HaloUserFlag.objects.filter(connection=ctx.connection, halopsa_user_id__in=list(rows))}
+        stored = {
+            f.halopsa_user_id: f
+            for f in HaloUserFlag.objects.filter(connection=ctx.connection, halopsa_user_id__in=list(rows))
+        }
         flags: dict[int, bool | None] = {}
         to_create, to_update = [], []
         for user_id, row in rows.items():
@@ -294,7 +326,11 @@ class ContactsSync:
                     to_create.append(known)
                 else:
                     to_update.append(known)
-                known.list_fingerprint, known.can_access_invoices, known.checked_at = list_fingerprint, flags[user_id], ctx.now
+                known.list_fingerprint, known.can_access_invoices, known.checked_at = (
+                    list_fingerprint,
+                    flags[user_id],
+                    ctx.now,
+                )
             if flags[user_id] is None:
                 self.flagless_user_ids.add(user_id)
         with transaction.atomic():
@@ -305,9 +341,13 @@ class ContactsSync:
     def note_waiting_users(self) -> None:
         ctx = self.ctx
         if self.waiting_user_ids:
-            ctx.note(f"{len(self.waiting_user_ids)} HaloPSA user(s) wait for their billing flag (read from each "
-                     f"user's details, at most {user_details_per_run()} per run); they keep their billing contacts "
-                     "until the next sync reads it.")
+            ctx.note(
+                f"{len(self.waiting_user_ids)} HaloPSA user(s) wait for their billing flag (read from each "
+                f"user's details, at most {user_details_per_run()} per run); they keep their billing contacts "
+                "until the next sync reads it."
+            )
         if self.flagless_user_ids:
-            ctx.note(f"{len(self.flagless_user_ids)} HaloPSA user(s) show no {ctx.shape.billing_flag_field} even in "
-                     "their details; they keep the billing contacts they have.")
+            ctx.note(
+                f"{len(self.flagless_user_ids)} HaloPSA user(s) show no {ctx.shape.billing_flag_field} even in "
+                "their details; they keep the billing contacts they have."
+            )

@@ -7,6 +7,7 @@ transaction, record by record when the database refuses the page), `page_done` (
 progress, committed with the page's data), `record_error`, `note`, `learn`, `saw` (change times,
 for the cursors).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,14 @@ from integrations.halopsa.mapping import MappingError
 from integrations.halopsa.shape import HaloShape
 from integrations.models import Customer, Invoice, Origin, SyncError, SyncRun
 from integrations.services.leases import lease_renew
-from integrations.services.sync.config import CHUNK, SyncAborted, lease_name, lease_renew_interval, lease_ttl, run_seconds
+from integrations.services.sync.config import (
+    CHUNK,
+    SyncAborted,
+    lease_name,
+    lease_renew_interval,
+    lease_ttl,
+    run_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +88,9 @@ class RunContext:
         # which row it was, so it flags nothing as deleted this time.
         self.unidentified: set[str] = set()
         self.realtime_poll = (
-            run.trigger == SyncRun.Trigger.SCHEDULE and run.scope == SyncRun.Scope.INCREMENTAL and self.connection.is_realtime
+            run.trigger == SyncRun.Trigger.SCHEDULE
+            and run.scope == SyncRun.Scope.INCREMENTAL
+            and self.connection.is_realtime
         )
         # PDF downloads count as updates but are not records a webhook missed (a webhook run
         # fetches the PDF after its invoice), so the poll's "fixed" figure leaves them out.
@@ -105,8 +115,9 @@ class RunContext:
     @property
     def client(self) -> HaloClient:
         if self._client is None:
-            self._client = HaloClient.for_connection(self.connection, stats=self.stats, deadline=self.deadline,
-                                                     **self._budget_overrides())
+            self._client = HaloClient.for_connection(
+                self.connection, stats=self.stats, deadline=self.deadline, **self._budget_overrides()
+            )
         return self._client
 
     def _budget_overrides(self) -> dict[str, Any]:
@@ -175,7 +186,9 @@ class RunContext:
         if not now and time.monotonic() - self.lease_renewed < lease_renew_interval():
             return
         if not lease_renew(lease_name(self.connection.pk), self.lease_owner, lease_ttl()):
-            raise SyncAborted("The sync lost its lock on the connection (it ran too long without progress); it will be retried.")
+            raise SyncAborted(
+                "The sync lost its lock on the connection (it ran too long without progress); it will be retried."
+            )
         self.lease_renewed = time.monotonic()
 
     # -- progress ------------------------------------------------------------------------------
@@ -256,9 +269,16 @@ class RunContext:
             run.fixed_by_poll = self.counts.created + self.counts.updated - self.pdf_updates
         run.progress_phases = self.phases
         SyncRun.objects.filter(pk=run.pk).update(
-            created=run.created, updated=run.updated, unchanged=run.unchanged, failed=run.failed,
-            progress_done=run.progress_done, progress_total=run.progress_total, progress_phases=self.phases,
-            api_requests=run.api_requests, api_retries=run.api_retries, api_bytes=run.api_bytes,
+            created=run.created,
+            updated=run.updated,
+            unchanged=run.unchanged,
+            failed=run.failed,
+            progress_done=run.progress_done,
+            progress_total=run.progress_total,
+            progress_phases=self.phases,
+            api_requests=run.api_requests,
+            api_retries=run.api_retries,
+            api_bytes=run.api_bytes,
             fixed_by_poll=run.fixed_by_poll,
         )
 
@@ -267,8 +287,14 @@ class RunContext:
     def record_error(self, entity: str, halopsa_id: int | None, message: str, payload: Any) -> None:
         if halopsa_id is None:
             self.unidentified.add(entity)
-        SyncError.objects.create(run=self.run, connection=self.connection, entity=entity, halopsa_id=halopsa_id,
-                                 message=message[:4000], payload=payload)
+        SyncError.objects.create(
+            run=self.run,
+            connection=self.connection,
+            entity=entity,
+            halopsa_id=halopsa_id,
+            message=message[:4000],
+            payload=payload,
+        )
         self.counts.failed += 1
 
     def resolve_errors(self, entity: str, halopsa_ids: Iterable[int]) -> None:
@@ -276,17 +302,23 @@ class RunContext:
             return
         ids = list(halopsa_ids)
         for start in range(0, len(ids), CHUNK):
-            SyncError.objects.filter(connection=self.connection, entity=entity, resolved_at__isnull=True,
-                                     halopsa_id__in=ids[start:start + CHUNK]).update(resolved_at=self.now)
+            SyncError.objects.filter(
+                connection=self.connection,
+                entity=entity,
+                resolved_at__isnull=True,
+                halopsa_id__in=ids[start : start + CHUNK],
+            ).update(resolved_at=self.now)
 
     def resolve_idless_errors(self, entity: str) -> None:
         """Every record of `entity` was readable this time: earlier errors without an id are over."""
         if self.has_open_errors:
-            SyncError.objects.filter(connection=self.connection, entity=entity, halopsa_id__isnull=True,
-                                     resolved_at__isnull=True).update(resolved_at=self.now)
+            SyncError.objects.filter(
+                connection=self.connection, entity=entity, halopsa_id__isnull=True, resolved_at__isnull=True
+            ).update(resolved_at=self.now)
 
-    def map_records(self, entity: str, records: list[Any], map_one: Callable[[Any], dict[str, Any]],
-                    seen: set[int]) -> Mapped:
+    def map_records(
+        self, entity: str, records: list[Any], map_one: Callable[[Any], dict[str, Any]], seen: set[int]
+    ) -> Mapped:
         """(row, payload) of each record `map_one` maps; every readable id goes to `seen`, a record
         that cannot be mapped becomes a sync error, and the rows' change times are noted (`saw`)."""
         mapped: Mapped = []
@@ -314,7 +346,10 @@ class RunContext:
         """HaloPSA answered 404 for the one record a run syncs: ours is flagged "deleted in HaloPSA"."""
         with transaction.atomic():
             self.counts.updated += model.objects.filter(
-                connection=self.connection, origin=Origin.HALOPSA, halopsa_id=halopsa_id, deleted_in_halopsa_at__isnull=True,
+                connection=self.connection,
+                origin=Origin.HALOPSA,
+                halopsa_id=halopsa_id,
+                deleted_in_halopsa_at__isnull=True,
             ).update(deleted_in_halopsa_at=self.now, updated_at=self.now)
             self.page_done(1)
 
@@ -330,10 +365,15 @@ class RunContext:
             self.unknown = None  # it may have been created in the rolled-back transaction
             if len(mapped) == 1:
                 row, payload = mapped[0]
-                logger.warning("connection %s: %s %s not stored: %s", self.connection.pk, entity, row["halopsa_id"], exc)
-                self.record_error(entity, row["halopsa_id"],
-                                  f"{entity[:-1]} {row['halopsa_id']}: the record could not be stored ({type(exc).__name__}: {exc}).",
-                                  payload)
+                logger.warning(
+                    "connection %s: %s %s not stored: %s", self.connection.pk, entity, row["halopsa_id"], exc
+                )
+                self.record_error(
+                    entity,
+                    row["halopsa_id"],
+                    f"{entity[:-1]} {row['halopsa_id']}: the record could not be stored ({type(exc).__name__}: {exc}).",
+                    payload,
+                )
                 with transaction.atomic():
                     self.page_done(page_records)
                 return

@@ -1,4 +1,5 @@
 """Customers: HaloPSA clients, with the "accounts" billing contact each may carry."""
+
 from __future__ import annotations
 
 import functools
@@ -17,7 +18,14 @@ from integrations.services.sync.deletions import flag_missing
 from integrations.services.sync.feeds import FEEDS, changed_pages, count_repeated, note_repeated
 
 CUSTOMER_UPDATE_FIELDS = [
-    "name", "inactive", "remote_updated_at", "fingerprint", "raw", "last_seen_at", "deleted_in_halopsa_at", "updated_at",
+    "name",
+    "inactive",
+    "remote_updated_at",
+    "fingerprint",
+    "raw",
+    "last_seen_at",
+    "deleted_in_halopsa_at",
+    "updated_at",
 ]
 CONTACT_FIELDS = ("halopsa_key", "halopsa_user_id", "source", "name", "email", "fingerprint")
 
@@ -27,7 +35,8 @@ def customer_unknown(connection: Connection) -> Customer:
     try:
         with transaction.atomic():
             customer, _ = Customer.objects.get_or_create(
-                connection=connection, is_unknown=True,
+                connection=connection,
+                is_unknown=True,
                 defaults={"name": Customer.UNKNOWN_NAME, "halopsa_id": None, "origin": Origin.HALOPSA},
             )
     except IntegrityError:  # created concurrently
@@ -79,8 +88,10 @@ class CustomersSync:
         ctx = self.ctx
         with transaction.atomic():
             existing = {
-                c.halopsa_id: c for c in Customer.objects.filter(
-                    connection=ctx.connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped]).order_by()
+                c.halopsa_id: c
+                for c in Customer.objects.filter(
+                    connection=ctx.connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped]
+                ).order_by()
             }
             to_create, to_update, changed = [], [], []
             for row, payload in mapped:
@@ -88,7 +99,11 @@ class CustomersSync:
                 if customer is not None and customer.origin != Origin.HALOPSA:
                     ctx.counts.unchanged += 1  # created in the portal: never touched by a sync
                     continue
-                if customer is not None and customer.fingerprint == row["fingerprint"] and customer.deleted_in_halopsa_at is None:
+                if (
+                    customer is not None
+                    and customer.fingerprint == row["fingerprint"]
+                    and customer.deleted_in_halopsa_at is None
+                ):
                     ctx.counts.unchanged += 1
                     continue
                 if customer is None:
@@ -127,11 +142,17 @@ class CustomersSync:
                     to_delete.append(current.pk)
                 continue
             # One address appears once: the accounts contact wins over a user with the same e-mail.
-            to_delete.extend(c.pk for c in contacts if c.halopsa_key != "accounts" and c.email.lower() == desired["email"].lower())
+            to_delete.extend(
+                c.pk for c in contacts if c.halopsa_key != "accounts" and c.email.lower() == desired["email"].lower()
+            )
             if current is None:
                 to_create.append(Contact(customer=customer, **{k: desired[k] for k in CONTACT_FIELDS}))
             elif current.fingerprint != desired["fingerprint"]:
-                current.name, current.email, current.fingerprint = desired["name"], desired["email"], desired["fingerprint"]
+                current.name, current.email, current.fingerprint = (
+                    desired["name"],
+                    desired["email"],
+                    desired["fingerprint"],
+                )
                 current.updated_at = self.ctx.now
                 to_update.append(current)
         if to_delete:

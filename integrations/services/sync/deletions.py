@@ -1,5 +1,6 @@
 """Records a complete read did not list: flagged "deleted in HaloPSA" only once HaloPSA confirms
 they are gone (never deleted or archived here: a person archives)."""
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,9 @@ ID_LIST_OF = {ENTITY_CUSTOMERS: ENVELOPE_CLIENTS, ENTITY_CONTACTS: ENVELOPE_USER
 WriteFound = Callable[[Any], Any]
 
 
-def flag_missing(ctx: RunContext, model: type[Customer] | type[Invoice], seen: set[int], *,
-                 write_found: WriteFound) -> int:
+def flag_missing(
+    ctx: RunContext, model: type[Customer] | type[Invoice], seen: set[int], *, write_found: WriteFound
+) -> int:
     """After a complete read: rows HaloPSA no longer lists, and confirms it no longer has
     (`confirmed_gone`), get "deleted in HaloPSA"."""
     entity = ENTITY_CUSTOMERS if model is Customer else ENTITY_INVOICES
@@ -41,22 +43,33 @@ def flag_missing(ctx: RunContext, model: type[Customer] | type[Invoice], seen: s
         return 0
     ctx.resolve_idless_errors(entity)
     candidates = {
-        halopsa_id: pk for pk, halopsa_id in model.objects.filter(
-            connection=ctx.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, deleted_in_halopsa_at__isnull=True,
-        ).values_list("pk", "halopsa_id").iterator(chunk_size=2000)
+        halopsa_id: pk
+        for pk, halopsa_id in model.objects.filter(
+            connection=ctx.connection,
+            origin=Origin.HALOPSA,
+            halopsa_id__isnull=False,
+            deleted_in_halopsa_at__isnull=True,
+        )
+        .values_list("pk", "halopsa_id")
+        .iterator(chunk_size=2000)
         if halopsa_id is not None and halopsa_id not in seen  # never None: the filter
     }
-    missing = [candidates[halopsa_id]
-               for halopsa_id in confirmed_gone(ctx, entity, set(candidates), seen, write_found=write_found)]
+    missing = [
+        candidates[halopsa_id]
+        for halopsa_id in confirmed_gone(ctx, entity, set(candidates), seen, write_found=write_found)
+    ]
     for start in range(0, len(missing), CHUNK):
         with transaction.atomic():
-            model.objects.filter(pk__in=missing[start:start + CHUNK]).update(deleted_in_halopsa_at=ctx.now, updated_at=ctx.now)
+            model.objects.filter(pk__in=missing[start : start + CHUNK]).update(
+                deleted_in_halopsa_at=ctx.now, updated_at=ctx.now
+            )
     ctx.counts.updated += len(missing)
     return len(missing)
 
 
-def confirmed_gone(ctx: RunContext, entity: str, candidates: set[int], seen: set[int], *,
-                   write_found: WriteFound | None = None) -> set[int]:
+def confirmed_gone(
+    ctx: RunContext, entity: str, candidates: set[int], seen: set[int], *, write_found: WriteFound | None = None
+) -> set[int]:
     """Which of `candidates` (ours, but not in this complete read of `entity`) HaloPSA
     confirms it no longer has. Not being listed alone is a guess: a record deleted while a
     list is paged moves every later row up one place, so the next page skips a live record.
@@ -78,8 +91,10 @@ def confirmed_gone(ctx: RunContext, entity: str, candidates: set[int], seen: set
             except HaloNotFound:
                 gone.add(halopsa_id)
             except HaloError as exc:
-                ctx.note(f"Some {label} missing from HaloPSA's list could not be checked ({exc.message}); "
-                         "they are not flagged as deleted this time.")
+                ctx.note(
+                    f"Some {label} missing from HaloPSA's list could not be checked ({exc.message}); "
+                    "they are not flagged as deleted this time."
+                )
                 break
             else:
                 if write_found is not None:
@@ -88,12 +103,16 @@ def confirmed_gone(ctx: RunContext, entity: str, candidates: set[int], seen: set
     try:
         listed = ctx.client.listed_ids(ID_LIST_OF[entity])
     except HaloError as exc:
-        ctx.note(f"{len(candidates)} {label} missing from HaloPSA's list could not be checked ({exc.message}); "
-                 "they are not flagged as deleted this time.")
+        ctx.note(
+            f"{len(candidates)} {label} missing from HaloPSA's list could not be checked ({exc.message}); "
+            "they are not flagged as deleted this time."
+        )
         return set()
     if not seen <= listed:
-        ctx.note(f"HaloPSA's id-only list of {label} lacked records its full list had just shown, so the "
-                 f"{len(candidates)} missing from the full list are not flagged as deleted this time.")
+        ctx.note(
+            f"HaloPSA's id-only list of {label} lacked records its full list had just shown, so the "
+            f"{len(candidates)} missing from the full list are not flagged as deleted this time."
+        )
         return set()
     return candidates - listed
 

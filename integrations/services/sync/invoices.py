@@ -1,6 +1,7 @@
 """Invoices with their lines and payments: read a few pages at a time, written in batches (one
 query loads a batch's existing rows; new rows go in with one bulk INSERT per table, changed rows
 are bulk-updated, an unchanged row costs no write)."""
+
 from __future__ import annotations
 
 import functools
@@ -35,10 +36,30 @@ from integrations.services.sync.pdfs import PdfsSync
 WRITE_BATCH_SECONDS = 2.0
 
 INVOICE_UPDATE_FIELDS = [
-    "customer", "number", "invoice_date", "due_date", "currency", "subtotal", "tax", "total", "amount_paid",
-    "balance", "status", "remote_status", "status_changed_locally_at", "is_credit_note", "halopsa_client_id",
-    "customer_assigned_at", "customer_assigned_by", "pdf_attachment_id", "remote_updated_at", "fingerprint",
-    "raw", "last_seen_at", "deleted_in_halopsa_at", "updated_at",
+    "customer",
+    "number",
+    "invoice_date",
+    "due_date",
+    "currency",
+    "subtotal",
+    "tax",
+    "total",
+    "amount_paid",
+    "balance",
+    "status",
+    "remote_status",
+    "status_changed_locally_at",
+    "is_credit_note",
+    "halopsa_client_id",
+    "customer_assigned_at",
+    "customer_assigned_by",
+    "pdf_attachment_id",
+    "remote_updated_at",
+    "fingerprint",
+    "raw",
+    "last_seen_at",
+    "deleted_in_halopsa_at",
+    "updated_at",
 ]
 PAYMENT_UPDATE_FIELDS = ["kind", "amount", "paid_on", "method", "reference", "fingerprint", "raw"]
 
@@ -62,8 +83,11 @@ def insert_invoices(connection_id: int, rows: list[Mapping[str, Any]]) -> dict[i
     if not rows:
         return {}
     insert_rows(Invoice, rows)
-    inserted = (Invoice.objects.filter(connection_id=connection_id, halopsa_id__in=[r["halopsa_id"] for r in rows])
-                .order_by().values_list("halopsa_id", "pk"))
+    inserted = (
+        Invoice.objects.filter(connection_id=connection_id, halopsa_id__in=[r["halopsa_id"] for r in rows])
+        .order_by()
+        .values_list("halopsa_id", "pk")
+    )
     return _pks_by_halopsa_id(inserted)
 
 
@@ -100,8 +124,9 @@ class InvoicesSync:
         if payment_statuses:
             source = ctx.pages(ctx.client.invoice_pages(include_lines=True, payment_statuses=payment_statuses))
         else:
-            source = changed_pages(ctx, FEEDS[ENTITY_INVOICES], since,
-                                   functools.partial(ctx.client.invoice_pages, include_lines=True))
+            source = changed_pages(
+                ctx, FEEDS[ENTITY_INVOICES], since, functools.partial(ctx.client.invoice_pages, include_lines=True)
+            )
         pages = iter(source)
         while True:
             try:
@@ -147,15 +172,22 @@ class InvoicesSync:
         cannot be mapped becomes a sync error; credit notes and invoices older than the
         connection's "created since" are left out."""
         connection = self.ctx.connection
-        map_one = functools.partial(mapping.map_invoice, number_field=connection.invoice_number_field,
-                                    default_currency=connection.default_currency)
+        map_one = functools.partial(
+            mapping.map_invoice,
+            number_field=connection.invoice_number_field,
+            default_currency=connection.default_currency,
+        )
         return [
-            (row, payload) for row, payload in self.ctx.map_records(ENTITY_INVOICES, records, map_one, seen)
+            (row, payload)
+            for row, payload in self.ctx.map_records(ENTITY_INVOICES, records, map_one, seen)
             # credit notes are not invoices here (applied credit shows as a credit payment); invoices
             # older than the connection's "invoices created since" are never imported
             if not row["is_credit_note"]
-            and not (connection.invoices_created_since and row["invoice_date"] is not None
-                     and row["invoice_date"] < connection.invoices_created_since)
+            and not (
+                connection.invoices_created_since
+                and row["invoice_date"] is not None
+                and row["invoice_date"] < connection.invoices_created_since
+            )
         ]
 
     # -- writes --------------------------------------------------------------------------------
@@ -171,8 +203,12 @@ class InvoicesSync:
         client_ids = {r["halopsa_client_id"] for r, _ in mapped if r["halopsa_client_id"]}
         names = {r["halopsa_client_id"]: str(p.get("client_name") or "") for r, p in mapped if r["halopsa_client_id"]}
         customers = self._customers_for(client_ids, names)  # may call HaloPSA: outside the transaction
-        ctx.store(lambda items, page_records: self._write(items, customers, page_records), mapped,
-                  ENTITY_INVOICES, page_records=records)
+        ctx.store(
+            lambda items, page_records: self._write(items, customers, page_records),
+            mapped,
+            ENTITY_INVOICES,
+            page_records=records,
+        )
 
     def _customers_for(self, client_ids: set[int], names: dict[int, str]) -> dict[int, int]:
         """{HaloPSA client id: customer pk} for the client ids of an invoice batch; clients we
@@ -180,17 +216,24 @@ class InvoicesSync:
         customer."""
         ctx = self.ctx
         # Only the pk is used (the invoice's foreign key). No ORDER BY (see _write).
-        customers = _pks_by_halopsa_id(Customer.objects.filter(connection=ctx.connection, halopsa_id__in=client_ids)
-                                       .order_by().values_list("halopsa_id", "pk"))
+        customers = _pks_by_halopsa_id(
+            Customer.objects.filter(connection=ctx.connection, halopsa_id__in=client_ids)
+            .order_by()
+            .values_list("halopsa_id", "pk")
+        )
         for client_id in sorted(client_ids - set(customers)):
             customer: Customer | None
             try:
                 payload = ctx.client.get_client(client_id)
             except HaloNotFound:
                 customer, created = Customer.objects.get_or_create(
-                    connection=ctx.connection, halopsa_id=client_id,
-                    defaults={"name": names.get(client_id) or f"HaloPSA client {client_id}", "deleted_in_halopsa_at": ctx.now,
-                              "last_seen_at": ctx.now},
+                    connection=ctx.connection,
+                    halopsa_id=client_id,
+                    defaults={
+                        "name": names.get(client_id) or f"HaloPSA client {client_id}",
+                        "deleted_in_halopsa_at": ctx.now,
+                        "last_seen_at": ctx.now,
+                    },
                 )
                 ctx.counts.created += int(created)
             else:
@@ -215,12 +258,18 @@ class InvoicesSync:
                 # No ORDER BY: the model's default (-invoice_date) made SQLite walk the
                 # (connection, invoice_date) index through every invoice of the connection on
                 # every page, which made a full sync quadratic (benchmarks/README.md, "History").
-                i.halopsa_id: i for i in Invoice.objects.filter(
-                    connection=connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped]).defer("raw").order_by()
+                i.halopsa_id: i
+                for i in Invoice.objects.filter(
+                    connection=connection, halopsa_id__in=[r["halopsa_id"] for r, _ in mapped]
+                )
+                .defer("raw")
+                .order_by()
             }
             payments_by_invoice: dict[int, list[Payment]] = defaultdict(list)
             if existing:
-                for payment in Payment.objects.filter(invoice_id__in=[i.pk for i in existing.values()]).defer("raw").order_by():
+                for payment in (
+                    Payment.objects.filter(invoice_id__in=[i.pk for i in existing.values()]).defer("raw").order_by()
+                ):
                     payments_by_invoice[payment.invoice_id].append(payment)
             to_create: list[Mapping[str, Any]] = []  # new invoices as column values (no model instances)
             to_update: list[Invoice] = []
@@ -232,15 +281,29 @@ class InvoicesSync:
                     continue
                 local_payments = payments_by_invoice.get(invoice.pk, []) if invoice is not None else []
                 links = self._link(row, local_payments)
-                adjustment = Decimal("0.00") if invoice is None else payment_unpushed_adjustment(
-                    invoice=invoice, payments=local_payments,
-                    remote_payment_ids=(p["halopsa_id"] for p in row["payments"]),
-                    remote_references=(p.get("reference") or "" for p in row["payments"]))
-                effective = (row["fingerprint"] if adjustment == 0
-                             else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment}))
-                if (invoice is not None and invoice.fingerprint == effective and invoice.deleted_in_halopsa_at is None
-                        and not links and not _customer_outdated(invoice, row, customers)
-                        and invoice.status_changed_locally_at is None):  # a status set here is re-checked: it may have settled
+                adjustment = (
+                    Decimal("0.00")
+                    if invoice is None
+                    else payment_unpushed_adjustment(
+                        invoice=invoice,
+                        payments=local_payments,
+                        remote_payment_ids=(p["halopsa_id"] for p in row["payments"]),
+                        remote_references=(p.get("reference") or "" for p in row["payments"]),
+                    )
+                )
+                effective = (
+                    row["fingerprint"]
+                    if adjustment == 0
+                    else mapping.fingerprint({"remote": row["fingerprint"], "unpushed": adjustment})
+                )
+                if (
+                    invoice is not None
+                    and invoice.fingerprint == effective
+                    and invoice.deleted_in_halopsa_at is None
+                    and not links
+                    and not _customer_outdated(invoice, row, customers)
+                    and invoice.status_changed_locally_at is None
+                ):  # a status set here is re-checked: it may have settled
                     ctx.counts.unchanged += 1
                     continue
                 values = self._values(invoice, row, payload, customers, adjustment, effective)
@@ -256,7 +319,10 @@ class InvoicesSync:
             Invoice.objects.bulk_update(to_update, INVOICE_UPDATE_FIELDS)
             ctx.counts.created += len(to_create)
             ctx.counts.updated += len(to_update)
-            written = [(invoice.pk if invoice is not None else created_ids[row["halopsa_id"]], row, links) for invoice, row, links in work]
+            written = [
+                (invoice.pk if invoice is not None else created_ids[row["halopsa_id"]], row, links)
+                for invoice, row, links in work
+            ]
             self._write_lines(written, replace=[i.pk for i in to_update])
             self._write_payments(written, payments_by_invoice)
             ctx.resolve_errors(ENTITY_INVOICES, [r["halopsa_id"] for r, _ in mapped])
@@ -272,8 +338,15 @@ class InvoicesSync:
             payment.halopsa_id = halopsa_id
         return links
 
-    def _values(self, invoice: Invoice | None, row: dict[str, Any], payload: Any, customers: dict[int, int],
-                adjustment: Decimal, effective_fingerprint: str) -> dict[str, Any]:
+    def _values(
+        self,
+        invoice: Invoice | None,
+        row: dict[str, Any],
+        payload: Any,
+        customers: dict[int, int],
+        adjustment: Decimal,
+        effective_fingerprint: str,
+    ) -> dict[str, Any]:
         """The invoice's column values (by attname) from HaloPSA's row: a new invoice (None) is
         inserted with them, an existing one takes them before its bulk_update."""
         ctx = self.ctx
@@ -298,8 +371,13 @@ class InvoicesSync:
             # HaloPSA's amounts and void flag decide (a mark as paid whose payment was deleted
             # there is open again).
             pending = status_push_on_the_way(invoice=invoice, read_started_at=ctx.started_at)
-            if pending and status_conflict_winner(invoice=invoice, remote_status=remote_status,
-                                                  remote_modified_at=row["remote_updated_at"]) == "local":
+            if (
+                pending
+                and status_conflict_winner(
+                    invoice=invoice, remote_status=remote_status, remote_modified_at=row["remote_updated_at"]
+                )
+                == "local"
+            ):
                 voided = pending == mapping.STATUS_VOID
                 if pending == mapping.STATUS_PAID and balance > 0:
                     amount_paid, balance = amount_paid + balance, Decimal("0.00")  # what the mark as paid settles
@@ -308,19 +386,37 @@ class InvoicesSync:
         status = mapping.invoice_status(total=row["total"], amount_paid=amount_paid, balance=balance, voided=voided)
         if voided:
             balance = Decimal("0.00")  # a void invoice owes nothing; HaloPSA's amountdue stays in `raw`
-        for name in ("number", "invoice_date", "due_date", "currency", "subtotal", "tax", "total", "is_credit_note",
-                     "pdf_attachment_id", "remote_updated_at"):
+        for name in (
+            "number",
+            "invoice_date",
+            "due_date",
+            "currency",
+            "subtotal",
+            "tax",
+            "total",
+            "is_credit_note",
+            "pdf_attachment_id",
+            "remote_updated_at",
+        ):
             values[name] = row[name]
         values.update(
-            halopsa_client_id=client_id, amount_paid=amount_paid, balance=balance, status=status, remote_status=remote_status,
-            fingerprint=effective_fingerprint, raw=payload, last_seen_at=ctx.now, updated_at=ctx.now, deleted_in_halopsa_at=None,
+            halopsa_client_id=client_id,
+            amount_paid=amount_paid,
+            balance=balance,
+            status=status,
+            remote_status=remote_status,
+            fingerprint=effective_fingerprint,
+            raw=payload,
+            last_seen_at=ctx.now,
+            updated_at=ctx.now,
+            deleted_in_halopsa_at=None,
         )
         return values
 
     def _write_lines(self, written: Written, *, replace: list[int]) -> None:
         """Lines of every written invoice are replaced as a whole (two statements per page)."""
         for start in range(0, len(replace), CHUNK):
-            InvoiceLine.objects.filter(invoice_id__in=replace[start:start + CHUNK]).delete()
+            InvoiceLine.objects.filter(invoice_id__in=replace[start : start + CHUNK]).delete()
         lines = []
         for invoice_id, row, _ in written:
             for line in row["lines"]:  # the mapped line becomes the row (no copy: lines are most rows)
@@ -350,17 +446,32 @@ class InvoicesSync:
                     continue  # ours: amount and reference are what we pushed
                 if current is None:
                     # The mapped payment is also its raw record (what HaloPSA sent, as we read it).
-                    to_create.append({**remote, "invoice_id": invoice_id, "connection_id": self.ctx.connection.pk,
-                                      "source": Origin.HALOPSA, "raw": remote})
+                    to_create.append(
+                        {
+                            **remote,
+                            "invoice_id": invoice_id,
+                            "connection_id": self.ctx.connection.pk,
+                            "source": Origin.HALOPSA,
+                            "raw": remote,
+                        }
+                    )
                 elif current.fingerprint != remote["fingerprint"]:
                     current.kind, current.amount, current.paid_on = remote["kind"], remote["amount"], remote["paid_on"]
-                    current.method, current.reference, current.fingerprint = remote["method"], remote["reference"], remote["fingerprint"]
+                    current.method, current.reference, current.fingerprint = (
+                        remote["method"],
+                        remote["reference"],
+                        remote["fingerprint"],
+                    )
                     current.raw = remote
                     to_update.append(current)
             to_delete.extend(p.pk for p in local if p.source == Origin.HALOPSA and p.halopsa_id not in remote_ids)
             vanished_platform.extend(
-                p.pk for p in local
-                if p.source == Origin.PLATFORM and p.halopsa_id is not None and p.voided_at is None and p.halopsa_id not in remote_ids
+                p.pk
+                for p in local
+                if p.source == Origin.PLATFORM
+                and p.halopsa_id is not None
+                and p.voided_at is None
+                and p.halopsa_id not in remote_ids
             )
         if to_delete:
             Payment.objects.filter(pk__in=to_delete).delete()
@@ -375,7 +486,11 @@ class InvoicesSync:
         page read before a push landed does not list that payment yet, and must not void it."""
         ctx = self.ctx
         confirmed = PushJob.objects.filter(
-            payment_id__in=payment_ids, kind=PushJob.Kind.PAYMENT_CREATE, state=PushJob.State.DONE,
+            payment_id__in=payment_ids,
+            kind=PushJob.Kind.PAYMENT_CREATE,
+            state=PushJob.State.DONE,
             done_at__lt=ctx.started_at,
         ).values_list("payment_id", flat=True)
-        ctx.counts.updated += Payment.objects.filter(pk__in=list(confirmed), voided_at__isnull=True).update(voided_at=ctx.now)
+        ctx.counts.updated += Payment.objects.filter(pk__in=list(confirmed), voided_at__isnull=True).update(
+            voided_at=ctx.now
+        )

@@ -1,5 +1,6 @@
 """Invoice PDFs: fetched last in a run, within their own share of the request budget and their
 own time limit (a backlog continues in a follow-up run), and on first view of an invoice."""
+
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +66,9 @@ def invoice_pdf_ensure(*, invoice: Invoice, client: HaloClient | None = None) ->
     current = InvoicePdf.objects.filter(invoice=invoice).first()
     if current is not None and not _file_stored(current):
         current = None  # the row outlived its file (a node without the shared media mount, a restore)
-    if current is not None and (invoice.pdf_attachment_id is None or current.attachment_id == invoice.pdf_attachment_id):
+    if current is not None and (
+        invoice.pdf_attachment_id is None or current.attachment_id == invoice.pdf_attachment_id
+    ):
         return current
     if invoice.halopsa_id is None or invoice.pdf_attachment_id is None:
         if current is not None:
@@ -77,7 +80,9 @@ def invoice_pdf_ensure(*, invoice: Invoice, client: HaloClient | None = None) ->
     except HaloNotFound:
         if current is not None:
             return current
-        raise PdfUnavailable("HaloPSA no longer has this PDF (the invoice changed); it is fetched again after the next sync.") from None
+        raise PdfUnavailable(
+            "HaloPSA no longer has this PDF (the invoice changed); it is fetched again after the next sync."
+        ) from None
     except HaloError as exc:
         if current is not None:
             return current
@@ -116,8 +121,10 @@ def _pdf_candidates(ids: list[int]) -> Iterator[Invoice]:
     thousands of full invoices with their raw payloads in memory (figures: benchmarks/README.md,
     "History")."""
     for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
-        loaded = Invoice.objects.only("pk", "connection_id", "halopsa_id", "pdf_attachment_id", "number", "status").in_bulk(chunk)
+        chunk = ids[start : start + CHUNK]
+        loaded = Invoice.objects.only(
+            "pk", "connection_id", "halopsa_id", "pdf_attachment_id", "number", "status"
+        ).in_bulk(chunk)
         for pk in chunk:
             if pk in loaded:  # not deleted meanwhile
                 yield loaded[pk]
@@ -141,11 +148,15 @@ class PdfsSync:
         ctx = self.ctx
         needed = self._needed()
         candidate_ids = list(
-            needed.annotate(unpaid_first=Case(
-                When(status__in=[Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID], then=Value(0)),
-                default=Value(1), output_field=IntegerField(),
-            ))
-            .order_by("unpaid_first", "-invoice_date", "-id").values_list("pk", flat=True)[:limit]
+            needed.annotate(
+                unpaid_first=Case(
+                    When(status__in=[Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID], then=Value(0)),
+                    default=Value(1),
+                    output_field=IntegerField(),
+                )
+            )
+            .order_by("unpaid_first", "-invoice_date", "-id")
+            .values_list("pk", flat=True)[:limit]
         )
         if not candidate_ids:
             return
@@ -156,19 +167,23 @@ class PdfsSync:
             ctx.current_phase["needed"] = needed_count
         stopped = self._fetch(candidate_ids)
         if stopped is None:
-            stopped = (f"at most {limit:,} are fetched per run" if needed_count > len(candidate_ids)
-                       else "HaloPSA no longer had the file an invoice named; it is read again with the invoice")
+            stopped = (
+                f"at most {limit:,} are fetched per run"
+                if needed_count > len(candidate_ids)
+                else "HaloPSA no longer had the file an invoice named; it is read again with the invoice"
+            )
         self._note_backlog(needed_count, stopped)
 
     def _needed(self) -> QuerySet[Invoice]:
         """Invoices whose PDF is missing or older than the attachment HaloPSA names."""
-        return (
-            Invoice.objects.filter(
-                connection=self.ctx.connection, origin=Origin.HALOPSA, halopsa_id__isnull=False, pdf_attachment_id__isnull=False,
-                deleted_in_halopsa_at__isnull=True, archived_at__isnull=True,
-            )
-            .filter(Q(pdf__isnull=True) | ~Q(pdf__attachment_id=F("pdf_attachment_id")))
-        )
+        return Invoice.objects.filter(
+            connection=self.ctx.connection,
+            origin=Origin.HALOPSA,
+            halopsa_id__isnull=False,
+            pdf_attachment_id__isnull=False,
+            deleted_in_halopsa_at__isnull=True,
+            archived_at__isnull=True,
+        ).filter(Q(pdf__isnull=True) | ~Q(pdf__attachment_id=F("pdf_attachment_id")))
 
     def _fetch(self, candidate_ids: list[int]) -> str | None:
         """Download and store the candidates' PDFs in order; why it stopped early, else None."""
@@ -194,7 +209,9 @@ class PdfsSync:
             except HaloAuthError:
                 raise
             except HaloError as exc:
-                ctx.record_error(ENTITY_PDFS, invoice.halopsa_id, f"PDF of invoice {invoice.number}: {exc.message}", None)
+                ctx.record_error(
+                    ENTITY_PDFS, invoice.halopsa_id, f"PDF of invoice {invoice.number}: {exc.message}", None
+                )
                 return "a download failed (see the sync errors)"
             with transaction.atomic():
                 pdf_store(invoice=invoice, content=content, attachment_id=invoice.pdf_attachment_id)
@@ -222,8 +239,10 @@ class PdfsSync:
             when = f"the next batch runs with the hourly sync at {next_run_at(connection.schedule_minute):%H:%M} UTC"
         else:
             when = "the next batch runs with the next sync you start (scheduled syncs are paused or disabled)"
-        ctx.note(f"Invoice PDFs: {fetched:,} of {needed:,} needed were fetched ({stopped}); {left:,} still to fetch: {when}. "
-                 "Any PDF is also fetched when someone opens it.")
+        ctx.note(
+            f"Invoice PDFs: {fetched:,} of {needed:,} needed were fetched ({stopped}); {left:,} still to fetch: {when}. "
+            "Any PDF is also fetched when someone opens it."
+        )
 
     def _slot(self, share: RequestBudget, deadline: float) -> bool:
         """Wait for a request slot in the PDFs' budget share; False when the phase's time runs out
@@ -246,7 +265,9 @@ class PdfsSync:
     def one(self, halopsa_id: int) -> None:
         """The PDF of one invoice (a one-invoice sync), when it has none or a stale one."""
         ctx = self.ctx
-        invoice = Invoice.objects.filter(connection=ctx.connection, halopsa_id=halopsa_id, origin=Origin.HALOPSA).first()
+        invoice = Invoice.objects.filter(
+            connection=ctx.connection, halopsa_id=halopsa_id, origin=Origin.HALOPSA
+        ).first()
         if invoice is None or invoice.pdf_attachment_id is None:
             return
         current = InvoicePdf.objects.filter(invoice=invoice).values_list("attachment_id", flat=True).first()

@@ -1,4 +1,5 @@
 """What a run reads (from its scope and the cursors), and the cursors it leaves once complete."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -110,9 +111,11 @@ def next_cursor(ctx: RunContext, entity: str, current: datetime | None, *, users
     incrementally: the cursor is cleared, so the entity is read in full, and the run says so."""
     feed = FEEDS[entity]
     if ctx.unstamped.get(entity):
-        ctx.note(f"{ctx.unstamped[entity]} {feed.label} record(s) in HaloPSA have no "
-                 f"{mapping.UPDATED_AT_FIELDS[feed.kind]}, so {feed.label} cannot be read incrementally: "
-                 "they are read in full until every record has one.")
+        ctx.note(
+            f"{ctx.unstamped[entity]} {feed.label} record(s) in HaloPSA have no "
+            f"{mapping.UPDATED_AT_FIELDS[feed.kind]}, so {feed.label} cannot be read incrementally: "
+            "they are read in full until every record has one."
+        )
         return None
     newest = ctx.newest_change.get(entity)
     if newest is None:

@@ -1,5 +1,6 @@
 """Running syncs: queueing a run, executing it under the connection's lease, and what a finished
 run leaves (its state and message, cursors, incidents, a follow-up for PDFs)."""
+
 from __future__ import annotations
 
 import gc
@@ -51,8 +52,9 @@ logger = logging.getLogger(__name__)
 # Public services
 
 
-def sync_queue(*, connection: Connection, scope: str, trigger: str, entity: str = "", halopsa_id: int | None = None,
-               user=None) -> tuple[SyncRun, bool]:
+def sync_queue(
+    *, connection: Connection, scope: str, trigger: str, entity: str = "", halopsa_id: int | None = None, user=None
+) -> tuple[SyncRun, bool]:
     """Queue a sync of the connection, or return the one already queued/running (and False).
 
     The task is enqueued after the commit, so a rolled-back request queues nothing.
@@ -70,14 +72,24 @@ def sync_queue(*, connection: Connection, scope: str, trigger: str, entity: str 
         if active is not None:
             return active, False
         run = SyncRun.objects.create(
-            connection=connection, scope=scope, trigger=trigger,
+            connection=connection,
+            scope=scope,
+            trigger=trigger,
             entity=ENTITY_INVOICES if scope == SyncRun.Scope.INVOICE else entity,
-            target_halopsa_id=halopsa_id, requested_by=user if getattr(user, "is_authenticated", False) else None,
+            target_halopsa_id=halopsa_id,
+            requested_by=user if getattr(user, "is_authenticated", False) else None,
         )
         if user is not None:
-            audit_record(user=user, action="sync.queue", obj=run, partner=connection.partner_id,
-                         summary=f"Queued a {run.get_scope_display().lower()} of {connection.name}",
-                         scope=scope, entity=entity, halopsa_id=halopsa_id)
+            audit_record(
+                user=user,
+                action="sync.queue",
+                obj=run,
+                partner=connection.partner_id,
+                summary=f"Queued a {run.get_scope_display().lower()} of {connection.name}",
+                scope=scope,
+                entity=entity,
+                halopsa_id=halopsa_id,
+            )
         run_id = run.pk
         transaction.on_commit(lambda: _enqueue_run(run_id))
     return run, True
@@ -97,13 +109,13 @@ def _active_run(connection: Connection) -> SyncRun | None:
     stale_queued_after = timedelta(seconds=2 * int(settings.Q_CLUSTER.get("retry", 2100)))
     active = SyncRun.objects.filter(connection=connection, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING])
     for run in active.order_by("queued_at", "id"):
-        stale = (
-            (run.state == SyncRun.State.RUNNING and not lease_is_held(lease_name(connection.pk)))
-            or (run.state == SyncRun.State.QUEUED and run.queued_at < now - stale_queued_after)
+        stale = (run.state == SyncRun.State.RUNNING and not lease_is_held(lease_name(connection.pk))) or (
+            run.state == SyncRun.State.QUEUED and run.queued_at < now - stale_queued_after
         )
         if stale:
             SyncRun.objects.filter(pk=run.pk, state=run.state).update(
-                state=SyncRun.State.FAILED, finished_at=now, message=INTERRUPTED_MESSAGE)
+                state=SyncRun.State.FAILED, finished_at=now, message=INTERRUPTED_MESSAGE
+            )
             continue
         return run
     return None
@@ -164,8 +176,18 @@ def _claim(run: SyncRun) -> bool:
     """Mark the run running from scratch (False: it finished meanwhile). Called with the lease held."""
     now = timezone.now()
     claimed = SyncRun.objects.filter(pk=run.pk, state__in=[SyncRun.State.QUEUED, SyncRun.State.RUNNING]).update(
-        state=SyncRun.State.RUNNING, started_at=now, finished_at=None, message="", created=0, updated=0,
-        unchanged=0, failed=0, progress_done=0, progress_total=0, progress_phases=[], fixed_by_poll=0,
+        state=SyncRun.State.RUNNING,
+        started_at=now,
+        finished_at=None,
+        message="",
+        created=0,
+        updated=0,
+        unchanged=0,
+        failed=0,
+        progress_done=0,
+        progress_total=0,
+        progress_phases=[],
+        fixed_by_poll=0,
     )
     if not claimed:
         return False
@@ -173,7 +195,8 @@ def _claim(run: SyncRun) -> bool:
     # Holding the lease proves no other run of this connection is alive: close runs a killed
     # worker left "running" (a CLI rerun never reaches _active_run), or they show forever.
     SyncRun.objects.filter(connection=run.connection, state=SyncRun.State.RUNNING).exclude(pk=run.pk).update(
-        state=SyncRun.State.FAILED, finished_at=now, message=INTERRUPTED_MESSAGE)
+        state=SyncRun.State.FAILED, finished_at=now, message=INTERRUPTED_MESSAGE
+    )
     return True
 
 
@@ -219,8 +242,9 @@ def sync_record(*, connection: Connection, entity: str, halopsa_id: int, trigger
     if entity not in (ENTITY_INVOICES, ENTITY_CUSTOMERS):
         raise ValueError(f"sync_record syncs invoices or customers, not {entity!r}")
     scope = SyncRun.Scope.INVOICE if entity == ENTITY_INVOICES else SyncRun.Scope.ENTITY
-    run = SyncRun.objects.create(connection=connection, scope=scope, trigger=trigger, entity=entity,
-                                 target_halopsa_id=int(halopsa_id))
+    run = SyncRun.objects.create(
+        connection=connection, scope=scope, trigger=trigger, entity=entity, target_halopsa_id=int(halopsa_id)
+    )
     return sync_execute(run=run)
 
 
@@ -229,26 +253,43 @@ def sync_error_retry(*, error: SyncError, user) -> SyncRun:
     entity when the record has no usable id). The error is resolved when the record syncs."""
     connection = error.connection
     if error.entity == ENTITY_INVOICES and error.halopsa_id:
-        run, _ = sync_queue(connection=connection, scope=SyncRun.Scope.INVOICE, trigger=SyncRun.Trigger.MANUAL,
-                            halopsa_id=error.halopsa_id, user=user)
+        run, _ = sync_queue(
+            connection=connection,
+            scope=SyncRun.Scope.INVOICE,
+            trigger=SyncRun.Trigger.MANUAL,
+            halopsa_id=error.halopsa_id,
+            user=user,
+        )
     elif error.entity == ENTITY_CUSTOMERS and error.halopsa_id:
-        run, _ = sync_queue(connection=connection, scope=SyncRun.Scope.ENTITY, trigger=SyncRun.Trigger.MANUAL,
-                            entity=ENTITY_CUSTOMERS, halopsa_id=error.halopsa_id, user=user)
+        run, _ = sync_queue(
+            connection=connection,
+            scope=SyncRun.Scope.ENTITY,
+            trigger=SyncRun.Trigger.MANUAL,
+            entity=ENTITY_CUSTOMERS,
+            halopsa_id=error.halopsa_id,
+            user=user,
+        )
     else:
         entity = error.entity if error.entity in ENTITIES else ENTITY_CUSTOMERS
-        run, _ = sync_queue(connection=connection, scope=SyncRun.Scope.ENTITY, trigger=SyncRun.Trigger.MANUAL,
-                            entity=entity, user=user)
-    audit_record(user=user, action="sync_error.retry", obj=error, partner=connection.partner_id,
-                 summary=f"Retried sync of {error.entity} {error.halopsa_id or ''}".strip(), run_id=run.pk)
+        run, _ = sync_queue(
+            connection=connection, scope=SyncRun.Scope.ENTITY, trigger=SyncRun.Trigger.MANUAL, entity=entity, user=user
+        )
+    audit_record(
+        user=user,
+        action="sync_error.retry",
+        obj=error,
+        partner=connection.partner_id,
+        summary=f"Retried sync of {error.entity} {error.halopsa_id or ''}".strip(),
+        run_id=run.pk,
+    )
     return run
 
 
 def sync_scope_for_schedule(connection: Connection) -> str:
     """Incremental, except full once a day (a full read is what detects deletions)."""
-    last_full = (
-        SyncCursor.objects.filter(connection=connection, entity__in=[ENTITY_CUSTOMERS, ENTITY_INVOICES])
-        .values_list("last_full_sync_at", flat=True)
-    )
+    last_full = SyncCursor.objects.filter(
+        connection=connection, entity__in=[ENTITY_CUSTOMERS, ENTITY_INVOICES]
+    ).values_list("last_full_sync_at", flat=True)
     values = list(last_full)
     if len(values) < 2 or any(v is None or v < timezone.now() - FULL_SYNC_INTERVAL for v in values):
         return SyncRun.Scope.FULL
@@ -284,8 +325,11 @@ def _incidents_after(run: SyncRun, error: BaseException | None) -> None:
         .values_list("state", flat=True)[:CONSECUTIVE_FAILURES_FOR_INCIDENT]
     )
     if len(recent) == CONSECUTIVE_FAILURES_FOR_INCIDENT and all(s == SyncRun.State.FAILED for s in recent):
-        incident_open(connection, Incident.Kind.SYNC_FAILING,
-                      f"The last {CONSECUTIVE_FAILURES_FOR_INCIDENT} syncs of {connection.name} failed. Latest: {run.message}")
+        incident_open(
+            connection,
+            Incident.Kind.SYNC_FAILING,
+            f"The last {CONSECUTIVE_FAILURES_FOR_INCIDENT} syncs of {connection.name} failed. Latest: {run.message}",
+        )
 
 
 class _Runner:
@@ -319,8 +363,12 @@ class _Runner:
         except Exception as exc:  # a bug must still close the run, with a message a person can use
             logger.exception("sync run %s failed", self.run.pk)
             error = exc
-            _finish(self.run, SyncRun.State.FAILED,
-                    f"Internal error during the sync ({type(exc).__name__}); the team has been notified.", ctx.stats)
+            _finish(
+                self.run,
+                SyncRun.State.FAILED,
+                f"Internal error during the sync ({type(exc).__name__}); the team has been notified.",
+                ctx.stats,
+            )
         else:
             self._complete(plan)
         ctx.close_phases(failed=error is not None)
@@ -341,9 +389,11 @@ class _Runner:
 
     def _out_of_time_message(self) -> str:
         minutes = run_seconds() / 60
-        return (f"The sync stopped after {minutes:g} minutes, the most one run may take (HALOPSA_SYNC_RUN_SECONDS), "
-                f"while reading {self.ctx.reading}: HaloPSA answered too slowly to finish in one run. Everything read so far "
-                "is saved; the next sync reads the rest (what is saved already costs it no writes).")
+        return (
+            f"The sync stopped after {minutes:g} minutes, the most one run may take (HALOPSA_SYNC_RUN_SECONDS), "
+            f"while reading {self.ctx.reading}: HaloPSA answered too slowly to finish in one run. Everything read so far "
+            "is saved; the next sync reads the rest (what is saved already costs it no writes)."
+        )
 
     def _probe_on_first_sync(self) -> None:
         """A connection's first sync learns its instance's shape first (services.connections.
@@ -359,8 +409,11 @@ class _Runner:
         try:
             connection_probe(connection=ctx.connection)
         except Exception:  # noqa: BLE001 - whatever the probe met, the sync goes on without it
-            logger.warning("connection %s: the shape probe failed; the sync finds out what it needs itself",
-                           ctx.connection.pk, exc_info=True)
+            logger.warning(
+                "connection %s: the shape probe failed; the sync finds out what it needs itself",
+                ctx.connection.pk,
+                exc_info=True,
+            )
         ctx.connection.refresh_from_db(fields=["halo_shape", "shape_checked_at"])
         ctx.shape = HaloShape.of(ctx.connection)
 

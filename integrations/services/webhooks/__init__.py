@@ -14,6 +14,7 @@ stays the source of truth (see docs/webhooks.md).
 - common.py: WebhookError and what the others share.
 Whether real time works (`webhook_health`) is a read for the dashboard, in integrations/selectors.py.
 """
+
 from __future__ import annotations
 
 from integrations.services.webhooks.common import REALTIME_MIN_VERSION_TEXT, WebhookError
@@ -63,13 +64,43 @@ from integrations.services.webhooks.setup import (
 
 # What other code and the tests import from here (_subscription_check: tests/webhooks/test_setup.py).
 __all__ = [
-    "ENTITIES", "HALO_AUTH_TYPE_HMAC", "LEASE_WAIT_DELAYS", "MAX_ATTEMPTS", "REALTIME_MIN_VERSION_TEXT",
-    "SUBSCRIBED_EVENTS", "SWEEP_AFTER", "SWEEP_SCHEDULE_NAME", "SWEEP_TASK", "URL_NAME", "WEBHOOK_SCHEMES",
-    "WEBHOOK_SCHEME_BASIC", "WEBHOOK_SCHEME_HMAC", "WEBHOOK_TASK", "WebhookError", "_subscription_check", "db_retry",
-    "webhook_auth_scheme", "webhook_auth_scheme_set", "webhook_connection_for_key", "webhook_endpoint_url",
-    "webhook_event_accept", "webhook_event_entity", "webhook_event_enqueue", "webhook_event_numbers",
-    "webhook_event_process", "webhook_event_replay", "webhook_events_requeue_stale", "webhook_halo_auth_type",
-    "webhook_hmac_header", "webhook_payload_parse", "webhook_request_authenticate",
-    "webhook_setup_instructions", "webhook_signature", "webhook_subscription_create", "webhook_subscription_outcome",
-    "webhook_subscription_spec", "webhook_sweep_schedule_ensure", "webhook_test_delivery",
+    "ENTITIES",
+    "HALO_AUTH_TYPE_HMAC",
+    "LEASE_WAIT_DELAYS",
+    "MAX_ATTEMPTS",
+    "REALTIME_MIN_VERSION_TEXT",
+    "SUBSCRIBED_EVENTS",
+    "SWEEP_AFTER",
+    "SWEEP_SCHEDULE_NAME",
+    "SWEEP_TASK",
+    "URL_NAME",
+    "WEBHOOK_SCHEMES",
+    "WEBHOOK_SCHEME_BASIC",
+    "WEBHOOK_SCHEME_HMAC",
+    "WEBHOOK_TASK",
+    "WebhookError",
+    "_subscription_check",
+    "db_retry",
+    "webhook_auth_scheme",
+    "webhook_auth_scheme_set",
+    "webhook_connection_for_key",
+    "webhook_endpoint_url",
+    "webhook_event_accept",
+    "webhook_event_entity",
+    "webhook_event_enqueue",
+    "webhook_event_numbers",
+    "webhook_event_process",
+    "webhook_event_replay",
+    "webhook_events_requeue_stale",
+    "webhook_halo_auth_type",
+    "webhook_hmac_header",
+    "webhook_payload_parse",
+    "webhook_request_authenticate",
+    "webhook_setup_instructions",
+    "webhook_signature",
+    "webhook_subscription_create",
+    "webhook_subscription_outcome",
+    "webhook_subscription_spec",
+    "webhook_sweep_schedule_ensure",
+    "webhook_test_delivery",
 ]

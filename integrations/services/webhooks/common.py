@@ -1,5 +1,6 @@
 """What the webhook modules share: the error a person sees, the version real time needs, and
 reading a HaloPSA id from a delivery."""
+
 from __future__ import annotations
 
 from decimal import Decimal

@@ -1,6 +1,7 @@
 """Receiving a webhook delivery: authenticate it by the connection's one scheme (Basic, or an
 HMAC signature when the connection has an HMAC secret), parse it, and store it before anything
 else, deduplicated on HaloPSA's delivery id; its processing is queued on commit (processing.py)."""
+
 from __future__ import annotations
 
 import base64
@@ -126,8 +127,9 @@ def webhook_connection_for_key(key) -> Connection | None:
     return db_retry(lambda: Connection.objects.filter(webhook_key=key).first())
 
 
-def webhook_event_accept(*, connection: Connection, payload: dict[str, Any], body: bytes,
-                         headers: dict[str, str] | None = None) -> tuple[WebhookEvent, bool]:
+def webhook_event_accept(
+    *, connection: Connection, payload: dict[str, Any], body: bytes, headers: dict[str, str] | None = None
+) -> tuple[WebhookEvent, bool]:
     """Store an authenticated delivery and queue its processing; (event, created).
 
     A delivery already stored (same HaloPSA delivery id, or same body) returns the stored event
@@ -138,8 +140,9 @@ def webhook_event_accept(*, connection: Connection, payload: dict[str, Any], bod
     return db_retry(lambda: _accept(connection=connection, payload=payload, body=body, headers=headers))
 
 
-def _accept(*, connection: Connection, payload: dict[str, Any], body: bytes,
-            headers: dict[str, str] | None) -> tuple[WebhookEvent, bool]:
+def _accept(
+    *, connection: Connection, payload: dict[str, Any], body: bytes, headers: dict[str, str] | None
+) -> tuple[WebhookEvent, bool]:
     event_name = storable(str(payload.get("event") or "").strip()[:200])
     entity = webhook_event_entity(event_name, payload)
     object_id = _object_id(payload, entity)

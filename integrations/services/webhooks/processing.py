@@ -3,6 +3,7 @@
 used, so duplicates and out-of-order deliveries change nothing twice), and marks it processed,
 ignored or failed; events that must wait (another sync holds the connection) go back to the sweep.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,8 +66,10 @@ def webhook_event_process(*, event_id: int) -> WebhookEvent | None:
     now = timezone.now()
     claimed = (
         WebhookEvent.objects.filter(pk=event_id)
-        .filter(Q(state=WebhookEvent.State.RECEIVED)
-                | Q(state=WebhookEvent.State.PROCESSING, claimed_at__lt=now - _claim_ttl()))
+        .filter(
+            Q(state=WebhookEvent.State.RECEIVED)
+            | Q(state=WebhookEvent.State.PROCESSING, claimed_at__lt=now - _claim_ttl())
+        )
         .update(state=WebhookEvent.State.PROCESSING, claimed_at=now, attempts=F("attempts") + 1)
     )
     event = WebhookEvent.objects.select_related("connection").filter(pk=event_id).first()
@@ -82,8 +85,12 @@ def webhook_event_process(*, event_id: int) -> WebhookEvent | None:
         return _finish(event, claimed_at=now, state=WebhookEvent.State.FAILED, error=exc.message)
     except Exception as exc:  # never leave an event claimed forever; the log has the traceback
         logger.exception("webhook event %s failed", event_id)
-        return _finish(event, claimed_at=now, state=WebhookEvent.State.FAILED,
-                       error=f"Unexpected error while processing ({type(exc).__name__}).")
+        return _finish(
+            event,
+            claimed_at=now,
+            state=WebhookEvent.State.FAILED,
+            error=f"Unexpected error while processing ({type(exc).__name__}).",
+        )
     state, error = outcome
     if state == WebhookEvent.State.RECEIVED and event.attempts >= MAX_ATTEMPTS:
         state, error = WebhookEvent.State.FAILED, f"Gave up after {event.attempts} attempts: {error}"
@@ -118,7 +125,10 @@ def _resync(event: WebhookEvent) -> tuple[str, str]:
     for entity, halopsa_id in targets:
         run = _sync_when_free(connection, entity, halopsa_id)
         if run is None:
-            return WebhookEvent.State.RECEIVED, "Waiting: another sync of this connection is running; retried automatically."
+            return (
+                WebhookEvent.State.RECEIVED,
+                "Waiting: another sync of this connection is running; retried automatically.",
+            )
         if run.state == SyncRun.State.FAILED:
             errors.append(run.message or f"Sync of {entity} {halopsa_id} failed (run {run.pk}).")
     if errors:
@@ -135,8 +145,9 @@ def _sync_when_free(connection: Connection, entity: str, halopsa_id: int) -> Syn
     name = lease_name(connection.pk)
     for delay in (*LEASE_WAIT_DELAYS, None):
         if not lease_is_held(name):
-            run = sync_record(connection=connection, entity=entity, halopsa_id=halopsa_id,
-                              trigger=SyncRun.Trigger.WEBHOOK)
+            run = sync_record(
+                connection=connection, entity=entity, halopsa_id=halopsa_id, trigger=SyncRun.Trigger.WEBHOOK
+            )
             if not (run.state == SyncRun.State.FAILED and run.message == LEASE_CONFLICT_MESSAGE):
                 return run
             run.delete()  # a lost race for the lease is not a sync the partner needs to see
@@ -157,8 +168,11 @@ def _sync_targets(event: WebhookEvent) -> list[tuple[str, int]]:
         # The payment's invoice holds it (payments are embedded in invoices): resync the invoice.
         invoice_id = as_halo_id(obj.get("invoice_id"))
         if invoice_id is None:
-            payment = (Payment.objects.filter(connection=event.connection, halopsa_id=event.object_id)
-                       .select_related("invoice").first())
+            payment = (
+                Payment.objects.filter(connection=event.connection, halopsa_id=event.object_id)
+                .select_related("invoice")
+                .first()
+            )
             invoice_id = payment.invoice.halopsa_id if payment is not None else None
         return [("invoices", invoice_id)] if invoice_id is not None else []
     if event.entity == "user":
@@ -168,8 +182,11 @@ def _sync_targets(event: WebhookEvent) -> list[tuple[str, int]]:
         client_id = as_halo_id(obj.get("client_id"))
         if client_id is not None:
             client_ids.append(client_id)
-        known = (Contact.objects.filter(customer__connection=event.connection, halopsa_user_id=event.object_id)
-                 .order_by("customer__halopsa_id").values_list("customer__halopsa_id", flat=True))
+        known = (
+            Contact.objects.filter(customer__connection=event.connection, halopsa_user_id=event.object_id)
+            .order_by("customer__halopsa_id")
+            .values_list("customer__halopsa_id", flat=True)
+        )
         client_ids.extend(cid for cid in known if cid is not None and cid not in client_ids)
         return [("customers", cid) for cid in client_ids]
     return []
@@ -177,7 +194,9 @@ def _sync_targets(event: WebhookEvent) -> list[tuple[str, int]]:
 
 def _no_target_reason(event: WebhookEvent) -> str:
     if event.entity == "payment":
-        return "The payment's invoice is unknown (not in the delivery, not synced yet); the hourly sync will pick it up."
+        return (
+            "The payment's invoice is unknown (not in the delivery, not synced yet); the hourly sync will pick it up."
+        )
     if event.entity == "user":
         return "The user belongs to no known customer; nothing to update."
     return "Nothing to sync for this event."
@@ -187,12 +206,20 @@ def _coalesce(event: WebhookEvent, *, fetched_after: datetime) -> int:
     """Events for the same record received before our fetch are served by it: mark them done."""
     if event.object_id is None:
         return 0
-    return WebhookEvent.objects.filter(
-        connection_id=event.connection_id, entity=event.entity, object_id=event.object_id,
-        state=WebhookEvent.State.RECEIVED, received_at__lte=fetched_after,
-    ).exclude(pk=event.pk).update(
-        state=WebhookEvent.State.PROCESSED, processed_at=timezone.now(),
-        error=f"Covered by the fetch of event {event.pk}.",
+    return (
+        WebhookEvent.objects.filter(
+            connection_id=event.connection_id,
+            entity=event.entity,
+            object_id=event.object_id,
+            state=WebhookEvent.State.RECEIVED,
+            received_at__lte=fetched_after,
+        )
+        .exclude(pk=event.pk)
+        .update(
+            state=WebhookEvent.State.PROCESSED,
+            processed_at=timezone.now(),
+            error=f"Covered by the fetch of event {event.pk}.",
+        )
     )
 
 
@@ -200,7 +227,9 @@ def _finish(event: WebhookEvent, *, claimed_at: datetime, state: str, error: str
     now = timezone.now()
     # Only the claim we hold may finish the event (a stale worker must not overwrite a newer one).
     WebhookEvent.objects.filter(pk=event.pk, state=WebhookEvent.State.PROCESSING, claimed_at=claimed_at).update(
-        state=state, error=error, processed_at=None if state == WebhookEvent.State.RECEIVED else now,
+        state=state,
+        error=error,
+        processed_at=None if state == WebhookEvent.State.RECEIVED else now,
     )
     event.refresh_from_db()
     return event
@@ -212,13 +241,20 @@ def webhook_event_replay(*, event: WebhookEvent, user) -> WebhookEvent:
         raise WebhookError(f"Only failed events can be replayed; this one is {event.get_state_display().lower()}.")
     with transaction.atomic():
         reset = WebhookEvent.objects.filter(pk=event.pk, state=WebhookEvent.State.FAILED).update(
-            state=WebhookEvent.State.RECEIVED, error="", claimed_at=None, processed_at=None,
+            state=WebhookEvent.State.RECEIVED,
+            error="",
+            claimed_at=None,
+            processed_at=None,
         )
         if not reset:
             raise WebhookError("The event changed meanwhile; reload the page.")
-        audit_record(user=user, action="webhook.replay", obj=event,
-                     summary=f"Replayed webhook event {event.pk} ({event.event or event.entity})",
-                     connection_id=event.connection_id)
+        audit_record(
+            user=user,
+            action="webhook.replay",
+            obj=event,
+            summary=f"Replayed webhook event {event.pk} ({event.event or event.entity})",
+            connection_id=event.connection_id,
+        )
         webhook_event_enqueue(event.pk)
     event.refresh_from_db()
     return event
@@ -250,6 +286,7 @@ def webhook_sweep_schedule_ensure() -> None:
     from integrations.schedules import schedule_named_ensure
 
     schedule_named_ensure(
-        name=SWEEP_SCHEDULE_NAME, update=False,
+        name=SWEEP_SCHEDULE_NAME,
+        update=False,
         defaults={"func": SWEEP_TASK, "schedule_type": Schedule.MINUTES, "minutes": 5, "repeats": -1},
     )

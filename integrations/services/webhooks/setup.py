@@ -1,6 +1,7 @@
 """Setting a connection's webhook up: its URL and authentication, registering it in HaloPSA and
 reading it back (what is attached, what a person must still tick), the manual steps, and a test
 delivery signed as HaloPSA would sign it."""
+
 from __future__ import annotations
 
 import base64
@@ -41,10 +42,18 @@ HALO_AUTH_TYPE_HMAC = 3
 # real tenant - correct them here (and in docs/webhooks.md) once confirmed. HaloPSA attaches events
 # to a webhook by number (`eventno`), also unknown: settings.HALOPSA_WEBHOOK_EVENTNOS.
 SUBSCRIBED_EVENTS: tuple[str, ...] = (
-    "invoice created", "invoice updated", "invoice deleted",
-    "client created", "client updated", "client deleted",
-    "user created", "user updated", "user deleted",
-    "payment created", "payment updated", "payment deleted",
+    "invoice created",
+    "invoice updated",
+    "invoice deleted",
+    "client created",
+    "client updated",
+    "client deleted",
+    "user created",
+    "user updated",
+    "user deleted",
+    "payment created",
+    "payment updated",
+    "payment deleted",
 )
 # HaloPSA's webhook ids are GUIDs (halopsa-facts §6); anything else is not put into a URL.
 _SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -74,8 +83,13 @@ def webhook_auth_scheme_set(*, connection: Connection, scheme: str, user=None) -
     connection.webhook_hmac_secret = secrets.token_urlsafe(32) if scheme == WEBHOOK_SCHEME_HMAC else ""
     connection.webhook_subscription_check = {}
     connection.save(update_fields=["webhook_hmac_secret", "webhook_subscription_check", "updated_at"])
-    audit_record(user=user, action="webhook.auth_scheme", obj=connection,
-                 summary=f"Webhook authentication of {connection.name} set to {scheme}", scheme=scheme)
+    audit_record(
+        user=user,
+        action="webhook.auth_scheme",
+        obj=connection,
+        summary=f"Webhook authentication of {connection.name} set to {scheme}",
+        scheme=scheme,
+    )
     return connection
 
 
@@ -117,8 +131,11 @@ def webhook_subscription_spec(connection: Connection, events: list[dict[str, Any
     if webhook_auth_scheme(connection) == WEBHOOK_SCHEME_HMAC:
         # Type 3 signs the raw body with HMAC-SHA256 keyed by `basic_password` into the named
         # header, and sends no Basic credentials [DJPSA] (halopsa-facts §6).
-        spec.update(authentication_header=webhook_hmac_header(), basic_username="",
-                    basic_password=connection.webhook_hmac_secret)
+        spec.update(
+            authentication_header=webhook_hmac_header(),
+            basic_username="",
+            basic_password=connection.webhook_hmac_secret,
+        )
     else:
         spec.update(basic_username=connection.webhook_username, basic_password=connection.webhook_password)
     if events is not None:
@@ -159,14 +176,23 @@ def webhook_subscription_create(*, connection: Connection, user) -> dict[str, An
     webhook_sweep_schedule_ensure()
     subscription_id = str((result or {}).get("id") or (existing or {}).get("id") or "")[:64]
     check = _subscription_check(client, connection, subscription_id, eventnos)
-    Connection.objects.filter(pk=connection.pk).update(webhook_subscription_id=subscription_id,
-                                                       webhook_subscription_check=check)
+    Connection.objects.filter(pk=connection.pk).update(
+        webhook_subscription_id=subscription_id, webhook_subscription_check=check
+    )
     connection.webhook_subscription_id = subscription_id
     connection.webhook_subscription_check = check
-    audit_record(user=user, action="webhook.subscribe", obj=connection,
-                 summary=f"Registered the HaloPSA webhook for {connection.name}",
-                 subscription_id=subscription_id, url=url, updated=bool(existing),
-                 attached=check["attached"], to_tick=check["to_tick"], problems=check["problems"])
+    audit_record(
+        user=user,
+        action="webhook.subscribe",
+        obj=connection,
+        summary=f"Registered the HaloPSA webhook for {connection.name}",
+        subscription_id=subscription_id,
+        url=url,
+        updated=bool(existing),
+        attached=check["attached"],
+        to_tick=check["to_tick"],
+        problems=check["problems"],
+    )
     return check
 
 
@@ -190,8 +216,9 @@ def _existing_subscription(client, stored_id: str, url: str) -> dict[str, Any] |
         return None
 
 
-def _subscription_check(client, connection: Connection, subscription_id: str,
-                        eventnos: dict[str, int]) -> dict[str, Any]:
+def _subscription_check(
+    client, connection: Connection, subscription_id: str, eventnos: dict[str, int]
+) -> dict[str, Any]:
     """What GET /Webhook/{id} shows, against what this connection needs (stored as JSON)."""
     check: dict[str, Any] = {
         "checked_at": timezone.now().isoformat(),
@@ -222,7 +249,8 @@ def _subscription_check(client, connection: Connection, subscription_id: str,
         check["attached"] = [name for name in SUBSCRIBED_EVENTS if eventnos.get(name) in numbers]
         check["other_events"] = [
             storable(str(event.get("name") or f"eventno {event.get('eventno')}"))[:100]
-            for event in events if isinstance(event, dict) and as_halo_id(event.get("eventno")) not in names_by_number
+            for event in events
+            if isinstance(event, dict) and as_halo_id(event.get("eventno")) not in names_by_number
         ]
         check["to_tick"] = [name for name in SUBSCRIBED_EVENTS if name not in check["attached"]]
     problems = check["problems"]
@@ -233,12 +261,18 @@ def _subscription_check(client, connection: Connection, subscription_id: str,
         problems.append(f"Its URL in HaloPSA is {storable(str(webhook.get('url') or '(none)'))[:300]!r}, not {url!r}.")
     expected_type = webhook_halo_auth_type(connection)
     if str(webhook.get("authentication_type")) != str(expected_type):
-        problems.append(f"Its authentication type in HaloPSA is {webhook.get('authentication_type')!r}, "
-                        f"not {expected_type} ({_scheme_label(connection)}).")
-    if (webhook_auth_scheme(connection) == WEBHOOK_SCHEME_HMAC
-            and str(webhook.get("authentication_header") or "") != webhook_hmac_header()):
-        problems.append(f"Its signature header in HaloPSA is {webhook.get('authentication_header')!r}, "
-                        f"not {webhook_hmac_header()!r}.")
+        problems.append(
+            f"Its authentication type in HaloPSA is {webhook.get('authentication_type')!r}, "
+            f"not {expected_type} ({_scheme_label(connection)})."
+        )
+    if (
+        webhook_auth_scheme(connection) == WEBHOOK_SCHEME_HMAC
+        and str(webhook.get("authentication_header") or "") != webhook_hmac_header()
+    ):
+        problems.append(
+            f"Its signature header in HaloPSA is {webhook.get('authentication_header')!r}, "
+            f"not {webhook_hmac_header()!r}."
+        )
     if webhook.get("active") is not True or webhook.get("disabled") is True:
         problems.append("It is not active in HaloPSA.")
     check["complete"] = not problems and not check["to_tick"]
@@ -248,12 +282,18 @@ def _subscription_check(client, connection: Connection, subscription_id: str,
 def webhook_subscription_outcome(check: dict[str, Any]) -> tuple[bool, str]:
     """(complete, what to tell the person who pressed Register), from a registration check."""
     if not check.get("verified"):
-        return False, (f"The webhook was sent to HaloPSA but is not confirmed: {check.get('error')} "
-                       "Check it in HaloPSA with the set-up steps.")
+        return False, (
+            f"The webhook was sent to HaloPSA but is not confirmed: {check.get('error')} "
+            "Check it in HaloPSA with the set-up steps."
+        )
     attached, to_tick = check.get("attached") or [], check.get("to_tick") or []
     if check.get("events_listed"):
-        parts = [(f"Webhook registered in HaloPSA and read back: {len(attached)} of {len(SUBSCRIBED_EVENTS)} "
-                  "events attached.")]
+        parts = [
+            (
+                f"Webhook registered in HaloPSA and read back: {len(attached)} of {len(SUBSCRIBED_EVENTS)} "
+                "events attached."
+            )
+        ]
     else:
         parts = ["Webhook registered in HaloPSA and read back, but its events are unknown."]
     if to_tick:
@@ -266,8 +306,9 @@ def _scheme_label(connection: Connection) -> str:
     return "HMAC signature" if webhook_auth_scheme(connection) == WEBHOOK_SCHEME_HMAC else "Basic"
 
 
-def webhook_test_delivery(connection: Connection, *, event: str = "invoice updated", object_id: int = 1,
-                          secret: str | None = None) -> tuple[str, dict[str, str], bytes]:
+def webhook_test_delivery(
+    connection: Connection, *, event: str = "invoice updated", object_id: int = 1, secret: str | None = None
+) -> tuple[str, dict[str, str], bytes]:
     """(url, headers, body) of a HaloPSA-shaped delivery authenticated as HaloPSA would for the
     connection's scheme: Basic credentials only, or the HMAC signature only.
 
@@ -278,10 +319,14 @@ def webhook_test_delivery(connection: Connection, *, event: str = "invoice updat
 
     entity = webhook_event_entity(event, {}) or "invoice"
     payload = {
-        "id": str(uuid.uuid4()), "webhook_id": connection.webhook_subscription_id or str(uuid.uuid4()),
-        "notification_id": 0, "escmsg_id": str(uuid.uuid4()), "event": event,
+        "id": str(uuid.uuid4()),
+        "webhook_id": connection.webhook_subscription_id or str(uuid.uuid4()),
+        "notification_id": 0,
+        "escmsg_id": str(uuid.uuid4()),
+        "event": event,
         "message": f"Test delivery from manage.py send_test_webhook ({event} {object_id})",
-        "object_id": object_id, "agent_id": 0,
+        "object_id": object_id,
+        "agent_id": 0,
         "timestamp": timezone.now().strftime("%Y-%m-%dT%H:%M:%S.%f0Z"),
         entity: {"id": object_id},
     }
@@ -289,7 +334,8 @@ def webhook_test_delivery(connection: Connection, *, event: str = "invoice updat
     headers = {"Content-Type": "application/json"}
     if webhook_auth_scheme(connection) == WEBHOOK_SCHEME_HMAC:
         headers[webhook_hmac_header()] = webhook_signature(
-            connection.webhook_hmac_secret if secret is None else secret, body)
+            connection.webhook_hmac_secret if secret is None else secret, body
+        )
     else:
         password = connection.webhook_password if secret is None else secret
         token = base64.b64encode(f"{connection.webhook_username}:{password}".encode()).decode()
@@ -306,9 +352,11 @@ def webhook_setup_instructions(connection: Connection) -> dict[str, Any]:
     url = webhook_endpoint_url(connection)
     hmac_scheme = webhook_auth_scheme(connection) == WEBHOOK_SCHEME_HMAC
     if hmac_scheme:
-        authentication = (f'Authentication: HMAC (authentication type {HALO_AUTH_TYPE_HMAC}), '
-                          f'header "{webhook_hmac_header()}", '
-                          "with the secret shown here (HaloPSA signs each body with HMAC-SHA256; no username).")
+        authentication = (
+            f"Authentication: HMAC (authentication type {HALO_AUTH_TYPE_HMAC}), "
+            f'header "{webhook_hmac_header()}", '
+            "with the secret shown here (HaloPSA signs each body with HMAC-SHA256; no username)."
+        )
     else:
         authentication = "Authentication: Basic Authentication, with the username and password shown here."
     steps = [
@@ -318,7 +366,8 @@ def webhook_setup_instructions(connection: Connection) -> dict[str, Any]:
         authentication,
         'Payload: "Small object with key fields only" (the portal re-reads every record from the API).',
         "Leave batching off, so each delivery carries one event.",
-        "Events: tick " + ", ".join(f'"{name}"' for name in SUBSCRIBED_EVENTS)
+        "Events: tick "
+        + ", ".join(f'"{name}"' for name in SUBSCRIBED_EVENTS)
         + " (HaloPSA's labels may differ slightly: pick its invoice, client, user and payment "
         "created/updated/deleted events).",
         "Save, then change an invoice in HaloPSA: the event appears under Webhook events here within seconds.",
