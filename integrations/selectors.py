@@ -7,10 +7,11 @@ queries whatever the data size.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.core.paginator import Page, Paginator
 from django.db.models import (
@@ -46,6 +47,26 @@ from integrations.models import (
 )
 from integrations.schedules import schedule_name
 from integrations.tenancy import get_visible_or_404
+
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    from django_stubs_ext import WithAnnotations
+
+    class _HealthFacts(TypedDict):
+        last_run_state: str | None
+        last_run_message: str | None
+        last_success_at: datetime | None
+        is_syncing: bool
+        open_errors: int
+        pushes_for_review: int
+        credentials_alert: bool
+        sync_alert: bool
+        push_alert: bool
+        health_state: HealthState  # not annotated: connection_list / connection_for_page set it
+
+    # A connection from `_with_health_facts`: the model plus the facts the health rule reads.
+    HealthConnection = WithAnnotations[Connection, _HealthFacts]
 
 PAGE_SIZE = 50
 OPEN_STATES = (Invoice.Status.OPEN, Invoice.Status.PARTIALLY_PAID)
@@ -107,7 +128,7 @@ class HealthState:
         return HEALTH_BADGES[self.level]
 
 
-def _with_health_facts(connections: QuerySet[Connection]) -> QuerySet[Connection]:
+def _with_health_facts(connections: QuerySet[Connection]) -> QuerySet[HealthConnection]:
     """The facts `connection_health_state` reads, as correlated subqueries: the list costs one
     query whatever the number of connections, runs or errors."""
     from integrations.services.sync import LEASE_CONFLICT_MESSAGE
@@ -117,7 +138,8 @@ def _with_health_facts(connections: QuerySet[Connection]) -> QuerySet[Connection
     finished = runs.filter(finished_at__isnull=False).exclude(message=LEASE_CONFLICT_MESSAGE)
     good = runs.filter(state__in=[SyncRun.State.SUCCEEDED, SyncRun.State.PARTIAL])
     incidents = Incident.objects.filter(connection=OuterRef("pk"), resolved_at__isnull=True)
-    return connections.annotate(
+    # The cast names the facts for the type checker (the plugin types subqueries as Any).
+    facts = connections.annotate(
         last_run_state=Subquery(finished.values("state")[:1]),
         last_run_message=Subquery(finished.values("message")[:1]),
         last_success_at=Subquery(good.values("finished_at")[:1]),
@@ -132,9 +154,10 @@ def _with_health_facts(connections: QuerySet[Connection]) -> QuerySet[Connection
         sync_alert=Exists(incidents.filter(kind=Incident.Kind.SYNC_FAILING)),
         push_alert=Exists(incidents.filter(kind=Incident.Kind.PUSH_FAILING)),
     )
+    return cast("QuerySet[HealthConnection]", facts)
 
 
-def connection_health_state(connection: Connection) -> HealthState:
+def connection_health_state(connection: HealthConnection) -> HealthState:
     """The rule (a connection from `_with_health_facts`):
     - Reconnect: HaloPSA rejected the credentials during a sync (open alert), or the last test
       failed on the credentials or the URL and no sync has succeeded since: only an edit fixes it;
@@ -191,7 +214,7 @@ def connection_health_state(connection: Connection) -> HealthState:
     return HealthState(HEALTH_CONNECTED)
 
 
-def connection_list(*, user) -> list[Connection]:
+def connection_list(*, user) -> list[HealthConnection]:
     """The user's connections, each with its `health_state`, in one query."""
     connections = list(_with_health_facts(Connection.objects.visible_to(user).select_related("partner")))
     for connection in connections:
@@ -199,7 +222,7 @@ def connection_list(*, user) -> list[Connection]:
     return connections
 
 
-def connection_for_page(*, user, pk: int) -> Connection:
+def connection_for_page(*, user, pk: int) -> HealthConnection:
     """One connection the user may see (404 otherwise), with its `health_state`."""
     connection = get_visible_or_404(_with_health_facts(Connection.objects.select_related("partner")), user, pk=pk)
     connection.health_state = connection_health_state(connection)
@@ -395,7 +418,7 @@ def connection_push_jobs(*, connection: Connection, limit: int = 50) -> list[Pus
     )
 
 
-PHASE_LABELS = {
+PHASE_LABELS: dict[str, str] = {
     "customers": "Customers",
     "contacts": "Billing contacts",
     "invoices": "Invoices",
@@ -416,7 +439,7 @@ def _phase_figures(phase: dict[str, Any]) -> str:
         return f"{done:,} of {needed:,} needed"
     if isinstance(total, int) and (state != "done" or total != done):
         return f"{done:,} of {total:,}"
-    return {"running": f"{done:,} so far", "failed": f"{done:,} read"}.get(state, f"{done:,}")
+    return {"running": f"{done:,} so far", "failed": f"{done:,} read"}.get(str(state), f"{done:,}")
 
 
 def _phase_percent(phase: dict[str, Any]) -> int:
@@ -438,7 +461,7 @@ def run_progress(run: SyncRun) -> dict[str, Any]:
         started = [i for i, p in enumerate(phases) if p.get("state") != "waiting"]
         index = working[-1] if working else (started[-1] if started else 0)
         current = phases[index]
-        label = PHASE_LABELS.get(current["phase"], current["phase"])
+        label = str(PHASE_LABELS.get(current["phase"], current["phase"]))
         done, total = (
             int(current.get("done") or 0),
             current.get("total") if isinstance(current.get("total"), int) else 0,
@@ -448,7 +471,8 @@ def run_progress(run: SyncRun) -> dict[str, Any]:
             stopped = " (stopped here)" if run.state == SyncRun.State.FAILED else ""
             text = f"Step {index + 1} of {len(phases)}: {label.lower()}, {_phase_figures(current)}{stopped}"
         else:
-            text = f"{run.progress_done:,} record{'s' if run.progress_done != 1 else ''} in {len(started)} step{'s' if len(started) != 1 else ''}"
+            records, steps = run.progress_done, len(started)
+            text = f"{records:,} record{'s' if records != 1 else ''} in {steps} step{'s' if steps != 1 else ''}"
         phase_rows = [
             {
                 "phase": p["phase"],
@@ -509,8 +533,9 @@ def customer_list(*, user, q: str = "", connection_id: int | None = None, archiv
 
 def customer_page_with_contacts(page: Page) -> Page:
     """Attach billing contacts (by name) to one page of customers in one extra query."""
+    # list() evaluates the page's queryset into its cache, so the page shows these very objects.
     prefetch_related_objects(
-        page.object_list, Prefetch("billing_contacts", queryset=Contact.objects.order_by("name", "id"))
+        list(page.object_list), Prefetch("billing_contacts", queryset=Contact.objects.order_by("name", "id"))
     )
     return page
 
@@ -641,6 +666,8 @@ def receivables(invoices: QuerySet[Invoice], *, today: date | None = None) -> li
     aggregate query, whatever the number of invoices. Archived invoices are left out too."""
     today = today or timezone.now().date()
     ranges: dict[str, tuple[date | None, date | None]] = {}
+    due_from: date | None
+    due_to: date | None
     aggregates: dict[str, Any] = {
         "n": Count("pk"),
         "outstanding_cents": money_sum("balance"),
@@ -658,7 +685,8 @@ def receivables(invoices: QuerySet[Invoice], *, today: date | None = None) -> li
         ranges[key] = (due_from, due_to)
         aggregates[f"{key}_n"] = Count("pk", filter=condition)
         aggregates[f"{key}_cents"] = money_sum("balance", filter=condition)
-    rows = (
+    # The keys come from **aggregates, which the type checker can't follow.
+    rows: Iterable[Mapping[str, Any]] = (
         invoices.filter(RECEIVABLE, archived_at__isnull=True)
         .order_by()
         .values("currency")
@@ -824,7 +852,7 @@ def nav_summary(*, user) -> NavSummary:
     deleted invoices (the partial index of deleted invoices) and customers. Whatever the number
     of invoices, one query."""
     unknown_customer = Customer.objects.filter(connection_id=OuterRef(OuterRef("pk")), is_unknown=True).values("pk")[:1]
-    rows = (
+    counts = (
         Connection.objects.visible_to(user)
         .order_by()
         .annotate(
@@ -846,7 +874,7 @@ def nav_summary(*, user) -> NavSummary:
         )
         .values_list("unknown_n", "deleted_invoices_n", "deleted_customers_n")
     )
-    rows = list(rows)
+    rows = list(counts)
     return NavSummary(
         unknown_invoices=sum(row[0] for row in rows),
         archive=sum(row[1] + row[2] for row in rows),
@@ -857,17 +885,13 @@ def nav_summary(*, user) -> NavSummary:
 def archive_queue(*, user, archived: bool = False) -> tuple[QuerySet[Customer], QuerySet[Invoice]]:
     """Deleted-in-HaloPSA rows not yet archived (or, with `archived`, everything archived)."""
     if archived:
-        customers = Customer.objects.visible_to(user).filter(archived_at__isnull=False)
-        invoices = Invoice.objects.visible_to(user).filter(archived_at__isnull=False)
+        listed = Q(archived_at__isnull=False)
     else:
-        customers = Customer.objects.visible_to(user).filter(
-            deleted_in_halopsa_at__isnull=False, archived_at__isnull=True
-        )
-        invoices = Invoice.objects.visible_to(user).filter(
-            deleted_in_halopsa_at__isnull=False, archived_at__isnull=True
-        )
+        listed = Q(deleted_in_halopsa_at__isnull=False, archived_at__isnull=True)
     customers = (
-        customers.select_related("connection", "archived_by")
+        Customer.objects.visible_to(user)
+        .filter(listed)
+        .select_related("connection", "archived_by")
         .annotate(
             open_invoices=Count(
                 "invoices", filter=Q(invoices__status__in=OPEN_STATES, invoices__archived_at__isnull=True)
@@ -875,7 +899,12 @@ def archive_queue(*, user, archived: bool = False) -> tuple[QuerySet[Customer], 
         )
         .order_by("name", "id")
     )
-    invoices = invoices.select_related("connection", "customer", "archived_by").order_by("-invoice_date", "-id")
+    invoices = (
+        Invoice.objects.visible_to(user)
+        .filter(listed)
+        .select_related("connection", "customer", "archived_by")
+        .order_by("-invoice_date", "-id")
+    )
     return customers, invoices
 
 

@@ -7,7 +7,7 @@ partner's object is a 404, never a 403 that would confirm it exists.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from django.db import models
 from django.http import Http404
@@ -15,8 +15,8 @@ from django.http import Http404
 M = TypeVar("M", bound=models.Model)
 
 
-class PartnerScopedQuerySet(models.QuerySet):
-    def visible_to(self, user) -> PartnerScopedQuerySet:
+class PartnerScopedQuerySet(models.QuerySet[M]):
+    def visible_to(self, user) -> Self:
         if user is None or not user.is_authenticated or not user.is_active:
             return self.none()
         if user.is_staff:
@@ -25,7 +25,7 @@ class PartnerScopedQuerySet(models.QuerySet):
             return self.none()
         return self.filter(**{self.model.partner_lookup: user.partner_id})  # type: ignore[attr-defined]
 
-    def for_partner(self, partner_id: int) -> PartnerScopedQuerySet:
+    def for_partner(self, partner_id: int) -> Self:
         return self.filter(**{self.model.partner_lookup: partner_id})  # type: ignore[attr-defined]
 
 

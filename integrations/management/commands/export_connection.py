@@ -59,9 +59,10 @@ def export_invoices(connection: Connection) -> Iterator[dict[str, Any]]:
     invoices = (
         Invoice.objects.filter(connection=connection)
         .select_related("customer", "pdf")
+        # One prefetch_related per Prefetch: the stubs can't type a mix of models in one call.
+        .prefetch_related(Prefetch("lines", queryset=InvoiceLine.objects.order_by("sequence", "id")))
         .prefetch_related(
-            Prefetch("lines", queryset=InvoiceLine.objects.order_by("sequence", "id")),
-            Prefetch("payments", queryset=Payment.objects.filter(voided_at__isnull=True).order_by("paid_on", "id")),
+            Prefetch("payments", queryset=Payment.objects.filter(voided_at__isnull=True).order_by("paid_on", "id"))
         )
         .order_by("id")
     )
