@@ -998,9 +998,8 @@ def _with_invalid_utf8(response: Response, rng_value: int) -> bytes:
     if not rows or not isinstance(rows[0], dict):
         return response.body()
     row = rows[rng_value % len(rows)]
-    field_name = (
-        "client_name" if "client_name" in row or "invoicenumber" in row else "name"
-    )  # an invoice, else a client or user
+    # an invoice, else a client or user
+    field_name = "client_name" if "client_name" in row or "invoicenumber" in row else "name"
     row[field_name] = _INVALID_UTF8_MARK
     return response.body().replace(shapes.dumps(_INVALID_UTF8_MARK), b'"Caf\xe9"')
 

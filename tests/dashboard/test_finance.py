@@ -174,9 +174,10 @@ def test_home_query_count_does_not_grow_with_invoices(alice_client, mine):
 def test_ageing_bucket_links_select_the_same_invoices(alice_client, ledger):
     """Each bucket's link on the home page lists exactly the invoices, and the total, it counts."""
     today = timezone.now().date()
+    # all USD ones with a due date into 31-60
     Invoice.objects.filter(connection=ledger.connection, due_date__isnull=False).exclude(currency="EUR").update(
         due_date=today - timedelta(days=45)
-    )  # all USD ones with a due date into 31-60
+    )
     [_eur, usd] = selectors.receivables(Invoice.objects.filter(connection=ledger.connection))
     bucket = usd.buckets[2]
     response = alice_client.get(

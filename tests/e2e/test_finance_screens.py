@@ -106,15 +106,13 @@ def _path(path: str, books) -> str:
 def test_finance_overview_filters_and_export_at_desktop(page, shot, partner_user, books):
     sign_in_page(page, partner_user)
     owed = page.locator("section.receivables")
-    expect(owed.locator(".tile", has_text="Outstanding · USD")).to_contain_text(
-        "4,115.49 USD"
-    )  # the unknown invoice's too
+    # the unknown invoice's too
+    expect(owed.locator(".tile", has_text="Outstanding · USD")).to_contain_text("4,115.49 USD")
     expect(owed.locator(".tile", has_text="Overdue · USD")).to_contain_text("2,790.49 USD")
     expect(owed.locator(".tile", has_text="Outstanding · EUR")).to_contain_text("1,050.00 EUR")
     expect(owed.locator("table.ageing tr", has_text="31–60 days")).to_contain_text("2,200.00 USD")
-    expect(page.locator("nav .count")).to_have_text(
-        ["1", "2"]
-    )  # 1 unknown-customer invoice; 1 invoice + 1 customer deleted
+    # 1 unknown-customer invoice; 1 invoice + 1 customer deleted
+    expect(page.locator("nav .count")).to_have_text(["1", "2"])
     shot(page, "finance-home-desktop")
 
     # The overdue figure opens the overdue invoices, whose totals are the same.

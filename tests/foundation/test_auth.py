@@ -244,12 +244,13 @@ def test_with_trusted_proxies_a_request_around_the_balancer_is_keyed_on_its_send
         ([], "203.0.113.9", "198.51.100.7", "203.0.113.9"),
         (["10.0.0.5"], "10.0.0.5", "198.51.100.7", "198.51.100.7"),
         (["10.0.0.5"], "10.0.0.6", "198.51.100.7", "10.0.0.6"),
+        # two proxies, a forged left part
         (
             ["10.0.0.0/8"],
             "10.0.0.5",
             "1.2.3.4, 198.51.100.7, 10.1.1.1",
             "198.51.100.7",
-        ),  # two proxies, a forged left part
+        ),
         (["10.0.0.0/8"], "10.0.0.5", "", "10.0.0.5"),  # no header: the proxy itself
         (["10.0.0.0/8"], "10.0.0.5", "10.2.2.2, 10.1.1.1", "10.2.2.2"),  # all trusted: the first
         (["10.0.0.0/8"], "10.0.0.5", "not-an-ip", "10.0.0.5"),  # garbage where the client should be

@@ -221,11 +221,12 @@ def test_the_flag_with_billing_info_is_preferred_to_the_detail(stub_halo, make_c
 
 
 def test_no_exact_payments_list_blocks_payment_pushes(stub_halo, make_client):
+    # another invoice's row: filter ignored
     _stub_instance(
         stub_halo,
         invoice_detail={"id": 8, "total": 50},  # no `payments`: says nothing
         payments=[{"id": 1, "invoice_id": 99, "amount": 3}],
-    )  # another invoice's row: filter ignored
+    )
     shape = probe_shape(make_client(base_url=stub_halo.url)).shape
     assert (shape.payments_lookup, shape.payments_list_filter, shape.payments_list_key) == (
         PAYMENTS_NOWHERE,

@@ -34,9 +34,8 @@ def halo_payments(srv, halopsa_id: int, reference: str | None = None) -> list[di
 def mirror_invoice(connection, srv, halopsa_id: int) -> Invoice:
     """Store (or refresh) one sandbox invoice and its payments as a pull would."""
     payload = halo_invoice(srv, halopsa_id)
-    mapped = map_invoice(
-        {**payload, "lines": []}
-    )  # read without lines: say "none" (map_invoice refuses a missing list)
+    # read without lines: say "none" (map_invoice refuses a missing list)
+    mapped = map_invoice({**payload, "lines": []})
     client_id = mapped["halopsa_client_id"]
     if client_id:
         customer, _ = Customer.objects.get_or_create(

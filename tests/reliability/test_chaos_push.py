@@ -39,9 +39,8 @@ pytestmark = pytest.mark.slow
 def add_push_faults(srv: SandboxServer) -> None:
     srv.add_fault("lost_response", count=1, path="/api/InvoicePayment", method="POST")  # one for sure
     srv.add_fault("lost_response", ratio=0.15, path="/api/InvoicePayment", method="POST")
-    srv.add_fault(
-        "slow", delay=SLOW_DELAY, ratio=0.06, path="/api/InvoicePayment", method="POST"
-    )  # timeout, then lands
+    # timeout, then lands
+    srv.add_fault("slow", delay=SLOW_DELAY, ratio=0.06, path="/api/InvoicePayment", method="POST")
     srv.add_fault("drop", ratio=0.08, path="/api/InvoicePayment")
     srv.add_fault("status", status=503, ratio=0.08, path="/api/InvoicePayment")
     srv.add_fault("status", status=500, ratio=0.04, path="/api/InvoicePayment")

@@ -200,9 +200,8 @@ def test_a_row_skipped_by_page_drift_is_not_flagged_but_written(connection, halo
 @pytest.mark.sandbox(dataset=BATCHED)
 def test_rows_a_drifting_list_sends_twice_are_read_once(connection, halo_sandbox, run_sync):
     assert run_sync(connection, "full").state == "succeeded"
-    halo_sandbox.add_fault(
-        "page_drift", path="/api/Invoice", method="GET", shift=1, ratio=1
-    )  # a row added before page 2
+    # a row added before page 2
+    halo_sandbox.add_fault("page_drift", path="/api/Invoice", method="GET", shift=1, ratio=1)
     run = run_sync(connection, "full")
     listed = len(_listed_invoice_ids(halo_sandbox))
     assert run.state == "succeeded" and run.failed == 0
@@ -237,9 +236,8 @@ def test_an_id_only_list_that_lacks_records_just_read_flags_nothing(
     settings.HALOPSA_SYNC_DELETION_CHECKS = 0
     halo_sandbox.store.delete_invoice(_listed_invoice_ids(halo_sandbox)[5])
     original = HaloClient.listed_ids
-    monkeypatch.setattr(
-        HaloClient, "listed_ids", lambda self, entity: set(sorted(original(self, entity))[100:])
-    )  # capped
+    # capped
+    monkeypatch.setattr(HaloClient, "listed_ids", lambda self, entity: set(sorted(original(self, entity))[100:]))
     run = run_sync(connection, "full")
     assert run.state == "succeeded" and not _flagged(connection)
     assert "lacked records its full list had just shown" in run.message

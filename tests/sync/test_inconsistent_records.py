@@ -51,10 +51,11 @@ def test_missing_lines_are_refused_too():
     [
         ({"currency_code_name": "eur"}, "EUR"),
         ({"currency_code_name": None, "currency": "GBP"}, "GBP"),
+        # a symbol says nothing certain: the connection's default
         (
             {"currency_code_name": None, "currency": "$"},
             "CAD",
-        ),  # a symbol says nothing certain: the connection's default
+        ),
         ({"currency_code_name": "", "currency": None}, "CAD"),
         ({"currency_code_name": "HRK"}, "HRK"),  # retired in 2023, still on older invoices
     ],
@@ -70,6 +71,7 @@ def test_currencies_halopsa_plausibly_sends_map(overrides, currency):
         {"lines": []},  # an invoice without lines says so with an empty list
         {"amountpaid": Decimal("1234.50"), "amountdue": Decimal("0.00")},  # paid in full
         {"amountpaid": Decimal("1300.00"), "amountdue": Decimal("-65.50")},  # overpaid: the balance is below the total
+        # a credit note: its own rules (and it is not stored)
         {
             "total": Decimal("-50.00"),
             "amountpaid": Decimal("-50.00"),
@@ -77,7 +79,7 @@ def test_currencies_halopsa_plausibly_sends_map(overrides, currency):
             "lines": [],
             "invoicetype": 1,
             "payments": [],
-        },  # a credit note: its own rules (and it is not stored)
+        },
     ],
 )
 def test_consistent_invoices_still_map(overrides):

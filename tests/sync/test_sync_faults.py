@@ -391,9 +391,8 @@ def test_a_record_the_database_refuses_fails_alone(connection, halo_sandbox, run
     error = SyncError.objects.get(run=run)
     assert error.halopsa_id == 1 and "could not be stored" in error.message and error.payload["id"] == 1
     assert set(Invoice.objects.filter(connection=connection).values_list("halopsa_id", flat=True)) == {2, 3, 4, 6, 7, 8}
-    assert (
-        run.created == 3 + 4 + 6
-    )  # customers (with their accounts contacts), user contacts, invoices (not the failed one)
+    # customers (with their accounts contacts), user contacts, invoices (not the failed one)
+    assert run.created == 3 + 4 + 6
     assert Customer.objects.filter(connection=connection, is_unknown=True).count() == 1
 
 

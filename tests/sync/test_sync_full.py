@@ -62,9 +62,8 @@ def test_rerun_is_idempotent_with_no_database_writes(connection, halo_sandbox, r
         again = run_sync(connection, "full")
     assert again.state == "succeeded"
     assert (again.created, again.updated, again.failed) == (0, 0, 0)
-    assert (
-        again.unchanged >= first.created - 1
-    )  # every record read again, none written (the unknown customer is not read)
+    # every record read again, none written (the unknown customer is not read)
+    assert again.unchanged >= first.created - 1
     assert mirror_writes(queries) == []
     assert {m: m.objects.count() for m in counts} == counts
     assert dict(Invoice.objects.values_list("pk", "updated_at")) == stamps

@@ -126,10 +126,11 @@ class TestSubscription:
     def test_an_eventno_halopsa_does_not_have_is_reported_as_not_attached(
         self, halo_sandbox, make_connection, partner, partner_user, settings
     ):
+        # a wrong guess: the sandbox drops it
         settings.HALOPSA_WEBHOOK_EVENTNOS = {
             **sandbox_eventnos("invoice created", "client updated"),
             "invoice updated": 61,
-        }  # a wrong guess: the sandbox drops it
+        }
         conn = make_connection(partner, halo_sandbox, halopsa_version="2.130.1")
         check = webhook_subscription_create(connection=conn, user=partner_user)
         [hook] = halo_sandbox.store.list_webhooks()
