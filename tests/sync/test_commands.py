@@ -78,47 +78,15 @@ def test_add_connection_creates_partner_connection_and_schedule(halo_sandbox):
 
 
 def test_add_connection_refuses_bad_input_clearly(db):
+    def add(url: str) -> tuple[str, str]:
+        args = ["--partner", "P", "--name", "N", "--url", url, "--client-id", "a", "--client-secret", "b"]
+        return _call("add_connection", *args)
+
     with pytest.raises(CommandError, match="Enter a valid URL"):
-        _call(
-            "add_connection",
-            "--partner",
-            "P",
-            "--name",
-            "N",
-            "--url",
-            "not a url",
-            "--client-id",
-            "a",
-            "--client-secret",
-            "b",
-        )
-    _call(
-        "add_connection",
-        "--partner",
-        "P",
-        "--name",
-        "N",
-        "--url",
-        "https://example.halopsa.com",
-        "--client-id",
-        "a",
-        "--client-secret",
-        "b",
-    )
+        add("not a url")
+    add("https://example.halopsa.com")
     with pytest.raises(CommandError, match="already has a connection named"):
-        _call(
-            "add_connection",
-            "--partner",
-            "P",
-            "--name",
-            "N",
-            "--url",
-            "https://example.halopsa.com",
-            "--client-id",
-            "a",
-            "--client-secret",
-            "b",
-        )
+        add("https://example.halopsa.com")
 
 
 def test_add_connection_refuses_a_second_connection_to_the_same_halopsa(db):
