@@ -11,7 +11,6 @@ deploys) re-creates the whole set from the connections table.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +20,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from integrations.models import Connection
-from integrations.services.leases import lease_acquire, lease_release
+from integrations.services.leases import lease_acquire_waiting, lease_release
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +42,11 @@ def schedule_named_ensure(*, name: str, defaults: dict[str, Any], update: bool =
     check and the write run under a lease (a row, so it works on SQLite too), and rows of the name
     beyond the oldest (left by such a race) are deleted instead of raising.
     """
-    owner = _lease_wait()
+    # Without the lease in time (its holder is stuck) go on: a duplicate that makes is deleted by
+    # the next call.
+    owner = lease_acquire_waiting(
+        SCHEDULE_LEASE, SCHEDULE_LEASE_SECONDS, wait_seconds=SCHEDULE_LEASE_SECONDS, poll_seconds=0.02
+    )
     try:
         with transaction.atomic():
             rows = list(Schedule.objects.filter(name=name).order_by("pk"))
@@ -66,17 +69,6 @@ def schedule_named_ensure(*, name: str, defaults: dict[str, Any], update: bool =
     finally:
         if owner is not None:
             lease_release(SCHEDULE_LEASE, owner)
-
-
-def _lease_wait() -> str | None:
-    """The lease, once its holder is done; None if it could not be had in time, in which case the
-    caller goes on without it (a duplicate that makes is deleted by the next call)."""
-    deadline = time.monotonic() + SCHEDULE_LEASE_SECONDS
-    while True:
-        owner = lease_acquire(SCHEDULE_LEASE, SCHEDULE_LEASE_SECONDS)
-        if owner is not None or time.monotonic() >= deadline:
-            return owner
-        time.sleep(0.02)
 
 
 def schedule_name(connection_id: int) -> str:

@@ -9,6 +9,7 @@ TTL. Holders renew after each unit of work and release in `finally` (only if sti
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
@@ -33,6 +34,17 @@ def lease_acquire(name: str, ttl_seconds: float) -> str | None:
         .update(owner=owner, expires_at=now + timedelta(seconds=ttl_seconds))
     )
     return owner if taken == 1 else None
+
+
+def lease_acquire_waiting(name: str, ttl_seconds: float, *, wait_seconds: float, poll_seconds: float) -> str | None:
+    """lease_acquire, trying again every `poll_seconds` for up to `wait_seconds` while another
+    holds it; None if it stayed held."""
+    owner = lease_acquire(name, ttl_seconds)
+    deadline = time.monotonic() + wait_seconds
+    while owner is None and time.monotonic() < deadline:
+        time.sleep(poll_seconds)
+        owner = lease_acquire(name, ttl_seconds)
+    return owner
 
 
 def lease_renew(name: str, owner: str, ttl_seconds: float) -> bool:

@@ -8,7 +8,7 @@ from integrations.halopsa import mapping
 from integrations.halopsa.client import HaloClient
 from integrations.halopsa.exceptions import HaloConnectionError
 from integrations.models import Contact, Customer, Incident, Invoice, InvoiceLine, Payment, SyncError, SyncRun
-from integrations.services.leases import lease_acquire, lease_release, lease_renew
+from integrations.services.leases import lease_acquire, lease_acquire_waiting, lease_release, lease_renew
 from integrations.services.sync import LEASE_CONFLICT_MESSAGE, lease_name, sync_execute, sync_queue
 from tests.sync.helpers import assert_matches_truth
 
@@ -288,6 +288,14 @@ def test_leases(db):
     assert lease_acquire("x", 60) is not None
     expired = lease_acquire("y", -1)  # already expired: a crashed holder
     assert expired and lease_acquire("y", 60) not in (None, expired)
+
+
+def test_a_lease_is_waited_for_as_long_as_asked_and_no_longer(db):
+    assert lease_acquire("short", 0.3)  # a holder done in 0.3 s
+    assert lease_acquire_waiting("short", 60, wait_seconds=5, poll_seconds=0.05) is not None
+    assert lease_acquire("long", 60)
+    assert lease_acquire_waiting("long", 60, wait_seconds=0.3, poll_seconds=0.05) is None
+    assert lease_acquire_waiting("free", 60, wait_seconds=0, poll_seconds=0.05) is not None
 
 
 def test_rejected_credentials_open_an_incident_resolved_by_success(partner, make_connection, halo_sandbox, run_sync):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Callable, Iterator
@@ -22,7 +21,7 @@ from integrations.halopsa.shape import HaloShape
 from integrations.models import Connection, Incident, SyncCursor, SyncError, SyncRun
 from integrations.services.audit import audit_record
 from integrations.services.incidents import incident_open, incident_resolve
-from integrations.services.leases import lease_acquire, lease_is_held, lease_release
+from integrations.services.leases import lease_acquire_waiting, lease_is_held, lease_release
 from integrations.services.sync.config import (
     CONSECUTIVE_FAILURES_FOR_INCIDENT,
     ENTITIES,
@@ -161,15 +160,10 @@ def sync_execute(*, run: SyncRun, progress: Callable[[SyncRun], None] | None = N
 
 def _lease_take(name: str, *, wait: bool) -> str | None:
     """The connection's lease (its owner token), or None while another run holds it."""
-    owner = lease_acquire(name, lease_ttl())
-    if owner is None and wait:
-        # Single-record syncs (webhooks) hold the lease for a moment: a whole-connection run waits
-        # that long rather than failing, so a burst of webhooks cannot make the hourly sync miss.
-        deadline = time.monotonic() + halo_settings().sync_lease_wait
-        while owner is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            owner = lease_acquire(name, lease_ttl())
-    return owner
+    # Single-record syncs (webhooks) hold the lease for a moment: a whole-connection run waits
+    # that long rather than failing, so a burst of webhooks cannot make the hourly sync miss.
+    wait_seconds = halo_settings().sync_lease_wait if wait else 0.0
+    return lease_acquire_waiting(name, lease_ttl(), wait_seconds=wait_seconds, poll_seconds=0.2)
 
 
 def _claim(run: SyncRun) -> bool:
