@@ -24,6 +24,20 @@ PREFIX = "HALOPSA_"
 UNMEASURED_CLOCK_CHOICES = ("keep_local", "assume_utc")
 
 
+# Numbers that must be above 0; every other number must not be negative.
+MUST_BE_POSITIVE = frozenset(
+    {
+        "connect_timeout",
+        "read_timeout",
+        "request_deadline",
+        "rate_window",
+        "sync_lease_ttl",
+        "sync_run_seconds",
+        "pdf_phase_seconds",
+    }
+)
+
+
 @dataclass(frozen=True)
 class HaloSettings:
     # --- Outbound HTTP (integrations/halopsa/transport.py) ---
@@ -119,19 +133,17 @@ class HaloSettings:
             raise ImproperlyConfigured(
                 f"HALOPSA_UNMEASURED_CLOCK must be keep_local or assume_utc, not {self.unmeasured_clock!r}."
             )
-        for name in (
-            "rate_limit",
-            "max_retries",
-            "list_extra_pages",
-            "pdf_batch",
-            "sync_write_batch",
-            "sync_user_details_per_run",
-            "sync_deletion_checks",
-            "webhook_max_body",
-            "max_response_bytes",
-        ):
-            if getattr(self, name) < 0:
-                raise ImproperlyConfigured(f"{setting_name(name)} must not be negative.")
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            # A zero timeout, window, lease or run length would stop every request or sync; a
+            # negative count, wait or overlap would silently change what is read (a negative
+            # cursor overlap skips records).
+            if spec.name in MUST_BE_POSITIVE and value <= 0:
+                raise ImproperlyConfigured(f"{setting_name(spec.name)} must be more than 0.")
+            if value < 0:
+                raise ImproperlyConfigured(f"{setting_name(spec.name)} must not be negative.")
         if not 0 <= self.pdf_budget_share <= 1:
             raise ImproperlyConfigured("HALOPSA_PDF_BUDGET_SHARE must be between 0 and 1.")
 

@@ -42,6 +42,10 @@ def test_the_environment_overrides_only_what_it_names():
         ({"HALOPSA_UNMEASURED_CLOCK": "guess"}, "HALOPSA_UNMEASURED_CLOCK"),
         ({"HALOPSA_PDF_BUDGET_SHARE": "1.5"}, "HALOPSA_PDF_BUDGET_SHARE"),
         ({"HALOPSA_SYNC_DELETION_CHECKS": "-1"}, "HALOPSA_SYNC_DELETION_CHECKS"),
+        ({"HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS": "-60"}, "HALOPSA_SYNC_CURSOR_OVERLAP_SECONDS must not be negative"),
+        ({"HALOPSA_SYNC_LEASE_WAIT": "-1"}, "HALOPSA_SYNC_LEASE_WAIT must not be negative"),
+        ({"HALOPSA_READ_TIMEOUT": "0"}, "HALOPSA_READ_TIMEOUT must be more than 0"),
+        ({"HALOPSA_SYNC_LEASE_TTL": "0"}, "HALOPSA_SYNC_LEASE_TTL must be more than 0"),
         ({"HALOPSA_WEBHOOK_EVENTNOS": "invoice updated"}, "HALOPSA_WEBHOOK_EVENTNOS"),
     ],
 )
